@@ -1,0 +1,166 @@
+//! `exec`: run a program with an argv list — never through a shell — with a
+//! cleared environment, a timeout and capped output.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, input, lenient};
+use crate::runbook::Risk;
+use crate::units::Duration;
+
+/// Captured output per stream beyond which the rest is dropped.
+pub const OUTPUT_CAP: usize = 64 * 1024;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The only PATH a child sees, whatever pitcrew's own is.
+pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+pub struct Exec {
+    spec: Spec,
+}
+
+impl Exec {
+    pub fn new() -> Self {
+        let spec = Spec::new("exec", "Run a program (argv list, no shell) with a cleared environment, a timeout and capped output", Risk::Medium, false)
+            .required("command", ParamType::StringList, "argv: program then arguments, each one element")
+            .param("env", ParamType::StringMap, "environment variables for the program (nothing else is passed but PATH and LANG)")
+            .param("timeout", ParamType::Duration, "kill the program after this long (default 60s)")
+            .example("command: [\"/usr/local/bin/flush-cache\", \"--namespace\", \"{{params.namespace}}\"]\ntimeout: 30s\n");
+        Exec { spec }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    #[serde(deserialize_with = "lenient::string_list")]
+    command: Vec<String>,
+    #[serde(default, deserialize_with = "lenient::string_map")]
+    env: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "lenient::opt_duration")]
+    timeout: Option<Duration>,
+}
+
+/// What a finished child left behind.
+pub struct Finished {
+    pub exit_code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr: Vec<u8>,
+    pub stderr_truncated: bool,
+}
+
+/// Runs `command` with exactly `env`, feeding `stdin`, killing it after
+/// `timeout`. Shared with plugins: the one place pitcrew starts processes.
+pub async fn run_process(
+    command: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: &std::path::Path,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Finished, ActionError> {
+    let (program, args) = command.split_first().ok_or_else(|| ActionError::input("command", "is empty"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(cwd)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ActionError::Failed(format!("cannot start {program:?}: {e}")))?;
+    let feed = child.stdin.take().zip(stdin).map(|(mut pipe, bytes)| {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // A child that exits without reading its input is not our failure.
+            let _ = pipe.write_all(&bytes).await;
+        })
+    });
+    let stdout = tokio::spawn(read_capped(child.stdout.take().expect("stdout is piped")));
+    let stderr = tokio::spawn(read_capped(child.stderr.take().expect("stderr is piped")));
+    let status = match tokio::time::timeout(timeout.std(), child.wait()).await {
+        Ok(status) => status.map_err(|e| ActionError::Failed(format!("waiting for {program:?}: {e}")))?,
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(ActionError::Timeout(timeout));
+        }
+    };
+    if let Some(feed) = feed {
+        feed.abort();
+    }
+    let (stdout, stdout_truncated) = stdout.await.unwrap_or_default();
+    let (stderr, stderr_truncated) = stderr.await.unwrap_or_default();
+    Ok(Finished { exit_code: status.code(), stdout, stdout_truncated, stderr, stderr_truncated })
+}
+
+/// Reads everything, keeps the first `OUTPUT_CAP` bytes: the child must not
+/// block on a full pipe, and must not fill our memory either.
+async fn read_capped(mut stream: impl AsyncRead + Unpin) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+        }
+    }
+    (kept, truncated)
+}
+
+#[async_trait::async_trait]
+impl Action for Exec {
+    fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    fn dry_run(&self, _input: &Value) -> DryRun {
+        DryRun::Skip
+    }
+
+    async fn run(&self, input_value: &Value, cx: &ActionContext<'_>) -> Result<Value, ActionError> {
+        let Input { command, env: extra, timeout } = input(input_value)?;
+        if command.is_empty() || command[0].is_empty() {
+            return Err(ActionError::input("command", "needs at least the program"));
+        }
+        let mut env = BTreeMap::from([
+            ("PATH".to_string(), CHILD_PATH.to_string()),
+            ("LANG".to_string(), "C.UTF-8".to_string()),
+            ("PITCREW_EXECUTION_ID".to_string(), cx.execution_id.to_string()),
+        ]);
+        env.extend(extra);
+        let cwd = cx.artifact_dir()?;
+        let done = run_process(&command, &env, &cwd, None, timeout.unwrap_or(DEFAULT_TIMEOUT)).await?;
+        let output = json!({
+            "exit_code": done.exit_code,
+            "stdout": String::from_utf8_lossy(&done.stdout),
+            "stderr": String::from_utf8_lossy(&done.stderr),
+            "truncated": done.stdout_truncated || done.stderr_truncated,
+        });
+        match done.exit_code {
+            Some(0) => Ok(output),
+            Some(code) => Err(ActionError::Failed(format!(
+                "{} exited with code {code}: {}",
+                command[0],
+                last_line(&done.stderr)
+            ))),
+            None => Err(ActionError::Failed(format!("{} was killed by a signal", command[0]))),
+        }
+    }
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").chars().take(300).collect()
+}

@@ -1,0 +1,564 @@
+//! `pitcrew.yaml`: where it is found, what it may say, and the checked
+//! `Config` the rest of pitcrew reads. Every key is optional; unknown keys
+//! are errors. `${VAR}` expands from the environment and `*_file` keys read
+//! secrets from files; both kinds of value are registered for redaction.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::action::http_guard::AllowedHost;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::redact::{MIN_SECRET_LEN, Redactor};
+use crate::runbook::Risk;
+use crate::runbook::loader::{Positions, parse_one};
+use crate::units::{ByteSize, Duration, Rate, Ratio};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9095";
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    state_dir: Option<String>,
+    runbooks: Option<Vec<String>>,
+    plugins: Option<String>,
+    max_body: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    auth: RawAuth,
+    prometheus: Option<RawUrl>,
+    alertmanager: Option<RawUrl>,
+    kubernetes: Option<RawKubernetes>,
+    #[serde(default)]
+    http: RawHttp,
+    notify: Option<RawNotify>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    slos: Vec<RawSlo>,
+    budget_policy: Option<Vec<RawPolicyRow>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    webhook_token: Option<String>,
+    webhook_token_file: Option<String>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+    #[serde(default)]
+    insecure_allow_remote: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    token: Option<String>,
+    token_file: Option<String>,
+    role: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUrl {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    context: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    url: Option<String>,
+    url_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    global: Option<String>,
+    storm_brake: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlo {
+    name: String,
+    objective: String,
+    window: String,
+    good: Option<String>,
+    total: Option<String>,
+    static_remaining: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyRow {
+    name: Option<String>,
+    above: String,
+    #[serde(default)]
+    auto: Vec<String>,
+    #[serde(default)]
+    approve: Vec<String>,
+}
+
+/// API roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub name: String,
+    pub token: String,
+    pub role: Role,
+}
+
+/// Where an SLO's remaining budget comes from.
+#[derive(Debug, Clone)]
+pub enum Sli {
+    Prometheus { good: String, total: String },
+    Static(Ratio),
+}
+
+#[derive(Debug, Clone)]
+pub struct Slo {
+    pub name: String,
+    pub objective: Ratio,
+    pub window: Duration,
+    pub sli: Sli,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyRow {
+    pub name: String,
+    pub above: Ratio,
+    pub auto: Vec<Risk>,
+    pub approve: Vec<Risk>,
+}
+
+/// SPEC §5: the SRE error-budget policy.
+pub fn default_budget_policy() -> Vec<PolicyRow> {
+    vec![
+        PolicyRow { name: "healthy".into(), above: Ratio(0.5), auto: Risk::ALL.to_vec(), approve: vec![] },
+        PolicyRow { name: "caution".into(), above: Ratio(0.25), auto: vec![Risk::Low, Risk::Medium], approve: vec![Risk::High] },
+        PolicyRow { name: "freeze".into(), above: Ratio(0.0), auto: vec![Risk::Low], approve: vec![Risk::Medium, Risk::High] },
+    ]
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub file: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub runbooks: Vec<PathBuf>,
+    pub plugins: PathBuf,
+    pub max_body: u64,
+    /// Global shadow mode: decide and audit, touch nothing.
+    pub dry_run: bool,
+    pub webhook_token: Option<String>,
+    pub tokens: Vec<ApiToken>,
+    pub insecure_allow_remote: bool,
+    pub prometheus_url: Option<String>,
+    pub alertmanager_url: Option<String>,
+    pub kubernetes_context: Option<String>,
+    pub allowed_hosts: Vec<AllowedHost>,
+    pub notify_url: Option<String>,
+    pub global_limit: Option<Rate>,
+    pub storm_brake: Option<u32>,
+    pub slos: Vec<Slo>,
+    pub budget_policy: Vec<PolicyRow>,
+    pub redactor: Redactor,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_raw(RawConfig::default(), Path::new("."), None, &Positions::default()).expect("defaults are valid")
+    }
+}
+
+/// Config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` or `$PITCREW_CONFIG` cannot be read.
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file has problems.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+impl Config {
+    /// Finds and loads the config: `--config`, then `$PITCREW_CONFIG`, then
+    /// `./pitcrew.yaml`, else built-in defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let from_env = std::env::var_os("PITCREW_CONFIG").map(PathBuf::from);
+        let path = explicit.map(Path::to_path_buf).or(from_env);
+        match path {
+            Some(p) => Config::load(&p),
+            None if Path::new("pitcrew.yaml").exists() => Config::load(Path::new("pitcrew.yaml")),
+            None => Ok(Config::default()),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if text.trim().is_empty() {
+            return Config::from_raw(RawConfig::default(), base, Some(path), &Positions::default());
+        }
+        let doc = parse_one::<RawConfig>(path, text).map_err(|d| ConfigError::Invalid(Diagnostics(vec![d])))?;
+        Config::from_raw(doc.value, base, Some(path), &doc.positions)
+    }
+
+    fn from_raw(raw: RawConfig, base: &Path, file: Option<&Path>, pos: &Positions) -> Result<Config, ConfigError> {
+        let mut cx = Cx { file: file.unwrap_or(Path::new("pitcrew.yaml")), pos, base, problems: Vec::new(), secrets: Vec::new() };
+        let listen_text = cx.expand("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN));
+        let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            cx.problem("listen", format!("invalid listen address {listen_text:?}: expected IP:PORT, e.g. 127.0.0.1:9095"));
+            DEFAULT_LISTEN.parse().expect("default parses")
+        });
+        let state_dir = cx.path("state_dir", raw.state_dir.as_deref().unwrap_or(".pitcrew"));
+        let runbooks = match raw.runbooks {
+            Some(list) => list.iter().enumerate().map(|(i, r)| cx.path(&format!("runbooks[{i}]"), r)).collect(),
+            None => vec![cx.path("runbooks", "runbooks")],
+        };
+        let plugins = cx.path("plugins", raw.plugins.as_deref().unwrap_or("plugins"));
+        let max_body = match raw.max_body {
+            Some(text) => cx.parse::<ByteSize>("max_body", &text).map(|b| b.0).unwrap_or(1 << 20),
+            None => 1 << 20,
+        };
+        let webhook_token = cx.secret("auth.webhook_token", raw.auth.webhook_token.as_deref(), raw.auth.webhook_token_file.as_deref());
+        let mut tokens = Vec::new();
+        for (i, t) in raw.auth.tokens.iter().enumerate() {
+            let at = format!("auth.tokens[{i}]");
+            let Some(token) = cx.secret(&at, t.token.as_deref(), t.token_file.as_deref()) else {
+                cx.problem(&at, format!("token `{}` needs `token` or `token_file`", t.name));
+                continue;
+            };
+            let role = match t.role.as_str() {
+                "viewer" => Role::Viewer,
+                "operator" => Role::Operator,
+                other => {
+                    cx.problem(&format!("{at}.role"), format!("invalid role {other:?}: expected viewer or operator"));
+                    continue;
+                }
+            };
+            if tokens.iter().any(|x: &ApiToken| x.token == token) {
+                cx.problem(&at, format!("token `{}` reuses another token's value", t.name));
+            }
+            tokens.push(ApiToken { name: t.name.clone(), token, role });
+        }
+        let prometheus_url = raw.prometheus.map(|u| cx.url("prometheus.url", &u.url));
+        let alertmanager_url = raw.alertmanager.map(|u| cx.url("alertmanager.url", &u.url));
+        let kubernetes_context = raw.kubernetes.and_then(|k| k.context).map(|c| cx.expand("kubernetes.context", &c));
+        let allowed_hosts = raw
+            .http
+            .allowed_hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                let at = format!("http.allowed_hosts[{i}]");
+                let text = cx.expand(&at, h);
+                AllowedHost::parse(&text).map_err(|e| cx.problem(&at, e)).ok()
+            })
+            .collect();
+        let notify_url = raw.notify.and_then(|n| {
+            let url = cx.secret("notify.url", n.url.as_deref(), n.url_file.as_deref())?;
+            // The webhook URL is itself the credential (Slack-style).
+            cx.secrets.push(url.clone());
+            Some(url)
+        });
+        let global_limit = raw.limits.global.and_then(|g| cx.parse::<Rate>("limits.global", &g));
+        let storm_brake = raw.limits.storm_brake;
+        let mut slos = Vec::new();
+        for (i, s) in raw.slos.into_iter().enumerate() {
+            let at = format!("slos[{i}]");
+            let objective = cx.parse::<Ratio>(&format!("{at}.objective"), &s.objective);
+            if let Some(o) = objective
+                && !(o.0 > 0.0 && o.0 < 1.0)
+            {
+                cx.problem(&format!("{at}.objective"), format!("objective {o} must be between 0% and 100% (exclusive)"));
+            }
+            let window = cx.parse::<Duration>(&format!("{at}.window"), &s.window);
+            let sli = match (s.good, s.total, s.static_remaining) {
+                (Some(good), Some(total), None) => {
+                    for (k, q) in [("good", &good), ("total", &total)] {
+                        if q.replace("{{window}}", "").replace("{{ window }}", "").contains("{{") {
+                            cx.problem(&format!("{at}.{k}"), "the only template variable in SLO queries is {{window}}");
+                        }
+                    }
+                    Some(Sli::Prometheus { good, total })
+                }
+                (None, None, Some(rem)) => cx.parse::<Ratio>(&format!("{at}.static_remaining"), &rem).map(Sli::Static),
+                _ => {
+                    cx.problem(&at, format!("slo `{}` needs `good` and `total` queries, or `static_remaining`", s.name));
+                    None
+                }
+            };
+            if slos.iter().any(|x: &Slo| x.name == s.name) {
+                cx.problem(&format!("{at}.name"), format!("duplicate slo name `{}`", s.name));
+            }
+            if let (Some(objective), Some(window), Some(sli)) = (objective, window, sli) {
+                slos.push(Slo { name: s.name, objective, window, sli });
+            }
+        }
+        let budget_policy = match raw.budget_policy {
+            None => default_budget_policy(),
+            Some(rows) => {
+                let mut out: Vec<PolicyRow> = Vec::new();
+                for (i, r) in rows.into_iter().enumerate() {
+                    let at = format!("budget_policy[{i}]");
+                    let above = cx.parse::<Ratio>(&format!("{at}.above"), &r.above).unwrap_or(Ratio(0.0));
+                    let risks = |cx: &mut Cx, key: &str, list: &[String]| -> Vec<Risk> {
+                        list.iter()
+                            .enumerate()
+                            .filter_map(|(j, s)| s.parse::<Risk>().map_err(|e| cx.problem(&format!("{at}.{key}[{j}]"), e)).ok())
+                            .collect()
+                    };
+                    let auto = risks(&mut cx, "auto", &r.auto);
+                    let approve = risks(&mut cx, "approve", &r.approve);
+                    if let Some(prev) = out.last()
+                        && prev.above <= above
+                    {
+                        cx.problem(&format!("{at}.above"), "budget_policy rows must go from the highest `above` to the lowest");
+                    }
+                    let name = r.name.unwrap_or_else(|| format!("tier-{i}"));
+                    out.push(PolicyRow { name, above, auto, approve });
+                }
+                out
+            }
+        };
+        if !cx.problems.is_empty() {
+            return Err(ConfigError::Invalid(Diagnostics(cx.problems)));
+        }
+        let mut secrets = cx.secrets;
+        secrets.extend(tokens.iter().map(|t| t.token.clone()));
+        secrets.extend(webhook_token.clone());
+        Ok(Config {
+            file: file.map(Path::to_path_buf),
+            listen,
+            state_dir,
+            runbooks,
+            plugins,
+            max_body,
+            dry_run: raw.dry_run,
+            webhook_token,
+            tokens,
+            insecure_allow_remote: raw.auth.insecure_allow_remote,
+            prometheus_url,
+            alertmanager_url,
+            kubernetes_context,
+            allowed_hosts,
+            notify_url,
+            global_limit,
+            storm_brake,
+            slos,
+            budget_policy,
+            redactor: Redactor::new(secrets),
+        })
+    }
+
+    pub fn slo(&self, name: &str) -> Option<&Slo> {
+        self.slos.iter().find(|s| s.name == name)
+    }
+
+    pub fn state_db(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    /// A copy of the config for tests, with the state under `dir`.
+    pub fn for_state_dir(dir: &Path) -> Config {
+        Config { state_dir: dir.to_path_buf(), ..Config::default() }
+    }
+}
+
+struct Cx<'a> {
+    file: &'a Path,
+    pos: &'a Positions,
+    base: &'a Path,
+    problems: Vec<Diagnostic>,
+    secrets: Vec<String>,
+}
+
+impl Cx<'_> {
+    fn problem(&mut self, at: &str, message: impl Into<String>) {
+        self.problems.push(Diagnostic::new(self.file, self.pos.at(at), message));
+    }
+
+    /// `${VAR}` from the environment; expanded values are secrets.
+    fn expand(&mut self, at: &str, text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                self.problem(at, format!("unclosed ${{ in {text:?}"));
+                return text.to_string();
+            };
+            let name = &after[..end];
+            match std::env::var(name) {
+                Ok(v) => {
+                    self.secrets.push(v.clone());
+                    out.push_str(&v);
+                }
+                Err(_) => self.problem(at, format!("environment variable {name} is not set")),
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn path(&mut self, at: &str, text: &str) -> PathBuf {
+        let p = PathBuf::from(self.expand(at, text));
+        if p.is_absolute() || self.base == Path::new(".") { p } else { self.base.join(p) }
+    }
+
+    fn url(&mut self, at: &str, text: &str) -> String {
+        let u = self.expand(at, text);
+        if reqwest::Url::parse(&u).is_err() {
+            self.problem(at, format!("invalid URL {u:?}"));
+        }
+        u.trim_end_matches('/').to_string()
+    }
+
+    fn parse<T: std::str::FromStr>(&mut self, at: &str, text: &str) -> Option<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let expanded = self.expand(at, text);
+        expanded.parse::<T>().map_err(|e| self.problem(at, e.to_string())).ok()
+    }
+
+    /// A secret given inline (maybe `${VAR}`) or as `*_file`.
+    fn secret(&mut self, at: &str, inline: Option<&str>, file: Option<&str>) -> Option<String> {
+        let value = match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.problem(at, format!("give `{at}` or its `_file` form, not both"));
+                return None;
+            }
+            (Some(v), None) => self.expand(at, v),
+            (None, Some(f)) => {
+                let path = self.path(&format!("{at}_file"), f);
+                match std::fs::read_to_string(&path) {
+                    Ok(v) => v.trim().to_string(),
+                    Err(e) => {
+                        self.problem(&format!("{at}_file"), format!("cannot read {}: {e}", path.display()));
+                        return None;
+                    }
+                }
+            }
+            (None, None) => return None,
+        };
+        if value.len() < MIN_SECRET_LEN {
+            self.problem(at, format!("secret at `{at}` is shorter than {MIN_SECRET_LEN} characters"));
+            return None;
+        }
+        self.secrets.push(value.clone());
+        Some(value)
+    }
+}
+
+/// For `GET /v1/budget` and the like: tokens by value → name and role.
+pub fn token_index(tokens: &[ApiToken]) -> BTreeMap<String, (String, Role)> {
+    tokens.iter().map(|t| (t.token.clone(), (t.name.clone(), t.role))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_a_file() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.state_db(), PathBuf::from(".pitcrew/state.db"));
+        assert_eq!(c.budget_policy.len(), 3);
+        assert_eq!(c.max_body, 1 << 20);
+    }
+
+    #[test]
+    fn spec_example_config_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("alice");
+        std::fs::write(&token, "alice-token-123\n").unwrap();
+        let text = format!(
+            r#"listen: 127.0.0.1:9095
+state_dir: .pitcrew
+runbooks: [runbooks]
+max_body: 1MiB
+auth:
+  webhook_token: hook-token-xyz
+  tokens:
+    - {{name: alice, token_file: {}, role: operator}}
+prometheus: {{url: http://127.0.0.1:9090}}
+http: {{allowed_hosts: [hooks.slack.com, "*.internal.example"]}}
+limits: {{global: 30/1m, storm_brake: 20}}
+slos:
+  - name: checkout-availability
+    objective: 99.9%
+    window: 30d
+    good: sum(rate(x{{code!~"5.."}}[{{{{window}}}}]))
+    total: sum(rate(x[{{{{window}}}}]))
+  - {{name: batch, objective: 99%, window: 30d, static_remaining: 80%}}
+budget_policy:
+  - {{above: 50%, auto: [low, medium, high]}}
+  - {{above: 25%, auto: [low, medium], approve: [high]}}
+  - {{above: 0%,  auto: [low], approve: [medium, high]}}
+"#,
+            token.display()
+        );
+        let c = Config::parse(&dir.path().join("pitcrew.yaml"), &text).unwrap();
+        assert_eq!(c.tokens[0].token, "alice-token-123");
+        assert_eq!(c.slos.len(), 2);
+        assert_eq!(c.global_limit.unwrap().count, 30);
+        assert_eq!(c.state_dir, dir.path().join(".pitcrew"));
+        assert_eq!(c.redactor.text("x alice-token-123 hook-token-xyz"), "x [REDACTED] [REDACTED]");
+    }
+
+    #[test]
+    fn bad_config_reports_every_problem_with_positions() {
+        let text = "listen: nowhere\nlimits: {global: 3/forever}\nslos:\n  - {name: a, objective: 120%, window: 30d, static_remaining: 1%}\nbogus: 1\n";
+        let err = Config::parse(Path::new("p.yaml"), text).unwrap_err();
+        let ConfigError::Invalid(d) = err else { panic!() };
+        // Unknown keys stop serde first; fix it and the rest all show.
+        assert!(d.to_string().contains("p.yaml:5:1: unknown key `bogus`"), "{d}");
+        let err = Config::parse(Path::new("p.yaml"), &text.replace("bogus: 1\n", "")).unwrap_err();
+        let ConfigError::Invalid(d) = err else { panic!() };
+        let shown = d.to_string();
+        assert!(shown.contains("p.yaml:1:9: invalid listen address"), "{shown}");
+        assert!(shown.contains("p.yaml:2:18: invalid rate"), "{shown}");
+        assert!(shown.contains("p.yaml:4:26: invalid percentage"), "{shown}");
+    }
+}

@@ -1,0 +1,237 @@
+//! Matching alerts to runbook triggers: Alertmanager matcher syntax and an
+//! index by alertname so that matching does not scan every runbook.
+//!
+//! Pure: no IO, no clock.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use regex::Regex;
+
+use crate::alert::{Alert, AlertStatus};
+
+/// A matcher string could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MatcherError {
+    /// Not `name OP value`.
+    #[error("invalid matcher {0:?}: expected name=\"value\" with one of =, !=, =~, !~")]
+    Syntax(String),
+    /// The label name is not a valid Prometheus label name.
+    #[error("invalid label name {0:?} in matcher")]
+    LabelName(String),
+    /// The regular expression does not compile.
+    #[error("invalid regex in matcher {matcher:?}: {reason}")]
+    Regex { matcher: String, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    Regex,
+    NotRegex,
+}
+
+impl MatchOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            MatchOp::Equal => "=",
+            MatchOp::NotEqual => "!=",
+            MatchOp::Regex => "=~",
+            MatchOp::NotRegex => "!~",
+        }
+    }
+}
+
+/// One label matcher, with its regex compiled and anchored as Alertmanager
+/// anchors it (`^(?:re)$`).
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+    regex: Option<Regex>,
+}
+
+impl Matcher {
+    /// Parses `name="value"`, `name=~"re"`, `name!=value` and so on.
+    pub fn parse(text: &str) -> Result<Matcher, MatcherError> {
+        let syntax = || MatcherError::Syntax(text.to_string());
+        let t = text.trim();
+        let name_len = t
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .ok_or_else(syntax)?;
+        let name = &t[..name_len];
+        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(MatcherError::LabelName(name.to_string()));
+        }
+        let rest = t[name_len..].trim_start();
+        let (op, rest) = [("=~", MatchOp::Regex), ("!~", MatchOp::NotRegex), ("!=", MatchOp::NotEqual), ("=", MatchOp::Equal)]
+            .iter()
+            .find_map(|(s, op)| rest.strip_prefix(s).map(|r| (*op, r.trim())))
+            .ok_or_else(syntax)?;
+        let value = unquote(rest).ok_or_else(syntax)?;
+        let regex = match op {
+            MatchOp::Regex | MatchOp::NotRegex => Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| MatcherError::Regex {
+                matcher: text.to_string(),
+                reason: e.to_string().lines().last().unwrap_or_default().trim().to_string(),
+            })?),
+            _ => None,
+        };
+        Ok(Matcher { name: name.to_string(), op, value, regex })
+    }
+
+    /// Alertmanager semantics: an absent label is the empty string.
+    pub fn matches(&self, alert: &Alert) -> bool {
+        let v = alert.label(&self.name);
+        match (self.op, &self.regex) {
+            (MatchOp::Equal, _) => v == self.value,
+            (MatchOp::NotEqual, _) => v != self.value,
+            (MatchOp::Regex, Some(re)) => re.is_match(v),
+            (MatchOp::NotRegex, Some(re)) => !re.is_match(v),
+            (_, None) => false,
+        }
+    }
+}
+
+impl fmt::Display for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}{:?}", self.name, self.op.as_str(), self.value)
+    }
+}
+
+fn unquote(s: &str) -> Option<String> {
+    let Some(inner) = s.strip_prefix('"') else {
+        // Unquoted values run to the end; a stray quote means a typo.
+        return (!s.contains('"')).then(|| s.to_string());
+    };
+    let inner = inner.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            },
+            '"' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// Which alert status a trigger reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusFilter {
+    Firing,
+    Resolved,
+    Any,
+}
+
+impl StatusFilter {
+    pub fn accepts(self, status: AlertStatus) -> bool {
+        match self {
+            StatusFilter::Any => true,
+            StatusFilter::Firing => status == AlertStatus::Firing,
+            StatusFilter::Resolved => status == AlertStatus::Resolved,
+        }
+    }
+}
+
+/// A runbook's trigger.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// Exact alert names; empty = any name (the matchers decide).
+    pub alertnames: Vec<String>,
+    pub matchers: Vec<Matcher>,
+    pub status: StatusFilter,
+}
+
+impl Trigger {
+    pub fn matches(&self, alert: &Alert) -> bool {
+        self.status.accepts(alert.status)
+            && (self.alertnames.is_empty() || self.alertnames.iter().any(|n| n == alert.name()))
+            && self.matchers.iter().all(|m| m.matches(alert))
+    }
+}
+
+/// Triggers indexed by alertname. Values are caller-chosen ids (runbook
+/// positions), returned in ascending order.
+#[derive(Debug, Default)]
+pub struct MatchIndex {
+    by_name: HashMap<String, Vec<usize>>,
+    any_name: Vec<usize>,
+}
+
+impl MatchIndex {
+    pub fn new<'a>(triggers: impl IntoIterator<Item = (usize, &'a Trigger)>) -> MatchIndex {
+        let mut index = MatchIndex::default();
+        for (id, trigger) in triggers {
+            if trigger.alertnames.is_empty() {
+                index.any_name.push(id);
+            }
+            for name in &trigger.alertnames {
+                index.by_name.entry(name.clone()).or_default().push(id);
+            }
+        }
+        index
+    }
+
+    /// Ids whose trigger might match an alert of this name (still to be
+    /// checked with `Trigger::matches`).
+    pub fn candidates(&self, alertname: &str) -> impl Iterator<Item = usize> + '_ {
+        let named = self.by_name.get(alertname).map(Vec::as_slice).unwrap_or(&[]);
+        named.iter().chain(self.any_name.iter()).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(matcher: &str, value: Option<&str>, expected: bool) {
+        let m = Matcher::parse(matcher).unwrap();
+        let mut a = Alert::firing("X");
+        if let Some(v) = value {
+            a = a.label_set("l", v);
+        }
+        assert_eq!(m.matches(&a), expected, "{matcher} against {value:?}");
+    }
+
+    #[test]
+    fn operators_follow_alertmanager() {
+        check("l=\"a\"", Some("a"), true);
+        check("l=a", Some("a"), true);
+        check("l=\"a\"", Some("ab"), false);
+        check("l!=\"a\"", Some("b"), true);
+        check("l!=\"a\"", None, true);
+        check("l=\"\"", None, true);
+        check("l=~\"warn|crit\"", Some("crit"), true);
+        // Anchored: a partial match does not count.
+        check("l=~\"warn\"", Some("warning"), false);
+        check("l=~\"a|b\"", Some("ab"), false);
+        check("l!~\"kube-.*\"", Some("kube-system"), false);
+        check("l!~\"kube-.*\"", Some("shop"), true);
+        check("l=\"with \\\"quote\\\"\"", Some("with \"quote\""), true);
+    }
+
+    #[test]
+    fn bad_matchers_say_why() {
+        assert!(matches!(Matcher::parse("l=~\"(\""), Err(MatcherError::Regex { .. })));
+        assert!(matches!(Matcher::parse("l~\"a\""), Err(MatcherError::Syntax(_))));
+        assert!(matches!(Matcher::parse("=a"), Err(MatcherError::LabelName(_))));
+        assert!(matches!(Matcher::parse("l=\"a"), Err(MatcherError::Syntax(_))));
+    }
+
+    #[test]
+    fn index_returns_named_and_wildcard_candidates() {
+        let t1 = Trigger { alertnames: vec!["A".into()], matchers: vec![], status: StatusFilter::Firing };
+        let t2 = Trigger { alertnames: vec![], matchers: vec![Matcher::parse("team=x").unwrap()], status: StatusFilter::Any };
+        let index = MatchIndex::new([(0, &t1), (1, &t2)]);
+        assert_eq!(index.candidates("A").collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(index.candidates("B").collect::<Vec<_>>(), vec![1]);
+    }
+}

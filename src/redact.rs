@@ -1,0 +1,107 @@
+//! Secret redaction: every secret known to the config is replaced by
+//! `[REDACTED]` wherever it would leave pitcrew (logs, audit, API output).
+
+use std::sync::Arc;
+
+use aho_corasick::AhoCorasick;
+
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Secrets shorter than this are not redacted: replacing every "a" in every
+/// record would destroy the audit log. Config refuses such short tokens.
+pub const MIN_SECRET_LEN: usize = 4;
+
+#[derive(Clone, Default)]
+pub struct Redactor {
+    matcher: Option<Arc<AhoCorasick>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redactor")
+    }
+}
+
+impl Redactor {
+    pub fn new<I, S>(secrets: I) -> Redactor
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut list: Vec<String> = secrets
+            .into_iter()
+            .map(|s| s.as_ref().to_string())
+            .filter(|s| s.len() >= MIN_SECRET_LEN)
+            .collect();
+        list.sort();
+        list.dedup();
+        if list.is_empty() {
+            return Redactor::default();
+        }
+        let matcher = aho_corasick::AhoCorasickBuilder::new()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(&list)
+            .expect("literal patterns always build");
+        Redactor { matcher: Some(Arc::new(matcher)) }
+    }
+
+    pub fn text(&self, s: &str) -> String {
+        match &self.matcher {
+            Some(m) if m.is_match(s) => m.replace_all(s, &vec![REDACTED; m.patterns_len()]),
+            _ => s.to_string(),
+        }
+    }
+
+    /// Redacts every string inside a JSON value, keys included.
+    pub fn value(&self, v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        if self.matcher.is_none() {
+            return v.clone();
+        }
+        match v {
+            Value::String(s) => Value::String(self.text(s)),
+            Value::Array(items) => Value::Array(items.iter().map(|i| self.value(i)).collect()),
+            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (self.text(k), self.value(v))).collect()),
+            other => other.clone(),
+        }
+    }
+}
+
+/// Header names whose values are always secret in `http` steps.
+pub fn is_secret_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("cookie") || name.eq_ignore_ascii_case("proxy-authorization")
+}
+
+/// A reqwest error without the URL (which may hold a secret webhook path).
+pub fn without_url(e: &reqwest::Error) -> String {
+    let mut shown = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut first = true;
+    while let Some(err) = source {
+        if !first {
+            shown.push_str(": ");
+        }
+        first = false;
+        if let Some(req) = err.downcast_ref::<reqwest::Error>() {
+            shown.push_str(&req.to_string().replace(req.url().map(|u| u.as_str()).unwrap_or("\u{0}"), "[url]"));
+        } else {
+            shown.push_str(&err.to_string());
+        }
+        source = err.source();
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_in_text_and_json() {
+        let r = Redactor::new(["s3cr3t-token", "hooks/T000/B000"]);
+        assert_eq!(r.text("Bearer s3cr3t-token ok"), "Bearer [REDACTED] ok");
+        let v = serde_json::json!({"out": ["x s3cr3t-token"], "u": "https://h/hooks/T000/B000"});
+        assert_eq!(r.value(&v), serde_json::json!({"out": ["x [REDACTED]"], "u": "https://h/[REDACTED]"}));
+        assert_eq!(Redactor::new(["ab"]).text("ab"), "ab");
+    }
+}

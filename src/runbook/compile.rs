@@ -1,0 +1,441 @@
+//! From raw YAML to the checked model: every problem of a file reported in
+//! one pass, each with its position and a hint where one helps.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::loader::{Positions, parse_docs, parse_one, yaml_files};
+use super::raw::{RawParam, RawPluginManifest, RawRunbook, RawStep};
+use super::selftest::{Expect, RunbookTest};
+use super::template::{Templates, Tpl};
+use super::{Approval, Guardrails, ParamDef, ParamKind, Risk, Runbook, RunbookSet, Step};
+use crate::action::plugin::{Manifest, PluginParam};
+use crate::action::{ParamType, Registry, check_with};
+use crate::alert::{Alert, AlertStatus};
+use crate::config::Config;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::matcher::{Matcher, StatusFilter, Trigger};
+use crate::units::{Duration, Rate};
+
+const PARAM_ROOTS: &[&str] = &["alert", "runbook"];
+const TARGET_ROOTS: &[&str] = &["alert", "params", "runbook"];
+const STEP_ROOTS: &[&str] = &["alert", "params", "target", "runbook", "execution", "steps"];
+const FAILURE_ROOTS: &[&str] = &["alert", "params", "target", "runbook", "execution", "steps", "error"];
+
+/// Loads plugins, then every runbook under `paths`; all problems together.
+pub fn load(config: &Config, paths: &[PathBuf]) -> Result<RunbookSet, Diagnostics> {
+    let mut problems = Vec::new();
+    let manifests = load_plugins(&config.plugins, &mut problems);
+    let registry = Registry::with_plugins(manifests);
+    let set = load_runbooks(config, registry, paths, &mut problems);
+    if problems.is_empty() { Ok(set) } else { Err(Diagnostics(problems)) }
+}
+
+/// Loads runbooks with a given registry, collecting problems.
+pub fn load_runbooks(config: &Config, registry: Registry, paths: &[PathBuf], problems: &mut Vec<Diagnostic>) -> RunbookSet {
+    let mut templates = Templates::default();
+    let mut runbooks: Vec<Runbook> = Vec::new();
+    let files = match yaml_files(paths) {
+        Ok(f) => f,
+        Err(d) => {
+            problems.push(d);
+            Vec::new()
+        }
+    };
+    let mut seen: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(Diagnostic::new(&file, (1, 1), format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        for doc in parse_docs::<RawRunbook>(&file, &text) {
+            let doc = match doc {
+                Ok(d) => d,
+                Err(d) => {
+                    problems.push(d);
+                    continue;
+                }
+            };
+            let mut cx = Cx { file: &file, pos: &doc.positions, problems: Vec::new(), templates: &mut templates, registry: &registry, config };
+            let name_pos = cx.pos.at("name");
+            if let Some(rb) = cx.runbook(doc.value, digest(&doc.source)) {
+                if let Some((other, line)) = seen.get(&rb.name) {
+                    cx.problems.push(Diagnostic::new(&file, name_pos, format!("duplicate runbook name `{}`", rb.name)).hint(Some(format!("first defined at {}:{line}", other.display()))));
+                } else {
+                    seen.insert(rb.name.clone(), (file.clone(), name_pos.0));
+                    if cx.problems.is_empty() {
+                        runbooks.push(rb);
+                    }
+                }
+            }
+            problems.append(&mut cx.problems);
+        }
+    }
+    RunbookSet::new(runbooks, templates, registry)
+}
+
+fn digest(source: &str) -> String {
+    hex::encode(Sha256::digest(source.as_bytes()))
+}
+
+/// Reads `plugins/<name>/plugin.yaml` for every folder in `dir` (a missing
+/// folder means no plugins).
+pub fn load_plugins(dir: &Path, problems: &mut Vec<Diagnostic>) -> Vec<Manifest> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut folders: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    folders.sort();
+    let mut out = Vec::new();
+    for folder in folders {
+        let file = folder.join("plugin.yaml");
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            problems.push(Diagnostic::new(&folder, (1, 1), "plugin folder has no plugin.yaml"));
+            continue;
+        };
+        let doc = match parse_one::<RawPluginManifest>(&file, &text) {
+            Ok(d) => d,
+            Err(d) => {
+                problems.push(d);
+                continue;
+            }
+        };
+        let pos = &doc.positions;
+        let raw = doc.value;
+        let mut local = Vec::new();
+        let folder_name = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if raw.name != folder_name {
+            local.push(Diagnostic::new(&file, pos.at("name"), format!("plugin name `{}` differs from its folder `{folder_name}`", raw.name)));
+        }
+        if raw.command.is_empty() {
+            local.push(Diagnostic::new(&file, pos.at("command"), "`command` needs at least the program"));
+        } else {
+            let program = crate::action::plugin::resolve_program(&folder, &raw.command[0]);
+            if program.contains('/') && !Path::new(&program).is_file() {
+                local.push(Diagnostic::new(&file, pos.at("command[0]"), format!("program {program} does not exist")));
+            }
+        }
+        let risk = match raw.risk.as_deref().unwrap_or("medium").parse::<Risk>() {
+            Ok(r) => r,
+            Err(e) => {
+                local.push(Diagnostic::new(&file, pos.at("risk"), e));
+                Risk::Medium
+            }
+        };
+        let timeout = match &raw.timeout {
+            None => Duration::from_secs(60),
+            Some(t) => t.text().parse::<Duration>().unwrap_or_else(|e| {
+                local.push(Diagnostic::new(&file, pos.at("timeout"), e.to_string()));
+                Duration::from_secs(60)
+            }),
+        };
+        let mut params = Vec::new();
+        for (name, p) in &raw.params {
+            let at = format!("params.{name}");
+            let ty = match p.kind.as_deref().unwrap_or("string") {
+                "string" => ParamType::String,
+                "integer" => ParamType::Integer,
+                "boolean" => ParamType::Boolean,
+                other => {
+                    local.push(Diagnostic::new(&file, pos.at(&format!("{at}.type")), format!("invalid type {other:?}: expected string, integer or boolean")));
+                    continue;
+                }
+            };
+            let pattern = p.pattern.as_deref().and_then(|re| {
+                regex::Regex::new(re).map_err(|e| local.push(Diagnostic::new(&file, pos.at(&format!("{at}.pattern")), format!("invalid pattern: {}", first_line(&e.to_string()))))).ok()
+            });
+            if let Some(d) = &p.default
+                && let Err(e) = ty.check(d)
+            {
+                local.push(Diagnostic::new(&file, pos.at(&format!("{at}.default")), format!("default: {e}")));
+            }
+            params.push(PluginParam { name: name.clone(), ty, required: p.required, default: p.default.clone(), pattern, doc: p.description.clone().unwrap_or_default() });
+        }
+        if local.is_empty() {
+            out.push(Manifest { name: raw.name, description: raw.description, command: raw.command, dir: folder.clone(), risk, idempotent: raw.idempotent, timeout, params, env: raw.env, dry_run: raw.dry_run });
+        }
+        problems.append(&mut local);
+    }
+    out
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+}
+
+struct Cx<'a> {
+    file: &'a Path,
+    pos: &'a Positions,
+    problems: Vec<Diagnostic>,
+    templates: &'a mut Templates,
+    registry: &'a Registry,
+    config: &'a Config,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+impl Cx<'_> {
+    fn problem(&mut self, at: &str, message: impl Into<String>) {
+        let d = Diagnostic::new(self.file, self.pos.at(at), message);
+        self.problems.push(d);
+    }
+
+    fn problem_hint(&mut self, at: &str, message: impl Into<String>, hint: Option<String>) {
+        let d = Diagnostic::new(self.file, self.pos.at(at), message).hint(hint);
+        self.problems.push(d);
+    }
+
+    fn parse<T: std::str::FromStr>(&mut self, at: &str, text: &str) -> Option<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        text.parse::<T>().map_err(|e| self.problem(at, e.to_string())).ok()
+    }
+
+    fn template(&mut self, at: &str, source: &str, roots: &[&str]) -> Option<Tpl> {
+        self.templates.compile_str(source, roots).map_err(|e| self.problem(at, e.to_string())).ok()
+    }
+
+    fn runbook(&mut self, raw: RawRunbook, digest: String) -> Option<Runbook> {
+        if raw.api_version != "pitcrew/v1" {
+            self.problem_hint("apiVersion", format!("unsupported apiVersion {:?}", raw.api_version), Some("use `apiVersion: pitcrew/v1`".into()));
+        }
+        if !valid_name(&raw.name) {
+            self.problem("name", format!("invalid runbook name {:?}: use lowercase letters, digits and -", raw.name));
+        }
+        let trigger = raw.trigger.map(|t| {
+            let alertnames = t.alertname.map(|a| a.into_vec()).unwrap_or_default();
+            let matchers = t
+                .matchers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| Matcher::parse(m).map_err(|e| self.problem(&format!("trigger.matchers[{i}]"), e.to_string())).ok())
+                .collect::<Vec<_>>();
+            if alertnames.is_empty() && matchers.is_empty() {
+                self.problem("trigger", "a trigger needs `alertname` or `matchers` (omit `trigger` for a manual-only runbook)");
+            }
+            let status = match t.status.as_deref().unwrap_or("firing") {
+                "firing" => StatusFilter::Firing,
+                "resolved" => StatusFilter::Resolved,
+                "any" => StatusFilter::Any,
+                other => {
+                    self.problem("trigger.status", format!("invalid status {other:?}: expected firing, resolved or any"));
+                    StatusFilter::Firing
+                }
+            };
+            Trigger { alertnames, matchers, status }
+        });
+        let params: Vec<ParamDef> = raw.params.iter().filter_map(|(name, p)| self.param(name, p)).collect();
+        let target = raw.target.as_deref().and_then(|t| self.template("target", t, TARGET_ROOTS));
+        let guardrails = self.guardrails(&raw.guardrails);
+        let mut names = HashSet::new();
+        let steps = self.steps("steps", &raw.steps, STEP_ROOTS, &mut names);
+        let on_failure = self.steps("on_failure", &raw.on_failure, FAILURE_ROOTS, &mut names);
+        if raw.steps.is_empty() {
+            self.problem("steps", "a runbook needs at least one step");
+        }
+        let highest = steps.iter().chain(on_failure.iter()).map(|s| s.risk).max().unwrap_or(Risk::Low);
+        let risk = match raw.risk.as_deref() {
+            None => highest,
+            Some(text) => match text.parse::<Risk>() {
+                Ok(r) if r < highest => {
+                    let step = steps.iter().chain(on_failure.iter()).find(|s| s.risk == highest).map(|s| s.name.clone()).unwrap_or_default();
+                    self.problem_hint("risk", format!("runbook risk {r} is lower than step `{step}` ({highest})"), Some("lower a step's risk on the step itself (`risk:` on the step), where reviewers see it".into()));
+                    r
+                }
+                Ok(r) => r,
+                Err(e) => {
+                    self.problem("risk", e);
+                    highest
+                }
+            },
+        };
+        let tests = raw
+            .tests
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let at = format!("tests[{i}]");
+                let status = match t.alert.status.as_deref().unwrap_or("firing") {
+                    "firing" => AlertStatus::Firing,
+                    "resolved" => AlertStatus::Resolved,
+                    other => {
+                        self.problem(&format!("{at}.alert.status"), format!("invalid status {other:?}: expected firing or resolved"));
+                        return None;
+                    }
+                };
+                let mut alert = Alert::firing("");
+                alert.labels = t.alert.labels;
+                alert.annotations = t.alert.annotations;
+                alert.status = status;
+                alert.fingerprint = format!("test-{i}");
+                for step in t.expect.steps.keys() {
+                    if !steps.iter().chain(on_failure.iter()).any(|s| &s.name == step) {
+                        self.problem(&format!("{at}.expect.steps.{step}"), format!("no step named `{step}`"));
+                    }
+                }
+                let name = t.name.unwrap_or_else(|| format!("test {}", i + 1));
+                Some(RunbookTest { name, line: self.pos.at(&at).0, alert, expect: Expect { matches: t.expect.matches, params: t.expect.params, target: t.expect.target, steps: t.expect.steps } })
+            })
+            .collect();
+        let line = self.pos.at("name").0;
+        Some(Runbook {
+            name: raw.name,
+            description: raw.description,
+            owner: raw.owner,
+            file: self.file.to_path_buf(),
+            line,
+            digest,
+            trigger,
+            params,
+            target,
+            risk,
+            guardrails,
+            steps,
+            on_failure,
+            tests,
+        })
+    }
+
+    fn param(&mut self, name: &str, p: &RawParam) -> Option<ParamDef> {
+        let at = format!("params.{name}");
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            self.problem(&at, format!("invalid param name {name:?}: use letters, digits and _"));
+        }
+        let kind = match p.kind.as_deref().unwrap_or("string") {
+            "string" => ParamKind::String,
+            "integer" => ParamKind::Integer,
+            "boolean" => ParamKind::Boolean,
+            other => {
+                self.problem(&format!("{at}.type"), format!("invalid type {other:?}: expected string, integer or boolean"));
+                return None;
+            }
+        };
+        let pattern = p.pattern.as_deref().and_then(|re| regex::Regex::new(re).map_err(|e| self.problem(&format!("{at}.pattern"), format!("invalid pattern: {}", first_line(&e.to_string())))).ok());
+        if (p.min.is_some() || p.max.is_some()) && kind != ParamKind::Integer {
+            self.problem(&at, "`min` and `max` apply to integer params only");
+        }
+        if let (Some(min), Some(max)) = (p.min, p.max)
+            && min > max
+        {
+            self.problem(&format!("{at}.min"), format!("min {min} is above max {max}"));
+        }
+        let default = match &p.default {
+            None => None,
+            Some(v) => self.templates.compile_value(v, PARAM_ROOTS).map_err(|e| self.problem(&format!("{at}.default"), e.to_string())).ok(),
+        };
+        Some(ParamDef { name: name.to_string(), kind, default, required: p.required, pattern, min: p.min, max: p.max })
+    }
+
+    fn guardrails(&mut self, g: &super::raw::RawGuardrails) -> Guardrails {
+        let mut out = Guardrails::default();
+        if let Some(v) = &g.cooldown {
+            out.cooldown = self.parse::<Duration>("guardrails.cooldown", &v.text());
+        }
+        if let Some(v) = &g.rate_limit {
+            out.rate_limit = self.parse::<Rate>("guardrails.rate_limit", &v.text());
+        }
+        if let Some(v) = &g.runbook_rate_limit {
+            out.runbook_rate_limit = self.parse::<Rate>("guardrails.runbook_rate_limit", &v.text());
+        }
+        if let Some(v) = &g.escalate_after {
+            out.escalate_after = self.parse::<Rate>("guardrails.escalate_after", &v.text());
+        }
+        if let Some(v) = &g.approval_timeout
+            && let Some(d) = self.parse::<Duration>("guardrails.approval_timeout", &v.text())
+        {
+            out.approval_timeout = d;
+        }
+        if let Some(c) = g.concurrency {
+            if c == 0 {
+                self.problem("guardrails.concurrency", "concurrency must be at least 1");
+            }
+            out.concurrency = c.max(1);
+        }
+        out.approval = match g.approval.as_deref().unwrap_or("auto") {
+            "auto" => Approval::Auto,
+            "required" => Approval::Required,
+            other => {
+                self.problem("guardrails.approval", format!("invalid approval {other:?}: expected auto or required"));
+                Approval::Auto
+            }
+        };
+        if let Some(slo) = &g.slo {
+            if self.config.slo(slo).is_none() {
+                let known: Vec<&str> = self.config.slos.iter().map(|s| s.name.as_str()).collect();
+                let hint = if known.is_empty() { "no slos are defined in the config".to_string() } else { format!("defined slos: {}", known.join(", ")) };
+                self.problem_hint("guardrails.slo", format!("unknown slo `{slo}`"), Some(hint));
+            }
+            out.slo = Some(slo.clone());
+        }
+        out.dry_run = g.dry_run;
+        out
+    }
+
+    fn steps(&mut self, key: &str, raw: &[RawStep], roots: &[&str], names: &mut HashSet<String>) -> Vec<Step> {
+        let mut out = Vec::new();
+        for (i, s) in raw.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            if !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || s.name.is_empty() {
+                self.problem(&format!("{at}.name"), format!("invalid step name {:?}: use letters, digits, - and _", s.name));
+            }
+            if !names.insert(s.name.clone()) {
+                self.problem(&format!("{at}.name"), format!("duplicate step name `{}`", s.name));
+            }
+            let Some(action) = self.registry.get(&s.action).cloned() else {
+                let hint = match self.registry.nearest(&s.action) {
+                    Some(n) => Some(format!("did you mean `{n}`? `pitcrew actions` lists them all")),
+                    None if s.action.starts_with("plugin.") => Some(format!("no plugin folder `{}` with a plugin.yaml", s.action.trim_start_matches("plugin."))),
+                    None => Some("`pitcrew actions` lists them all".into()),
+                };
+                self.problem_hint(&format!("{at}.action"), format!("unknown action `{}`", s.action), hint);
+                continue;
+            };
+            let mut with = BTreeMap::new();
+            for (field, value) in &s.with {
+                let field_at = format!("{at}.with.{field}");
+                let is_url = action.spec().params.iter().any(|p| &p.name == field && p.ty == ParamType::Url);
+                let compiled = match (is_url, value) {
+                    (true, serde_json::Value::String(src)) => self.templates.compile_url(src, roots),
+                    _ => self.templates.compile_value(value, roots),
+                };
+                match compiled {
+                    Ok(t) => {
+                        with.insert(field.clone(), t);
+                    }
+                    Err(e) => self.problem(&field_at, format!("with.{field}: {e}")),
+                }
+            }
+            for (field, message, hint) in check_with(action.as_ref(), &with) {
+                let place = match &field {
+                    Some(f) => self.pos.key(&format!("{at}.with.{f}")),
+                    None => self.pos.at(&format!("{at}.action")),
+                };
+                self.problems.push(Diagnostic::new(self.file, place, message).hint(hint));
+            }
+            let when = s.when.as_deref().and_then(|w| self.template(&format!("{at}.when"), w, roots));
+            let timeout = s.timeout.as_ref().and_then(|t| self.parse::<Duration>(&format!("{at}.timeout"), &t.text()));
+            let idempotent = action.step_idempotent(&with);
+            if s.retries > 0 && !idempotent {
+                self.problem_hint(
+                    &format!("{at}.retries"),
+                    format!("step `{}`: `retries` on non-idempotent action `{}`", s.name, action.spec().name),
+                    Some("a blind retry could do the change twice; remove `retries`".into()),
+                );
+            }
+            let risk = match &s.risk {
+                Some(r) => self.parse::<Risk>(&format!("{at}.risk"), r).unwrap_or(Risk::High),
+                None => action.step_risk(&with),
+            };
+            out.push(Step { name: s.name.clone(), action, with, when, timeout, retries: s.retries, risk, idempotent, continue_on_error: s.continue_on_error });
+        }
+        out
+    }
+}
