@@ -15,11 +15,7 @@ use sha2::{Digest, Sha256};
 pub enum AlertError {
     /// The body is not valid JSON of the expected shape.
     #[error("invalid alert JSON at line {line} column {column}: {reason}")]
-    Json {
-        line: usize,
-        column: usize,
-        reason: String,
-    },
+    Json { line: usize, column: usize, reason: String },
     /// The payload names a webhook version this build does not speak.
     #[error("unsupported webhook payload version {0:?}: only \"4\" is supported")]
     Version(String),
@@ -136,11 +132,7 @@ impl Alert {
     }
 
     /// Normalises a wire alert. `now` fills a missing `startsAt`.
-    pub fn from_wire(
-        wire: WireAlert,
-        group_status: Option<AlertStatus>,
-        now: DateTime<Utc>,
-    ) -> Alert {
+    pub fn from_wire(wire: WireAlert, group_status: Option<AlertStatus>, now: DateTime<Utc>) -> Alert {
         let ends_at = wire.ends_at.filter(|t| t.timestamp() > 0);
         let status = wire.status.or(group_status).unwrap_or(match ends_at {
             Some(end) if end <= now => AlertStatus::Resolved,
@@ -249,10 +241,7 @@ pub fn parse_alert_file(text: &str, now: DateTime<Utc>) -> Result<Vec<Alert>, Al
         serde_json::Value::Array(_) => serde_json::from_value(value).map_err(json_error)?,
         _ => vec![serde_json::from_value(value).map_err(json_error)?],
     };
-    Ok(wires
-        .into_iter()
-        .map(|w| Alert::from_wire(w, None, now))
-        .collect())
+    Ok(wires.into_iter().map(|w| Alert::from_wire(w, None, now)).collect())
 }
 
 /// Test and example builder: `Alert::firing("X").label("ns", "shop")`.

@@ -159,9 +159,24 @@ pub struct PolicyRow {
 /// SPEC §5: the SRE error-budget policy.
 pub fn default_budget_policy() -> Vec<PolicyRow> {
     vec![
-        PolicyRow { name: "healthy".into(), above: Ratio(0.5), auto: Risk::ALL.to_vec(), approve: vec![] },
-        PolicyRow { name: "caution".into(), above: Ratio(0.25), auto: vec![Risk::Low, Risk::Medium], approve: vec![Risk::High] },
-        PolicyRow { name: "freeze".into(), above: Ratio(0.0), auto: vec![Risk::Low], approve: vec![Risk::Medium, Risk::High] },
+        PolicyRow {
+            name: "healthy".into(),
+            above: Ratio(0.5),
+            auto: Risk::ALL.to_vec(),
+            approve: vec![],
+        },
+        PolicyRow {
+            name: "caution".into(),
+            above: Ratio(0.25),
+            auto: vec![Risk::Low, Risk::Medium],
+            approve: vec![Risk::High],
+        },
+        PolicyRow {
+            name: "freeze".into(),
+            above: Ratio(0.0),
+            auto: vec![Risk::Low],
+            approve: vec![Risk::Medium, Risk::High],
+        },
     ]
 }
 
@@ -227,7 +242,10 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::parse(path, &text)
     }
 
@@ -241,15 +259,28 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, base: &Path, file: Option<&Path>, pos: &Positions) -> Result<Config, ConfigError> {
-        let mut cx = Cx { file: file.unwrap_or(Path::new("pitcrew.yaml")), pos, base, problems: Vec::new(), secrets: Vec::new() };
+        let mut cx = Cx {
+            file: file.unwrap_or(Path::new("pitcrew.yaml")),
+            pos,
+            base,
+            problems: Vec::new(),
+            secrets: Vec::new(),
+        };
         let listen_text = cx.expand("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN));
         let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-            cx.problem("listen", format!("invalid listen address {listen_text:?}: expected IP:PORT, e.g. 127.0.0.1:9095"));
+            cx.problem(
+                "listen",
+                format!("invalid listen address {listen_text:?}: expected IP:PORT, e.g. 127.0.0.1:9095"),
+            );
             DEFAULT_LISTEN.parse().expect("default parses")
         });
         let state_dir = cx.path("state_dir", raw.state_dir.as_deref().unwrap_or(".pitcrew"));
         let runbooks = match raw.runbooks {
-            Some(list) => list.iter().enumerate().map(|(i, r)| cx.path(&format!("runbooks[{i}]"), r)).collect(),
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, r)| cx.path(&format!("runbooks[{i}]"), r))
+                .collect(),
             None => vec![cx.path("runbooks", "runbooks")],
         };
         let plugins = cx.path("plugins", raw.plugins.as_deref().unwrap_or("plugins"));
@@ -257,7 +288,11 @@ impl Config {
             Some(text) => cx.parse::<ByteSize>("max_body", &text).map(|b| b.0).unwrap_or(1 << 20),
             None => 1 << 20,
         };
-        let webhook_token = cx.secret("auth.webhook_token", raw.auth.webhook_token.as_deref(), raw.auth.webhook_token_file.as_deref());
+        let webhook_token = cx.secret(
+            "auth.webhook_token",
+            raw.auth.webhook_token.as_deref(),
+            raw.auth.webhook_token_file.as_deref(),
+        );
         let mut tokens = Vec::new();
         for (i, t) in raw.auth.tokens.iter().enumerate() {
             let at = format!("auth.tokens[{i}]");
@@ -269,14 +304,21 @@ impl Config {
                 "viewer" => Role::Viewer,
                 "operator" => Role::Operator,
                 other => {
-                    cx.problem(&format!("{at}.role"), format!("invalid role {other:?}: expected viewer or operator"));
+                    cx.problem(
+                        &format!("{at}.role"),
+                        format!("invalid role {other:?}: expected viewer or operator"),
+                    );
                     continue;
                 }
             };
             if tokens.iter().any(|x: &ApiToken| x.token == token) {
                 cx.problem(&at, format!("token `{}` reuses another token's value", t.name));
             }
-            tokens.push(ApiToken { name: t.name.clone(), token, role });
+            tokens.push(ApiToken {
+                name: t.name.clone(),
+                token,
+                role,
+            });
         }
         let prometheus_url = raw.prometheus.map(|u| cx.url("prometheus.url", &u.url));
         let alertmanager_url = raw.alertmanager.map(|u| cx.url("alertmanager.url", &u.url));
@@ -307,7 +349,10 @@ impl Config {
             if let Some(o) = objective
                 && !(o.0 > 0.0 && o.0 < 1.0)
             {
-                cx.problem(&format!("{at}.objective"), format!("objective {o} must be between 0% and 100% (exclusive)"));
+                cx.problem(
+                    &format!("{at}.objective"),
+                    format!("objective {o} must be between 0% and 100% (exclusive)"),
+                );
             }
             let window = cx.parse::<Duration>(&format!("{at}.window"), &s.window);
             let sli = match (s.good, s.total, s.static_remaining) {
@@ -321,7 +366,10 @@ impl Config {
                 }
                 (None, None, Some(rem)) => cx.parse::<Ratio>(&format!("{at}.static_remaining"), &rem).map(Sli::Static),
                 _ => {
-                    cx.problem(&at, format!("slo `{}` needs `good` and `total` queries, or `static_remaining`", s.name));
+                    cx.problem(
+                        &at,
+                        format!("slo `{}` needs `good` and `total` queries, or `static_remaining`", s.name),
+                    );
                     None
                 }
             };
@@ -329,7 +377,12 @@ impl Config {
                 cx.problem(&format!("{at}.name"), format!("duplicate slo name `{}`", s.name));
             }
             if let (Some(objective), Some(window), Some(sli)) = (objective, window, sli) {
-                slos.push(Slo { name: s.name, objective, window, sli });
+                slos.push(Slo {
+                    name: s.name,
+                    objective,
+                    window,
+                    sli,
+                });
             }
         }
         let budget_policy = match raw.budget_policy {
@@ -350,10 +403,18 @@ impl Config {
                     if let Some(prev) = out.last()
                         && prev.above <= above
                     {
-                        cx.problem(&format!("{at}.above"), "budget_policy rows must go from the highest `above` to the lowest");
+                        cx.problem(
+                            &format!("{at}.above"),
+                            "budget_policy rows must go from the highest `above` to the lowest",
+                        );
                     }
                     let name = r.name.unwrap_or_else(|| format!("tier-{i}"));
-                    out.push(PolicyRow { name, above, auto, approve });
+                    out.push(PolicyRow {
+                        name,
+                        above,
+                        auto,
+                        approve,
+                    });
                 }
                 out
             }
@@ -398,7 +459,10 @@ impl Config {
 
     /// A copy of the config for tests, with the state under `dir`.
     pub fn for_state_dir(dir: &Path) -> Config {
-        Config { state_dir: dir.to_path_buf(), ..Config::default() }
+        Config {
+            state_dir: dir.to_path_buf(),
+            ..Config::default()
+        }
     }
 }
 
@@ -442,7 +506,11 @@ impl Cx<'_> {
 
     fn path(&mut self, at: &str, text: &str) -> PathBuf {
         let p = PathBuf::from(self.expand(at, text));
-        if p.is_absolute() || self.base == Path::new(".") { p } else { self.base.join(p) }
+        if p.is_absolute() || self.base == Path::new(".") {
+            p
+        } else {
+            self.base.join(p)
+        }
     }
 
     fn url(&mut self, at: &str, text: &str) -> String {

@@ -18,7 +18,13 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: &Path, (line, column): (usize, usize), message: impl Into<String>) -> Diagnostic {
-        Diagnostic { file: file.to_path_buf(), line, column, message: message.into(), hint: None }
+        Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn hint(mut self, hint: Option<String>) -> Diagnostic {

@@ -58,18 +58,21 @@ impl Matcher {
     pub fn parse(text: &str) -> Result<Matcher, MatcherError> {
         let syntax = || MatcherError::Syntax(text.to_string());
         let t = text.trim();
-        let name_len = t
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .ok_or_else(syntax)?;
+        let name_len = t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).ok_or_else(syntax)?;
         let name = &t[..name_len];
         if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
             return Err(MatcherError::LabelName(name.to_string()));
         }
         let rest = t[name_len..].trim_start();
-        let (op, rest) = [("=~", MatchOp::Regex), ("!~", MatchOp::NotRegex), ("!=", MatchOp::NotEqual), ("=", MatchOp::Equal)]
-            .iter()
-            .find_map(|(s, op)| rest.strip_prefix(s).map(|r| (*op, r.trim())))
-            .ok_or_else(syntax)?;
+        let (op, rest) = [
+            ("=~", MatchOp::Regex),
+            ("!~", MatchOp::NotRegex),
+            ("!=", MatchOp::NotEqual),
+            ("=", MatchOp::Equal),
+        ]
+        .iter()
+        .find_map(|(s, op)| rest.strip_prefix(s).map(|r| (*op, r.trim())))
+        .ok_or_else(syntax)?;
         let value = unquote(rest).ok_or_else(syntax)?;
         let regex = match op {
             MatchOp::Regex | MatchOp::NotRegex => Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| MatcherError::Regex {
@@ -78,7 +81,12 @@ impl Matcher {
             })?),
             _ => None,
         };
-        Ok(Matcher { name: name.to_string(), op, value, regex })
+        Ok(Matcher {
+            name: name.to_string(),
+            op,
+            value,
+            regex,
+        })
     }
 
     /// Alertmanager semantics: an absent label is the empty string.
@@ -228,8 +236,16 @@ mod tests {
 
     #[test]
     fn index_returns_named_and_wildcard_candidates() {
-        let t1 = Trigger { alertnames: vec!["A".into()], matchers: vec![], status: StatusFilter::Firing };
-        let t2 = Trigger { alertnames: vec![], matchers: vec![Matcher::parse("team=x").unwrap()], status: StatusFilter::Any };
+        let t1 = Trigger {
+            alertnames: vec!["A".into()],
+            matchers: vec![],
+            status: StatusFilter::Firing,
+        };
+        let t2 = Trigger {
+            alertnames: vec![],
+            matchers: vec![Matcher::parse("team=x").unwrap()],
+            status: StatusFilter::Any,
+        };
         let index = MatchIndex::new([(0, &t1), (1, &t2)]);
         assert_eq!(index.candidates("A").collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(index.candidates("B").collect::<Vec<_>>(), vec![1]);

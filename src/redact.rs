@@ -42,7 +42,9 @@ impl Redactor {
             .match_kind(aho_corasick::MatchKind::LeftmostLongest)
             .build(&list)
             .expect("literal patterns always build");
-        Redactor { matcher: Some(Arc::new(matcher)) }
+        Redactor {
+            matcher: Some(Arc::new(matcher)),
+        }
     }
 
     pub fn text(&self, s: &str) -> String {
@@ -101,7 +103,10 @@ mod tests {
         let r = Redactor::new(["s3cr3t-token", "hooks/T000/B000"]);
         assert_eq!(r.text("Bearer s3cr3t-token ok"), "Bearer [REDACTED] ok");
         let v = serde_json::json!({"out": ["x s3cr3t-token"], "u": "https://h/hooks/T000/B000"});
-        assert_eq!(r.value(&v), serde_json::json!({"out": ["x [REDACTED]"], "u": "https://h/[REDACTED]"}));
+        assert_eq!(
+            r.value(&v),
+            serde_json::json!({"out": ["x [REDACTED]"], "u": "https://h/[REDACTED]"})
+        );
         assert_eq!(Redactor::new(["ab"]).text("ab"), "ab");
     }
 }

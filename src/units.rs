@@ -84,15 +84,8 @@ impl FromStr for Duration {
             let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
-            let scale = UNITS
-                .iter()
-                .find(|(name, _)| *name == unit)
-                .map(|(_, ms)| *ms)
-                .ok_or_else(err)?;
-            total = n
-                .checked_mul(scale)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(err)?;
+            let scale = UNITS.iter().find(|(name, _)| *name == unit).map(|(_, ms)| *ms).ok_or_else(err)?;
+            total = n.checked_mul(scale).and_then(|v| total.checked_add(v)).ok_or_else(err)?;
         }
         Ok(Duration::from_millis(total))
     }

@@ -12,11 +12,20 @@ pub struct Silence {
 
 impl Silence {
     pub fn new() -> Self {
-        let spec = Spec::new("alertmanager.silence", "Silence the alert (its labels, or `matchers`) for `duration`; output {silence_id}", Risk::Low, true)
-            .required("duration", ParamType::Duration, "how long the silence lasts")
-            .param("matchers", ParamType::StringList, "Alertmanager matchers (default: the alert's labels)")
-            .param("comment", ParamType::String, "why (default names the execution)")
-            .example("duration: 30m\ncomment: \"pitcrew {{execution.id}} is restarting {{target}}\"\n");
+        let spec = Spec::new(
+            "alertmanager.silence",
+            "Silence the alert (its labels, or `matchers`) for `duration`; output {silence_id}",
+            Risk::Low,
+            true,
+        )
+        .required("duration", ParamType::Duration, "how long the silence lasts")
+        .param(
+            "matchers",
+            ParamType::StringList,
+            "Alertmanager matchers (default: the alert's labels)",
+        )
+        .param("comment", ParamType::String, "why (default names the execution)")
+        .example("duration: 30m\ncomment: \"pitcrew {{execution.id}} is restarting {{target}}\"\n");
         Silence { spec }
     }
 }
@@ -28,7 +37,10 @@ impl Action for Silence {
     }
 
     async fn run(&self, _input: &Value, _cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        Err(ActionError::Unavailable(format!("{} is not implemented in this build", self.spec.name)))
+        Err(ActionError::Unavailable(format!(
+            "{} is not implemented in this build",
+            self.spec.name
+        )))
     }
 }
 
@@ -38,9 +50,14 @@ pub struct Unsilence {
 
 impl Unsilence {
     pub fn new() -> Self {
-        let spec = Spec::new("alertmanager.unsilence", "Expire a silence made by alertmanager.silence", Risk::Low, true)
-            .required("silence_id", ParamType::String, "the id to expire")
-            .example("silence_id: \"{{steps.silence.output.silence_id}}\"\n");
+        let spec = Spec::new(
+            "alertmanager.unsilence",
+            "Expire a silence made by alertmanager.silence",
+            Risk::Low,
+            true,
+        )
+        .required("silence_id", ParamType::String, "the id to expire")
+        .example("silence_id: \"{{steps.silence.output.silence_id}}\"\n");
         Unsilence { spec }
     }
 }
@@ -52,6 +69,9 @@ impl Action for Unsilence {
     }
 
     async fn run(&self, _input: &Value, _cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        Err(ActionError::Unavailable(format!("{} is not implemented in this build", self.spec.name)))
+        Err(ActionError::Unavailable(format!(
+            "{} is not implemented in this build",
+            self.spec.name
+        )))
     }
 }

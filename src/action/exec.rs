@@ -25,11 +25,20 @@ pub struct Exec {
 
 impl Exec {
     pub fn new() -> Self {
-        let spec = Spec::new("exec", "Run a program (argv list, no shell) with a cleared environment, a timeout and capped output", Risk::Medium, false)
-            .required("command", ParamType::StringList, "argv: program then arguments, each one element")
-            .param("env", ParamType::StringMap, "environment variables for the program (nothing else is passed but PATH and LANG)")
-            .param("timeout", ParamType::Duration, "kill the program after this long (default 60s)")
-            .example("command: [\"/usr/local/bin/flush-cache\", \"--namespace\", \"{{params.namespace}}\"]\ntimeout: 30s\n");
+        let spec = Spec::new(
+            "exec",
+            "Run a program (argv list, no shell) with a cleared environment, a timeout and capped output",
+            Risk::Medium,
+            false,
+        )
+        .required("command", ParamType::StringList, "argv: program then arguments, each one element")
+        .param(
+            "env",
+            ParamType::StringMap,
+            "environment variables for the program (nothing else is passed but PATH and LANG)",
+        )
+        .param("timeout", ParamType::Duration, "kill the program after this long (default 60s)")
+        .example("command: [\"/usr/local/bin/flush-cache\", \"--namespace\", \"{{params.namespace}}\"]\ntimeout: 30s\n");
         Exec { spec }
     }
 }
@@ -97,7 +106,13 @@ pub async fn run_process(
     }
     let (stdout, stdout_truncated) = stdout.await.unwrap_or_default();
     let (stderr, stderr_truncated) = stderr.await.unwrap_or_default();
-    Ok(Finished { exit_code: status.code(), stdout, stdout_truncated, stderr, stderr_truncated })
+    Ok(Finished {
+        exit_code: status.code(),
+        stdout,
+        stdout_truncated,
+        stderr,
+        stderr_truncated,
+    })
 }
 
 /// Reads everything, keeps the first `OUTPUT_CAP` bytes: the child must not
@@ -130,7 +145,11 @@ impl Action for Exec {
     }
 
     async fn run(&self, input_value: &Value, cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        let Input { command, env: extra, timeout } = input(input_value)?;
+        let Input {
+            command,
+            env: extra,
+            timeout,
+        } = input(input_value)?;
         if command.is_empty() || command[0].is_empty() {
             return Err(ActionError::input("command", "needs at least the program"));
         }
@@ -162,5 +181,11 @@ impl Action for Exec {
 
 fn last_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").chars().take(300).collect()
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect()
 }

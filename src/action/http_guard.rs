@@ -20,12 +20,18 @@ pub struct CheckedUrl {
 pub async fn check_url(config: &Config, url: &str) -> Result<CheckedUrl, ActionError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| ActionError::input("url", format!("invalid URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ActionError::input("url", format!("scheme {:?} is not http or https", parsed.scheme())));
+        return Err(ActionError::input(
+            "url",
+            format!("scheme {:?} is not http or https", parsed.scheme()),
+        ));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(ActionError::input("url", "credentials in URLs are not allowed; use headers"));
     }
-    let host = parsed.host_str().ok_or_else(|| ActionError::input("url", "has no host"))?.to_ascii_lowercase();
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| ActionError::input("url", "has no host"))?
+        .to_ascii_lowercase();
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let port = parsed.port_or_known_default().unwrap_or(80);
     let exact = config.allowed_hosts.iter().any(|h| h.exact_match(&host, port));
@@ -43,9 +49,7 @@ pub async fn check_url(config: &Config, url: &str) -> Result<CheckedUrl, ActionE
     if addrs.is_empty() {
         return Err(ActionError::Unavailable(format!("{host} resolved to no address")));
     }
-    if !exact
-        && let Some(bad) = addrs.iter().find(|a| is_internal(a.ip()))
-    {
+    if !exact && let Some(bad) = addrs.iter().find(|a| is_internal(a.ip())) {
         return Err(ActionError::Refused(format!(
             "{host} resolves to internal address {}; list the exact host in http.allowed_hosts to allow it",
             bad.ip()
@@ -132,7 +136,19 @@ mod tests {
 
     #[test]
     fn internal_addresses_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "100.64.0.1",
+        ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "2001:4860::8888"] {

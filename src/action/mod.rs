@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::alert::Alert;
@@ -65,7 +65,10 @@ impl ActionError {
     }
 
     pub fn input(field: &str, reason: impl Into<String>) -> ActionError {
-        ActionError::Input { field: field.to_string(), reason: reason.into() }
+        ActionError::Input {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -122,7 +125,11 @@ impl ParamType {
             (ParamType::OneOf(words), Value::String(s)) => words.contains(&s.as_str()),
             _ => false,
         };
-        if ok { Ok(()) } else { Err(format!("expected {}, got {}", self.describe(), short(v))) }
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("expected {}, got {}", self.describe(), short(v)))
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -146,7 +153,11 @@ impl ParamType {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
 }
 
 /// One declared parameter.
@@ -161,7 +172,12 @@ pub struct Param {
 
 impl Param {
     pub fn new(name: &str, ty: ParamType, required: bool, doc: &str) -> Param {
-        Param { name: name.into(), ty, required, doc: doc.into() }
+        Param {
+            name: name.into(),
+            ty,
+            required,
+            doc: doc.into(),
+        }
     }
 }
 
@@ -188,7 +204,15 @@ pub struct Spec {
 
 impl Spec {
     pub fn new(name: &str, summary: &str, risk: Risk, idempotent: bool) -> Spec {
-        Spec { name: name.into(), summary: summary.into(), risk, idempotent, params: Vec::new(), rbac: Vec::new(), example: String::new() }
+        Spec {
+            name: name.into(),
+            summary: summary.into(),
+            risk,
+            idempotent,
+            params: Vec::new(),
+            rbac: Vec::new(),
+            example: String::new(),
+        }
     }
 
     pub fn param(mut self, name: &str, ty: ParamType, doc: &str) -> Spec {
@@ -202,7 +226,11 @@ impl Spec {
     }
 
     pub fn rbac(mut self, api_group: &'static str, resources: &'static [&'static str], verbs: &'static [&'static str]) -> Spec {
-        self.rbac.push(Rbac { api_group, resources, verbs });
+        self.rbac.push(Rbac {
+            api_group,
+            resources,
+            verbs,
+        });
         self
     }
 
@@ -242,7 +270,12 @@ impl Deps {
             .build()
             .expect("an HTTP client with default TLS builds");
         let redactor = config.redactor.clone();
-        Deps { config, redactor, http, kube: tokio::sync::OnceCell::new() }
+        Deps {
+            config,
+            redactor,
+            http,
+            kube: tokio::sync::OnceCell::new(),
+        }
     }
 }
 
@@ -277,7 +310,13 @@ impl ActionContext<'_> {
 pub fn sanitize_file_name(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let s = s.trim_start_matches('.');
     if s.is_empty() { "artifact".into() } else { s.to_string() }
@@ -338,7 +377,10 @@ pub mod lenient {
     pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         match Value::deserialize(d)? {
             Value::Number(n) => n.as_i64().ok_or_else(|| D::Error::custom(format!("expected an integer, got {n}"))),
-            Value::String(s) => s.trim().parse().map_err(|_| D::Error::custom(format!("expected an integer, got {s:?}"))),
+            Value::String(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| D::Error::custom(format!("expected an integer, got {s:?}"))),
             other => Err(D::Error::custom(format!("expected an integer, got {other}"))),
         }
     }
@@ -455,7 +497,11 @@ pub fn check_with(action: &dyn Action, with: &BTreeMap<String, Tpl>) -> Vec<(Opt
         match spec.params.iter().find(|p| &p.name == field) {
             None => {
                 let valid: Vec<&str> = spec.params.iter().map(|p| p.name.as_str()).collect();
-                problems.push((Some(field.clone()), format!("unknown parameter `{field}` for action `{}`", spec.name), Some(format!("valid parameters: {}", valid.join(", ")))));
+                problems.push((
+                    Some(field.clone()),
+                    format!("unknown parameter `{field}` for action `{}`", spec.name),
+                    Some(format!("valid parameters: {}", valid.join(", "))),
+                ));
             }
             Some(param) => {
                 if let Some(v) = tpl.literal()
@@ -468,7 +514,11 @@ pub fn check_with(action: &dyn Action, with: &BTreeMap<String, Tpl>) -> Vec<(Opt
     }
     for p in spec.params.iter().filter(|p| p.required) {
         if !with.contains_key(&p.name) {
-            problems.push((None, format!("action `{}` needs parameter `{}` ({})", spec.name, p.name, p.doc), None));
+            problems.push((
+                None,
+                format!("action `{}` needs parameter `{}` ({})", spec.name, p.name, p.doc),
+                None,
+            ));
         }
     }
     let literal: BTreeMap<String, Value> = with.iter().filter_map(|(k, t)| t.literal().map(|v| (k.clone(), v))).collect();
@@ -496,13 +546,24 @@ mod tests {
             let spec = action.spec();
             assert!(names.insert(spec.name.clone()), "duplicate action {}", spec.name);
             assert!(!spec.summary.is_empty(), "{} has no summary", spec.name);
-            assert!(spec.params.iter().all(|p| !p.doc.is_empty()), "{} has an undocumented parameter", spec.name);
-            let example: BTreeMap<String, Value> = serde_yaml::from_str(&spec.example)
-                .unwrap_or_else(|e| panic!("{} example does not parse: {e}", spec.name));
+            assert!(
+                spec.params.iter().all(|p| !p.doc.is_empty()),
+                "{} has an undocumented parameter",
+                spec.name
+            );
+            let example: BTreeMap<String, Value> =
+                serde_yaml::from_str(&spec.example).unwrap_or_else(|e| panic!("{} example does not parse: {e}", spec.name));
             let mut templates = crate::runbook::template::Templates::default();
             let with: BTreeMap<String, Tpl> = example
                 .iter()
-                .map(|(k, v)| (k.clone(), templates.compile_value(v, &["alert", "params", "target", "runbook", "execution", "steps"]).unwrap()))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        templates
+                            .compile_value(v, &["alert", "params", "target", "runbook", "execution", "steps"])
+                            .unwrap(),
+                    )
+                })
                 .collect();
             let problems = check_with(action.as_ref(), &with);
             assert!(problems.is_empty(), "{} example: {problems:?}", spec.name);

@@ -12,10 +12,19 @@ pub struct Notify {
 
 impl Notify {
     pub fn new() -> Self {
-        let spec = Spec::new("notify", "Post `text` to a Slack-compatible incoming webhook (`url`, default from config notify.url)", Risk::Low, false)
-            .required("text", ParamType::String, "the message")
-            .param("url", ParamType::Url, "webhook URL (default: config notify.url); the host must be in http.allowed_hosts")
-            .example("text: \"pitcrew restarted {{target}} for {{alert.labels.alertname}}\"\n");
+        let spec = Spec::new(
+            "notify",
+            "Post `text` to a Slack-compatible incoming webhook (`url`, default from config notify.url)",
+            Risk::Low,
+            false,
+        )
+        .required("text", ParamType::String, "the message")
+        .param(
+            "url",
+            ParamType::Url,
+            "webhook URL (default: config notify.url); the host must be in http.allowed_hosts",
+        )
+        .example("text: \"pitcrew restarted {{target}} for {{alert.labels.alertname}}\"\n");
         Notify { spec }
     }
 }

@@ -80,7 +80,10 @@ impl Plugin {
         let mut out = serde_json::Map::new();
         for (k, _) in &given {
             if !self.manifest.params.iter().any(|p| &p.name == k) {
-                return Err(ActionError::input(k, format!("unknown parameter for plugin.{}", self.manifest.name)));
+                return Err(ActionError::input(
+                    k,
+                    format!("unknown parameter for plugin.{}", self.manifest.name),
+                ));
             }
         }
         for p in &self.manifest.params {
@@ -187,18 +190,32 @@ impl Action for Plugin {
         if done.exit_code != Some(0) {
             let code = done.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "a signal".into());
             let err = String::from_utf8_lossy(&done.stderr);
-            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").chars().take(300).collect::<String>();
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect::<String>();
             return Err(ActionError::Failed(format!("{name} exited with {code}: {last}")));
         }
         if done.stdout_truncated {
-            return Err(ActionError::Failed(format!("{name} wrote more than {} bytes to stdout", crate::action::exec::OUTPUT_CAP)));
+            return Err(ActionError::Failed(format!(
+                "{name} wrote more than {} bytes to stdout",
+                crate::action::exec::OUTPUT_CAP
+            )));
         }
         let reply: Reply = serde_json::from_slice(&done.stdout).map_err(|e| {
             let shown: String = String::from_utf8_lossy(&done.stdout).chars().take(120).collect();
             ActionError::Failed(format!("{name} printed invalid JSON ({e}); stdout began {shown:?}; expected {{\"ok\": bool, \"output\": {{...}}, \"message\": \"...\"}}"))
         })?;
         if !reply.ok {
-            let msg = if reply.message.is_empty() { "reported ok: false".to_string() } else { reply.message };
+            let msg = if reply.message.is_empty() {
+                "reported ok: false".to_string()
+            } else {
+                reply.message
+            };
             return Err(ActionError::Failed(format!("{name}: {msg}")));
         }
         let mut output = reply.output.unwrap_or_default();

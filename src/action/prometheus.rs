@@ -12,10 +12,15 @@ pub struct Query {
 
 impl Query {
     pub fn new() -> Self {
-        let spec = Spec::new("prometheus.query", "Run an instant PromQL query; output {value, result}", Risk::Low, true)
-            .required("query", ParamType::String, "PromQL expression")
-            .param("timeout", ParamType::Duration, "query timeout (default 30s)")
-            .example("query: 'sum(rate(http_requests_total{job=\"checkout\",code=~\"5..\"}[5m]))'\n");
+        let spec = Spec::new(
+            "prometheus.query",
+            "Run an instant PromQL query; output {value, result}",
+            Risk::Low,
+            true,
+        )
+        .required("query", ParamType::String, "PromQL expression")
+        .param("timeout", ParamType::Duration, "query timeout (default 30s)")
+        .example("query: 'sum(rate(http_requests_total{job=\"checkout\",code=~\"5..\"}[5m]))'\n");
         Query { spec }
     }
 }
@@ -27,7 +32,10 @@ impl Action for Query {
     }
 
     async fn run(&self, _input: &Value, _cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        Err(ActionError::Unavailable(format!("{} is not implemented in this build", self.spec.name)))
+        Err(ActionError::Unavailable(format!(
+            "{} is not implemented in this build",
+            self.spec.name
+        )))
     }
 }
 
@@ -56,14 +64,19 @@ impl Action for Wait {
     fn check(&self, literal: &std::collections::BTreeMap<String, Value>, _templated: &[&str]) -> Vec<String> {
         match literal.get("until") {
             Some(Value::String(c)) if Condition::parse(c).is_none() => {
-                vec![format!("prometheus.wait: invalid `until` {c:?}: expected an operator (<, <=, ==, !=, >=, >) and a number")]
+                vec![format!(
+                    "prometheus.wait: invalid `until` {c:?}: expected an operator (<, <=, ==, !=, >=, >) and a number"
+                )]
             }
             _ => Vec::new(),
         }
     }
 
     async fn run(&self, _input: &Value, _cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        Err(ActionError::Unavailable(format!("{} is not implemented in this build", self.spec.name)))
+        Err(ActionError::Unavailable(format!(
+            "{} is not implemented in this build",
+            self.spec.name
+        )))
     }
 }
 

@@ -61,11 +61,21 @@ pub fn load_runbooks(config: &Config, registry: Registry, paths: &[PathBuf], pro
                     continue;
                 }
             };
-            let mut cx = Cx { file: &file, pos: &doc.positions, problems: Vec::new(), templates: &mut templates, registry: &registry, config };
+            let mut cx = Cx {
+                file: &file,
+                pos: &doc.positions,
+                problems: Vec::new(),
+                templates: &mut templates,
+                registry: &registry,
+                config,
+            };
             let name_pos = cx.pos.at("name");
             if let Some(rb) = cx.runbook(doc.value, digest(&doc.source)) {
                 if let Some((other, line)) = seen.get(&rb.name) {
-                    cx.problems.push(Diagnostic::new(&file, name_pos, format!("duplicate runbook name `{}`", rb.name)).hint(Some(format!("first defined at {}:{line}", other.display()))));
+                    cx.problems.push(
+                        Diagnostic::new(&file, name_pos, format!("duplicate runbook name `{}`", rb.name))
+                            .hint(Some(format!("first defined at {}:{line}", other.display()))),
+                    );
                 } else {
                     seen.insert(rb.name.clone(), (file.clone(), name_pos.0));
                     if cx.problems.is_empty() {
@@ -110,14 +120,22 @@ pub fn load_plugins(dir: &Path, problems: &mut Vec<Diagnostic>) -> Vec<Manifest>
         let mut local = Vec::new();
         let folder_name = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         if raw.name != folder_name {
-            local.push(Diagnostic::new(&file, pos.at("name"), format!("plugin name `{}` differs from its folder `{folder_name}`", raw.name)));
+            local.push(Diagnostic::new(
+                &file,
+                pos.at("name"),
+                format!("plugin name `{}` differs from its folder `{folder_name}`", raw.name),
+            ));
         }
         if raw.command.is_empty() {
             local.push(Diagnostic::new(&file, pos.at("command"), "`command` needs at least the program"));
         } else {
             let program = crate::action::plugin::resolve_program(&folder, &raw.command[0]);
             if program.contains('/') && !Path::new(&program).is_file() {
-                local.push(Diagnostic::new(&file, pos.at("command[0]"), format!("program {program} does not exist")));
+                local.push(Diagnostic::new(
+                    &file,
+                    pos.at("command[0]"),
+                    format!("program {program} does not exist"),
+                ));
             }
         }
         let risk = match raw.risk.as_deref().unwrap_or("medium").parse::<Risk>() {
@@ -142,22 +160,52 @@ pub fn load_plugins(dir: &Path, problems: &mut Vec<Diagnostic>) -> Vec<Manifest>
                 "integer" => ParamType::Integer,
                 "boolean" => ParamType::Boolean,
                 other => {
-                    local.push(Diagnostic::new(&file, pos.at(&format!("{at}.type")), format!("invalid type {other:?}: expected string, integer or boolean")));
+                    local.push(Diagnostic::new(
+                        &file,
+                        pos.at(&format!("{at}.type")),
+                        format!("invalid type {other:?}: expected string, integer or boolean"),
+                    ));
                     continue;
                 }
             };
             let pattern = p.pattern.as_deref().and_then(|re| {
-                regex::Regex::new(re).map_err(|e| local.push(Diagnostic::new(&file, pos.at(&format!("{at}.pattern")), format!("invalid pattern: {}", first_line(&e.to_string()))))).ok()
+                regex::Regex::new(re)
+                    .map_err(|e| {
+                        local.push(Diagnostic::new(
+                            &file,
+                            pos.at(&format!("{at}.pattern")),
+                            format!("invalid pattern: {}", first_line(&e.to_string())),
+                        ))
+                    })
+                    .ok()
             });
             if let Some(d) = &p.default
                 && let Err(e) = ty.check(d)
             {
                 local.push(Diagnostic::new(&file, pos.at(&format!("{at}.default")), format!("default: {e}")));
             }
-            params.push(PluginParam { name: name.clone(), ty, required: p.required, default: p.default.clone(), pattern, doc: p.description.clone().unwrap_or_default() });
+            params.push(PluginParam {
+                name: name.clone(),
+                ty,
+                required: p.required,
+                default: p.default.clone(),
+                pattern,
+                doc: p.description.clone().unwrap_or_default(),
+            });
         }
         if local.is_empty() {
-            out.push(Manifest { name: raw.name, description: raw.description, command: raw.command, dir: folder.clone(), risk, idempotent: raw.idempotent, timeout, params, env: raw.env, dry_run: raw.dry_run });
+            out.push(Manifest {
+                name: raw.name,
+                description: raw.description,
+                command: raw.command,
+                dir: folder.clone(),
+                risk,
+                idempotent: raw.idempotent,
+                timeout,
+                params,
+                env: raw.env,
+                dry_run: raw.dry_run,
+            });
         }
         problems.append(&mut local);
     }
@@ -200,15 +248,25 @@ impl Cx<'_> {
     }
 
     fn template(&mut self, at: &str, source: &str, roots: &[&str]) -> Option<Tpl> {
-        self.templates.compile_str(source, roots).map_err(|e| self.problem(at, e.to_string())).ok()
+        self.templates
+            .compile_str(source, roots)
+            .map_err(|e| self.problem(at, e.to_string()))
+            .ok()
     }
 
     fn runbook(&mut self, raw: RawRunbook, digest: String) -> Option<Runbook> {
         if raw.api_version != "pitcrew/v1" {
-            self.problem_hint("apiVersion", format!("unsupported apiVersion {:?}", raw.api_version), Some("use `apiVersion: pitcrew/v1`".into()));
+            self.problem_hint(
+                "apiVersion",
+                format!("unsupported apiVersion {:?}", raw.api_version),
+                Some("use `apiVersion: pitcrew/v1`".into()),
+            );
         }
         if !valid_name(&raw.name) {
-            self.problem("name", format!("invalid runbook name {:?}: use lowercase letters, digits and -", raw.name));
+            self.problem(
+                "name",
+                format!("invalid runbook name {:?}: use lowercase letters, digits and -", raw.name),
+            );
         }
         let trigger = raw.trigger.map(|t| {
             let alertnames = t.alertname.map(|a| a.into_vec()).unwrap_or_default();
@@ -216,21 +274,35 @@ impl Cx<'_> {
                 .matchers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, m)| Matcher::parse(m).map_err(|e| self.problem(&format!("trigger.matchers[{i}]"), e.to_string())).ok())
+                .filter_map(|(i, m)| {
+                    Matcher::parse(m)
+                        .map_err(|e| self.problem(&format!("trigger.matchers[{i}]"), e.to_string()))
+                        .ok()
+                })
                 .collect::<Vec<_>>();
             if alertnames.is_empty() && matchers.is_empty() {
-                self.problem("trigger", "a trigger needs `alertname` or `matchers` (omit `trigger` for a manual-only runbook)");
+                self.problem(
+                    "trigger",
+                    "a trigger needs `alertname` or `matchers` (omit `trigger` for a manual-only runbook)",
+                );
             }
             let status = match t.status.as_deref().unwrap_or("firing") {
                 "firing" => StatusFilter::Firing,
                 "resolved" => StatusFilter::Resolved,
                 "any" => StatusFilter::Any,
                 other => {
-                    self.problem("trigger.status", format!("invalid status {other:?}: expected firing, resolved or any"));
+                    self.problem(
+                        "trigger.status",
+                        format!("invalid status {other:?}: expected firing, resolved or any"),
+                    );
                     StatusFilter::Firing
                 }
             };
-            Trigger { alertnames, matchers, status }
+            Trigger {
+                alertnames,
+                matchers,
+                status,
+            }
         });
         let params: Vec<ParamDef> = raw.params.iter().filter_map(|(name, p)| self.param(name, p)).collect();
         let target = raw.target.as_deref().and_then(|t| self.template("target", t, TARGET_ROOTS));
@@ -246,8 +318,17 @@ impl Cx<'_> {
             None => highest,
             Some(text) => match text.parse::<Risk>() {
                 Ok(r) if r < highest => {
-                    let step = steps.iter().chain(on_failure.iter()).find(|s| s.risk == highest).map(|s| s.name.clone()).unwrap_or_default();
-                    self.problem_hint("risk", format!("runbook risk {r} is lower than step `{step}` ({highest})"), Some("lower a step's risk on the step itself (`risk:` on the step), where reviewers see it".into()));
+                    let step = steps
+                        .iter()
+                        .chain(on_failure.iter())
+                        .find(|s| s.risk == highest)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    self.problem_hint(
+                        "risk",
+                        format!("runbook risk {r} is lower than step `{step}` ({highest})"),
+                        Some("lower a step's risk on the step itself (`risk:` on the step), where reviewers see it".into()),
+                    );
                     r
                 }
                 Ok(r) => r,
@@ -267,7 +348,10 @@ impl Cx<'_> {
                     "firing" => AlertStatus::Firing,
                     "resolved" => AlertStatus::Resolved,
                     other => {
-                        self.problem(&format!("{at}.alert.status"), format!("invalid status {other:?}: expected firing or resolved"));
+                        self.problem(
+                            &format!("{at}.alert.status"),
+                            format!("invalid status {other:?}: expected firing or resolved"),
+                        );
                         return None;
                     }
                 };
@@ -282,7 +366,17 @@ impl Cx<'_> {
                     }
                 }
                 let name = t.name.unwrap_or_else(|| format!("test {}", i + 1));
-                Some(RunbookTest { name, line: self.pos.at(&at).0, alert, expect: Expect { matches: t.expect.matches, params: t.expect.params, target: t.expect.target, steps: t.expect.steps } })
+                Some(RunbookTest {
+                    name,
+                    line: self.pos.at(&at).0,
+                    alert,
+                    expect: Expect {
+                        matches: t.expect.matches,
+                        params: t.expect.params,
+                        target: t.expect.target,
+                        steps: t.expect.steps,
+                    },
+                })
             })
             .collect();
         let line = self.pos.at("name").0;
@@ -314,11 +408,18 @@ impl Cx<'_> {
             "integer" => ParamKind::Integer,
             "boolean" => ParamKind::Boolean,
             other => {
-                self.problem(&format!("{at}.type"), format!("invalid type {other:?}: expected string, integer or boolean"));
+                self.problem(
+                    &format!("{at}.type"),
+                    format!("invalid type {other:?}: expected string, integer or boolean"),
+                );
                 return None;
             }
         };
-        let pattern = p.pattern.as_deref().and_then(|re| regex::Regex::new(re).map_err(|e| self.problem(&format!("{at}.pattern"), format!("invalid pattern: {}", first_line(&e.to_string())))).ok());
+        let pattern = p.pattern.as_deref().and_then(|re| {
+            regex::Regex::new(re)
+                .map_err(|e| self.problem(&format!("{at}.pattern"), format!("invalid pattern: {}", first_line(&e.to_string()))))
+                .ok()
+        });
         if (p.min.is_some() || p.max.is_some()) && kind != ParamKind::Integer {
             self.problem(&at, "`min` and `max` apply to integer params only");
         }
@@ -329,9 +430,21 @@ impl Cx<'_> {
         }
         let default = match &p.default {
             None => None,
-            Some(v) => self.templates.compile_value(v, PARAM_ROOTS).map_err(|e| self.problem(&format!("{at}.default"), e.to_string())).ok(),
+            Some(v) => self
+                .templates
+                .compile_value(v, PARAM_ROOTS)
+                .map_err(|e| self.problem(&format!("{at}.default"), e.to_string()))
+                .ok(),
         };
-        Some(ParamDef { name: name.to_string(), kind, default, required: p.required, pattern, min: p.min, max: p.max })
+        Some(ParamDef {
+            name: name.to_string(),
+            kind,
+            default,
+            required: p.required,
+            pattern,
+            min: p.min,
+            max: p.max,
+        })
     }
 
     fn guardrails(&mut self, g: &super::raw::RawGuardrails) -> Guardrails {
@@ -363,14 +476,21 @@ impl Cx<'_> {
             "auto" => Approval::Auto,
             "required" => Approval::Required,
             other => {
-                self.problem("guardrails.approval", format!("invalid approval {other:?}: expected auto or required"));
+                self.problem(
+                    "guardrails.approval",
+                    format!("invalid approval {other:?}: expected auto or required"),
+                );
                 Approval::Auto
             }
         };
         if let Some(slo) = &g.slo {
             if self.config.slo(slo).is_none() {
                 let known: Vec<&str> = self.config.slos.iter().map(|s| s.name.as_str()).collect();
-                let hint = if known.is_empty() { "no slos are defined in the config".to_string() } else { format!("defined slos: {}", known.join(", ")) };
+                let hint = if known.is_empty() {
+                    "no slos are defined in the config".to_string()
+                } else {
+                    format!("defined slos: {}", known.join(", "))
+                };
                 self.problem_hint("guardrails.slo", format!("unknown slo `{slo}`"), Some(hint));
             }
             out.slo = Some(slo.clone());
@@ -384,7 +504,10 @@ impl Cx<'_> {
         for (i, s) in raw.iter().enumerate() {
             let at = format!("{key}[{i}]");
             if !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || s.name.is_empty() {
-                self.problem(&format!("{at}.name"), format!("invalid step name {:?}: use letters, digits, - and _", s.name));
+                self.problem(
+                    &format!("{at}.name"),
+                    format!("invalid step name {:?}: use letters, digits, - and _", s.name),
+                );
             }
             if !names.insert(s.name.clone()) {
                 self.problem(&format!("{at}.name"), format!("duplicate step name `{}`", s.name));
@@ -392,7 +515,10 @@ impl Cx<'_> {
             let Some(action) = self.registry.get(&s.action).cloned() else {
                 let hint = match self.registry.nearest(&s.action) {
                     Some(n) => Some(format!("did you mean `{n}`? `pitcrew actions` lists them all")),
-                    None if s.action.starts_with("plugin.") => Some(format!("no plugin folder `{}` with a plugin.yaml", s.action.trim_start_matches("plugin."))),
+                    None if s.action.starts_with("plugin.") => Some(format!(
+                        "no plugin folder `{}` with a plugin.yaml",
+                        s.action.trim_start_matches("plugin.")
+                    )),
                     None => Some("`pitcrew actions` lists them all".into()),
                 };
                 self.problem_hint(&format!("{at}.action"), format!("unknown action `{}`", s.action), hint);
@@ -421,7 +547,10 @@ impl Cx<'_> {
                 self.problems.push(Diagnostic::new(self.file, place, message).hint(hint));
             }
             let when = s.when.as_deref().and_then(|w| self.template(&format!("{at}.when"), w, roots));
-            let timeout = s.timeout.as_ref().and_then(|t| self.parse::<Duration>(&format!("{at}.timeout"), &t.text()));
+            let timeout = s
+                .timeout
+                .as_ref()
+                .and_then(|t| self.parse::<Duration>(&format!("{at}.timeout"), &t.text()));
             let idempotent = action.step_idempotent(&with);
             if s.retries > 0 && !idempotent {
                 self.problem_hint(
@@ -434,7 +563,17 @@ impl Cx<'_> {
                 Some(r) => self.parse::<Risk>(&format!("{at}.risk"), r).unwrap_or(Risk::High),
                 None => action.step_risk(&with),
             };
-            out.push(Step { name: s.name.clone(), action, with, when, timeout, retries: s.retries, risk, idempotent, continue_on_error: s.continue_on_error });
+            out.push(Step {
+                name: s.name.clone(),
+                action,
+                with,
+                when,
+                timeout,
+                retries: s.retries,
+                risk,
+                idempotent,
+                continue_on_error: s.continue_on_error,
+            });
         }
         out
     }

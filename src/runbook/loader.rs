@@ -44,8 +44,16 @@ impl Positions {
 }
 
 enum Frame {
-    Map { path: String, next_is_key: bool, key: Option<String>, first: bool },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        next_is_key: bool,
+        key: Option<String>,
+        first: bool,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
 }
 
 struct Indexer<'t> {
@@ -55,7 +63,11 @@ struct Indexer<'t> {
 }
 
 fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 impl Indexer<'_> {
@@ -66,7 +78,11 @@ impl Indexer<'_> {
         let (line, col) = value;
         for l in (line.saturating_sub(3).max(1)..=line).rev() {
             let text = self.lines.get(l - 1)?;
-            let limit = if l == line { text.char_indices().nth(col.saturating_sub(1)).map(|(i, _)| i).unwrap_or(text.len()) } else { text.len() };
+            let limit = if l == line {
+                text.char_indices().nth(col.saturating_sub(1)).map(|(i, _)| i).unwrap_or(text.len())
+            } else {
+                text.len()
+            };
             let hay = &text[..limit];
             for quote in ["", "\"", "'"] {
                 let needle = format!("{quote}{key}{quote}:");
@@ -83,7 +99,12 @@ impl Indexer<'_> {
         let pos = (mark.line(), mark.col() + 1);
         match self.stack.last_mut() {
             None => Some(String::new()),
-            Some(Frame::Map { path, next_is_key, key, first }) => {
+            Some(Frame::Map {
+                path,
+                next_is_key,
+                key,
+                first,
+            }) => {
                 let was_first = std::mem::replace(first, false);
                 if *next_is_key {
                     *first = was_first;
@@ -142,7 +163,12 @@ impl MarkedEventReceiver for Indexer<'_> {
                     doc.map.insert(path.clone(), pos);
                 }
                 self.stack.push(if is_map {
-                    Frame::Map { path, next_is_key: true, key: None, first: true }
+                    Frame::Map {
+                        path,
+                        next_is_key: true,
+                        key: None,
+                        first: true,
+                    }
                 } else {
                     Frame::Seq { path, index: 0 }
                 });
@@ -158,7 +184,11 @@ impl MarkedEventReceiver for Indexer<'_> {
 /// Positions for every document of `text` (empty on a syntax error: serde's
 /// own error has the position then).
 pub fn index_positions(text: &str) -> Vec<Positions> {
-    let mut indexer = Indexer { lines: text.lines().collect(), docs: Vec::new(), stack: Vec::new() };
+    let mut indexer = Indexer {
+        lines: text.lines().collect(),
+        docs: Vec::new(),
+        stack: Vec::new(),
+    };
     let mut parser = Parser::new_from_str(text);
     if parser.load(&mut indexer, true).is_err() {
         return Vec::new();
@@ -187,7 +217,11 @@ pub fn parse_docs<T: DeserializeOwned>(file: &Path, text: &str) -> Vec<Result<Do
         let source = sources.get(index).cloned().unwrap_or_default();
         index += 1;
         match result {
-            Ok(value) => out.push(Ok(Doc { value, positions: pos, source })),
+            Ok(value) => out.push(Ok(Doc {
+                value,
+                positions: pos,
+                source,
+            })),
             Err(e) => {
                 let fatal = e.location().is_none() || positions.is_empty();
                 out.push(Err(serde_diagnostic(file, &e, &pos)));
@@ -221,10 +255,7 @@ fn serde_diagnostic(file: &Path, e: &serde_yaml::Error, positions: &Positions) -
         None => raw.clone(),
     };
     let (message, hint) = explain_serde(&message);
-    let pos = e
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or_else(|| positions.at(""));
+    let pos = e.location().map(|l| (l.line(), l.column())).unwrap_or_else(|| positions.at(""));
     Diagnostic::new(file, pos, message).hint(hint)
 }
 

@@ -25,7 +25,7 @@ use crate::action::{Action, Registry};
 use crate::alert::Alert;
 use crate::matcher::{MatchIndex, Trigger};
 use crate::units::{Duration, Rate};
-use template::{Templates, TemplateError, Tpl};
+use template::{TemplateError, Templates, Tpl};
 
 /// The type of a runbook parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,7 +97,10 @@ pub struct Step {
 
 impl std::fmt::Debug for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Step").field("name", &self.name).field("action", &self.action.spec().name).finish()
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .field("action", &self.action.spec().name)
+            .finish()
     }
 }
 
@@ -166,7 +169,12 @@ impl RunbookSet {
     pub fn new(runbooks: Vec<Runbook>, templates: Templates, registry: Registry) -> RunbookSet {
         let runbooks: Vec<Arc<Runbook>> = runbooks.into_iter().map(Arc::new).collect();
         let index = MatchIndex::new(runbooks.iter().enumerate().filter_map(|(i, r)| r.trigger.as_ref().map(|t| (i, t))));
-        RunbookSet { runbooks, templates, registry, index }
+        RunbookSet {
+            runbooks,
+            templates,
+            registry,
+            index,
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Runbook>> {
@@ -195,7 +203,10 @@ impl RunbookSet {
         let ctx = Context::wraps(&base).expect("a JSON value wraps");
         let mut params = serde_json::Map::new();
         for p in &rb.params {
-            let err = |reason: String| ResolveError::Param { name: p.name.clone(), reason };
+            let err = |reason: String| ResolveError::Param {
+                name: p.name.clone(),
+                reason,
+            };
             let value = match (overrides.get(&p.name), &p.default) {
                 (Some(v), _) => Value::String(v.clone()),
                 (None, Some(tpl)) => self.templates.render(tpl, &ctx).map_err(|e| err(e.to_string()))?,
@@ -217,7 +228,14 @@ impl RunbookSet {
     }
 
     /// The context a step renders against.
-    pub fn step_context(rb: &Runbook, alert: Option<&Alert>, resolved: &Resolved, execution_id: &str, outputs: &serde_json::Map<String, Value>, error: Option<&str>) -> Context {
+    pub fn step_context(
+        rb: &Runbook,
+        alert: Option<&Alert>,
+        resolved: &Resolved,
+        execution_id: &str,
+        outputs: &serde_json::Map<String, Value>,
+        error: Option<&str>,
+    ) -> Context {
         let mut v = json!({
             "alert": alert.map(Alert::to_context).unwrap_or(Value::Null),
             "params": resolved.params,
@@ -236,7 +254,10 @@ impl RunbookSet {
     pub fn render_with(&self, step: &Step, ctx: &Context) -> Result<Value, ResolveError> {
         let mut out = serde_json::Map::new();
         for (k, tpl) in &step.with {
-            let v = self.templates.render(tpl, ctx).map_err(|source| ResolveError::Step { step: step.name.clone(), source: with_field(k, source) })?;
+            let v = self.templates.render(tpl, ctx).map_err(|source| ResolveError::Step {
+                step: step.name.clone(),
+                source: with_field(k, source),
+            })?;
             out.insert(k.clone(), v);
         }
         Ok(Value::Object(out))
@@ -250,7 +271,10 @@ impl RunbookSet {
                 .templates
                 .render_string(tpl, ctx)
                 .map(|s| template::truthy(&s))
-                .map_err(|source| ResolveError::Step { step: step.name.clone(), source }),
+                .map_err(|source| ResolveError::Step {
+                    step: step.name.clone(),
+                    source,
+                }),
         }
     }
 }
@@ -270,7 +294,11 @@ fn check_param(p: &ParamDef, value: Value) -> Result<Value, String> {
         _ => false,
     };
     if blank {
-        return if p.required { Err("is required but empty".into()) } else { Ok(Value::Null) };
+        return if p.required {
+            Err("is required but empty".into())
+        } else {
+            Ok(Value::Null)
+        };
     }
     let typed = match p.kind {
         ParamKind::String => Value::String(template::value_text(&value)),

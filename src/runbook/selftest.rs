@@ -37,7 +37,11 @@ pub fn run(set: &RunbookSet, rb: &Runbook, test: &RunbookTest) -> Vec<Mismatch> 
     let mut out = Vec::new();
     let matched = rb.trigger.as_ref().is_some_and(|t| t.matches(&test.alert));
     if matched != test.expect.matches {
-        out.push(Mismatch { what: "match".into(), expected: test.expect.matches.to_string(), got: matched.to_string() });
+        out.push(Mismatch {
+            what: "match".into(),
+            expected: test.expect.matches.to_string(),
+            got: matched.to_string(),
+        });
         return out;
     }
     if !matched {
@@ -46,22 +50,41 @@ pub fn run(set: &RunbookSet, rb: &Runbook, test: &RunbookTest) -> Vec<Mismatch> 
     let resolved = match set.resolve(rb, Some(&test.alert), &BTreeMap::new()) {
         Ok(r) => r,
         Err(e) => {
-            out.push(Mismatch { what: "resolve".into(), expected: "params and target resolve".into(), got: e.to_string() });
+            out.push(Mismatch {
+                what: "resolve".into(),
+                expected: "params and target resolve".into(),
+                got: e.to_string(),
+            });
             return out;
         }
     };
     for (name, expected) in &test.expect.params {
         let got = resolved.params.get(name).cloned().unwrap_or(Value::Null);
         if !loosely_equal(expected, &got) {
-            out.push(Mismatch { what: format!("params.{name}"), expected: expected.to_string(), got: got.to_string() });
+            out.push(Mismatch {
+                what: format!("params.{name}"),
+                expected: expected.to_string(),
+                got: got.to_string(),
+            });
         }
     }
     if let Some(target) = &test.expect.target
         && target != &resolved.target
     {
-        out.push(Mismatch { what: "target".into(), expected: format!("{target:?}"), got: format!("{:?}", resolved.target) });
+        out.push(Mismatch {
+            what: "target".into(),
+            expected: format!("{target:?}"),
+            got: format!("{:?}", resolved.target),
+        });
     }
-    let ctx = RunbookSet::step_context(rb, Some(&test.alert), &resolved, "test-execution", &serde_json::Map::new(), Some("test error"));
+    let ctx = RunbookSet::step_context(
+        rb,
+        Some(&test.alert),
+        &resolved,
+        "test-execution",
+        &serde_json::Map::new(),
+        Some("test error"),
+    );
     for (step_name, fields) in &test.expect.steps {
         let Some(step) = rb.steps.iter().chain(rb.on_failure.iter()).find(|s| &s.name == step_name) else {
             continue;
@@ -69,13 +92,25 @@ pub fn run(set: &RunbookSet, rb: &Runbook, test: &RunbookTest) -> Vec<Mismatch> 
         for (field, expected) in fields {
             let what = format!("steps.{step_name}.{field}");
             let Some(tpl) = step.with.get(field) else {
-                out.push(Mismatch { what, expected: expected.to_string(), got: "(no such field)".into() });
+                out.push(Mismatch {
+                    what,
+                    expected: expected.to_string(),
+                    got: "(no such field)".into(),
+                });
                 continue;
             };
             match set.templates.render(tpl, &ctx) {
                 Ok(got) if loosely_equal(expected, &got) => {}
-                Ok(got) => out.push(Mismatch { what, expected: expected.to_string(), got: got.to_string() }),
-                Err(e) => out.push(Mismatch { what, expected: expected.to_string(), got: format!("error: {e}") }),
+                Ok(got) => out.push(Mismatch {
+                    what,
+                    expected: expected.to_string(),
+                    got: got.to_string(),
+                }),
+                Err(e) => out.push(Mismatch {
+                    what,
+                    expected: expected.to_string(),
+                    got: format!("error: {e}"),
+                }),
             }
         }
     }

@@ -49,9 +49,15 @@ impl TemplateError {
 pub enum Tpl {
     Literal(Value),
     /// Exactly one `{{a.b.c}}`: resolves to the named value with its type.
-    Path { segments: Vec<String>, source: String },
+    Path {
+        segments: Vec<String>,
+        source: String,
+    },
     /// Mixed text and expressions: renders to a string.
-    Text { id: String, source: String },
+    Text {
+        id: String,
+        source: String,
+    },
     List(Vec<Tpl>),
     Map(BTreeMap<String, Tpl>),
 }
@@ -94,8 +100,7 @@ impl Tpl {
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
 const HELPERS: &[&str] = &[
-    "if", "unless", "each", "with", "lookup", "log", "eq", "ne", "gt", "gte", "lt", "lte", "and",
-    "or", "not", "len",
+    "if", "unless", "each", "with", "lookup", "log", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or", "not", "len",
 ];
 
 /// All compiled templates of a runbook set, in one Handlebars registry.
@@ -130,12 +135,7 @@ impl Templates {
     pub fn compile_value(&mut self, value: &Value, roots: &[&str]) -> Result<Tpl, TemplateError> {
         Ok(match value {
             Value::String(s) => self.compile_str(s, roots)?,
-            Value::Array(items) => Tpl::List(
-                items
-                    .iter()
-                    .map(|v| self.compile_value(v, roots))
-                    .collect::<Result<_, _>>()?,
-            ),
+            Value::Array(items) => Tpl::List(items.iter().map(|v| self.compile_value(v, roots)).collect::<Result<_, _>>()?),
             Value::Object(map) => Tpl::Map(
                 map.iter()
                     .map(|(k, v)| Ok((k.clone(), self.compile_value(v, roots)?)))
@@ -153,12 +153,18 @@ impl Templates {
         let template = Template::compile(source).map_err(|e| TemplateError::Syntax(clean_syntax_error(&e.to_string())))?;
         check_elements(&template.elements, roots, true)?;
         if let Some(segments) = single_path(source) {
-            return Ok(Tpl::Path { segments, source: source.to_string() });
+            return Ok(Tpl::Path {
+                segments,
+                source: source.to_string(),
+            });
         }
         let id = format!("t{}", self.next_id);
         self.next_id += 1;
         self.hb.register_template(&id, template);
-        Ok(Tpl::Text { id, source: source.to_string() })
+        Ok(Tpl::Text {
+            id,
+            source: source.to_string(),
+        })
     }
 
     /// Compiles a URL: scheme and host must be literal (SPEC §9); templated
@@ -179,14 +185,19 @@ impl Templates {
             ));
         }
         if source.find('?').is_some_and(|q| q < source.rfind("}}").unwrap_or(0)) {
-            return Err(TemplateError::Syntax("templated query strings are not allowed in `url`; use `query`".into()));
+            return Err(TemplateError::Syntax(
+                "templated query strings are not allowed in `url`; use `query`".into(),
+            ));
         }
         let template = Template::compile(source).map_err(|e| TemplateError::Syntax(clean_syntax_error(&e.to_string())))?;
         check_elements(&template.elements, roots, true)?;
         let id = format!("u{}", self.next_id);
         self.next_id += 1;
         self.hb_url.register_template(&id, template);
-        Ok(Tpl::Text { id, source: source.to_string() })
+        Ok(Tpl::Text {
+            id,
+            source: source.to_string(),
+        })
     }
 
     /// Renders a compiled value against a context.
@@ -368,9 +379,16 @@ mod tests {
     #[test]
     fn single_expression_keeps_its_type() {
         assert_eq!(render("{{params.replicas}}", json!({"params": {"replicas": 3}})).unwrap(), json!(3));
-        assert_eq!(render("n={{params.replicas}}", json!({"params": {"replicas": 3}})).unwrap(), json!("n=3"));
         assert_eq!(
-            render("{{alert.labels.[app.kubernetes.io/name]}}", json!({"alert": {"labels": {"app.kubernetes.io/name": "web"}}})).unwrap(),
+            render("n={{params.replicas}}", json!({"params": {"replicas": 3}})).unwrap(),
+            json!("n=3")
+        );
+        assert_eq!(
+            render(
+                "{{alert.labels.[app.kubernetes.io/name]}}",
+                json!({"alert": {"labels": {"app.kubernetes.io/name": "web"}}})
+            )
+            .unwrap(),
             json!("web")
         );
     }
@@ -393,8 +411,14 @@ mod tests {
     #[test]
     fn unknown_roots_and_helpers_are_refused_at_compile_time() {
         let mut t = Templates::default();
-        assert!(matches!(t.compile_str("{{secrets.x}}", ROOTS), Err(TemplateError::UnknownRoot { .. })));
-        assert!(matches!(t.compile_str("{{shell alert.x}}", ROOTS), Err(TemplateError::UnknownHelper(_))));
+        assert!(matches!(
+            t.compile_str("{{secrets.x}}", ROOTS),
+            Err(TemplateError::UnknownRoot { .. })
+        ));
+        assert!(matches!(
+            t.compile_str("{{shell alert.x}}", ROOTS),
+            Err(TemplateError::UnknownHelper(_))
+        ));
         assert!(matches!(t.compile_str("{{#if alert.x}}", ROOTS), Err(TemplateError::Syntax(_))));
         assert!(t.compile_str("{{#each alert.labels}}{{@key}}={{this}} {{/each}}", ROOTS).is_ok());
         assert!(t.compile_str("{{#if (eq alert.status \"firing\")}}y{{/if}}", ROOTS).is_ok());
@@ -406,9 +430,14 @@ mod tests {
         assert!(t.compile_url("https://{{alert.labels.host}}/x", ROOTS).is_err());
         assert!(t.compile_url("https://api.example{{alert.labels.x}}/", ROOTS).is_err());
         assert!(t.compile_url("https://api.example/x?q={{alert.labels.x}}", ROOTS).is_err());
-        let tpl = t.compile_url("https://api.example/pools/{{alert.labels.pool}}/resize", ROOTS).unwrap();
+        let tpl = t
+            .compile_url("https://api.example/pools/{{alert.labels.pool}}/resize", ROOTS)
+            .unwrap();
         let ctx = Context::wraps(json!({"alert": {"labels": {"pool": "../../admin?x=1#"}}})).unwrap();
-        assert_eq!(t.render(&tpl, &ctx).unwrap(), json!("https://api.example/pools/%2E%2E%2F%2E%2E%2Fadmin%3Fx%3D1%23/resize"));
+        assert_eq!(
+            t.render(&tpl, &ctx).unwrap(),
+            json!("https://api.example/pools/%2E%2E%2F%2E%2E%2Fadmin%3Fx%3D1%23/resize")
+        );
     }
 
     #[test]

@@ -21,9 +21,17 @@ impl DeletePods {
             false,
         )
         .required("namespace", ParamType::String, "namespace of the pods")
-        .required("selector", ParamType::String, "label selector, e.g. app=checkout; an empty selector is refused")
+        .required(
+            "selector",
+            ParamType::String,
+            "label selector, e.g. app=checkout; an empty selector is refused",
+        )
         .param("max", ParamType::Integer, "most pods to evict (default 1)")
-        .param("mode", ParamType::OneOf(&["evict", "delete"]), "evict (default, honours PDBs) or delete (bypasses PDBs)")
+        .param(
+            "mode",
+            ParamType::OneOf(&["evict", "delete"]),
+            "evict (default, honours PDBs) or delete (bypasses PDBs)",
+        )
         .rbac("", &["pods"], &["list", "delete"])
         .rbac("", &["pods/eviction"], &["create"])
         .example("namespace: shop\nselector: \"app={{params.deployment}}\"\nmax: 1\n");
@@ -49,6 +57,9 @@ impl Action for DeletePods {
     }
 
     async fn run(&self, _input: &Value, _cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        Err(ActionError::Unavailable(format!("{} is not implemented in this build", self.spec.name)))
+        Err(ActionError::Unavailable(format!(
+            "{} is not implemented in this build",
+            self.spec.name
+        )))
     }
 }

@@ -13,16 +13,21 @@ pub struct Logs {
 
 impl Logs {
     pub fn new() -> Self {
-        let spec = Spec::new("kubernetes.logs", "Save logs of pods (by selector or name) as artifacts of the execution", Risk::Low, true)
-            .required("namespace", ParamType::String, "namespace of the pods")
-            .param("selector", ParamType::String, "label selector, e.g. app=checkout")
-            .param("pod", ParamType::String, "one pod by name")
-            .param("container", ParamType::String, "container name (default: all)")
-            .param("tail", ParamType::Integer, "lines from the end of each log")
-            .param("since", ParamType::Duration, "only logs newer than this, e.g. 10m")
-            .rbac("", &["pods"], &["list", "get"])
-            .rbac("", &["pods/log"], &["get"])
-            .example("namespace: shop\nselector: app=checkout\ntail: 200\n");
+        let spec = Spec::new(
+            "kubernetes.logs",
+            "Save logs of pods (by selector or name) as artifacts of the execution",
+            Risk::Low,
+            true,
+        )
+        .required("namespace", ParamType::String, "namespace of the pods")
+        .param("selector", ParamType::String, "label selector, e.g. app=checkout")
+        .param("pod", ParamType::String, "one pod by name")
+        .param("container", ParamType::String, "container name (default: all)")
+        .param("tail", ParamType::Integer, "lines from the end of each log")
+        .param("since", ParamType::Duration, "only logs newer than this, e.g. 10m")
+        .rbac("", &["pods"], &["list", "get"])
+        .rbac("", &["pods/log"], &["get"])
+        .example("namespace: shop\nselector: app=checkout\ntail: 200\n");
         Logs { spec }
     }
 }
@@ -43,6 +48,9 @@ impl Action for Logs {
     }
 
     async fn run(&self, _input: &Value, _cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        Err(ActionError::Unavailable(format!("{} is not implemented in this build", self.spec.name)))
+        Err(ActionError::Unavailable(format!(
+            "{} is not implemented in this build",
+            self.spec.name
+        )))
     }
 }

@@ -20,7 +20,11 @@ pub fn check_namespace(field: &str, v: &str) -> Result<(), ActionError> {
         && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !v.starts_with('-')
         && !v.ends_with('-');
-    if ok { Ok(()) } else { Err(ActionError::input(field, format!("{v:?} is not a valid RFC 1123 label"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ActionError::input(field, format!("{v:?} is not a valid RFC 1123 label")))
+    }
 }
 
 /// RFC 1123 subdomain (object names).
@@ -33,7 +37,11 @@ pub fn check_name(field: &str, v: &str) -> Result<(), ActionError> {
                 && !part.starts_with('-')
                 && !part.ends_with('-')
         });
-    if ok { Ok(()) } else { Err(ActionError::input(field, format!("{v:?} is not a valid RFC 1123 name"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ActionError::input(field, format!("{v:?} is not a valid RFC 1123 name")))
+    }
 }
 
 #[cfg(test)]

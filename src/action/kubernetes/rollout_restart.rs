@@ -37,6 +37,9 @@ impl Action for RolloutRestart {
     }
 
     async fn run(&self, _input: &Value, _cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        Err(ActionError::Unavailable(format!("{} is not implemented in this build", self.spec.name)))
+        Err(ActionError::Unavailable(format!(
+            "{} is not implemented in this build",
+            self.spec.name
+        )))
     }
 }

@@ -20,14 +20,22 @@ impl Scale {
             Risk::Medium,
             true,
         )
-        .required("kind", ParamType::OneOf(&["deployment", "statefulset", "replicaset"]), "deployment, statefulset or replicaset")
+        .required(
+            "kind",
+            ParamType::OneOf(&["deployment", "statefulset", "replicaset"]),
+            "deployment, statefulset or replicaset",
+        )
         .required("namespace", ParamType::String, "namespace of the workload")
         .required("name", ParamType::String, "name of the workload")
         .param("replicas", ParamType::Integer, "absolute replica count")
         .param("by", ParamType::Integer, "relative change, e.g. 2 or -1")
         .param("min", ParamType::Integer, "lower bound after the change")
         .param("max", ParamType::Integer, "upper bound after the change")
-        .rbac("apps", &["deployments/scale", "statefulsets/scale", "replicasets/scale"], &["get", "patch"])
+        .rbac(
+            "apps",
+            &["deployments/scale", "statefulsets/scale", "replicasets/scale"],
+            &["get", "patch"],
+        )
         .example("kind: deployment\nnamespace: shop\nname: checkout\nby: 2\nmax: 20\n");
         Scale { spec }
     }
@@ -58,6 +66,9 @@ impl Action for Scale {
     }
 
     async fn run(&self, _input: &Value, _cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        Err(ActionError::Unavailable(format!("{} is not implemented in this build", self.spec.name)))
+        Err(ActionError::Unavailable(format!(
+            "{} is not implemented in this build",
+            self.spec.name
+        )))
     }
 }
