@@ -2,11 +2,21 @@
 //! audit log. Modules in pipeline order; see ARCHITECTURE.md.
 
 pub mod action;
+pub mod audit;
+pub mod budget;
+pub mod store;
+
+pub mod cli;
 pub mod alert;
 pub mod config;
+pub mod engine;
 pub mod matcher;
+pub mod guard;
+pub mod metrics;
 pub mod runbook;
+pub mod server;
 
+pub mod clock;
 pub mod diag;
 pub mod redact;
 pub mod units;

@@ -307,6 +307,7 @@ impl Cx<'_> {
         let params: Vec<ParamDef> = raw.params.iter().filter_map(|(name, p)| self.param(name, p)).collect();
         let target = raw.target.as_deref().and_then(|t| self.template("target", t, TARGET_ROOTS));
         let guardrails = self.guardrails(&raw.guardrails);
+        let raw_step_names: HashSet<&str> = raw.steps.iter().chain(raw.on_failure.iter()).map(|s| s.name.as_str()).collect();
         let mut names = HashSet::new();
         let steps = self.steps("steps", &raw.steps, STEP_ROOTS, &mut names);
         let on_failure = self.steps("on_failure", &raw.on_failure, FAILURE_ROOTS, &mut names);
@@ -361,7 +362,7 @@ impl Cx<'_> {
                 alert.status = status;
                 alert.fingerprint = format!("test-{i}");
                 for step in t.expect.steps.keys() {
-                    if !steps.iter().chain(on_failure.iter()).any(|s| &s.name == step) {
+                    if !raw_step_names.contains(step.as_str()) {
                         self.problem(&format!("{at}.expect.steps.{step}"), format!("no step named `{step}`"));
                     }
                 }

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct RawRunbook {
+    #[serde(rename = "apiVersion")]
     pub api_version: String,
     pub name: String,
     #[serde(default)]

@@ -1,0 +1,209 @@
+//! `pitcrew audit verify | timeline | export`.
+
+use std::path::Path;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use super::{Exit, Failure};
+use crate::audit::Record;
+use crate::server::parse_time;
+use crate::store::AuditFilter;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Check the hash chain; names the first broken record (exit 5)
+    Verify,
+    /// A Markdown timeline for a postmortem
+    Timeline(TimelineArgs),
+    /// Raw records
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TimelineArgs {
+    #[arg(long)]
+    pub execution: Option<String>,
+    /// Alert fingerprint
+    #[arg(long)]
+    pub alert: Option<String>,
+    /// RFC 3339 time or a duration ago (2h)
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default)]
+pub enum Format {
+    #[default]
+    Jsonl,
+    Csv,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub execution: Option<String>,
+}
+
+fn filter(since: &Option<String>, until: &Option<String>, execution: Option<String>, fingerprint: Option<String>) -> anyhow::Result<AuditFilter> {
+    let now = Utc::now();
+    let time = |t: &Option<String>| t.as_deref().map(|t| parse_time(t, now)).transpose().map_err(Failure::usage);
+    Ok(AuditFilter { since: time(since)?, until: time(until)?, execution, fingerprint })
+}
+
+pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit> {
+    let (_, store) = super::runtime::store_only(config_path)?;
+    let rt = super::runtime::tokio();
+    match command {
+        Command::Verify => match rt.block_on(store.verify_audit())? {
+            Ok(n) => {
+                println!("ok: {n} records, hash chain intact");
+                Ok(Exit::Done)
+            }
+            Err(broken) => {
+                println!("BROKEN at seq {}: {}", broken.seq, broken.reason);
+                Ok(Exit::AuditBroken)
+            }
+        },
+        Command::Export(args) => {
+            let records = rt.block_on(store.audit(filter(&args.since, &args.until, args.execution, None)?))?;
+            let mut out = String::new();
+            match args.format {
+                Format::Jsonl => {
+                    for r in &records {
+                        out.push_str(&serde_json::to_string(r)?);
+                        out.push('\n');
+                    }
+                }
+                Format::Csv => {
+                    out.push_str("seq,ts,kind,actor,execution_id,runbook,target,data,prev_hash,hash\n");
+                    for r in &records {
+                        let cells = [
+                            r.seq.to_string(),
+                            r.ts.clone(),
+                            r.kind.clone(),
+                            r.actor.clone(),
+                            r.execution_id.clone().unwrap_or_default(),
+                            r.runbook.clone().unwrap_or_default(),
+                            r.target.clone().unwrap_or_default(),
+                            crate::audit::canonical_json(&r.data),
+                            r.prev_hash.clone(),
+                            r.hash.clone(),
+                        ];
+                        out.push_str(&cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
+                        out.push('\n');
+                    }
+                }
+            }
+            print!("{out}");
+            Ok(Exit::Done)
+        }
+        Command::Timeline(args) => {
+            let records = rt.block_on(store.audit(filter(&args.since, &args.until, args.execution.clone(), args.alert.clone())?))?;
+            let verified = rt.block_on(store.verify_audit())?;
+            print!("{}", timeline(&records, &args, &verified));
+            Ok(Exit::Done)
+        }
+    }
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+/// A Markdown table cell: pipes and newlines would break the table.
+fn md(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn describe(r: &Record) -> (String, String) {
+    let d = &r.data;
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    match r.kind.as_str() {
+        "alert.received" | "alert.duplicate" => {
+            let labels = d["labels"].as_object().map(|m| m.iter().filter(|(k, _)| *k != "alertname").map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+            let what = if r.kind == "alert.received" { "Alert received" } else { "Duplicate notification" };
+            (what.into(), format!("**{}** {} ({labels}); fingerprint `{}`", s(&d["alertname"]), s(&d["status"]), s(&d["fingerprint"])))
+        }
+        "runbook.matched" => ("Runbook matched".into(), format!("params {}", d["params"])),
+        "guardrail.decision" => {
+            let verdict = s(&d["verdict"]).replace('_', " ");
+            let mut text = format!("**{verdict}** ({}): {}", s(&d["decided_by"]), s(&d["reason"]));
+            if d["dry_run"] == Value::Bool(true) {
+                text.push_str(" — dry run");
+            }
+            ("Guardrails".into(), text)
+        }
+        "execution.started" => ("Execution started".into(), format!("worker {}{}", s(&d["worker"]), if d["resumed"] == Value::Bool(true) { ", resumed" } else { "" })),
+        "step.started" => {
+            let attempt = d["attempt"].as_u64().unwrap_or(0);
+            let again = if attempt > 0 { format!(" (attempt {})", attempt + 1) } else { String::new() };
+            ("Step started".into(), format!("`{}` — {}{again}; input {}", s(&d["step"]), s(&d["action"]), d["input"]))
+        }
+        "step.finished" => {
+            let outcome = s(&d["outcome"]);
+            let detail = if d["error"].is_null() { d["output"].to_string() } else { s(&d["error"]) };
+            let detail: String = detail.chars().take(300).collect();
+            ("Step finished".into(), format!("`{}` **{outcome}** after {} ms: {detail}", s(&d["step"]), d["duration_ms"].as_u64().unwrap_or(0)))
+        }
+        "execution.finished" => ("Execution finished".into(), format!("**{}** {}", s(&d["state"]), s(&d["reason"]))),
+        "approval.granted" => ("Approved".into(), format!("by {}", r.actor)),
+        "approval.denied" => ("Denied".into(), format!("by {}: {}", r.actor, s(&d["reason"]))),
+        "override" => ("Override".into(), format!("guardrails skipped {}: {}", d["skipped"], s(&d["reason"]))),
+        "config.loaded" => ("Config loaded".into(), format!("{} runbooks", d["runbooks"].as_object().map(|m| m.len()).unwrap_or(0))),
+        "execution.recovered" => ("Recovered after crash".into(), format!("{}: {}", s(&d["action"]), if d["reason"].is_null() { d["rerun_idempotent_steps"].to_string() } else { s(&d["reason"]) })),
+        "notification" => ("Notification".into(), format!("{} ({})", s(&d["text"]), if d["delivered"] == Value::Bool(true) { "delivered" } else { "not delivered" })),
+        "escalation.reset" => ("Escalation reset".into(), format!("by {}", r.actor)),
+        other => (other.to_string(), d.to_string()),
+    }
+}
+
+pub fn timeline(records: &[Record], args: &TimelineArgs, verified: &Result<u64, crate::audit::Broken>) -> String {
+    let mut out = String::from("# pitcrew timeline\n\n");
+    let mut scope = Vec::new();
+    if let Some(e) = &args.execution {
+        scope.push(format!("execution `{e}`"));
+    }
+    if let Some(a) = &args.alert {
+        scope.push(format!("alert fingerprint `{a}`"));
+    }
+    if let Some(s) = &args.since {
+        scope.push(format!("since {s}"));
+    }
+    if let Some(u) = &args.until {
+        scope.push(format!("until {u}"));
+    }
+    out.push_str(&format!("Scope: {}.  \n", if scope.is_empty() { "everything".to_string() } else { scope.join(", ") }));
+    match (records.first(), records.last()) {
+        (Some(first), Some(last)) => out.push_str(&format!("Audit records {}–{} ({} shown).  \n", first.seq, last.seq, records.len())),
+        _ => out.push_str("No audit records match.  \n"),
+    }
+    match verified {
+        Ok(n) => out.push_str(&format!("Hash chain verified: {n} records intact.\n\n")),
+        Err(b) => out.push_str(&format!("**Hash chain BROKEN at seq {}: {}** — do not trust records from there on.\n\n", b.seq, b.reason)),
+    }
+    out.push_str("| Time (UTC) | Event | Runbook / target | Actor | Details |\n|---|---|---|---|---|\n");
+    for r in records {
+        let (what, detail) = describe(r);
+        let time = r.ts.replace('T', " ").trim_end_matches('Z').chars().take(23).collect::<String>();
+        let place = match (&r.runbook, &r.target) {
+            (Some(rb), Some(t)) => format!("{rb} / {t}"),
+            (Some(rb), None) => rb.clone(),
+            _ => String::new(),
+        };
+        out.push_str(&format!("| {} | {} | {} | {} | {} |\n", md(&time), md(&what), md(&place), md(&r.actor), md(&detail)));
+    }
+    out
+}

@@ -1,0 +1,162 @@
+//! `pitcrew run NAME`: a manual run through the same guardrails, engine and
+//! audit as automated ones, with live step progress on stderr.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::{Exit, Failure};
+use crate::engine::{Engine, Progress, ProgressFn};
+use crate::guard::{CheckVerdict, Decision, Verdict};
+use crate::store::{Admission, State, StepState, new_id};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Runbook name
+    pub name: String,
+    /// Parameter override, repeatable
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    /// An alert (payload or one alert) to run against
+    #[arg(long, value_name = "FILE")]
+    pub alert: Option<PathBuf>,
+    /// Decide and record everything, touch nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Who is running it (default: $USER)
+    #[arg(long = "as", value_name = "USER")]
+    pub as_user: Option<String>,
+    /// Skip cooldown, rate limits, budget, storm brake and escalation (needs --reason)
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
+    if args.force && args.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err(Failure::usage("--force needs --reason TEXT (the override is audited)"));
+    }
+    let mut overrides = BTreeMap::new();
+    for p in &args.params {
+        let (k, v) = p.split_once('=').ok_or_else(|| Failure::usage(format!("--param {p:?}: expected K=V")))?;
+        overrides.insert(k.trim().to_string(), v.to_string());
+    }
+    let engine = super::runtime::engine(config_path)?;
+    let rb = engine.runbooks.get(&args.name).cloned().ok_or_else(|| {
+        let names: Vec<&str> = engine.runbooks.runbooks.iter().map(|r| r.name.as_str()).collect();
+        Failure::usage(format!("no runbook `{}`; loaded: {}", args.name, names.join(", ")))
+    })?;
+    let alert = match &args.alert {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+            let mut alerts = crate::alert::parse_alert_file(&text, Utc::now()).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+            if alerts.len() != 1 {
+                return Err(Failure::usage(format!("{}: holds {} alerts; give one", path.display(), alerts.len())));
+            }
+            alerts.pop()
+        }
+    };
+    let resolved = engine.runbooks.resolve(&rb, alert.as_ref(), &overrides).map_err(|e| Failure::usage(format!("{}: {e}", rb.name)))?;
+    let actor = super::runtime::user_actor(args.as_user.as_deref());
+    super::runtime::tokio().block_on(async move {
+        let budget = match rb.guardrails.slo.as_deref() {
+            Some(slo) => engine.budgets.status(slo, Utc::now()).await,
+            None => None,
+        };
+        let id = new_id();
+        let admission = Admission {
+            id: id.clone(),
+            runbook: rb.clone(),
+            target: resolved.target.clone(),
+            params: resolved.params,
+            actor,
+            automated: false,
+            dry_run: args.dry_run,
+            force: args.force.then(|| args.reason.clone().unwrap_or_default()),
+            budget,
+            invalid: None,
+        };
+        let decision = engine.admit(admission, alert).await?;
+        print_decision(&decision);
+        match decision.verdict {
+            Verdict::Blocked => {
+                eprintln!("blocked ({}): {}", decision.decided_by, decision.reason);
+                println!("{id}");
+                Ok(Exit::Blocked)
+            }
+            Verdict::PendingApproval => {
+                eprintln!("waiting for approval: {}\n  pitcrew approve {id}   |   pitcrew deny {id} --reason ...", decision.reason);
+                println!("{id}");
+                Ok(Exit::PendingApproval)
+            }
+            Verdict::Run => run_claimed(&engine, &id).await,
+        }
+    })
+}
+
+fn print_decision(d: &Decision) {
+    for c in &d.checks {
+        let mark = match c.verdict {
+            CheckVerdict::Pass => "ok",
+            CheckVerdict::Block => "BLOCK",
+            CheckVerdict::Approve => "APPROVE",
+            CheckVerdict::Skipped => "skip",
+            CheckVerdict::Forced => "FORCED",
+        };
+        eprintln!("  guardrail {:<18} {:<7} {}", c.guardrail, mark, c.detail);
+    }
+}
+
+/// Claims `id` and runs it here, printing progress; exit code from the outcome.
+pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit> {
+    let Some(exec) = engine.store.claim(&engine.worker_id, Some(id.to_string())).await? else {
+        // Another engine (serve) claimed it first: follow it to the end.
+        return follow(engine, id).await;
+    };
+    eprintln!("execution {id}: {} on {}{}", exec.runbook, exec.target, if exec.dry_run { " (dry run)" } else { "" });
+    let progress: ProgressFn = Arc::new(|p: &Progress| match p {
+        Progress::StepStarted { name, action, attempt, dry_run } => {
+            let again = if *attempt > 0 { format!(" (attempt {})", attempt + 1) } else { String::new() };
+            eprintln!("  → {name} [{action}]{again}{}", if *dry_run { " dry run" } else { "" });
+        }
+        Progress::StepFinished { name, state, detail, seconds } => {
+            let mark = match state {
+                StepState::Succeeded => "✓",
+                StepState::Skipped => "–",
+                _ => "✗",
+            };
+            eprintln!("  {mark} {name} {} in {seconds:.2}s {detail}", state.as_str());
+        }
+    });
+    let outcome = engine.execute(exec, Some(progress)).await?;
+    eprintln!("{} {}", outcome.state, outcome.reason.as_deref().unwrap_or(""));
+    println!("{id}");
+    Ok(exit_for(outcome.state))
+}
+
+pub fn exit_for(state: State) -> Exit {
+    match state {
+        State::Succeeded => Exit::Done,
+        State::Blocked => Exit::Blocked,
+        State::PendingApproval => Exit::PendingApproval,
+        _ => Exit::StepFailed,
+    }
+}
+
+/// Waits for an execution run by another process to end.
+async fn follow(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit> {
+    eprintln!("execution {id} is being run by another pitcrew process; following it");
+    loop {
+        let exec = engine.store.execution(id).await?;
+        if exec.state.is_final() {
+            eprintln!("{} {}", exec.state, exec.reason.as_deref().unwrap_or(""));
+            println!("{id}");
+            return Ok(exit_for(exec.state));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,104 @@
+//! `pitcrew serve`: webhook receiver, executor and API in one process.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::json;
+
+use super::{Exit, Failure};
+use crate::audit::{Event, kind};
+use crate::engine::claimer_alive;
+use crate::server::{AppState, router};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Listen address (overrides the config's `listen`)
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Concurrent executions
+    #[arg(long, default_value_t = 16)]
+    pub workers: usize,
+}
+
+pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
+    let engine = super::runtime::engine(config_path)?;
+    let config = engine.config().clone();
+    let listen = args.listen.unwrap_or(config.listen);
+    if !listen.ip().is_loopback() && config.webhook_token.is_none() && !config.insecure_allow_remote {
+        return Err(Failure::usage(format!(
+            "refusing to listen on {listen} without auth.webhook_token: set a token, listen on loopback, or set auth.insecure_allow_remote: true"
+        )));
+    }
+    if !listen.ip().is_loopback() && config.tokens.is_empty() && !config.insecure_allow_remote {
+        return Err(Failure::usage(format!("refusing to serve the API on {listen} without auth.tokens (or auth.insecure_allow_remote: true)")));
+    }
+    super::runtime::tokio().block_on(async move {
+        let digests: serde_json::Map<String, serde_json::Value> = engine.runbooks.runbooks.iter().map(|r| (r.name.clone(), json!(r.digest))).collect();
+        engine
+            .store
+            .record(vec![Event::new(
+                kind::CONFIG_LOADED,
+                "pitcrew",
+                json!({"config": config.file, "runbooks": digests, "plugins": engine.runbooks.registry.iter().filter(|a| a.spec().name.starts_with("plugin.")).map(|a| a.spec().name.clone()).collect::<Vec<_>>(), "pid": std::process::id()}),
+            )])
+            .await?;
+        let recovery = engine.store.recover(Arc::new(claimer_alive)).await?;
+        if !recovery.resumed.is_empty() || !recovery.unknown.is_empty() {
+            tracing::warn!(resumed = recovery.resumed.len(), unknown = recovery.unknown.len(), "recovered executions interrupted by a crash");
+        }
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e}")))?;
+        tracing::info!(address = %listener.local_addr()?, runbooks = engine.runbooks.runbooks.len(), "pitcrew listening");
+        let state = Arc::new(AppState { engine: engine.clone(), draining: AtomicBool::new(false) });
+        let workers = tokio::spawn(engine.clone().run_workers(args.workers));
+        let background = tokio::spawn(background(engine.clone()));
+        let drain_state = state.clone();
+        let shutdown_engine = engine.clone();
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move {
+                signal().await;
+                tracing::info!("shutting down: finishing in-flight steps");
+                drain_state.draining.store(true, Ordering::SeqCst);
+                shutdown_engine.shutdown.cancel();
+            })
+            .await?;
+        background.abort();
+        let _ = workers.await;
+        Ok(Exit::Done)
+    })
+}
+
+async fn signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Approval timeouts, recovery of work abandoned by dead CLI runs, budgets.
+async fn background(engine: Arc<crate::engine::Engine>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut budget_due = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        match engine.store.expire_approvals().await {
+            Ok(expired) if !expired.is_empty() => tracing::info!(count = expired.len(), "pending approvals timed out"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot expire approvals"),
+        }
+        match engine.store.recover(Arc::new(claimer_alive)).await {
+            Ok(r) if !r.resumed.is_empty() || !r.unknown.is_empty() => {
+                engine.wake.notify_waiters();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "recovery check failed"),
+        }
+        if tokio::time::Instant::now() >= budget_due && !engine.config().slos.is_empty() {
+            for b in engine.budgets.refresh(chrono::Utc::now()).await {
+                engine.metrics.budget(&b.slo, b.remaining);
+            }
+            budget_due = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        }
+    }
+}

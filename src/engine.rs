@@ -1,0 +1,454 @@
+//! The engine: the whole flow in one place — alerts in, match, admit under
+//! the guardrails (in the store), then workers run queued executions step by
+//! step, writing `step.started` durably before each action runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::action::{ActionContext, ActionError, Deps, DryRun, artifact_dir};
+use crate::alert::Alert;
+use crate::audit::{Event, kind};
+use crate::budget::Budgets;
+use crate::config::Config;
+use crate::guard::{Decision, Verdict};
+use crate::metrics::Metrics;
+use crate::runbook::{Runbook, RunbookSet, Step};
+use crate::store::{Admission, Execution, IntakeAlert, IntakeResult, Phase, State, StepEnd, StepStart, StepState, Store, StoreError, new_id};
+
+/// Something the engine could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// State could not be written: nothing further runs (fail closed).
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// The runbook named by an execution is not loaded any more.
+    #[error("runbook `{0}` is not loaded")]
+    UnknownRunbook(String),
+    /// Shutting down between steps; the execution resumes after a restart.
+    #[error("shutting down; the execution resumes at the next start")]
+    ShuttingDown,
+}
+
+/// Live progress, for `pitcrew run`.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    StepStarted { name: String, action: String, attempt: u32, dry_run: bool },
+    StepFinished { name: String, state: StepState, detail: String, seconds: f64 },
+}
+
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+pub struct Engine {
+    pub store: Arc<dyn Store>,
+    pub runbooks: Arc<RunbookSet>,
+    pub deps: Arc<Deps>,
+    pub budgets: Arc<Budgets>,
+    pub metrics: Arc<Metrics>,
+    /// Woken when work is queued.
+    pub wake: Arc<Notify>,
+    /// `pid:starttime`, so recovery can tell a dead worker from a live one.
+    pub worker_id: String,
+    /// Stops workers between steps.
+    pub shutdown: CancellationToken,
+}
+
+/// This process, as named in claims.
+pub fn worker_id() -> String {
+    let pid = std::process::id();
+    format!("{pid}:{}", process_start(pid).unwrap_or_default())
+}
+
+/// Field 22 of /proc/PID/stat: start time in clock ticks since boot. The pair
+/// (pid, start) names a process uniquely, even after pid reuse.
+fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split_whitespace().nth(19).map(String::from)
+}
+
+/// Whether the process that claimed an execution still runs.
+pub fn claimer_alive(claimer: &str) -> bool {
+    let Some((pid, start)) = claimer.split_once(':') else {
+        return true;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return true;
+    };
+    if !std::path::Path::new("/proc/self/stat").exists() {
+        // Without /proc we cannot tell: never steal a claim.
+        return true;
+    }
+    process_start(pid).is_some_and(|s| s == start)
+}
+
+/// The outcome of one execution.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub state: State,
+    pub reason: Option<String>,
+}
+
+impl Engine {
+    pub fn config(&self) -> &Arc<Config> {
+        &self.deps.config
+    }
+
+    /// Builds the admissions for one alert: every matching runbook with its
+    /// params and target, or the reason they could not be resolved.
+    async fn admissions(&self, alert: &Alert) -> Vec<Admission> {
+        let mut out = Vec::new();
+        for rb in self.runbooks.matching(alert) {
+            let (params, target, invalid) = match self.runbooks.resolve(rb, Some(alert), &BTreeMap::new()) {
+                Ok(r) => (r.params, r.target, None),
+                Err(e) => (serde_json::Map::new(), format!("{}/{}", rb.name, alert.fingerprint), Some(e.to_string())),
+            };
+            out.push(Admission {
+                id: new_id(),
+                runbook: rb.clone(),
+                target,
+                params,
+                actor: "alertmanager".into(),
+                automated: true,
+                dry_run: false,
+                force: None,
+                budget: self.budget_for(rb).await,
+                invalid,
+            });
+        }
+        out
+    }
+
+    async fn budget_for(&self, rb: &Runbook) -> Option<crate::guard::BudgetStatus> {
+        let slo = rb.guardrails.slo.as_deref()?;
+        self.budgets.status(slo, Utc::now()).await
+    }
+
+    /// Intake: match, admit under the guardrails, store durably. Returns after
+    /// the commit; queued work is handed to the workers.
+    pub async fn intake(&self, alerts: Vec<Alert>) -> Result<IntakeResult, StoreError> {
+        let mut items = Vec::with_capacity(alerts.len());
+        for alert in alerts {
+            let admissions = self.admissions(&alert).await;
+            items.push(IntakeAlert { alert, admissions });
+        }
+        let result = self.store.intake(items, self.config().clone()).await?;
+        self.metrics.alerts_received.inc_by(result.accepted as u64);
+        self.metrics.alerts_duplicate.inc_by(result.duplicates as u64);
+        self.after_decisions(result.executions.iter().map(|(_, d)| d)).await;
+        if result.executions.iter().any(|(_, d)| d.verdict == Verdict::Run) {
+            self.wake.notify_waiters();
+        }
+        Ok(result)
+    }
+
+    /// Manual or API run: the same guardrails, the same store.
+    pub async fn admit(&self, admission: Admission, alert: Option<Alert>) -> Result<Decision, StoreError> {
+        let decision = self.store.admit(admission, alert, self.config().clone()).await?;
+        self.after_decisions(std::iter::once(&decision)).await;
+        if decision.verdict == Verdict::Run {
+            self.wake.notify_waiters();
+        }
+        Ok(decision)
+    }
+
+    /// Escalation and storm notices go out once, after the decision is durable.
+    async fn after_decisions(&self, decisions: impl Iterator<Item = &Decision>) {
+        for d in decisions {
+            if d.verdict == Verdict::Blocked {
+                self.metrics.execution("blocked");
+            }
+            let text = match (&d.notify, d.storm_notice) {
+                (Some(text), _) => text.clone(),
+                (None, true) => format!("pitcrew storm brake: {}. Medium and high risk automation is paused; low risk continues.", d.reason),
+                (None, false) => continue,
+            };
+            self.send_notice(&text).await;
+        }
+    }
+
+    async fn send_notice(&self, text: &str) {
+        let outcome = match &self.config().notify_url {
+            None => Err("no notify.url in config".to_string()),
+            Some(url) => crate::action::notify::post(&self.deps.http, url, text).await.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = &outcome {
+            tracing::warn!(error = %e, "escalation notice not delivered");
+        }
+        let event = Event::new(kind::NOTIFICATION, "pitcrew", json!({"text": text, "delivered": outcome.is_ok(), "error": outcome.err()}));
+        if let Err(e) = self.store.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot record a notification");
+        }
+    }
+
+    /// Runs workers until `shutdown` fires; each claims and runs executions.
+    pub async fn run_workers(self: Arc<Self>, count: usize) {
+        let mut handles = Vec::new();
+        for _ in 0..count {
+            let engine = self.clone();
+            let shutdown = self.shutdown.clone();
+            handles.push(tokio::spawn(async move { engine.worker(shutdown).await }));
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    async fn worker(&self, shutdown: CancellationToken) {
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            // Register interest before looking, so a wake between the look
+            // and the wait is not lost.
+            let notified = self.wake.notified();
+            match self.store.claim(&self.worker_id, None).await {
+                Ok(Some(exec)) => {
+                    match self.execute(exec, None).await {
+                        Ok(_) => {}
+                        Err(EngineError::ShuttingDown) => return,
+                        Err(e) => tracing::error!(error = %e, "execution stopped"),
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot claim work"),
+            }
+            // Other processes (CLI approvals) queue work too: look again now and then.
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Runs a claimed execution to its end.
+    pub async fn execute(&self, exec: Execution, progress: Option<ProgressFn>) -> Result<Outcome, EngineError> {
+        let Some(rb) = self.runbooks.get(&exec.runbook).cloned() else {
+            let reason = format!("runbook `{}` is not loaded", exec.runbook);
+            self.store.finish(&exec, State::Failed, Some(reason.clone())).await?;
+            self.metrics.execution("failed");
+            return Err(EngineError::UnknownRunbook(exec.runbook.clone()));
+        };
+        let resolved = crate::runbook::Resolved { params: exec.params.clone(), target: exec.target.clone() };
+        let mut outputs = serde_json::Map::new();
+        for s in exec.steps.iter().filter(|s| s.state == StepState::Succeeded) {
+            outputs.insert(s.name.clone(), json!({"output": s.output.clone().unwrap_or(Value::Null)}));
+        }
+        let run = Run { engine: self, rb: &rb, exec: &exec, progress };
+        let failure: Option<String> = match &exec.resume_error {
+            Some(e) => Some(e.clone()),
+            None => run.phase(Phase::Main, &rb.steps, &resolved, &mut outputs, None).await?,
+        };
+        let outcome = match failure {
+            None => Outcome { state: State::Succeeded, reason: None },
+            Some(error) => {
+                run.phase(Phase::OnFailure, &rb.on_failure, &resolved, &mut outputs, Some(&error)).await?;
+                let state = if exec.resume_error.is_some() { State::Unknown } else { State::Failed };
+                Outcome { state, reason: Some(error) }
+            }
+        };
+        self.store.finish(&exec, outcome.state, outcome.reason.clone()).await?;
+        self.metrics.execution(outcome.state.as_str());
+        Ok(outcome)
+    }
+}
+
+struct Run<'a> {
+    engine: &'a Engine,
+    rb: &'a Runbook,
+    exec: &'a Execution,
+    progress: Option<ProgressFn>,
+}
+
+impl Run<'_> {
+    fn report(&self, p: Progress) {
+        if let Some(f) = &self.progress {
+            f(&p);
+        }
+    }
+
+    /// Runs a list of steps; returns the error that stops it, if any.
+    async fn phase(
+        &self,
+        phase: Phase,
+        steps: &[Step],
+        resolved: &crate::runbook::Resolved,
+        outputs: &mut serde_json::Map<String, Value>,
+        error: Option<&str>,
+    ) -> Result<Option<String>, EngineError> {
+        let set = &self.engine.runbooks;
+        let mut first_error = None;
+        for (index, step) in steps.iter().enumerate() {
+            let index = index as u32;
+            if self.engine.shutdown.is_cancelled() {
+                return Err(EngineError::ShuttingDown);
+            }
+            // Resuming after a crash: steps that already ended are not run again.
+            if let Some(done) = self.exec.steps.iter().rev().find(|s| s.phase == phase && s.index == index && s.state != StepState::Started) {
+                if done.state == StepState::Failed && !step.continue_on_error && phase == Phase::Main {
+                    return Ok(Some(done.error.clone().unwrap_or_else(|| format!("step `{}` failed", step.name))));
+                }
+                continue;
+            }
+            let ctx = RunbookSet::step_context(self.rb, self.exec.alert.as_ref(), resolved, &self.exec.id, outputs, error);
+            let end = |state: StepState, output: Option<Value>, err: Option<String>, kind: Option<&str>, attempt: u32, ms: u64| StepEnd {
+                phase,
+                index,
+                name: step.name.clone(),
+                attempt,
+                state,
+                output,
+                error: err,
+                error_kind: kind.map(String::from),
+                duration_ms: ms,
+            };
+            match set.when_holds(step, &ctx) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.engine.store.step_finished(self.exec, end(StepState::Skipped, Some(json!({"skipped": "when is false"})), None, None, 0, 0)).await?;
+                    self.report(Progress::StepFinished { name: step.name.clone(), state: StepState::Skipped, detail: "when is false".into(), seconds: 0.0 });
+                    continue;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.engine.store.step_finished(self.exec, end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0)).await?;
+                    self.report(Progress::StepFinished { name: step.name.clone(), state: StepState::Failed, detail: msg.clone(), seconds: 0.0 });
+                    if step.continue_on_error || phase == Phase::OnFailure {
+                        first_error.get_or_insert(msg);
+                        continue;
+                    }
+                    return Ok(Some(msg));
+                }
+            }
+            let input = match set.render_with(step, &ctx) {
+                Ok(v) => v,
+                Err(e) => {
+                    let msg = e.to_string();
+                    // Audited as a start and an end, so the postmortem sees what was attempted.
+                    self.engine
+                        .store
+                        .step_started(
+                            self.exec,
+                            StepStart { phase, index, name: step.name.clone(), action: step.action.spec().name.clone(), attempt: 0, idempotent: step.idempotent, input: Value::Null, dry_run: self.exec.dry_run },
+                        )
+                        .await?;
+                    self.engine.store.step_finished(self.exec, end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0)).await?;
+                    self.report(Progress::StepFinished { name: step.name.clone(), state: StepState::Failed, detail: msg.clone(), seconds: 0.0 });
+                    if step.continue_on_error || phase == Phase::OnFailure {
+                        first_error.get_or_insert(msg);
+                        continue;
+                    }
+                    return Ok(Some(msg));
+                }
+            };
+            let (state, output, err) = self.run_step(phase, index, step, &input).await?;
+            if state == StepState::Succeeded {
+                outputs.insert(step.name.clone(), json!({"output": output.unwrap_or(Value::Null)}));
+            }
+            if state == StepState::Failed {
+                let msg = format!("step `{}` failed: {}", step.name, err.unwrap_or_default());
+                if step.continue_on_error || phase == Phase::OnFailure {
+                    first_error.get_or_insert(msg);
+                    continue;
+                }
+                return Ok(Some(msg));
+            }
+        }
+        // continue_on_error failures are recorded on their steps; they do not fail the run.
+        if let Some(e) = first_error {
+            tracing::debug!(execution = %self.exec.id, error = %e, "continued past a failed step");
+        }
+        Ok(None)
+    }
+
+    /// One step: durable start record, the action (with timeout and, for
+    /// idempotent actions only, retries with backoff), durable end record.
+    async fn run_step(&self, phase: Phase, index: u32, step: &Step, input: &Value) -> Result<(StepState, Option<Value>, Option<String>), EngineError> {
+        let action = step.action.clone();
+        let action_name = action.spec().name.clone();
+        let dry = self.exec.dry_run;
+        let mode = if dry { action.dry_run(input) } else { DryRun::Run };
+        let retries = if step.idempotent { step.retries } else { 0 };
+        let mut delays = backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(std::time::Duration::from_secs(1))
+                .with_max_delay(std::time::Duration::from_secs(30))
+                .with_max_times(retries as usize),
+        );
+        let mut attempt = 0u32;
+        loop {
+            self.engine
+                .store
+                .step_started(
+                    self.exec,
+                    StepStart { phase, index, name: step.name.clone(), action: action_name.clone(), attempt, idempotent: step.idempotent, input: input.clone(), dry_run: dry },
+                )
+                .await?;
+            self.report(Progress::StepStarted { name: step.name.clone(), action: action_name.clone(), attempt, dry_run: dry });
+            let started = Instant::now();
+            let result: Result<Value, ActionError> = if mode == DryRun::Skip {
+                Ok(json!({"skipped": "dry run"}))
+            } else {
+                let cx = ActionContext {
+                    execution_id: &self.exec.id,
+                    step: &step.name,
+                    started_at: self.exec.started_at.unwrap_or(self.exec.created_at),
+                    dry_run: dry,
+                    artifacts: artifact_dir(&self.engine.config().state_dir, &self.exec.id),
+                    alert: self.exec.alert.as_ref(),
+                    deps: &self.engine.deps,
+                };
+                let limit = step.timeout.unwrap_or(crate::units::Duration::from_secs(600));
+                match tokio::time::timeout(limit.std(), action.run(input, &cx)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ActionError::Timeout(limit)),
+                }
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            self.engine.metrics.step(&action_name, seconds);
+            let ms = (seconds * 1000.0) as u64;
+            let (state, output, err, kind) = match result {
+                Ok(out) if mode == DryRun::Skip => (StepState::Skipped, Some(out), Some("skipped: dry run".to_string()), None),
+                Ok(out) => (StepState::Succeeded, Some(out), None, None),
+                Err(e) => (StepState::Failed, None, Some(e.to_string()), Some(e.kind().to_string())),
+            };
+            self.engine
+                .store
+                .step_finished(
+                    self.exec,
+                    StepEnd { phase, index, name: step.name.clone(), attempt, state, output: output.clone(), error: err.clone(), error_kind: kind.clone(), duration_ms: ms },
+                )
+                .await?;
+            let detail = match (&err, &output) {
+                (Some(e), _) => e.clone(),
+                (None, Some(o)) => short(o),
+                _ => String::new(),
+            };
+            self.report(Progress::StepFinished { name: step.name.clone(), state, detail, seconds });
+            if state != StepState::Failed {
+                // A step skipped by a dry run counts as done for what follows.
+                return Ok((if state == StepState::Skipped { StepState::Succeeded } else { state }, output, err));
+            }
+            match delays.next() {
+                Some(delay) => {
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Ok((state, output, err)),
+            }
+        }
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 120 { format!("{}…", s.chars().take(120).collect::<String>()) } else { s }
+}
+

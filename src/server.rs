@@ -1,0 +1,331 @@
+//! `pitcrew serve`'s HTTP side: the Alertmanager webhook, the API and the
+//! probes. Handlers are thin: they check the request, call the engine or the
+//! store, and map errors to statuses (a 4xx says what is wrong, a 5xx body is
+//! generic and the detail goes to the log).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State as AxumState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::config::Role;
+use crate::engine::Engine;
+use crate::guard::Verdict;
+use crate::store::{Admission, AuditFilter, ExecutionFilter, State, StoreError, new_id};
+
+/// Shared by all handlers.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// Set on SIGTERM: new requests get 503 while in-flight work finishes.
+    pub draining: AtomicBool,
+}
+
+/// An API error: status plus a message safe to show.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, format!("no execution {id}")),
+            StoreError::WrongState { id, state } => ApiError::new(StatusCode::CONFLICT, format!("execution {id} is {state}, not pending_approval")),
+            other => {
+                tracing::error!(error = %other, source = ?std::error::Error::source(&other), "state store failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state store unavailable; retry later")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+type Shared = Arc<AppState>;
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/alerts/alertmanager", post(webhook))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/runbooks", get(runbooks))
+        .route("/v1/runbooks/{name}/run", post(run_runbook))
+        .route("/v1/executions", get(executions))
+        .route("/v1/executions/{id}", get(execution))
+        .route("/v1/executions/{id}/approve", post(approve))
+        .route("/v1/executions/{id}/deny", post(deny))
+        .route("/v1/budget", get(budget))
+        .route("/v1/audit", get(audit))
+        .layer(middleware::from_fn_with_state(state.clone(), drain))
+        .with_state(state)
+}
+
+async fn drain(AxumState(state): AxumState<Shared>, req: Request, next: Next) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    next.run(req).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// Checks an API token for `need`; returns the actor name.
+fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<String, ApiError> {
+    let tokens = &state.engine.config().tokens;
+    if tokens.is_empty() {
+        // No tokens: serve only listens on loopback (checked at start-up).
+        return Ok("api:local".into());
+    }
+    let given = bearer(headers).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
+    // Compare against every token so timing does not tell which one was close.
+    let mut found = None;
+    for t in tokens {
+        if same(&t.token, given) {
+            found = Some(t);
+        }
+    }
+    let token = found.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
+    if token.role < need {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("token `{}` has role viewer; this needs operator", token.name)));
+    }
+    Ok(format!("api:{}", token.name))
+}
+
+async fn webhook(AxumState(state): AxumState<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let engine = &state.engine;
+    let metrics = &engine.metrics;
+    let reject = |status: StatusCode, reason: &str, message: String| {
+        metrics.rejected(reason);
+        ApiError::new(status, message)
+    };
+    if let Some(expected) = &engine.config().webhook_token {
+        match bearer(&headers) {
+            Some(given) if same(expected, given) => {}
+            _ => return Err(reject(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid webhook bearer token".into())),
+        }
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type", format!("content type {content_type:?} is not application/json")));
+    }
+    let limit = engine.config().max_body as usize;
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body larger than max_body ({limit} bytes)")))?;
+    let delivery = crate::alert::parse_webhook(&bytes, Utc::now()).map_err(|e| reject(StatusCode::BAD_REQUEST, e.kind(), e.to_string()))?;
+    if delivery.truncated_alerts > 0 {
+        metrics.alerts_truncated.inc_by(delivery.truncated_alerts);
+        tracing::warn!(truncated = delivery.truncated_alerts, receiver = %delivery.receiver, group = %delivery.group_key, "Alertmanager left alerts out of this notification (max_alerts)");
+    }
+    let result = engine.intake(delivery.alerts).await.inspect_err(|_| metrics.rejected("store"))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": result.accepted, "duplicates": result.duplicates}))).into_response())
+}
+
+async fn readyz(AxumState(state): AxumState<Shared>) -> Response {
+    match state.engine.store.queue_depth().await {
+        Ok(depth) => {
+            state.engine.metrics.queue_depth.set(depth as i64);
+            (StatusCode::OK, format!("ready: {} runbooks\n", state.engine.runbooks.runbooks.len())).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "state store unavailable\n").into_response()
+        }
+    }
+}
+
+async fn metrics(AxumState(state): AxumState<Shared>) -> Response {
+    let engine = &state.engine;
+    if let Ok(depth) = engine.store.queue_depth().await {
+        engine.metrics.queue_depth.set(depth as i64);
+    }
+    for b in engine.budgets.all() {
+        engine.metrics.budget(&b.slo, b.remaining);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], engine.metrics.render()).into_response()
+}
+
+async fn runbooks(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let list: Vec<Value> = state
+        .engine
+        .runbooks
+        .runbooks
+        .iter()
+        .map(|rb| {
+            json!({
+                "name": rb.name, "description": rb.description, "owner": rb.owner, "risk": rb.risk,
+                "trigger": rb.trigger.as_ref().map(|t| json!({"alertname": t.alertnames, "matchers": t.matchers.iter().map(|m| m.to_string()).collect::<Vec<_>>(), "status": t.status})),
+                "params": rb.params.iter().map(|p| json!({"name": p.name, "type": p.kind, "required": p.required})).collect::<Vec<_>>(),
+                "guardrails": rb.guardrails,
+                "steps": rb.steps.iter().map(|s| json!({"name": s.name, "action": s.action.spec().name, "risk": s.risk})).collect::<Vec<_>>(),
+                "digest": rb.digest,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+#[derive(Deserialize)]
+struct RunRequest {
+    #[serde(default)]
+    params: BTreeMap<String, Value>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn run_runbook(AxumState(state): AxumState<Shared>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let actor = authorize(&state, &headers, Role::Operator)?;
+    let engine = &state.engine;
+    let request: RunRequest = if body.is_empty() {
+        RunRequest { params: BTreeMap::new(), dry_run: false }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?
+    };
+    let rb = engine.runbooks.get(&name).cloned().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no runbook {name}")))?;
+    let overrides: BTreeMap<String, String> = request.params.into_iter().map(|(k, v)| (k, crate::runbook::template::value_text(&v))).collect();
+    let resolved = engine.runbooks.resolve(&rb, None, &overrides).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let budget = match rb.guardrails.slo.as_deref() {
+        Some(slo) => engine.budgets.status(slo, Utc::now()).await,
+        None => None,
+    };
+    let id = new_id();
+    let admission = Admission {
+        id: id.clone(),
+        runbook: rb.clone(),
+        target: resolved.target,
+        params: resolved.params,
+        actor,
+        automated: false,
+        dry_run: request.dry_run,
+        force: None,
+        budget,
+        invalid: None,
+    };
+    let decision = engine.admit(admission, None).await?;
+    let state_name = match decision.verdict {
+        Verdict::Run => State::Queued,
+        Verdict::PendingApproval => State::PendingApproval,
+        Verdict::Blocked => State::Blocked,
+    };
+    Ok((StatusCode::ACCEPTED, Json(json!({"execution_id": id, "state": state_name, "decision": decision}))).into_response())
+}
+
+#[derive(Deserialize)]
+struct ExecutionQuery {
+    status: Option<String>,
+    runbook: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn executions(AxumState(state): AxumState<Shared>, headers: HeaderMap, Query(q): Query<ExecutionQuery>) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(State::parse(s).ok_or_else(|| {
+            let valid: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::new(StatusCode::BAD_REQUEST, format!("unknown status {s:?}; one of {}", valid.join(", ")))
+        })?),
+    };
+    let list = state.engine.store.executions(ExecutionFilter { state: status, runbook: q.runbook, fingerprint: None, limit: q.limit.unwrap_or(100) }).await?;
+    Ok(Json(serde_json::to_value(list).unwrap_or(Value::Null)))
+}
+
+async fn execution(AxumState(state): AxumState<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let exec = state.engine.store.execution(&id).await?;
+    Ok(Json(serde_json::to_value(exec).unwrap_or(Value::Null)))
+}
+
+async fn approve(AxumState(state): AxumState<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let actor = authorize(&state, &headers, Role::Operator)?;
+    let exec = state.engine.store.approve(&id, &actor).await?;
+    state.engine.wake.notify_waiters();
+    Ok(Json(json!({"execution_id": exec.id, "state": exec.state, "approved_by": actor})))
+}
+
+#[derive(Deserialize, Default)]
+struct DenyRequest {
+    reason: Option<String>,
+}
+
+async fn deny(AxumState(state): AxumState<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let actor = authorize(&state, &headers, Role::Operator)?;
+    let request: DenyRequest = if body.is_empty() {
+        DenyRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?
+    };
+    let exec = state.engine.store.deny(&id, &actor, request.reason).await?;
+    Ok(Json(json!({"execution_id": exec.id, "state": exec.state, "denied_by": actor})))
+}
+
+async fn budget(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let mut all = state.engine.budgets.all();
+    if all.len() < state.engine.config().slos.len() {
+        all = state.engine.budgets.refresh(Utc::now()).await;
+    }
+    Ok(Json(json!({"slos": all})))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    since: Option<String>,
+    until: Option<String>,
+    execution: Option<String>,
+}
+
+/// RFC 3339, or a duration meaning "that long ago" (`2h`).
+pub fn parse_time(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    text.parse::<crate::units::Duration>()
+        .map(|d| now - d.chrono())
+        .map_err(|_| format!("invalid time {text:?}: expected RFC 3339 (2026-01-01T12:00:00Z) or a duration ago (2h)"))
+}
+
+async fn audit(AxumState(state): AxumState<Shared>, headers: HeaderMap, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let now = Utc::now();
+    let time = |t: &Option<String>| t.as_deref().map(|t| parse_time(t, now)).transpose().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e));
+    let filter = AuditFilter { since: time(&q.since)?, until: time(&q.until)?, execution: q.execution, fingerprint: None };
+    let records = state.engine.store.audit(filter).await?;
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&serde_json::to_string(&r).unwrap_or_default());
+        out.push('\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}

@@ -1,0 +1,335 @@
+//! State: alerts, executions, steps, limits and the audit log, behind one
+//! interface. The engine and server only talk to [`Store`]; the SQLite
+//! backend is the embedded default, and another backend (PostgreSQL for
+//! several replicas) implements the same trait.
+//!
+//! Every state change writes its audit records in the same transaction, so
+//! state and audit never disagree, and nothing is acknowledged before it is
+//! durable.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::alert::Alert;
+use crate::audit::{Broken, Event, Record};
+use crate::config::Config;
+use crate::guard::{BudgetStatus, Decision};
+use crate::runbook::{Risk, Runbook};
+
+/// The store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed; nothing of the operation was kept.
+    #[error("state database error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The writer is gone (shutting down or crashed).
+    #[error("state store is closed")]
+    Closed,
+    /// No execution with this id.
+    #[error("no execution {0}")]
+    NotFound(String),
+    /// The execution is not in the state the operation needs.
+    #[error("execution {id} is {state}")]
+    WrongState { id: String, state: String },
+    /// Stored data could not be read back.
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
+    /// Opening the database failed.
+    #[error("cannot open state database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Sqlite(_) => "database",
+            StoreError::Closed => "closed",
+            StoreError::NotFound(_) => "not_found",
+            StoreError::WrongState { .. } => "wrong_state",
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::Open { .. } => "open",
+        }
+    }
+}
+
+/// Execution states (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Queued,
+    Running,
+    PendingApproval,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Blocked,
+    Unknown,
+}
+
+impl State {
+    pub const ALL: [State; 8] =
+        [State::Queued, State::Running, State::PendingApproval, State::Succeeded, State::Failed, State::Cancelled, State::Blocked, State::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::PendingApproval => "pending_approval",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+            State::Blocked => "blocked",
+            State::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed | State::Cancelled | State::Blocked | State::Unknown)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request to create an execution, decided by the guardrails inside the
+/// store's transaction.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub id: String,
+    pub runbook: Arc<Runbook>,
+    pub target: String,
+    pub params: serde_json::Map<String, Value>,
+    pub actor: String,
+    pub automated: bool,
+    pub dry_run: bool,
+    pub force: Option<String>,
+    pub budget: Option<BudgetStatus>,
+    /// Params or target could not be resolved: recorded as blocked.
+    pub invalid: Option<String>,
+}
+
+/// One alert of a webhook delivery with the runs it would start.
+#[derive(Debug, Clone)]
+pub struct IntakeAlert {
+    pub alert: Alert,
+    pub admissions: Vec<Admission>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IntakeResult {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Executions created, with the decision for each.
+    pub executions: Vec<(String, Decision)>,
+    /// Queued executions cancelled by resolved notifications.
+    pub cancelled: usize,
+}
+
+/// Step phases: the main list or `on_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Main,
+    OnFailure,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Started,
+    Succeeded,
+    Failed,
+    Skipped,
+    Unknown,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Started => "started",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+            StepState::Unknown => "unknown",
+        }
+    }
+}
+
+/// A step as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub phase: Phase,
+    pub index: u32,
+    pub name: String,
+    pub action: String,
+    pub attempt: u32,
+    pub idempotent: bool,
+    pub state: StepState,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An execution as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Execution {
+    pub id: String,
+    pub runbook: String,
+    pub target: String,
+    pub state: State,
+    pub reason: Option<String>,
+    pub actor: String,
+    pub alert: Option<Alert>,
+    pub params: serde_json::Map<String, Value>,
+    pub dry_run: bool,
+    pub automated: bool,
+    pub risk: Risk,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub approval_deadline: Option<DateTime<Utc>>,
+    /// Set by recovery: a step's outcome is unknown; the run must escalate.
+    pub resume_error: Option<String>,
+    pub steps: Vec<StepRecord>,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub state: Option<State>,
+    pub runbook: Option<String>,
+    pub fingerprint: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub execution: Option<String>,
+    /// Records of executions started by alerts with this fingerprint, and the
+    /// alert's own records.
+    pub fingerprint: Option<String>,
+}
+
+/// A step about to run.
+#[derive(Debug, Clone)]
+pub struct StepStart {
+    pub phase: Phase,
+    pub index: u32,
+    pub name: String,
+    pub action: String,
+    pub attempt: u32,
+    pub idempotent: bool,
+    pub input: Value,
+    pub dry_run: bool,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone)]
+pub struct StepEnd {
+    pub phase: Phase,
+    pub index: u32,
+    pub name: String,
+    pub attempt: u32,
+    pub state: StepState,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// A tripped escalation breaker.
+#[derive(Debug, Clone, Serialize)]
+pub struct Breaker {
+    pub runbook: String,
+    pub target: String,
+    pub tripped_at: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Recovery {
+    /// Executions put back in the queue to resume.
+    pub resumed: Vec<String>,
+    /// Executions whose interrupted step was not idempotent.
+    pub unknown: Vec<String>,
+}
+
+/// Tells whether the worker named in a claim is still alive.
+pub type Liveness = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// All state access goes through this trait.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Stores alerts (deduplicated), and for each new one creates its
+    /// executions with guardrail decisions; durable when this returns.
+    async fn intake(&self, alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError>;
+
+    /// A manual (or API) run: the same guardrails, without an alert intake.
+    async fn admit(&self, admission: Admission, alert: Option<Alert>, config: Arc<Config>) -> Result<Decision, StoreError>;
+
+    /// Atomically takes the oldest queued execution (or `id` if given and queued).
+    async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError>;
+
+    /// Records that a step is about to run; durable before the action runs.
+    async fn step_started(&self, execution: &Execution, step: StepStart) -> Result<(), StoreError>;
+
+    async fn step_finished(&self, execution: &Execution, step: StepEnd) -> Result<(), StoreError>;
+
+    async fn finish(&self, execution: &Execution, state: State, reason: Option<String>) -> Result<(), StoreError>;
+
+    /// Executions left `running` by a dead worker: resume, or mark unknown.
+    async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError>;
+
+    async fn approve(&self, id: &str, actor: &str) -> Result<Execution, StoreError>;
+
+    async fn deny(&self, id: &str, actor: &str, reason: Option<String>) -> Result<Execution, StoreError>;
+
+    /// Pending approvals past their deadline are denied by `system:timeout`.
+    async fn expire_approvals(&self) -> Result<Vec<String>, StoreError>;
+
+    async fn breakers(&self) -> Result<Vec<Breaker>, StoreError>;
+
+    async fn reset_breaker(&self, runbook: &str, target: &str, actor: &str) -> Result<bool, StoreError>;
+
+    /// Appends free-standing events (config.loaded, notifications).
+    async fn record(&self, events: Vec<Event>) -> Result<(), StoreError>;
+
+    async fn execution(&self, id: &str) -> Result<Execution, StoreError>;
+
+    async fn executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
+
+    async fn audit(&self, filter: AuditFilter) -> Result<Vec<Record>, StoreError>;
+
+    /// Walks the whole chain.
+    async fn verify_audit(&self) -> Result<Result<u64, Broken>, StoreError>;
+
+    /// Counts by state, for metrics and readiness.
+    async fn queue_depth(&self) -> Result<u64, StoreError>;
+}
+
+/// A new execution id: time-ordered, unique.
+pub fn new_id() -> String {
+    ulid::Ulid::new().to_string().to_lowercase()
+}

@@ -1,0 +1,920 @@
+//! The embedded SQLite backend (WAL mode, one file per state dir).
+//!
+//! One writer thread owns the write connection and commits jobs in groups:
+//! every job waiting when a transaction starts rides in it (each in its own
+//! savepoint, so one failing job does not sink the others), and all of them
+//! learn the outcome after the single fsync. That is what lets durable intake
+//! run far above the disk's fsync rate. Other processes (the CLI) may write
+//! the same file; SQLite's lock serialises us, and the audit chain cursor is
+//! re-read at the start of every transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::audit::{self, Event, kind};
+use crate::clock::Clock;
+use crate::guard::{self, Facts, Request, STORM_WINDOW, Verdict, Windows};
+use crate::redact::Redactor;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    dedupe_key TEXT NOT NULL UNIQUE,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_fingerprint ON alerts(fingerprint);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    runbook TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    actor TEXT NOT NULL,
+    alert_id INTEGER REFERENCES alerts(id),
+    fingerprint TEXT,
+    params TEXT NOT NULL,
+    dry_run INTEGER NOT NULL,
+    automated INTEGER NOT NULL,
+    risk TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    admitted_ms INTEGER,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    approval_deadline_ms INTEGER,
+    claimed_by TEXT,
+    resume_error TEXT
+);
+CREATE INDEX IF NOT EXISTS executions_state ON executions(state, created_ms);
+CREATE INDEX IF NOT EXISTS executions_target ON executions(target, state);
+CREATE INDEX IF NOT EXISTS executions_runbook_target ON executions(runbook, target, admitted_ms);
+CREATE INDEX IF NOT EXISTS executions_admitted ON executions(admitted_ms);
+CREATE INDEX IF NOT EXISTS executions_fingerprint ON executions(fingerprint);
+CREATE TABLE IF NOT EXISTS steps (
+    execution_id TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    idempotent INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    input TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    started_ms INTEGER NOT NULL,
+    finished_ms INTEGER,
+    PRIMARY KEY (execution_id, phase, idx, attempt)
+);
+CREATE TABLE IF NOT EXISTS target_hits (target TEXT NOT NULL, ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS target_hits_ms ON target_hits(ms);
+CREATE TABLE IF NOT EXISTS notices (kind TEXT NOT NULL, ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS breakers (
+    runbook TEXT NOT NULL,
+    target TEXT NOT NULL,
+    tripped_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (runbook, target)
+);
+CREATE TABLE IF NOT EXISTS breaker_resets (
+    runbook TEXT NOT NULL,
+    target TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    PRIMARY KEY (runbook, target)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    execution_id TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_execution ON audit(execution_id);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts_ms);
+"#;
+
+/// Jobs waiting beyond this are refused (503) instead of queueing forever.
+const WRITE_QUEUE: usize = 65_536;
+/// Most jobs per group commit; bounds one transaction's latency.
+const GROUP_MAX: usize = 2_048;
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Completion + Send>;
+
+/// The transaction a job runs in.
+pub struct Tx<'c> {
+    conn: &'c Connection,
+    /// (last seq, last hash) of the audit chain within this transaction.
+    cursor: Option<(u64, String)>,
+    redactor: &'c Redactor,
+    now: DateTime<Utc>,
+}
+
+impl Tx<'_> {
+    fn now_ms(&self) -> i64 {
+        self.now.timestamp_millis()
+    }
+
+    /// Appends one audit record, chained to the last one.
+    fn append(&mut self, mut event: Event) -> Result<u64, StoreError> {
+        let (seq, prev) = match self.cursor.take() {
+            Some(c) => c,
+            None => self
+                .conn
+                .query_row("SELECT seq, record FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .optional()?
+                .map(|(seq, rec)| {
+                    let hash = serde_json::from_str::<Value>(&rec).ok().and_then(|v| v["hash"].as_str().map(String::from)).unwrap_or_default();
+                    (seq as u64, hash)
+                })
+                .unwrap_or((0, audit::GENESIS.to_string())),
+        };
+        event.data = self.redactor.value(&event.data);
+        let record = event.seal(seq + 1, self.now, &prev);
+        let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn.execute(
+            "INSERT INTO audit (seq, ts_ms, kind, execution_id, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![record.seq as i64, self.now_ms(), record.kind, record.execution_id, text],
+        )?;
+        self.cursor = Some((record.seq, record.hash));
+        Ok(seq + 1)
+    }
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    sender: SyncSender<Job>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // Durable on commit (FULL fsyncs the WAL), safe across processes (WAL),
+    // patient with another process holding the write lock.
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `state_dir/state.db`.
+    pub fn open(state_dir: &Path, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Open { path: state_dir.display().to_string(), source })?;
+        let path = state_dir.join("state.db");
+        let writer = open_connection(&path)?;
+        writer.execute_batch(SCHEMA)?;
+        let (sender, receiver) = sync_channel::<Job>(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("pitcrew-store-writer".into())
+            .spawn(move || write_loop(writer, receiver, redactor, clock))
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        Ok(SqliteStore { path, sender, readers: Mutex::new(Vec::new()) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the next group commit; resolves after the commit.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |t: &mut Tx<'_>| {
+            let saved = t.cursor.clone();
+            let result = match t.conn.execute_batch("SAVEPOINT job") {
+                Ok(()) => {
+                    let r = f(t);
+                    let end = if r.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+                    if r.is_err() {
+                        t.cursor = saved;
+                    }
+                    match t.conn.execute_batch(end) {
+                        Ok(()) => r,
+                        Err(e) => Err(StoreError::from(e)),
+                    }
+                }
+                Err(e) => Err(StoreError::from(e)),
+            };
+            Box::new(move |committed: Result<(), String>| {
+                let outcome = match committed {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+                };
+                let _ = tx.send(outcome);
+            })
+        });
+        self.sender.try_send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection in the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = match self.readers.lock().expect("reader pool lock").pop() {
+            Some(c) => c,
+            None => open_connection(&self.path)?,
+        };
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&conn);
+            (conn, r)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        let mut pool = self.readers.lock().expect("reader pool lock");
+        if pool.len() < 4 {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+fn write_loop(conn: Connection, receiver: Receiver<Job>, redactor: Redactor, clock: Arc<dyn Clock>) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_MAX {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the jobs unanswered fails each caller (503 at the webhook).
+            tracing::error!(error = %e, jobs = batch.len(), "cannot begin a state transaction");
+            continue;
+        }
+        let mut tx = Tx { conn: &conn, cursor: None, redactor: &redactor, now: clock.now() };
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut tx)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| {
+            tracing::error!(error = %e, "state commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            e.to_string()
+        });
+        for done in completions {
+            done(committed.clone());
+        }
+    }
+}
+
+fn ts(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn opt_ts(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.map(ts)
+}
+
+fn risk_of(s: &str) -> Risk {
+    s.parse().unwrap_or(Risk::High)
+}
+
+const EXECUTION_COLUMNS: &str = "e.id, e.runbook, e.target, e.state, e.reason, e.actor, a.body, e.params, e.dry_run, e.automated, e.risk, \
+     e.created_ms, e.started_ms, e.finished_ms, e.approval_deadline_ms, e.resume_error";
+
+fn execution_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
+    let state: String = r.get(3)?;
+    let alert: Option<String> = r.get(6)?;
+    let params: String = r.get(7)?;
+    Ok(Execution {
+        id: r.get(0)?,
+        runbook: r.get(1)?,
+        target: r.get(2)?,
+        state: State::parse(&state).unwrap_or(State::Unknown),
+        reason: r.get(4)?,
+        actor: r.get(5)?,
+        alert: alert.and_then(|a| serde_json::from_str(&a).ok()),
+        params: serde_json::from_str(&params).unwrap_or_default(),
+        dry_run: r.get(8)?,
+        automated: r.get(9)?,
+        risk: risk_of(&r.get::<_, String>(10)?),
+        created_at: ts(r.get(11)?),
+        started_at: opt_ts(r.get(12)?),
+        finished_at: opt_ts(r.get(13)?),
+        approval_deadline: opt_ts(r.get(14)?),
+        resume_error: r.get(15)?,
+        steps: Vec::new(),
+    })
+}
+
+fn load_execution(conn: &Connection, id: &str) -> Result<Execution, StoreError> {
+    let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e LEFT JOIN alerts a ON a.id = e.alert_id WHERE e.id = ?1");
+    let mut exec = conn.query_row(&sql, [id], execution_from_row).optional()?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    exec.steps = load_steps(conn, id)?;
+    Ok(exec)
+}
+
+fn load_steps(conn: &Connection, id: &str) -> Result<Vec<StepRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT phase, idx, name, action, attempt, idempotent, state, input, output, error, started_ms, finished_ms \
+         FROM steps WHERE execution_id = ?1 ORDER BY started_ms, phase, idx, attempt",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        let phase: String = r.get(0)?;
+        let state: String = r.get(6)?;
+        let input: String = r.get(7)?;
+        let output: Option<String> = r.get(8)?;
+        Ok(StepRecord {
+            phase: if phase == "on_failure" { Phase::OnFailure } else { Phase::Main },
+            index: r.get(1)?,
+            name: r.get(2)?,
+            action: r.get(3)?,
+            attempt: r.get(4)?,
+            idempotent: r.get(5)?,
+            state: match state.as_str() {
+                "started" => StepState::Started,
+                "succeeded" => StepState::Succeeded,
+                "failed" => StepState::Failed,
+                "skipped" => StepState::Skipped,
+                _ => StepState::Unknown,
+            },
+            input: serde_json::from_str(&input).unwrap_or(Value::Null),
+            output: output.and_then(|o| serde_json::from_str(&o).ok()),
+            error: r.get(9)?,
+            started_at: ts(r.get(10)?),
+            finished_at: opt_ts(r.get(11)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn phase_str(p: Phase) -> &'static str {
+    match p {
+        Phase::Main => "main",
+        Phase::OnFailure => "on_failure",
+    }
+}
+
+fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u32, StoreError> {
+    Ok(conn.query_row(sql, params, |r| r.get::<_, i64>(0))? as u32)
+}
+
+/// Gathers what the guardrails need, inside the deciding transaction.
+fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64) -> Result<Facts, StoreError> {
+    let last_admitted_ms: Option<i64> = conn.query_row(
+        "SELECT MAX(admitted_ms) FROM executions WHERE runbook = ?1 AND target = ?2 AND dry_run = 0",
+        params![runbook, target],
+        |r| r.get(0),
+    )?;
+    let in_window = |window_ms: i64| -> Result<u32, StoreError> {
+        if window_ms == 0 {
+            return Ok(0);
+        }
+        count(
+            conn,
+            "SELECT COUNT(*) FROM executions WHERE runbook = ?1 AND target = ?2 AND dry_run = 0 AND admitted_ms > ?3",
+            params![runbook, target, now_ms - window_ms],
+        )
+    };
+    let storm_since = now_ms - STORM_WINDOW.as_millis() as i64;
+    Ok(Facts {
+        last_admitted_ms,
+        target_runs: in_window(w.target_ms)?,
+        runbook_runs: if w.runbook_ms == 0 {
+            0
+        } else {
+            count(conn, "SELECT COUNT(*) FROM executions WHERE runbook = ?1 AND dry_run = 0 AND admitted_ms > ?2", params![runbook, now_ms - w.runbook_ms])?
+        },
+        global_runs: if w.global_ms == 0 {
+            0
+        } else {
+            count(conn, "SELECT COUNT(*) FROM executions WHERE automated = 1 AND dry_run = 0 AND admitted_ms > ?1", params![now_ms - w.global_ms])?
+        },
+        active_on_target: count(
+            conn,
+            "SELECT COUNT(*) FROM executions WHERE target = ?1 AND state IN ('queued', 'running', 'pending_approval')",
+            params![target],
+        )?,
+        storm_targets: count(conn, "SELECT COUNT(DISTINCT target) FROM target_hits WHERE ms > ?1", params![storm_since])?,
+        storm_notified: count(conn, "SELECT COUNT(*) FROM notices WHERE kind = 'storm' AND ms > ?1", params![storm_since])? > 0,
+        breaker_tripped: count(conn, "SELECT COUNT(*) FROM breakers WHERE runbook = ?1 AND target = ?2", params![runbook, target])? > 0,
+        escalation_runs: if w.escalation_ms == 0 {
+            0
+        } else {
+            let reset_ms: Option<i64> = conn
+                .query_row("SELECT ms FROM breaker_resets WHERE runbook = ?1 AND target = ?2", params![runbook, target], |r| r.get(0))
+                .optional()?;
+            let since = (now_ms - w.escalation_ms).max(reset_ms.unwrap_or(i64::MIN));
+            count(
+                conn,
+                "SELECT COUNT(*) FROM executions WHERE runbook = ?1 AND target = ?2 AND dry_run = 0 AND admitted_ms > ?3",
+                params![runbook, target, since],
+            )?
+        },
+    })
+}
+
+/// Decides and records one admission. Shared by alert intake and manual runs.
+fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, config: &Config) -> Result<Decision, StoreError> {
+    let rb = &adm.runbook;
+    let now_ms = t.now_ms();
+    let exec_event = |kind: &'static str, actor: &str, data: Value| Event::new(kind, actor, data).execution(&adm.id, &rb.name, &adm.target);
+    if let Some((alert, _)) = alert {
+        t.append(exec_event(
+            kind::RUNBOOK_MATCHED,
+            &adm.actor,
+            json!({"fingerprint": alert.fingerprint, "alertname": alert.name(), "params": adm.params, "owner": rb.owner, "digest": rb.digest}),
+        ))?;
+    }
+    let decision = if let Some(invalid) = &adm.invalid {
+        crate::guard::Decision {
+            verdict: Verdict::Blocked,
+            decided_by: "params",
+            reason: invalid.clone(),
+            dry_run: adm.dry_run,
+            checks: vec![],
+            trip_breaker: false,
+            notify: None,
+            storm_notice: false,
+        }
+    } else {
+        let f = facts(t.conn, &rb.name, &adm.target, Windows::for_runbook(rb, config), now_ms)?;
+        let request = Request {
+            runbook: rb,
+            target: &adm.target,
+            automated: adm.automated,
+            dry_run: adm.dry_run,
+            force: adm.force.as_deref(),
+            now_ms,
+        };
+        guard::decide(&request, &f, adm.budget.as_ref(), config)
+    };
+    let state = match decision.verdict {
+        Verdict::Run => State::Queued,
+        Verdict::PendingApproval => State::PendingApproval,
+        Verdict::Blocked => State::Blocked,
+    };
+    let admitted_ms = (state == State::Queued).then_some(now_ms);
+    let deadline = (state == State::PendingApproval).then(|| now_ms + rb.guardrails.approval_timeout.as_millis() as i64);
+    let finished_ms = (state == State::Blocked).then_some(now_ms);
+    let reason = (decision.verdict != Verdict::Run).then(|| format!("{}: {}", decision.decided_by, decision.reason));
+    t.conn.execute(
+        "INSERT INTO executions (id, runbook, target, state, reason, actor, alert_id, fingerprint, params, dry_run, automated, risk, \
+         created_ms, admitted_ms, finished_ms, approval_deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        params![
+            adm.id,
+            rb.name,
+            adm.target,
+            state.as_str(),
+            reason,
+            adm.actor,
+            alert.map(|(_, id)| id),
+            alert.map(|(a, _)| a.fingerprint.clone()),
+            Value::Object(adm.params.clone()).to_string(),
+            decision.dry_run,
+            adm.automated,
+            rb.risk.as_str(),
+            now_ms,
+            admitted_ms,
+            finished_ms,
+            deadline,
+        ],
+    )?;
+    t.append(exec_event(
+        kind::GUARDRAIL_DECISION,
+        &adm.actor,
+        json!({
+            "verdict": decision.verdict, "decided_by": decision.decided_by, "reason": decision.reason,
+            "dry_run": decision.dry_run, "risk": rb.risk, "checks": decision.checks,
+            "budget": adm.budget, "approval_deadline": deadline.map(ts),
+        }),
+    ))?;
+    if let Some(reason) = &adm.force {
+        t.append(exec_event(
+            kind::OVERRIDE,
+            &adm.actor,
+            json!({"reason": reason, "skipped": decision.checks.iter().filter(|c| c.verdict == crate::guard::CheckVerdict::Forced).map(|c| c.guardrail).collect::<Vec<_>>()}),
+        ))?;
+    }
+    if state == State::Blocked {
+        t.append(exec_event(kind::EXECUTION_FINISHED, "system:guardrails", json!({"state": "blocked", "reason": reason})))?;
+    }
+    if decision.trip_breaker {
+        t.conn.execute(
+            "INSERT OR REPLACE INTO breakers (runbook, target, tripped_ms, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![rb.name, adm.target, now_ms, decision.reason],
+        )?;
+    }
+    if decision.storm_notice {
+        t.conn.execute("INSERT INTO notices (kind, ms) VALUES ('storm', ?1)", params![now_ms])?;
+    }
+    Ok(decision)
+}
+
+fn cancel_for_resolved(t: &mut Tx<'_>, fingerprint: &str) -> Result<usize, StoreError> {
+    let mut stmt = t.conn.prepare_cached(
+        "SELECT id, runbook, target, state FROM executions WHERE fingerprint = ?1 AND state IN ('queued', 'pending_approval')",
+    )?;
+    let victims: Vec<(String, String, String, String)> =
+        stmt.query_map([fingerprint], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
+    drop(stmt);
+    let now_ms = t.now_ms();
+    for (id, runbook, target, was) in &victims {
+        t.conn.execute(
+            "UPDATE executions SET state = 'cancelled', reason = 'alert resolved before it ran', finished_ms = ?2 WHERE id = ?1",
+            params![id, now_ms],
+        )?;
+        t.append(
+            Event::new(kind::EXECUTION_FINISHED, "alertmanager", json!({"state": "cancelled", "reason": "alert resolved before it ran", "was": was}))
+                .execution(id, runbook, target),
+        )?;
+    }
+    Ok(victims.len())
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn intake(&self, alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError> {
+        self.write(move |t| {
+            let mut result = IntakeResult::default();
+            for item in &alerts {
+                let alert = &item.alert;
+                let body = serde_json::to_string(alert).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let inserted = t.conn.execute(
+                    "INSERT OR IGNORE INTO alerts (dedupe_key, fingerprint, status, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![alert.dedupe_key(), alert.fingerprint, alert.status.as_str(), t.now_ms(), body],
+                )?;
+                let alert_data = json!({
+                    "fingerprint": alert.fingerprint, "status": alert.status.as_str(), "alertname": alert.name(),
+                    "labels": alert.labels, "startsAt": alert.starts_at,
+                });
+                if inserted == 0 {
+                    result.duplicates += 1;
+                    t.append(Event::new(kind::ALERT_DUPLICATE, "alertmanager", alert_data))?;
+                    continue;
+                }
+                result.accepted += 1;
+                let alert_id = t.conn.last_insert_rowid();
+                let mut data = alert_data;
+                data["annotations"] = json!(alert.annotations);
+                data["matched"] = json!(item.admissions.iter().map(|a| a.runbook.name.as_str()).collect::<Vec<_>>());
+                t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", data))?;
+                if alert.status == crate::alert::AlertStatus::Resolved {
+                    result.cancelled += cancel_for_resolved(t, &alert.fingerprint)?;
+                }
+                for adm in &item.admissions {
+                    if alert.status == crate::alert::AlertStatus::Firing && adm.invalid.is_none() {
+                        t.conn.execute("INSERT INTO target_hits (target, ms) VALUES (?1, ?2)", params![adm.target, t.now_ms()])?;
+                    }
+                    let decision = admit_in(t, adm, Some((alert, alert_id)), &config)?;
+                    result.executions.push((adm.id.clone(), decision));
+                }
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn admit(&self, admission: Admission, alert: Option<Alert>, config: Arc<Config>) -> Result<Decision, StoreError> {
+        self.write(move |t| {
+            let alert_ref = match &alert {
+                Some(a) => {
+                    let body = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    // Manual runs with --alert keep the alert for templates and the timeline,
+                    // under a key of their own so they never count as a duplicate delivery.
+                    t.conn.execute(
+                        "INSERT INTO alerts (dedupe_key, fingerprint, status, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![format!("manual|{}", admission.id), a.fingerprint, a.status.as_str(), t.now_ms(), body],
+                    )?;
+                    Some((a, t.conn.last_insert_rowid()))
+                }
+                None => None,
+            };
+            admit_in(t, &admission, alert_ref, &config)
+        })
+        .await
+    }
+
+    async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError> {
+        let worker = worker.to_string();
+        self.write(move |t| {
+            let now_ms = t.now_ms();
+            let picked: Option<String> = match &id {
+                Some(id) => t.conn.query_row("SELECT id FROM executions WHERE id = ?1 AND state = 'queued'", [id], |r| r.get(0)).optional()?,
+                None => t
+                    .conn
+                    .query_row("SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, id LIMIT 1", [], |r| r.get(0))
+                    .optional()?,
+            };
+            let Some(id) = picked else { return Ok(None) };
+            t.conn.execute(
+                "UPDATE executions SET state = 'running', claimed_by = ?2, started_ms = COALESCE(started_ms, ?3) WHERE id = ?1",
+                params![id, worker, now_ms],
+            )?;
+            let exec = load_execution(t.conn, &id)?;
+            let resumed = exec.steps.iter().any(|s| s.state != StepState::Started);
+            t.append(Event::new(kind::EXECUTION_STARTED, &exec.actor, json!({"worker": worker, "dry_run": exec.dry_run, "resumed": resumed, "params": exec.params})).execution(
+                &exec.id,
+                &exec.runbook,
+                &exec.target,
+            ))?;
+            Ok(Some(exec))
+        })
+        .await
+    }
+
+    async fn step_started(&self, execution: &Execution, step: StepStart) -> Result<(), StoreError> {
+        let (id, runbook, target) = (execution.id.clone(), execution.runbook.clone(), execution.target.clone());
+        self.write(move |t| {
+            let input = t.redactor.value(&step.input);
+            t.conn.execute(
+                "INSERT OR REPLACE INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'started', ?8, ?9)",
+                params![id, phase_str(step.phase), step.index, step.attempt, step.name, step.action, step.idempotent, input.to_string(), t.now_ms()],
+            )?;
+            t.append(
+                Event::new(
+                    kind::STEP_STARTED,
+                    "pitcrew",
+                    json!({"step": step.name, "action": step.action, "phase": step.phase, "attempt": step.attempt, "idempotent": step.idempotent, "dry_run": step.dry_run, "input": input}),
+                )
+                .execution(&id, &runbook, &target),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn step_finished(&self, execution: &Execution, step: StepEnd) -> Result<(), StoreError> {
+        let (id, runbook, target) = (execution.id.clone(), execution.runbook.clone(), execution.target.clone());
+        self.write(move |t| {
+            let output = step.output.as_ref().map(|o| t.redactor.value(o));
+            let error = step.error.as_ref().map(|e| t.redactor.text(e));
+            let updated = t.conn.execute(
+                "UPDATE steps SET state = ?5, output = ?6, error = ?7, finished_ms = ?8 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
+                params![id, phase_str(step.phase), step.index, step.attempt, step.state.as_str(), output.as_ref().map(|o| o.to_string()), error, t.now_ms()],
+            )?;
+            if updated == 0 {
+                // A step skipped before it started (`when` false) has no row yet.
+                t.conn.execute(
+                    "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, output, error, started_ms, finished_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, '', 1, ?6, 'null', ?7, ?8, ?9, ?9)",
+                    params![id, phase_str(step.phase), step.index, step.attempt, step.name, step.state.as_str(), output.as_ref().map(|o| o.to_string()), error, t.now_ms()],
+                )?;
+            }
+            t.append(
+                Event::new(
+                    kind::STEP_FINISHED,
+                    "pitcrew",
+                    json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": step.state.as_str(), "output": output, "error": error, "error_kind": step.error_kind, "duration_ms": step.duration_ms}),
+                )
+                .execution(&id, &runbook, &target),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish(&self, execution: &Execution, state: State, reason: Option<String>) -> Result<(), StoreError> {
+        let (id, runbook, target, actor) = (execution.id.clone(), execution.runbook.clone(), execution.target.clone(), execution.actor.clone());
+        self.write(move |t| {
+            let reason = reason.map(|r| t.redactor.text(&r));
+            t.conn.execute(
+                "UPDATE executions SET state = ?2, reason = ?3, finished_ms = ?4, claimed_by = NULL WHERE id = ?1",
+                params![id, state.as_str(), reason, t.now_ms()],
+            )?;
+            t.append(Event::new(kind::EXECUTION_FINISHED, actor, json!({"state": state, "reason": reason})).execution(&id, &runbook, &target))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError> {
+        self.write(move |t| {
+            let mut stmt = t.conn.prepare("SELECT id, claimed_by FROM executions WHERE state = 'running'")?;
+            let running: Vec<(String, Option<String>)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            drop(stmt);
+            let mut report = Recovery::default();
+            for (id, claimer) in running {
+                if claimer.as_deref().is_some_and(|c| is_alive(c)) {
+                    continue;
+                }
+                let exec = load_execution(t.conn, &id)?;
+                let interrupted: Vec<&StepRecord> = exec.steps.iter().filter(|s| s.state == StepState::Started).collect();
+                let unsafe_step = interrupted.iter().find(|s| !s.idempotent);
+                let now_ms = t.now_ms();
+                let event = |data: Value| Event::new(kind::EXECUTION_RECOVERED, "system:recovery", data).execution(&exec.id, &exec.runbook, &exec.target);
+                if let Some(step) = unsafe_step {
+                    let msg = format!(
+                        "step `{}` ({}) was interrupted by a crash; it is not idempotent, so its outcome is unknown and it was not run again",
+                        step.name, step.action
+                    );
+                    t.conn.execute(
+                        "UPDATE steps SET state = 'unknown', error = ?5, finished_ms = ?6 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
+                        params![exec.id, phase_str(step.phase), step.index, step.attempt, msg, now_ms],
+                    )?;
+                    t.append(
+                        Event::new(kind::STEP_FINISHED, "system:recovery", json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": "unknown", "error": msg}))
+                            .execution(&exec.id, &exec.runbook, &exec.target),
+                    )?;
+                    t.conn.execute("UPDATE executions SET state = 'queued', claimed_by = NULL, resume_error = ?2 WHERE id = ?1", params![exec.id, msg])?;
+                    t.append(event(json!({"action": "escalate", "reason": msg})))?;
+                    report.unknown.push(exec.id.clone());
+                } else {
+                    let rerun: Vec<&str> = interrupted.iter().map(|s| s.name.as_str()).collect();
+                    t.conn.execute("UPDATE executions SET state = 'queued', claimed_by = NULL WHERE id = ?1", params![exec.id])?;
+                    t.append(event(json!({"action": "resume", "rerun_idempotent_steps": rerun})))?;
+                    report.resumed.push(exec.id.clone());
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn approve(&self, id: &str, actor: &str) -> Result<Execution, StoreError> {
+        let (id, actor) = (id.to_string(), actor.to_string());
+        self.write(move |t| {
+            let exec = load_execution(t.conn, &id)?;
+            if exec.state != State::PendingApproval {
+                return Err(StoreError::WrongState { id, state: exec.state.to_string() });
+            }
+            t.conn.execute("UPDATE executions SET state = 'queued', admitted_ms = ?2, reason = NULL WHERE id = ?1", params![id, t.now_ms()])?;
+            t.append(Event::new(kind::APPROVAL_GRANTED, &actor, json!({"pending_reason": exec.reason})).execution(&exec.id, &exec.runbook, &exec.target))?;
+            load_execution(t.conn, &id)
+        })
+        .await
+    }
+
+    async fn deny(&self, id: &str, actor: &str, reason: Option<String>) -> Result<Execution, StoreError> {
+        let (id, actor) = (id.to_string(), actor.to_string());
+        self.write(move |t| {
+            let exec = load_execution(t.conn, &id)?;
+            if exec.state != State::PendingApproval {
+                return Err(StoreError::WrongState { id, state: exec.state.to_string() });
+            }
+            let why = format!("denied by {actor}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
+            t.conn.execute("UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1", params![id, why, t.now_ms()])?;
+            t.append(Event::new(kind::APPROVAL_DENIED, &actor, json!({"reason": reason})).execution(&exec.id, &exec.runbook, &exec.target))?;
+            t.append(Event::new(kind::EXECUTION_FINISHED, &actor, json!({"state": "cancelled", "reason": why})).execution(&exec.id, &exec.runbook, &exec.target))?;
+            load_execution(t.conn, &id)
+        })
+        .await
+    }
+
+    async fn expire_approvals(&self) -> Result<Vec<String>, StoreError> {
+        self.write(move |t| {
+            let now_ms = t.now_ms();
+            let mut stmt = t.conn.prepare(
+                "SELECT id, runbook, target FROM executions WHERE state = 'pending_approval' AND approval_deadline_ms IS NOT NULL AND approval_deadline_ms <= ?1",
+            )?;
+            let expired: Vec<(String, String, String)> = stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+            drop(stmt);
+            for (id, runbook, target) in &expired {
+                let why = "approval timed out";
+                t.conn.execute("UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1", params![id, why, now_ms])?;
+                t.append(Event::new(kind::APPROVAL_DENIED, "system:timeout", json!({"reason": why})).execution(id, runbook, target))?;
+                t.append(Event::new(kind::EXECUTION_FINISHED, "system:timeout", json!({"state": "cancelled", "reason": why})).execution(id, runbook, target))?;
+            }
+            Ok(expired.into_iter().map(|(id, _, _)| id).collect())
+        })
+        .await
+    }
+
+    async fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT runbook, target, tripped_ms, reason FROM breakers ORDER BY tripped_ms")?;
+            let rows = stmt.query_map([], |r| Ok(Breaker { runbook: r.get(0)?, target: r.get(1)?, tripped_at: ts(r.get(2)?), reason: r.get(3)? }))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn reset_breaker(&self, runbook: &str, target: &str, actor: &str) -> Result<bool, StoreError> {
+        let (runbook, target, actor) = (runbook.to_string(), target.to_string(), actor.to_string());
+        self.write(move |t| {
+            let n = t.conn.execute("DELETE FROM breakers WHERE runbook = ?1 AND target = ?2", params![runbook, target])?;
+            if n > 0 {
+                // Runs before the reset no longer count toward escalate_after.
+                t.conn.execute(
+                    "INSERT OR REPLACE INTO breaker_resets (runbook, target, ms) VALUES (?1, ?2, ?3)",
+                    params![runbook, target, t.now_ms()],
+                )?;
+                t.append(Event::new(kind::ESCALATION_RESET, &actor, json!({})).runbook(&runbook, &target))?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        self.write(move |t| {
+            for e in events {
+                t.append(e)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn execution(&self, id: &str) -> Result<Execution, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| load_execution(conn, &id)).await
+    }
+
+    async fn executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e LEFT JOIN alerts a ON a.id = e.alert_id WHERE 1=1");
+            let mut args: Vec<String> = Vec::new();
+            if let Some(s) = filter.state {
+                args.push(s.as_str().to_string());
+                sql.push_str(&format!(" AND e.state = ?{}", args.len()));
+            }
+            if let Some(r) = &filter.runbook {
+                args.push(r.clone());
+                sql.push_str(&format!(" AND e.runbook = ?{}", args.len()));
+            }
+            if let Some(f) = &filter.fingerprint {
+                args.push(f.clone());
+                sql.push_str(&format!(" AND e.fingerprint = ?{}", args.len()));
+            }
+            let limit = if filter.limit == 0 { 1000 } else { filter.limit };
+            sql.push_str(&format!(" ORDER BY e.created_ms DESC, e.id DESC LIMIT {limit}"));
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), execution_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn audit(&self, filter: AuditFilter) -> Result<Vec<Record>, StoreError> {
+        self.read(move |conn| {
+            let mut sql = String::from("SELECT record FROM audit WHERE 1=1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(since) = filter.since {
+                args.push(since.timestamp_millis().into());
+                sql.push_str(&format!(" AND ts_ms >= ?{}", args.len()));
+            }
+            if let Some(until) = filter.until {
+                args.push(until.timestamp_millis().into());
+                sql.push_str(&format!(" AND ts_ms <= ?{}", args.len()));
+            }
+            if let Some(e) = &filter.execution {
+                args.push(e.clone().into());
+                sql.push_str(&format!(" AND execution_id = ?{}", args.len()));
+            }
+            if let Some(fp) = &filter.fingerprint {
+                args.push(fp.clone().into());
+                let n = args.len();
+                sql.push_str(&format!(
+                    " AND (execution_id IN (SELECT id FROM executions WHERE fingerprint = ?{n}) \
+                     OR (kind LIKE 'alert.%' AND json_extract(record, '$.data.fingerprint') = ?{n}))"
+                ));
+            }
+            sql.push_str(" ORDER BY seq");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for text in rows {
+                let text = text?;
+                out.push(serde_json::from_str::<Record>(&text).map_err(|e| StoreError::Corrupt(format!("audit record does not parse: {e}")))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> Result<Result<u64, crate::audit::Broken>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare("SELECT seq, record FROM audit ORDER BY seq")?;
+            let mut rows = stmt.query([])?;
+            let mut prev = audit::GENESIS.to_string();
+            let mut expected = 1u64;
+            while let Some(row) = rows.next()? {
+                let row_seq: i64 = row.get(0)?;
+                let text: String = row.get(1)?;
+                let record: Record = match serde_json::from_str(&text) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(crate::audit::Broken { seq: row_seq as u64, reason: format!("record is not valid JSON: {e}") })),
+                };
+                if record.seq != row_seq as u64 {
+                    return Ok(Err(crate::audit::Broken { seq: row_seq as u64, reason: format!("stored at position {row_seq} but says seq {}", record.seq) }));
+                }
+                // Verify incrementally so the whole log never sits in memory.
+                if let Err(b) = audit::verify_from(&record, expected, &prev) {
+                    return Ok(Err(b));
+                }
+                prev = record.hash;
+                expected += 1;
+            }
+            Ok(Ok(expected - 1))
+        })
+        .await
+    }
+
+    async fn queue_depth(&self) -> Result<u64, StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM executions WHERE state = 'queued'", [], |r| r.get::<_, i64>(0))? as u64)).await
+    }
+}
