@@ -16,6 +16,29 @@ pub struct CheckedUrl {
     pub addrs: Vec<SocketAddr>,
 }
 
+impl CheckedUrl {
+    /// A client that can reach only the addresses checked here: a second DNS
+    /// answer (rebinding) cannot move the request elsewhere, and no proxy from
+    /// the environment gets to resolve the name instead of us. Same settings
+    /// as the shared client otherwise: no redirects, pitcrew's user agent.
+    pub fn client(&self, timeout: std::time::Duration) -> Result<reqwest::Client, ActionError> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("pitcrew/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(CONNECT_TIMEOUT));
+        if self.host.parse::<IpAddr>().is_err() {
+            builder = builder.resolve_to_addrs(&self.host, &self.addrs);
+        }
+        builder
+            .build()
+            .map_err(|e| ActionError::Unavailable(format!("cannot build an HTTP client: {e}")))
+    }
+}
+
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Checks `url` against config and resolves it.
 pub async fn check_url(config: &Config, url: &str) -> Result<CheckedUrl, ActionError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| ActionError::input("url", format!("invalid URL: {e}")))?;
@@ -59,27 +82,44 @@ pub async fn check_url(config: &Config, url: &str) -> Result<CheckedUrl, ActionE
 }
 
 /// Loopback, link-local (incl. 169.254.169.254), private, unique-local,
-/// unspecified and the like.
+/// unspecified and the like: anything that is not a plain public unicast
+/// address counts, so an odd range errs on the side of refusing.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // CGNAT 100.64/10
-                || v4.octets()[0] == 0
+                || v4.is_multicast()
+                || a == 0
+                || a == 100 && (b & 0xc0) == 64 // CGNAT 100.64/10
+                || a == 192 && b == 0 && c == 0 // IETF protocol assignments 192.0.0/24
+                || a == 198 && (b & 0xfe) == 18 // benchmarking 198.18/15
+                || a >= 240 // reserved 240/4
         }
         IpAddr::V6(v6) => {
+            // IPv4 inside IPv6 reaches the IPv4 host: judge that host.
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
+            if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                return is_internal(embedded(s[6], s[7])); // NAT64 64:ff9b::/96
+            }
+            if s[0] == 0x2002 {
+                return is_internal(embedded(s[1], s[2])); // 6to4 2002::/16
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link local
+                || v6.is_multicast()
+                || s[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible ::a.b.c.d (deprecated)
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link local
+                || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated)
         }
     }
 }
@@ -125,8 +165,14 @@ impl AllowedHost {
         !self.wildcard && self.host == host && self.port_ok(port)
     }
 
+    /// `*.0.0.1` must not read as "any IP ending in .0.0.1": wildcards are
+    /// for names only.
     pub fn wildcard_match(&self, host: &str, port: u16) -> bool {
-        self.wildcard && host.len() > self.host.len() && host.ends_with(&format!(".{}", self.host)) && self.port_ok(port)
+        self.wildcard
+            && host.parse::<IpAddr>().is_err()
+            && host.len() > self.host.len()
+            && host.ends_with(&format!(".{}", self.host))
+            && self.port_ok(port)
     }
 }
 
@@ -148,10 +194,17 @@ mod tests {
             "::ffff:127.0.0.1",
             "0.0.0.0",
             "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "::127.0.0.1",
+            "fec0::1",
+            "ff02::1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "2001:4860::8888"] {
+        for ip in ["8.8.8.8", "2001:4860::8888", "64:ff9b::808:808", "2002:808:808::"] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }
@@ -168,5 +221,6 @@ mod tests {
         let v6 = AllowedHost::parse("[::1]:9000").unwrap();
         assert!(v6.exact_match("::1", 9000));
         assert!(AllowedHost::parse("*").is_err());
+        assert!(!AllowedHost::parse("*.0.0.1").unwrap().wildcard_match("127.0.0.1", 80));
     }
 }

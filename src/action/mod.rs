@@ -490,7 +490,9 @@ impl Registry {
 
 /// Checks a step's `with` against a spec: unknown and missing fields, and the
 /// type of every literal value. Templated values are checked after rendering.
-pub fn check_with(action: &dyn Action, with: &BTreeMap<String, Tpl>) -> Vec<(Option<String>, String, Option<String>)> {
+/// `broken` names fields that are present but failed to compile (already
+/// reported), so they are not reported missing as well.
+pub fn check_with(action: &dyn Action, with: &BTreeMap<String, Tpl>, broken: &[String]) -> Vec<(Option<String>, String, Option<String>)> {
     let spec = action.spec();
     let mut problems = Vec::new();
     for (field, tpl) in with {
@@ -513,7 +515,7 @@ pub fn check_with(action: &dyn Action, with: &BTreeMap<String, Tpl>) -> Vec<(Opt
         }
     }
     for p in spec.params.iter().filter(|p| p.required) {
-        if !with.contains_key(&p.name) {
+        if !with.contains_key(&p.name) && !broken.contains(&p.name) {
             problems.push((
                 None,
                 format!("action `{}` needs parameter `{}` ({})", spec.name, p.name, p.doc),
@@ -522,7 +524,7 @@ pub fn check_with(action: &dyn Action, with: &BTreeMap<String, Tpl>) -> Vec<(Opt
         }
     }
     let literal: BTreeMap<String, Value> = with.iter().filter_map(|(k, t)| t.literal().map(|v| (k.clone(), v))).collect();
-    let templated: Vec<&str> = with.iter().filter(|(_, t)| !t.is_literal()).map(|(k, _)| k.as_str()).collect();
+    let templated: Vec<&str> = with.iter().filter(|(_, t)| !t.is_literal()).map(|(k, _)| k.as_str()).chain(broken.iter().map(String::as_str)).collect();
     for reason in action.check(&literal, &templated) {
         problems.push((None, reason, None));
     }
@@ -565,7 +567,7 @@ mod tests {
                     )
                 })
                 .collect();
-            let problems = check_with(action.as_ref(), &with);
+            let problems = check_with(action.as_ref(), &with, &[]);
             assert!(problems.is_empty(), "{} example: {problems:?}", spec.name);
         }
     }

@@ -1,13 +1,20 @@
 //! `pitcrew match --alert FILE`: which runbooks an alert would start, with
-//! resolved params and target. Runs nothing; exits 0 whether or not anything
+//! resolved params, target and each guardrail's verdict as if the alert
+//! arrived now. Runs and records nothing; exits 0 whether or not anything
 //! matched.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::{Exit, Failure, Output, output};
+use crate::budget::Budgets;
+use crate::guard::{self, Facts, Request};
+use crate::store::Admission;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,8 +26,12 @@ pub struct Args {
 }
 
 pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
-    let config = super::load_config(config_path)?;
+    let config = Arc::new(super::load_config(config_path)?);
     let set = super::load_runbooks(&config, &[])?;
+    // Verdicts come from the state `serve` keeps; no state yet means no history.
+    let store = if config.state_db().exists() { Some(super::runtime::open_store(&config)?) } else { None };
+    let budgets = Budgets::new(config.clone(), reqwest::Client::new());
+    let rt = super::runtime::tokio();
     let text = std::fs::read_to_string(&args.alert).map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.alert.display())))?;
     let alerts = crate::alert::parse_alert_file(&text, chrono::Utc::now()).map_err(|e| Failure::usage(format!("{}: {e}", args.alert.display())))?;
     let mut report = Vec::new();
@@ -29,7 +40,30 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         for rb in set.matching(alert) {
             let resolved = set.resolve(rb, Some(alert), &BTreeMap::new());
             matches.push(match resolved {
-                Ok(r) => json!({"runbook": rb.name, "risk": rb.risk, "params": r.params, "target": r.target}),
+                Ok(r) => {
+                    let budget = rb.guardrails.slo.as_deref().and_then(|slo| rt.block_on(budgets.status(slo, Utc::now())));
+                    let admission = Admission {
+                        id: String::new(),
+                        runbook: rb.clone(),
+                        target: r.target.clone(),
+                        params: r.params.clone(),
+                        actor: "alertmanager".into(),
+                        automated: true,
+                        dry_run: false,
+                        force: None,
+                        budget: budget.clone(),
+                        invalid: None,
+                    };
+                    let decision = match &store {
+                        Some(store) => rt.block_on(store.preview(admission, config.clone()))?,
+                        None => {
+                            let request = Request { runbook: rb, target: &r.target, automated: true, dry_run: false, force: None, now_ms: Utc::now().timestamp_millis() };
+                            guard::decide(&request, &Facts::default(), budget.as_ref(), &config)
+                        }
+                    };
+                    json!({"runbook": rb.name, "risk": rb.risk, "params": r.params, "target": r.target,
+                           "verdict": decision.verdict, "decided_by": decision.decided_by, "reason": decision.reason, "dry_run": decision.dry_run, "guardrails": decision.checks})
+                }
                 Err(e) => json!({"runbook": rb.name, "risk": rb.risk, "error": e.to_string()}),
             });
         }
@@ -55,6 +89,10 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                         for (k, v) in params {
                             println!("    param {k} = {v}");
                         }
+                    }
+                    println!("    verdict: {} ({}: {})", m["verdict"].as_str().unwrap_or(""), m["decided_by"].as_str().unwrap_or(""), m["reason"].as_str().unwrap_or(""));
+                    for c in m["guardrails"].as_array().into_iter().flatten() {
+                        println!("      {:<18} {:<8} {}", c["guardrail"].as_str().unwrap_or(""), c["verdict"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or(""));
                     }
                 }
             }

@@ -526,6 +526,7 @@ impl Cx<'_> {
                 continue;
             };
             let mut with = BTreeMap::new();
+            let mut broken: Vec<String> = Vec::new();
             for (field, value) in &s.with {
                 let field_at = format!("{at}.with.{field}");
                 let is_url = action.spec().params.iter().any(|p| &p.name == field && p.ty == ParamType::Url);
@@ -537,10 +538,13 @@ impl Cx<'_> {
                     Ok(t) => {
                         with.insert(field.clone(), t);
                     }
-                    Err(e) => self.problem(&field_at, format!("with.{field}: {e}")),
+                    Err(e) => {
+                        self.problem(&field_at, format!("with.{field}: {e}"));
+                        broken.push(field.clone());
+                    }
                 }
             }
-            for (field, message, hint) in check_with(action.as_ref(), &with) {
+            for (field, message, hint) in check_with(action.as_ref(), &with, &broken) {
                 let place = match &field {
                     Some(f) => self.pos.key(&format!("{at}.with.{f}")),
                     None => self.pos.at(&format!("{at}.action")),

@@ -249,14 +249,17 @@ pub fn yaml_value(text: &str) -> Option<serde_json::Value> {
 
 fn serde_diagnostic(file: &Path, e: &serde_yaml::Error, positions: &Positions) -> Diagnostic {
     let raw = e.to_string();
-    // serde_yaml appends " at line L column C"; we print the position first.
-    let message = match raw.rfind(" at line ") {
-        Some(i) => raw[..i].to_string(),
-        None => raw.clone(),
-    };
+    // serde_yaml puts " at line L column C" into its messages; we print the
+    // position first, once.
+    let message = position_suffix().replace_all(&raw, "").into_owned();
     let (message, hint) = explain_serde(&message);
     let pos = e.location().map(|l| (l.line(), l.column())).unwrap_or_else(|| positions.at(""));
     Diagnostic::new(file, pos, message).hint(hint)
+}
+
+fn position_suffix() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"\s*at line \d+ column \d+").expect("constant regex"))
 }
 
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into our

@@ -150,7 +150,7 @@ impl Templates {
         if !source.contains("{{") {
             return Ok(Tpl::Literal(Value::String(source.to_string())));
         }
-        let template = Template::compile(source).map_err(|e| TemplateError::Syntax(clean_syntax_error(&e.to_string())))?;
+        let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
         check_elements(&template.elements, roots, true)?;
         if let Some(segments) = single_path(source) {
             return Ok(Tpl::Path {
@@ -189,7 +189,7 @@ impl Templates {
                 "templated query strings are not allowed in `url`; use `query`".into(),
             ));
         }
-        let template = Template::compile(source).map_err(|e| TemplateError::Syntax(clean_syntax_error(&e.to_string())))?;
+        let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
         check_elements(&template.elements, roots, true)?;
         let id = format!("u{}", self.next_id);
         self.next_id += 1;
@@ -247,8 +247,20 @@ pub fn truthy(rendered: &str) -> bool {
     !(t.is_empty() || ["false", "0", "no", "null"].iter().any(|f| t.eq_ignore_ascii_case(f)))
 }
 
-fn clean_syntax_error(msg: &str) -> String {
-    msg.lines().next().unwrap_or(msg).trim().to_string()
+/// Handlebars lists every token it expected; say what to check instead.
+fn syntax_error(e: &handlebars::TemplateError) -> TemplateError {
+    let at = match e.pos() {
+        Some((l, c)) if l > 1 => format!(" at line {l}, column {c} of the template"),
+        Some((_, c)) => format!(" at column {c} of the template"),
+        None => String::new(),
+    };
+    let reason = e.reason().to_string();
+    let reason = if reason.contains("invalid handlebars syntax") {
+        "invalid Handlebars syntax (every `{{` needs its `}}`, every `{{#block}}` its `{{/block}}`)".to_string()
+    } else {
+        reason.lines().next().unwrap_or_default().to_string()
+    };
+    TemplateError::Syntax(format!("{reason}{at}"))
 }
 
 fn path_name(source: &str) -> String {

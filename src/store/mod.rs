@@ -289,6 +289,9 @@ pub trait Store: Send + Sync {
     /// A manual (or API) run: the same guardrails, without an alert intake.
     async fn admit(&self, admission: Admission, alert: Option<Alert>, config: Arc<Config>) -> Result<Decision, StoreError>;
 
+    /// The decision an admission would get now, without recording anything.
+    async fn preview(&self, admission: Admission, config: Arc<Config>) -> Result<Decision, StoreError>;
+
     /// Atomically takes the oldest queued execution (or `id` if given and queued).
     async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError>;
 

@@ -597,6 +597,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn preview(&self, adm: Admission, config: Arc<Config>) -> Result<Decision, StoreError> {
+        let now_ms = Utc::now().timestamp_millis();
+        self.read(move |conn| {
+            let rb = &adm.runbook;
+            let f = facts(conn, &rb.name, &adm.target, Windows::for_runbook(rb, &config), now_ms)?;
+            let request = Request { runbook: rb, target: &adm.target, automated: adm.automated, dry_run: adm.dry_run, force: adm.force.as_deref(), now_ms };
+            Ok(guard::decide(&request, &f, adm.budget.as_ref(), &config))
+        })
+        .await
+    }
+
     async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError> {
         let worker = worker.to_string();
         self.write(move |t| {

@@ -1,9 +1,20 @@
-//! `kubernetes.rollout_restart`: what `kubectl rollout restart` does.
+//! `kubernetes.rollout_restart`: what `kubectl rollout restart` does — a
+//! strategic-merge patch of the pod template annotation
+//! `kubectl.kubernetes.io/restartedAt` — stamped with the execution's start
+//! so that running the step again is a no-op. Never `Api::restart`, which
+//! writes another key.
 
-use serde_json::Value;
+use chrono::SecondsFormat;
+use kube::api::{Api, DynamicObject, Patch};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
-use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec};
+use super::{Workload, api_error, check_name, check_namespace, patch_params, resource_name};
+use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, input, lenient};
 use crate::runbook::Risk;
+
+/// The key `kubectl rollout restart` writes.
+pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
 pub struct RolloutRestart {
     spec: Spec,
@@ -36,10 +47,64 @@ impl Action for RolloutRestart {
         DryRun::Simulate
     }
 
-    async fn run(&self, _input: &Value, _cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        Err(ActionError::Unavailable(format!(
-            "{} is not implemented in this build",
-            self.spec.name
-        )))
+    async fn run(&self, input_value: &Value, cx: &ActionContext<'_>) -> Result<Value, ActionError> {
+        let Input { kind, namespace, name } = input(input_value)?;
+        let kind = Workload::parse("kind", &kind, super::WORKLOADS)?;
+        check_namespace("namespace", &namespace)?;
+        check_name("name", &name)?;
+        let what = format!("{} {namespace}/{name}", kind.word());
+        let ar = kind.resource();
+        let resource = resource_name(&ar);
+        let api: Api<DynamicObject> = Api::namespaced_with(super::client(cx).await?, &namespace, &ar);
+
+        let current = api
+            .get(&name)
+            .await
+            .map_err(|e| api_error(&e, &what, &format!("get on {resource} in namespace {namespace}")))?;
+        if kind == Workload::Deployment && current.data.pointer("/spec/paused") == Some(&Value::Bool(true)) {
+            // kubectl refuses too: the template change would sit unrolled
+            // until someone resumes, and the step would look like it worked.
+            return Err(ActionError::Refused(format!("{what} is paused; resume it before restarting")));
+        }
+        let stamp = cx.started_at.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let mut output = json!({
+            "kind": kind.word(),
+            "namespace": namespace,
+            "name": name,
+            "restartedAt": stamp,
+            "changed": false,
+            "generation": current.metadata.generation,
+            "dry_run": cx.dry_run,
+        });
+        let stamped = current
+            .data
+            .pointer("/spec/template/metadata/annotations")
+            .and_then(|a| a.get(RESTARTED_AT))
+            .and_then(Value::as_str);
+        if stamped == Some(stamp.as_str()) {
+            return Ok(output);
+        }
+
+        // Exactly the body kubectl computes: only the annotation, so nothing
+        // else in the template is touched.
+        let body = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}});
+        let patched = api
+            .patch(&name, &patch_params(cx.dry_run), &Patch::Strategic(&body))
+            .await
+            .map_err(|e| api_error(&e, &what, &format!("patch on {resource} in namespace {namespace}")))?;
+        output["changed"] = Value::Bool(true);
+        output["generation"] = json!(patched.metadata.generation);
+        Ok(output)
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    #[serde(deserialize_with = "lenient::string")]
+    kind: String,
+    #[serde(deserialize_with = "lenient::string")]
+    namespace: String,
+    #[serde(deserialize_with = "lenient::string")]
+    name: String,
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs the real parts the tests start (Debian
+# packages) when they are missing, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+have prometheus-alertmanager || missing+=(prometheus-alertmanager)
+have prometheus || missing+=(prometheus)
+have pgbouncer || missing+=(pgbouncer)
+have psql || missing+=(postgresql-client)
+have python3 || missing+=(python3)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing test dependencies: ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  # policy-rc.d: packages must not start their own daemons; tests start them.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cargo test --locked --all-targets "$@"

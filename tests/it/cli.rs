@@ -1,0 +1,181 @@
+//! The CLI as users run it: validate, test, match, actions, list.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::repo;
+
+pub fn pitcrew(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pitcrew")).args(args).current_dir(repo()).env("NO_COLOR", "1").output().expect("pitcrew runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn shipped_runbooks_validate_and_their_tests_pass() {
+    let out = pitcrew(&["validate", "runbooks/"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.starts_with("ok: 6 runbooks"), "{stdout}");
+
+    let out = pitcrew(&["test", "runbooks/"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(!stderr.contains("has no tests"), "every shipped runbook has tests: {stderr}");
+}
+
+/// Every file in tests/fixtures/broken has one fault and says where in its
+/// first line: `# expect: LINE:COL message`.
+#[test]
+fn each_broken_runbook_is_reported_at_its_line_and_column() {
+    let dir = repo().join("tests/fixtures/broken");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 15, "fixtures missing");
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
+        let expect = source.lines().next().unwrap().strip_prefix("# expect: ").expect("fixture starts with # expect:");
+        let (pos, message) = expect.split_once(' ').unwrap();
+        let rel = file.strip_prefix(repo()).unwrap().to_str().unwrap().to_string();
+        let out = pitcrew(&["--config", "tests/fixtures/config.yaml", "validate", &rel]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{rel}: {stderr}");
+        let wanted = format!("{rel}:{pos}: ");
+        let line = stderr.lines().find(|l| l.starts_with(&wanted)).unwrap_or_else(|| panic!("{rel}: expected a problem at {pos}, got:\n{stderr}"));
+        assert!(line.contains(message), "{rel}: expected {message:?} in {line:?}");
+        assert!(stderr.contains("1 problem found"), "{rel}: one fault, one problem:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{rel}: {stderr}");
+    }
+}
+
+#[test]
+fn all_problems_of_a_folder_come_in_one_pass() {
+    let out = pitcrew(&["--config", "tests/fixtures/config.yaml", "validate", "--output", "json", "tests/fixtures/broken"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let problems = report["problems"].as_array().unwrap();
+    let files: std::collections::BTreeSet<&str> = problems.iter().map(|p| p["file"].as_str().unwrap()).collect();
+    let fixtures = std::fs::read_dir(repo().join("tests/fixtures/broken")).unwrap().count();
+    assert_eq!(files.len(), fixtures, "every broken file reported: {files:?}");
+}
+
+fn matches(output: &Value) -> Vec<(String, Vec<String>)> {
+    output
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["fingerprint"].as_str().unwrap().to_string(), a["matches"].as_array().unwrap().iter().map(|m| m["runbook"].as_str().unwrap().to_string()).collect()))
+        .collect()
+}
+
+#[test]
+fn match_picks_runbooks_by_every_operator_and_status() {
+    let out = pitcrew(&["--config", "tests/fixtures/matching/config.yaml", "match", "--alert", "tests/fixtures/matching/payload.json", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = matches(&report);
+    let want: Vec<(String, Vec<String>)> = vec![
+        // =, !=, =~ (anchored: /var/log but not /var/logs), !~, any-status with a list of names
+        ("a1".into(), vec!["equal".into(), "not-equal".into(), "regex".into(), "not-regex".into(), "on-any".into()]),
+        // warning, dev, /var/logs, db-*: nothing holds
+        ("a2".into(), vec![]),
+        // resolved: only the resolved and any triggers
+        ("a3".into(), vec!["on-resolved".into(), "on-any".into()]),
+        // second alertname of a list; matchers-only trigger with a regex on alertname
+        ("a4".into(), vec!["on-any".into(), "by-matchers-only".into()]),
+        ("a5".into(), vec![]),
+    ];
+    assert_eq!(got, want);
+    let regex = &report[0]["matches"][2];
+    assert_eq!(regex["target"], "web-1:/var/log");
+    assert_eq!(regex["params"]["path"], "/var/log");
+    assert_eq!(regex["verdict"], "run");
+}
+
+#[test]
+fn match_takes_one_alert_and_exits_0_without_matches_and_2_on_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.json");
+    std::fs::write(&one, r#"{"labels": {"alertname": "Nothing"}}"#).unwrap();
+    let out = pitcrew(&["--config", "tests/fixtures/matching/config.yaml", "match", "--alert", one.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out).0.contains("no runbook matches"));
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"version\": \"4\", \"alerts\": [").unwrap();
+    let out = pitcrew(&["--config", "tests/fixtures/matching/config.yaml", "match", "--alert", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("bad.json"), "{}", text(&out).1);
+}
+
+#[test]
+fn a_failing_runbook_test_exits_1_showing_expected_and_got() {
+    let dir = tempfile::tempdir().unwrap();
+    let rb = dir.path().join("rb.yaml");
+    std::fs::write(
+        &rb,
+        r#"apiVersion: pitcrew/v1
+name: wrong-expectation
+trigger: {alertname: X}
+params:
+  ns: {default: "{{alert.labels.namespace}}"}
+target: "{{params.ns}}"
+steps: [{name: a, action: log, with: {message: "in {{params.ns}}"}}]
+tests:
+  - alert: {labels: {alertname: X, namespace: shop}}
+    expect: {match: true, target: billing, steps: {a: {message: in shop}}}
+"#,
+    )
+    .unwrap();
+    let out = pitcrew(&["--config", "tests/fixtures/matching/config.yaml", "test", rb.to_str().unwrap()]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("target: expected \"billing\", got \"shop\""), "{stdout}");
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn actions_catalogue_lists_everything_and_details_one() {
+    let out = pitcrew(&["actions", "--output", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    for n in ["kubernetes.rollout_restart", "kubernetes.scale", "kubernetes.delete_pods", "kubernetes.logs", "kubernetes.patch", "http", "exec", "prometheus.query", "prometheus.wait", "notify", "alertmanager.silence", "alertmanager.unsilence", "sleep", "log", "plugin.disk-cleanup"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    let out = pitcrew(&["actions", "kubernetes.delete_pods"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    for needle in ["default risk: medium", "idempotent:   no", "pods/eviction", "create", "example:"] {
+        assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
+    }
+    let out = pitcrew(&["actions", "kubernetes.rollout-restart"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("did you mean `kubernetes.rollout_restart`"));
+}
+
+#[test]
+fn list_shows_triggers_risk_and_guardrails() {
+    let out = pitcrew(&["list"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    let row = stdout.lines().find(|l| l.starts_with("restart-crashlooping-deployment")).unwrap_or_default();
+    for needle in ["KubePodCrashLooping", "namespace!~\"kube-.*\"", "medium", "cooldown=10m", "escalate_after=3/6h"] {
+        assert!(row.contains(needle), "{needle} missing in {row:?}");
+    }
+    assert!(stdout.contains("manual-rollout-restart"), "{stdout}");
+    assert!(Path::new(&repo().join("runbooks")).is_dir());
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(pitcrew(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(pitcrew(&["run", "restart-crashlooping-deployment", "--force"]).status.code(), Some(2));
+    let out = pitcrew(&["--config", "/nonexistent/pitcrew.yaml", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("/nonexistent/pitcrew.yaml"));
+}
