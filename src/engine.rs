@@ -95,6 +95,22 @@ pub struct Outcome {
 }
 
 impl Engine {
+    /// Wires an engine to its store and runbooks, with fresh clients.
+    pub fn new(config: Arc<Config>, runbooks: Arc<RunbookSet>, store: Arc<dyn Store>) -> Engine {
+        let deps = Arc::new(Deps::new(config.clone()));
+        let budgets = Arc::new(Budgets::new(config, deps.http.clone()));
+        Engine {
+            store,
+            runbooks,
+            deps,
+            budgets,
+            metrics: Arc::new(Metrics::default()),
+            wake: Arc::new(Notify::new()),
+            worker_id: worker_id(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
     pub fn config(&self) -> &Arc<Config> {
         &self.deps.config
     }

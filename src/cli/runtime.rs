@@ -4,11 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::action::Deps;
-use crate::budget::Budgets;
 use crate::clock::SystemClock;
-use crate::engine::{Engine, worker_id};
-use crate::metrics::Metrics;
+use crate::engine::Engine;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
@@ -25,18 +22,7 @@ pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
     let config = Arc::new(super::load_config(config_path)?);
     let runbooks = Arc::new(super::load_runbooks(&config, &[])?);
     let store = open_store(&config)?;
-    let deps = Arc::new(Deps::new(config.clone()));
-    let budgets = Arc::new(Budgets::new(config.clone(), deps.http.clone()));
-    Ok(Arc::new(Engine {
-        store,
-        runbooks,
-        deps,
-        budgets,
-        metrics: Arc::new(Metrics::default()),
-        wake: Arc::new(tokio::sync::Notify::new()),
-        worker_id: worker_id(),
-        shutdown: tokio_util::sync::CancellationToken::new(),
-    }))
+    Ok(Arc::new(Engine::new(config, runbooks, store)))
 }
 
 /// Only config and store (history commands need no runbooks).

@@ -153,6 +153,7 @@ pub struct SqliteStore {
     path: PathBuf,
     sender: SyncSender<Job>,
     readers: Mutex<Vec<Connection>>,
+    clock: Arc<dyn Clock>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -174,9 +175,12 @@ impl SqliteStore {
         let (sender, receiver) = sync_channel::<Job>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("pitcrew-store-writer".into())
-            .spawn(move || write_loop(writer, receiver, redactor, clock))
+            .spawn({
+                let clock = clock.clone();
+                move || write_loop(writer, receiver, redactor, clock)
+            })
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
-        Ok(SqliteStore { path, sender, readers: Mutex::new(Vec::new()) })
+        Ok(SqliteStore { path, sender, readers: Mutex::new(Vec::new()), clock })
     }
 
     pub fn path(&self) -> &Path {
@@ -598,7 +602,7 @@ impl Store for SqliteStore {
     }
 
     async fn preview(&self, adm: Admission, config: Arc<Config>) -> Result<Decision, StoreError> {
-        let now_ms = Utc::now().timestamp_millis();
+        let now_ms = self.clock.now().timestamp_millis();
         self.read(move |conn| {
             let rb = &adm.runbook;
             let f = facts(conn, &rb.name, &adm.target, Windows::for_runbook(rb, &config), now_ms)?;

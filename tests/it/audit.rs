@@ -1,0 +1,114 @@
+//! The hash chain: intact after real work; any change, deletion or reordering
+//! is found and named.
+
+use pitcrew::store::Store;
+use serde_json::Value;
+
+use crate::cli::pitcrew;
+use crate::support::{Harness, alert, payload};
+
+const RB: &str = r#"apiVersion: pitcrew/v1
+name: note
+trigger: {alertname: Note}
+target: "{{alert.labels.t}}"
+steps: [{name: a, action: log, with: {message: "hi {{alert.labels.t}}"}}]
+"#;
+
+async fn worked(h: &Harness) {
+    for t in ["a", "b", "c"] {
+        h.post(&payload(vec![alert(&[("alertname", "Note"), ("t", t)])])).await;
+    }
+    h.run_queued().await;
+}
+
+fn db(h: &Harness) -> rusqlite::Connection {
+    rusqlite::Connection::open(h.dir.path().join("state/state.db")).unwrap()
+}
+
+fn verify_cli(h: &Harness) -> (i32, String) {
+    let config = h.dir.path().join("pitcrew.yaml");
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "verify"]);
+    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn intact_chain_verifies() {
+    let h = Harness::new(RB, "");
+    worked(&h).await;
+    let n = h.store().verify_audit().await.unwrap().unwrap();
+    assert!(n >= 20, "{n}");
+    let (code, out) = verify_cli(&h);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("ok: {n} records")), "{out}");
+}
+
+#[tokio::test]
+async fn a_changed_record_is_named() {
+    let h = Harness::new(RB, "");
+    worked(&h).await;
+    let conn = db(&h);
+    let text: String = conn.query_row("SELECT record FROM audit WHERE seq = 5", [], |r| r.get(0)).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    v["actor"] = "someone-else".into();
+    conn.execute("UPDATE audit SET record = ?1 WHERE seq = 5", [v.to_string()]).unwrap();
+    assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 5);
+    let (code, out) = verify_cli(&h);
+    assert_eq!(code, 5);
+    assert!(out.contains("seq 5"), "{out}");
+}
+
+#[tokio::test]
+async fn a_deleted_record_is_named() {
+    let h = Harness::new(RB, "");
+    worked(&h).await;
+    db(&h).execute("DELETE FROM audit WHERE seq = 7", []).unwrap();
+    let broken = h.store().verify_audit().await.unwrap().unwrap_err();
+    assert_eq!(broken.seq, 8, "{broken}");
+    assert_eq!(verify_cli(&h).0, 5);
+}
+
+#[tokio::test]
+async fn reordered_records_are_named() {
+    let h = Harness::new(RB, "");
+    worked(&h).await;
+    let conn = db(&h);
+    let a: String = conn.query_row("SELECT record FROM audit WHERE seq = 3", [], |r| r.get(0)).unwrap();
+    let b: String = conn.query_row("SELECT record FROM audit WHERE seq = 4", [], |r| r.get(0)).unwrap();
+    conn.execute("UPDATE audit SET record = ?1 WHERE seq = 3", [&b]).unwrap();
+    conn.execute("UPDATE audit SET record = ?1 WHERE seq = 4", [&a]).unwrap();
+    assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 3);
+    assert_eq!(verify_cli(&h).0, 5);
+}
+
+#[tokio::test]
+async fn a_rehashed_forgery_still_breaks_the_chain_after_it() {
+    // Someone edits record 4 and recomputes its own hash: record 5 no longer follows.
+    let h = Harness::new(RB, "");
+    worked(&h).await;
+    let conn = db(&h);
+    let text: String = conn.query_row("SELECT record FROM audit WHERE seq = 4", [], |r| r.get(0)).unwrap();
+    let mut record: pitcrew::audit::Record = serde_json::from_str(&text).unwrap();
+    record.actor = "forger".into();
+    record.hash = record.compute_hash();
+    conn.execute("UPDATE audit SET record = ?1 WHERE seq = 4", [serde_json::to_string(&record).unwrap()]).unwrap();
+    assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 5);
+}
+
+#[tokio::test]
+async fn timeline_and_export_cover_the_whole_story() {
+    let h = Harness::new(RB, "");
+    worked(&h).await;
+    let config = h.dir.path().join("pitcrew.yaml");
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "timeline"]);
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    for needle in ["# pitcrew timeline", "Hash chain verified", "| Alert received |", "**run** (all)", "| Step finished |", "**succeeded**"] {
+        assert!(md.contains(needle), "{needle} missing:\n{md}");
+    }
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "export", "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.starts_with("seq,ts,kind,actor,execution_id,runbook,target,data,prev_hash,hash\n"));
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "export"]);
+    let records: Vec<pitcrew::audit::Record> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(pitcrew::audit::verify(&records).unwrap() as usize, records.len());
+}
