@@ -131,15 +131,17 @@ async fn call(deps: &Deps, request: reqwest::RequestBuilder) -> Result<(reqwest:
         if e.is_timeout() {
             ActionError::Timeout(Duration::from_millis(TIMEOUT.as_millis() as u64))
         } else {
-            ActionError::Unavailable(deps.redactor.text(&format!(
-                "alertmanager is unreachable: {}",
-                crate::redact::without_url(&e)
-            )))
+            ActionError::Unavailable(
+                deps.redactor
+                    .text(&format!("alertmanager is unreachable: {}", crate::redact::without_url(&e))),
+            )
         }
     };
     let mut response = request.timeout(TIMEOUT).send().await.map_err(unreachable)?;
     let status = response.status();
-    let (bytes, _) = crate::action::http::read_capped(&mut response, RESPONSE_CAP).await.map_err(unreachable)?;
+    let (bytes, _) = crate::action::http::read_capped(&mut response, RESPONSE_CAP)
+        .await
+        .map_err(unreachable)?;
     Ok((status, bytes))
 }
 
@@ -182,14 +184,23 @@ impl Action for Silence {
             return Err(ActionError::input("duration", "must be more than 0s"));
         }
         let mut wanted: Vec<ApiMatcher> = match matchers {
-            Some(list) if list.is_empty() => return Err(ActionError::input("matchers", "is empty; leave it out to use the alert's labels")),
+            Some(list) if list.is_empty() => {
+                return Err(ActionError::input("matchers", "is empty; leave it out to use the alert's labels"));
+            }
             Some(list) => list
                 .iter()
-                .map(|m| Matcher::parse(m).map(|m| ApiMatcher::from(&m)).map_err(|e| ActionError::input("matchers", e.to_string())))
+                .map(|m| {
+                    Matcher::parse(m)
+                        .map(|m| ApiMatcher::from(&m))
+                        .map_err(|e| ActionError::input("matchers", e.to_string()))
+                })
                 .collect::<Result<_, _>>()?,
             None => {
                 let alert = cx.alert.filter(|a| !a.labels.is_empty()).ok_or_else(|| {
-                    ActionError::input("matchers", "no alert labels to silence (a manual run without --alert?); give `matchers`")
+                    ActionError::input(
+                        "matchers",
+                        "no alert labels to silence (a manual run without --alert?); give `matchers`",
+                    )
                 })?;
                 alert
                     .labels
@@ -227,17 +238,20 @@ impl Action for Silence {
         let listed: Vec<Value> = serde_json::from_slice(&bytes)
             .map_err(|e| ActionError::Unavailable(format!("alertmanager silence list is not what the v2 API returns: {e}")))?;
         // One odd entry (another tool's silence) must not stop ours.
-        let existing = listed.into_iter().filter_map(|v| serde_json::from_value::<ListedSilence>(v).ok()).find(|s| {
-            matches!(s.status.state.as_str(), "active" | "pending")
-                && s.created_by == CREATED_BY
-                && s.comment == comment
-                && s.ends_at >= covers_until
-                && {
-                    let mut m = s.matchers.clone();
-                    m.sort();
-                    m == wanted
-                }
-        });
+        let existing = listed
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<ListedSilence>(v).ok())
+            .find(|s| {
+                matches!(s.status.state.as_str(), "active" | "pending")
+                    && s.created_by == CREATED_BY
+                    && s.comment == comment
+                    && s.ends_at >= covers_until
+                    && {
+                        let mut m = s.matchers.clone();
+                        m.sort();
+                        m == wanted
+                    }
+            });
         if let Some(s) = existing {
             return Ok(json!({"silence_id": s.id, "ends_at": s.ends_at, "reused": true}));
         }
@@ -333,15 +347,27 @@ impl Action for Unsilence {
             return Err(ActionError::Failed(format!("alertmanager has no silence {id}")));
         }
         if !status.is_success() {
-            return Err(answered(status, format!("alertmanager answered {} looking up silence {id}: {}", status.as_u16(), said(&bytes))));
+            return Err(answered(
+                status,
+                format!(
+                    "alertmanager answered {} looking up silence {id}: {}",
+                    status.as_u16(),
+                    said(&bytes)
+                ),
+            ));
         }
-        let state = serde_json::from_slice::<ListedSilence>(&bytes).map(|s| s.status.state).unwrap_or_default();
+        let state = serde_json::from_slice::<ListedSilence>(&bytes)
+            .map(|s| s.status.state)
+            .unwrap_or_default();
         if state == "expired" {
             return Ok(json!({"silence_id": id, "expired": true, "already_expired": true}));
         }
         let (status, bytes) = call(cx.deps, cx.deps.http.delete(&url)).await?;
         if !status.is_success() {
-            return Err(answered(status, format!("alertmanager answered {} expiring silence {id}: {}", status.as_u16(), said(&bytes))));
+            return Err(answered(
+                status,
+                format!("alertmanager answered {} expiring silence {id}: {}", status.as_u16(), said(&bytes)),
+            ));
         }
         Ok(json!({"silence_id": id, "expired": true, "already_expired": false}))
     }

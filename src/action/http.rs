@@ -94,7 +94,10 @@ impl Action for Http {
         } = input(input_value)?;
         let method = method.as_deref().unwrap_or("GET").to_ascii_uppercase();
         if !METHODS.contains(&method.as_str()) {
-            return Err(ActionError::input("method", format!("{method:?} is not one of {}", METHODS.join(", "))));
+            return Err(ActionError::input(
+                "method",
+                format!("{method:?} is not one of {}", METHODS.join(", ")),
+            ));
         }
         // The engine skips writes in a dry run; this is the backstop should a
         // caller forget.
@@ -137,7 +140,11 @@ impl Action for Http {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let location = response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let (bytes, truncated) = read_capped(&mut response, BODY_CAP).await.map_err(failed)?;
         let body = parse_body(&bytes, &content_type, truncated);
 

@@ -168,7 +168,12 @@ impl Action for Plugin {
             "dry_run": cx.dry_run,
         });
         let mut command = self.manifest.command.clone();
-        command[0] = resolve_program(&self.manifest.dir, &command[0]);
+        // `load_plugins` refuses an empty command, but a hand-built manifest
+        // must not panic here.
+        let Some(program) = command.first_mut() else {
+            return Err(ActionError::Failed(format!("{} has an empty command", self.spec.name)));
+        };
+        *program = resolve_program(&self.manifest.dir, program);
         let mut env = BTreeMap::from([
             ("PATH".to_string(), CHILD_PATH.to_string()),
             ("LANG".to_string(), "C.UTF-8".to_string()),

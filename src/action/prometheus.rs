@@ -138,7 +138,10 @@ impl Action for Wait {
         prometheus_url(cx.deps)?;
         let deps = cx.deps;
         let query = query.as_str();
-        wait_until(condition, timeout, interval, move |per_poll| instant(deps, query, Utc::now(), per_poll)).await
+        wait_until(condition, timeout, interval, move |per_poll| {
+            instant(deps, query, Utc::now(), per_poll)
+        })
+        .await
     }
 }
 
@@ -197,7 +200,9 @@ pub async fn instant(deps: &Deps, query: &str, time: DateTime<Utc>, timeout: std
         .await
         .map_err(unreachable)?;
     let status = response.status();
-    let (bytes, truncated) = crate::action::http::read_capped(&mut response, RESPONSE_CAP).await.map_err(unreachable)?;
+    let (bytes, truncated) = crate::action::http::read_capped(&mut response, RESPONSE_CAP)
+        .await
+        .map_err(unreachable)?;
     if truncated {
         return Err(ActionError::Failed(format!(
             "prometheus answer is larger than {} MiB; aggregate the query (e.g. sum by (...))",
@@ -320,7 +325,10 @@ where
         let remaining = deadline.saturating_duration_since(Instant::now());
         polls += 1;
         let last = match poll(remaining.max(MIN_POLL_TIMEOUT)).await {
-            Ok(Answer { first: Some(v), mut output }) if condition.holds(v) => {
+            Ok(Answer {
+                first: Some(v),
+                mut output,
+            }) if condition.holds(v) => {
                 if let Value::Object(map) = &mut output {
                     map.insert("polls".into(), json!(polls));
                     map.insert("waited_ms".into(), json!(started.elapsed().as_millis() as u64));
@@ -449,10 +457,15 @@ mod tests {
     async fn wait_fails_at_its_timeout_naming_the_last_value() {
         let started = Instant::now();
         let mut polls = 0;
-        let err = wait_until(Condition::parse("== 0").unwrap(), "5m".parse().unwrap(), Duration::from_secs(5), |_| {
-            polls += 1;
-            std::future::ready(value(3.0))
-        })
+        let err = wait_until(
+            Condition::parse("== 0").unwrap(),
+            "5m".parse().unwrap(),
+            Duration::from_secs(5),
+            |_| {
+                polls += 1;
+                std::future::ready(value(3.0))
+            },
+        )
         .await
         .unwrap_err();
         assert_eq!(err.to_string(), "condition `== 0` not met within 5m; last value 3");
@@ -463,9 +476,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_empty_result_never_meets_the_condition() {
-        let err = wait_until(Condition::parse("< 1").unwrap(), Duration::from_secs(10), Duration::from_secs(5), |_| {
-            std::future::ready(empty())
-        })
+        let err = wait_until(
+            Condition::parse("< 1").unwrap(),
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            |_| std::future::ready(empty()),
+        )
         .await
         .unwrap_err();
         assert!(matches!(err, ActionError::Failed(_)));
@@ -475,10 +491,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unreachable_keeps_polling_then_reports_the_last_error() {
         let mut polls = 0;
-        let err = wait_until(Condition::parse("< 1").unwrap(), Duration::from_secs(10), Duration::from_secs(1), |_| {
-            polls += 1;
-            std::future::ready(Err(ActionError::Unavailable(format!("connection refused #{polls}"))))
-        })
+        let err = wait_until(
+            Condition::parse("< 1").unwrap(),
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            |_| {
+                polls += 1;
+                std::future::ready(Err(ActionError::Unavailable(format!("connection refused #{polls}"))))
+            },
+        )
         .await
         .unwrap_err();
         assert_eq!(
@@ -490,9 +511,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_rejected_query_stops_the_wait_at_once() {
         let started = Instant::now();
-        let err = wait_until(Condition::parse("< 1").unwrap(), Duration::from_secs(60), Duration::from_secs(1), |_| {
-            std::future::ready(Err(ActionError::Failed("prometheus rejected the query: parse error".into())))
-        })
+        let err = wait_until(
+            Condition::parse("< 1").unwrap(),
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            |_| std::future::ready(Err(ActionError::Failed("prometheus rejected the query: parse error".into()))),
+        )
         .await
         .unwrap_err();
         assert_eq!(err.to_string(), "prometheus rejected the query: parse error");

@@ -1,0 +1,342 @@
+//! Step semantics, fail-closed writes, and recovery after a crash.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::StatusCode;
+use pitcrew::audit::{Event, Record};
+use pitcrew::config::Config;
+use pitcrew::engine::claimer_alive;
+use pitcrew::guard::Decision;
+use pitcrew::store::*;
+use serde_json::{Value, json};
+
+use crate::support::{Harness, alert, payload};
+
+async fn one_run(h: &Harness, labels: &[(&str, &str)]) -> Execution {
+    let (status, _) = h.post(&payload(vec![alert(labels)])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    h.run_queued().await;
+    let list = h.store().executions(ExecutionFilter::default()).await.unwrap();
+    h.store().execution(&list[0].id).await.unwrap()
+}
+
+#[tokio::test]
+async fn when_outputs_continue_on_error_and_on_failure() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: flow
+trigger: {alertname: Flow}
+steps:
+  - name: first
+    action: exec
+    with: {command: [/bin/echo, "42"]}
+  - name: skipped
+    action: log
+    when: "{{#if (eq alert.labels.mode \"loud\")}}yes{{/if}}"
+    with: {message: never}
+  - name: tolerated
+    action: exec
+    continue_on_error: true
+    with: {command: [/bin/false]}
+  - name: uses-output
+    action: log
+    with: {message: "first said {{steps.first.output.stdout}}"}
+  - name: breaks
+    action: exec
+    with: {command: [/bin/sh-does-not-exist]}
+  - name: never-reached
+    action: log
+    with: {message: x}
+on_failure:
+  - name: report
+    action: log
+    with: {message: "failed: {{error}}"}
+"#;
+    let h = Harness::new(rb, "");
+    let exec = one_run(&h, &[("alertname", "Flow"), ("mode", "quiet")]).await;
+    assert_eq!(exec.state, State::Failed);
+    let by_name = |n: &str| exec.steps.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("no step {n}"));
+    assert_eq!(by_name("first").state, StepState::Succeeded);
+    assert_eq!(by_name("skipped").state, StepState::Skipped);
+    assert_eq!(by_name("tolerated").state, StepState::Failed);
+    assert_eq!(by_name("uses-output").output.as_ref().unwrap()["message"], "first said 42\n");
+    assert_eq!(by_name("breaks").state, StepState::Failed);
+    assert!(exec.steps.iter().all(|s| s.name != "never-reached"));
+    let report = by_name("report");
+    assert_eq!(report.phase, Phase::OnFailure);
+    let msg = report.output.as_ref().unwrap()["message"].as_str().unwrap();
+    assert!(msg.starts_with("failed: step `breaks` failed: cannot start"), "{msg}");
+}
+
+#[tokio::test]
+async fn timeouts_and_retries_of_idempotent_steps() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: slow
+trigger: {alertname: Slow}
+steps:
+  - name: nap
+    action: sleep
+    timeout: 50ms
+    retries: 1
+    with: {duration: 10s}
+"#;
+    let h = Harness::new(rb, "");
+    let started = std::time::Instant::now();
+    let exec = one_run(&h, &[("alertname", "Slow")]).await;
+    assert_eq!(exec.state, State::Failed);
+    let attempts: Vec<&StepRecord> = exec.steps.iter().filter(|s| s.name == "nap").collect();
+    assert_eq!(attempts.len(), 2, "one retry");
+    assert!(attempts.iter().all(|s| s.error.as_deref() == Some("timed out after 50ms")), "{attempts:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "timeout cut the 10s sleep");
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_from_step_input_output_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret-token-value").unwrap();
+    let rb = r#"apiVersion: pitcrew/v1
+name: leaky
+trigger: {alertname: Leak}
+steps:
+  - name: print
+    action: exec
+    with: {command: [/bin/echo, "{{alert.labels.x}}"]}
+"#;
+    let config = format!("auth:\n  webhook_token_file: {}/token\n", dir.path().display());
+    let h = Harness::new(rb, &config);
+    let body = payload(vec![alert(&[("alertname", "Leak"), ("x", "token=s3cret-token-value")])]).to_string();
+    let (status, _) = h.call("POST", "/v1/alerts/alertmanager", &[("content-type", "application/json"), ("authorization", "Bearer s3cret-token-value")], body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    h.run_queued().await;
+    let all: String = h.audit().await.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+    assert!(!all.contains("s3cret-token-value"), "secret leaked into the audit");
+    assert!(all.contains("token=[REDACTED]"));
+}
+
+/// A store that can be told to fail, to prove the engine fails closed.
+struct Flaky {
+    inner: Arc<dyn Store>,
+    fail_steps: AtomicBool,
+    fail_intake: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for Flaky {
+    async fn intake(&self, alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError> {
+        if self.fail_intake.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.inner.intake(alerts, config).await
+    }
+    async fn admit(&self, a: Admission, alert: Option<pitcrew::alert::Alert>, c: Arc<Config>) -> Result<Decision, StoreError> {
+        self.inner.admit(a, alert, c).await
+    }
+    async fn preview(&self, a: Admission, c: Arc<Config>) -> Result<Decision, StoreError> {
+        self.inner.preview(a, c).await
+    }
+    async fn claim(&self, w: &str, id: Option<String>) -> Result<Option<Execution>, StoreError> {
+        self.inner.claim(w, id).await
+    }
+    async fn step_started(&self, e: &Execution, s: StepStart) -> Result<(), StoreError> {
+        if self.fail_steps.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.inner.step_started(e, s).await
+    }
+    async fn step_finished(&self, e: &Execution, s: StepEnd) -> Result<(), StoreError> {
+        self.inner.step_finished(e, s).await
+    }
+    async fn finish(&self, e: &Execution, s: State, r: Option<String>) -> Result<(), StoreError> {
+        self.inner.finish(e, s, r).await
+    }
+    async fn recover(&self, l: Liveness) -> Result<Recovery, StoreError> {
+        self.inner.recover(l).await
+    }
+    async fn approve(&self, id: &str, a: &str) -> Result<Execution, StoreError> {
+        self.inner.approve(id, a).await
+    }
+    async fn deny(&self, id: &str, a: &str, r: Option<String>) -> Result<Execution, StoreError> {
+        self.inner.deny(id, a, r).await
+    }
+    async fn expire_approvals(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.expire_approvals().await
+    }
+    async fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
+        self.inner.breakers().await
+    }
+    async fn reset_breaker(&self, r: &str, t: &str, a: &str) -> Result<bool, StoreError> {
+        self.inner.reset_breaker(r, t, a).await
+    }
+    async fn record(&self, e: Vec<Event>) -> Result<(), StoreError> {
+        self.inner.record(e).await
+    }
+    async fn execution(&self, id: &str) -> Result<Execution, StoreError> {
+        self.inner.execution(id).await
+    }
+    async fn executions(&self, f: ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        self.inner.executions(f).await
+    }
+    async fn audit(&self, f: AuditFilter) -> Result<Vec<Record>, StoreError> {
+        self.inner.audit(f).await
+    }
+    async fn verify_audit(&self) -> Result<Result<u64, pitcrew::audit::Broken>, StoreError> {
+        self.inner.verify_audit().await
+    }
+    async fn queue_depth(&self) -> Result<u64, StoreError> {
+        self.inner.queue_depth().await
+    }
+}
+
+fn flaky_harness(rb: &str) -> (Harness, Arc<Flaky>) {
+    let base = Harness::new(rb, "");
+    let engine = base.engine.clone();
+    let flaky = Arc::new(Flaky { inner: engine.store.clone(), fail_steps: AtomicBool::new(false), fail_intake: AtomicBool::new(false) });
+    let Harness { dir, clock, .. } = base;
+    let h = Harness::with_store(dir, clock, engine.config().clone(), engine.runbooks.clone(), flaky.clone());
+    (h, flaky)
+}
+
+#[tokio::test]
+async fn no_durable_step_record_means_the_action_does_not_run() {
+    let marker = tempfile::tempdir().unwrap();
+    let file = marker.path().join("ran");
+    let rb = format!(
+        "apiVersion: pitcrew/v1\nname: touchy\ntrigger: {{alertname: Touch}}\nsteps:\n  - name: touch\n    action: exec\n    with: {{command: [/usr/bin/touch, \"{}\"]}}\n",
+        file.display()
+    );
+    let (h, flaky) = flaky_harness(&rb);
+    h.post(&payload(vec![alert(&[("alertname", "Touch")])])).await;
+    flaky.fail_steps.store(true, Ordering::SeqCst);
+    let exec = h.store().claim("w", None).await.unwrap().unwrap();
+    let err = h.engine.execute(exec, None).await.unwrap_err();
+    assert!(err.to_string().contains("state store"), "{err}");
+    assert!(!file.exists(), "the action ran without its step.started record");
+}
+
+#[tokio::test]
+async fn the_webhook_answers_503_when_alerts_cannot_be_stored() {
+    let (h, flaky) = flaky_harness("apiVersion: pitcrew/v1\nname: x\ntrigger: {alertname: X}\nsteps: [{name: a, action: log, with: {message: m}}]\n");
+    flaky.fail_intake.store(true, Ordering::SeqCst);
+    let (status, body) = h.post(&payload(vec![alert(&[("alertname", "X")])])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, json!({"error": "state store unavailable; retry later"}), "5xx bodies stay generic");
+}
+
+const RECOVER: &str = r#"apiVersion: pitcrew/v1
+name: recover
+trigger: {alertname: Crash}
+steps:
+  - name: note
+    action: log
+    with: {message: before}
+  - name: change
+    action: exec
+    with: {command: [/bin/true]}
+  - name: after
+    action: log
+    with: {message: after}
+on_failure:
+  - name: escalate
+    action: log
+    with: {message: "escalating: {{error}}"}
+"#;
+
+/// Leaves an execution as a killed process would: claimed by a dead worker,
+/// with `step` started and never finished.
+async fn crash_during(h: &Harness, step: &str, index: u32, action: &str, idempotent: bool) -> String {
+    h.post(&payload(vec![alert(&[("alertname", "Crash")])])).await;
+    let exec = h.store().claim("999999999:1", None).await.unwrap().unwrap();
+    if index > 0 {
+        let s = StepStart { phase: Phase::Main, index: 0, name: "note".into(), action: "log".into(), attempt: 0, idempotent: true, input: json!({}), dry_run: false };
+        h.store().step_started(&exec, s).await.unwrap();
+        let end = StepEnd { phase: Phase::Main, index: 0, name: "note".into(), attempt: 0, state: StepState::Succeeded, output: Some(json!({"message": "before"})), error: None, error_kind: None, duration_ms: 1 };
+        h.store().step_finished(&exec, end).await.unwrap();
+    }
+    let s = StepStart { phase: Phase::Main, index, name: step.into(), action: action.into(), attempt: 0, idempotent, input: json!({}), dry_run: false };
+    h.store().step_started(&exec, s).await.unwrap();
+    exec.id
+}
+
+fn starts_of(records: &[Record], id: &str, step: &str) -> usize {
+    records.iter().filter(|r| r.kind == "step.started" && r.execution_id.as_deref() == Some(id) && r.data["step"] == step).count()
+}
+
+#[tokio::test]
+async fn an_interrupted_non_idempotent_step_becomes_unknown_and_escalates() {
+    let h = Harness::new(RECOVER, "");
+    let id = crash_during(&h, "change", 1, "exec", false).await;
+    let report = h.store().recover(Arc::new(claimer_alive)).await.unwrap();
+    assert_eq!(report.unknown, vec![id.clone()]);
+    h.run_queued().await;
+    let exec = h.store().execution(&id).await.unwrap();
+    assert_eq!(exec.state, State::Unknown);
+    let records = h.audit().await;
+    assert_eq!(starts_of(&records, &id, "change"), 1, "never re-run blindly");
+    assert_eq!(starts_of(&records, &id, "note"), 1, "finished steps are not repeated");
+    assert_eq!(starts_of(&records, &id, "after"), 0);
+    let escalate = exec.steps.iter().find(|s| s.name == "escalate").unwrap();
+    assert!(escalate.output.as_ref().unwrap()["message"].as_str().unwrap().contains("outcome is unknown"), "{escalate:?}");
+    assert!(records.iter().any(|r| r.kind == "execution.recovered" && r.data["action"] == "escalate"));
+}
+
+#[tokio::test]
+async fn an_interrupted_idempotent_step_is_run_again() {
+    let h = Harness::new(RECOVER, "");
+    let id = crash_during(&h, "note", 0, "log", true).await;
+    let report = h.store().recover(Arc::new(claimer_alive)).await.unwrap();
+    assert_eq!(report.resumed, vec![id.clone()]);
+    h.run_queued().await;
+    let exec = h.store().execution(&id).await.unwrap();
+    assert_eq!(exec.state, State::Succeeded);
+    assert_eq!(starts_of(&h.audit().await, &id, "note"), 2);
+}
+
+#[tokio::test]
+async fn live_claims_are_not_recovered() {
+    let h = Harness::new(RECOVER, "");
+    h.post(&payload(vec![alert(&[("alertname", "Crash")])])).await;
+    let me = pitcrew::engine::worker_id();
+    let exec = h.store().claim(&me, None).await.unwrap().unwrap();
+    let report = h.store().recover(Arc::new(claimer_alive)).await.unwrap();
+    assert!(report.resumed.is_empty() && report.unknown.is_empty());
+    assert_eq!(h.store().execution(&exec.id).await.unwrap().state, State::Running);
+}
+
+#[tokio::test]
+async fn manual_dry_run_skips_writes_and_records_inputs() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: dry
+steps:
+  - name: change
+    action: exec
+    with: {command: [/usr/bin/touch, /tmp/pitcrew-dry-run-must-not-exist]}
+  - name: note
+    action: log
+    with: {message: noted}
+"#;
+    let h = Harness::new(rb, "");
+    let rb = h.engine.runbooks.get("dry").unwrap().clone();
+    let id = new_id();
+    let admission = Admission {
+        id: id.clone(),
+        runbook: rb,
+        target: "dry".into(),
+        params: Default::default(),
+        actor: "user:test".into(),
+        automated: false,
+        dry_run: true,
+        force: None,
+        budget: None,
+        invalid: None,
+    };
+    h.engine.admit(admission, None).await.unwrap();
+    h.run_queued().await;
+    let exec = h.store().execution(&id).await.unwrap();
+    assert_eq!(exec.state, State::Succeeded);
+    assert!(exec.dry_run);
+    assert_eq!(exec.steps[0].state, StepState::Skipped);
+    assert_eq!(exec.steps[0].error.as_deref(), Some("skipped: dry run"));
+    assert_eq!(exec.steps[0].input["command"][1], Value::from("/tmp/pitcrew-dry-run-must-not-exist"));
+    assert!(!std::path::Path::new("/tmp/pitcrew-dry-run-must-not-exist").exists());
+    assert_eq!(exec.steps[1].state, StepState::Succeeded, "reads and notes still run");
+}
