@@ -7,7 +7,8 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Config, Sli, Slo};
+use crate::action::Deps;
+use crate::config::{Sli, Slo};
 use crate::guard::{BudgetStatus, remaining_budget, tier};
 use crate::units::Duration;
 
@@ -23,41 +24,24 @@ pub fn prom_window(d: Duration) -> String {
     format!("{secs}s")
 }
 
-/// One instant query's first sample.
-async fn sample(http: &reqwest::Client, base: &str, query: &str, at: DateTime<Utc>) -> Result<f64, String> {
-    let url = format!("{base}/api/v1/query");
-    let time = format!("{:.3}", at.timestamp_millis() as f64 / 1000.0);
-    let response = http
-        .get(&url)
-        .query(&[("query", query), ("time", time.as_str())])
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|e| format!("prometheus unreachable: {}", crate::redact::without_url(&e)))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.map_err(|e| format!("prometheus answered {status} with a body that is not JSON: {e}"))?;
-    if body["status"] != "success" {
-        return Err(format!("prometheus query failed: {}", body["error"].as_str().unwrap_or("unknown error")));
-    }
-    let data = &body["data"];
-    let value = match data["resultType"].as_str() {
-        Some("scalar") => data["result"][1].as_str(),
-        _ => data["result"][0]["value"][1].as_str(),
-    };
-    value.ok_or_else(|| "query returned no data".to_string())?.parse::<f64>().map_err(|e| format!("bad sample: {e}"))
+/// One instant query's first sample; good and total use the same `at`.
+async fn sample(deps: &Deps, query: &str, at: DateTime<Utc>) -> Result<f64, String> {
+    let answer = crate::action::prometheus::instant(deps, query, at, std::time::Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+    answer.first.ok_or_else(|| format!("`{query}` returned no data"))
 }
 
 /// Evaluates one SLO now.
-pub async fn evaluate(config: &Config, http: &reqwest::Client, slo: &Slo, now: DateTime<Utc>) -> BudgetStatus {
+pub async fn evaluate(deps: &Deps, slo: &Slo, now: DateTime<Utc>) -> BudgetStatus {
+    let config = &deps.config;
     let (remaining, error) = match &slo.sli {
         Sli::Static(r) => (Some(r.0), None),
         Sli::Prometheus { good, total } => match &config.prometheus_url {
             None => (None, Some("no prometheus.url in config".to_string())),
-            Some(base) => {
+            Some(_) => {
                 let window = prom_window(slo.window);
                 let fill = |q: &str| q.replace("{{window}}", &window).replace("{{ window }}", &window);
                 let (good_query, total_query) = (fill(good), fill(total));
-                let (good, total) = tokio::join!(sample(http, base, &good_query, now), sample(http, base, &total_query, now));
+                let (good, total) = tokio::join!(sample(deps, &good_query, now), sample(deps, &total_query, now));
                 match (good, total) {
                     (Ok(g), Ok(t)) => match remaining_budget(g, t, slo.objective.0) {
                         Some(r) => (Some(r), None),
@@ -86,21 +70,20 @@ pub async fn evaluate(config: &Config, http: &reqwest::Client, slo: &Slo, now: D
 
 /// Cached budgets, refreshed in the background by `serve`.
 pub struct Budgets {
-    config: Arc<Config>,
-    http: reqwest::Client,
+    deps: Arc<Deps>,
     cache: RwLock<HashMap<String, BudgetStatus>>,
 }
 
 impl Budgets {
-    pub fn new(config: Arc<Config>, http: reqwest::Client) -> Budgets {
-        Budgets { config, http, cache: RwLock::new(HashMap::new()) }
+    pub fn new(deps: Arc<Deps>) -> Budgets {
+        Budgets { deps, cache: RwLock::new(HashMap::new()) }
     }
 
     /// Re-evaluates every SLO.
     pub async fn refresh(&self, now: DateTime<Utc>) -> Vec<BudgetStatus> {
         let mut out = Vec::new();
-        for slo in &self.config.slos {
-            out.push(evaluate(&self.config, &self.http, slo, now).await);
+        for slo in &self.deps.config.slos {
+            out.push(evaluate(&self.deps, slo, now).await);
         }
         let mut cache = self.cache.write().expect("budget cache lock");
         for b in &out {
@@ -119,22 +102,22 @@ impl Budgets {
         if let Some(b) = self.get(slo) {
             return Some(b);
         }
-        let def = self.config.slo(slo)?;
-        let b = evaluate(&self.config, &self.http, def, now).await;
+        let def = self.deps.config.slo(slo)?;
+        let b = evaluate(&self.deps, def, now).await;
         self.cache.write().expect("budget cache lock").insert(slo.to_string(), b.clone());
         Some(b)
     }
 
     pub fn all(&self) -> Vec<BudgetStatus> {
         let cache = self.cache.read().expect("budget cache lock");
-        self.config.slos.iter().filter_map(|s| cache.get(&s.name).cloned()).collect()
+        self.deps.config.slos.iter().filter_map(|s| cache.get(&s.name).cloned()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::default_budget_policy;
+    use crate::config::{Config, default_budget_policy};
     use crate::runbook::Risk;
 
     #[test]
@@ -166,7 +149,8 @@ mod tests {
             "slos:\n  - {name: a, objective: 99.9%, window: 30d, static_remaining: 80%}\n",
         )
         .unwrap();
-        let b = evaluate(&config, &reqwest::Client::new(), &config.slos[0], Utc::now()).await;
+        let slo = config.slos[0].clone();
+        let b = evaluate(&Deps::new(Arc::new(config)), &slo, Utc::now()).await;
         assert!((b.budget_minutes - 43.2).abs() < 1e-9, "{}", b.budget_minutes);
         assert_eq!(b.tier, "healthy");
         assert!((b.remaining_minutes.unwrap() - 34.56).abs() < 1e-9);
@@ -179,7 +163,8 @@ mod tests {
         drop(listener);
         let text = format!("prometheus: {{url: http://127.0.0.1:{port}}}\nslos:\n  - {{name: a, objective: 99.9%, window: 30d, good: up, total: up}}\n");
         let config = Config::parse(std::path::Path::new("c.yaml"), &text).unwrap();
-        let b = evaluate(&config, &reqwest::Client::new(), &config.slos[0], Utc::now()).await;
+        let slo = config.slos[0].clone();
+        let b = evaluate(&Deps::new(Arc::new(config)), &slo, Utc::now()).await;
         assert_eq!(b.tier, "unknown");
         assert_eq!(b.auto, vec![Risk::Low]);
         assert!(b.error.unwrap().contains("unreachable"));

@@ -98,7 +98,8 @@ impl Engine {
     /// Wires an engine to its store and runbooks, with fresh clients.
     pub fn new(config: Arc<Config>, runbooks: Arc<RunbookSet>, store: Arc<dyn Store>) -> Engine {
         let deps = Arc::new(Deps::new(config.clone()));
-        let budgets = Arc::new(Budgets::new(config, deps.http.clone()));
+        let budgets = Arc::new(Budgets::new(deps.clone()));
+        drop(config);
         Engine {
             store,
             runbooks,

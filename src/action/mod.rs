@@ -354,17 +354,13 @@ pub trait Action: Send + Sync {
     async fn run(&self, input: &Value, cx: &ActionContext<'_>) -> Result<Value, ActionError>;
 }
 
-/// Reads a rendered input into an action's typed parameters.
+/// Reads a rendered input into an action's typed parameters; errors name
+/// the field (`timeout: invalid duration "soon"`).
 pub fn input<T: DeserializeOwned>(v: &Value) -> Result<T, ActionError> {
-    serde_json::from_value(v.clone()).map_err(|e| {
-        let msg = e.to_string();
-        let field = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.contains("field"))
-            .unwrap_or("with")
-            .to_string();
-        ActionError::Input { field, reason: msg }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "with".to_string() } else { path };
+        ActionError::Input { field, reason: e.into_inner().to_string() }
     })
 }
 

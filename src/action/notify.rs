@@ -38,12 +38,14 @@ struct Input {
     url: Option<String>,
 }
 
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Posts `{"text": ...}`; shared with the guardrails' escalation notices.
 pub async fn post(client: &reqwest::Client, url: &str, text: &str) -> Result<(), ActionError> {
     let response = client
         .post(url)
         .json(&json!({ "text": text }))
-        .timeout(std::time::Duration::from_secs(10))
+        .timeout(TIMEOUT)
         .send()
         .await
         .map_err(|e| ActionError::Unavailable(format!("notify webhook: {}", crate::redact::without_url(&e))))?;
@@ -67,19 +69,19 @@ impl Action for Notify {
 
     async fn run(&self, input_value: &Value, cx: &ActionContext<'_>) -> Result<Value, ActionError> {
         let Input { text, url } = input(input_value)?;
-        let url = match url {
+        match url {
+            // A runbook's own URL passes the allowed-hosts check and is sent
+            // over a client pinned to the checked addresses.
             Some(url) => {
-                crate::action::http_guard::check_url(&cx.deps.config, &url).await?;
-                url
+                let checked = crate::action::http_guard::check_url(&cx.deps.config, &url).await?;
+                post(&checked.client(TIMEOUT)?, &url, &text).await?;
             }
-            None => cx
-                .deps
-                .config
-                .notify_url
-                .clone()
-                .ok_or_else(|| ActionError::Unavailable("no `url` given and no notify.url in config".into()))?,
-        };
-        post(&cx.deps.http, &url, &text).await?;
+            // The config's own URL is trusted (SPEC §9).
+            None => {
+                let url = cx.deps.config.notify_url.as_deref().ok_or_else(|| ActionError::Unavailable("no `url` given and no notify.url in config".into()))?;
+                post(&cx.deps.http, url, &text).await?;
+            }
+        }
         Ok(json!({ "sent": true }))
     }
 }

@@ -15,7 +15,7 @@ pub struct Args {
 
 pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
     let config = std::sync::Arc::new(super::load_config(config_path)?);
-    let budgets = Budgets::new(config.clone(), reqwest::Client::new());
+    let budgets = Budgets::new(std::sync::Arc::new(crate::action::Deps::new(config.clone())));
     let all = super::runtime::tokio().block_on(budgets.refresh(Utc::now()));
     match args.output {
         Output::Json => print!("{}", output::json(&serde_json::json!({"slos": all}))),
