@@ -47,6 +47,12 @@ impl DeletePods {
     }
 }
 
+impl Default for DeletePods {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[async_trait::async_trait]
 impl Action for DeletePods {
     fn spec(&self) -> &Spec {
@@ -89,10 +95,13 @@ impl Action for DeletePods {
         };
         let api: Api<Pod> = Api::namespaced(super::client(cx).await?, &namespace);
 
-        let listed = api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| api_error(&e, &format!("pods in {namespace} matching {selector}"), &format!("list on pods in namespace {namespace}")))?;
+        let listed = api.list(&ListParams::default().labels(&selector)).await.map_err(|e| {
+            api_error(
+                &e,
+                &format!("pods in {namespace} matching {selector}"),
+                &format!("list on pods in namespace {namespace}"),
+            )
+        })?;
         let matched = listed.items.len();
         let mut candidates: Vec<Candidate> = listed.items.iter().filter_map(Candidate::of).collect();
         if candidates.is_empty() {
@@ -317,7 +326,13 @@ mod tests {
         let names: Vec<&str> = candidates.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            ["unready-restarting", "unready-old", "unready-young", "ready-restarting", "healthy-old"]
+            [
+                "unready-restarting",
+                "unready-old",
+                "unready-young",
+                "ready-restarting",
+                "healthy-old"
+            ]
         );
     }
 

@@ -43,6 +43,12 @@ impl Logs {
     }
 }
 
+impl Default for Logs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[async_trait::async_trait]
 impl Action for Logs {
     fn spec(&self) -> &Spec {
@@ -89,7 +95,10 @@ impl Action for Logs {
                 Source::Pod(pod)
             }
             (Some(selector), None) if selector.trim().is_empty() => {
-                return Err(ActionError::input("selector", "is empty; it would match every pod in the namespace"));
+                return Err(ActionError::input(
+                    "selector",
+                    "is empty; it would match every pod in the namespace",
+                ));
             }
             (Some(selector), None) => Source::Selector(selector.trim().to_string()),
         };
@@ -97,7 +106,11 @@ impl Action for Logs {
 
         let pods = match &source {
             Source::Pod(name) => vec![api.get(name).await.map_err(|e| {
-                api_error(&e, &format!("pod {namespace}/{name}"), &format!("get on pods in namespace {namespace}"))
+                api_error(
+                    &e,
+                    &format!("pod {namespace}/{name}"),
+                    &format!("get on pods in namespace {namespace}"),
+                )
             })?],
             Source::Selector(selector) => {
                 api.list(&ListParams::default().labels(selector))

@@ -168,7 +168,9 @@ pub(crate) fn patch_params(dry_run: bool) -> PatchParams {
 pub(crate) fn api_error(e: &kube::Error, what: &str, needs: &str) -> ActionError {
     match e {
         kube::Error::Api(status) => status_error(status, what, needs),
-        kube::Error::HyperError(_) | kube::Error::Service(_) => ActionError::Unavailable(format!("kubernetes API unreachable: {}", chain(e))),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            ActionError::Unavailable(format!("kubernetes API unreachable: {}", chain(e)))
+        }
         other => ActionError::Failed(format!("{what}: unexpected answer from the kubernetes API: {}", chain(other))),
     }
 }

@@ -40,6 +40,12 @@ impl Patch {
     }
 }
 
+impl Default for Patch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[async_trait::async_trait]
 impl Action for Patch {
     fn spec(&self) -> &Spec {
@@ -150,9 +156,7 @@ impl PatchType {
     fn check(self, patch: &Value) -> Result<(), ActionError> {
         match (self, patch) {
             (PatchType::Merge | PatchType::Strategic, Value::Object(_)) => Ok(()),
-            (PatchType::Merge | PatchType::Strategic, _) => {
-                Err(ActionError::input("patch", format!("a {} patch is a map", self.word())))
-            }
+            (PatchType::Merge | PatchType::Strategic, _) => Err(ActionError::input("patch", format!("a {} patch is a map", self.word()))),
             (PatchType::Json, Value::Array(ops)) => ops.iter().enumerate().try_for_each(|(i, op)| {
                 let known = ["add", "remove", "replace", "move", "copy", "test"];
                 match (op.get("op").and_then(Value::as_str), op.get("path").and_then(Value::as_str)) {
@@ -184,9 +188,8 @@ fn api_resource(api_version: &str, kind: &str) -> Result<ApiResource, ActionErro
             format!("{api_version:?} is not a group/version such as v1 or apps/v1"),
         ));
     }
-    let kind_ok = kind.len() <= 63
-        && kind.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-        && kind.chars().all(|c| c.is_ascii_alphanumeric());
+    let kind_ok =
+        kind.len() <= 63 && kind.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && kind.chars().all(|c| c.is_ascii_alphanumeric());
     if !kind_ok {
         return Err(ActionError::input(
             "kind",
@@ -221,9 +224,15 @@ mod tests {
     #[test]
     fn resources_come_from_api_version_and_kind() {
         let ar = api_resource("networking.k8s.io/v1", "Ingress").unwrap();
-        assert_eq!((ar.group.as_str(), ar.version.as_str(), ar.plural.as_str()), ("networking.k8s.io", "v1", "ingresses"));
+        assert_eq!(
+            (ar.group.as_str(), ar.version.as_str(), ar.plural.as_str()),
+            ("networking.k8s.io", "v1", "ingresses")
+        );
         let ar = api_resource("v1", "ConfigMap").unwrap();
-        assert_eq!((ar.group.as_str(), ar.api_version.as_str(), ar.plural.as_str()), ("", "v1", "configmaps"));
+        assert_eq!(
+            (ar.group.as_str(), ar.api_version.as_str(), ar.plural.as_str()),
+            ("", "v1", "configmaps")
+        );
         assert!(api_resource("autoscaling/v2beta2", "HorizontalPodAutoscaler").is_ok());
     }
 
@@ -246,7 +255,11 @@ mod tests {
 
     #[test]
     fn json_patches_are_lists_of_operations() {
-        assert!(PatchType::Json.check(&json!([{"op": "replace", "path": "/data/x", "value": "1"}])).is_ok());
+        assert!(
+            PatchType::Json
+                .check(&json!([{"op": "replace", "path": "/data/x", "value": "1"}]))
+                .is_ok()
+        );
         assert!(PatchType::Json.check(&json!({"data": {}})).is_err());
         assert!(PatchType::Json.check(&json!([{"op": "frob", "path": "/x"}])).is_err());
         assert!(PatchType::Merge.check(&json!([])).is_err());

@@ -37,6 +37,12 @@ impl RolloutRestart {
     }
 }
 
+impl Default for RolloutRestart {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[async_trait::async_trait]
 impl Action for RolloutRestart {
     fn spec(&self) -> &Spec {

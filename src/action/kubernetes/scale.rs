@@ -25,11 +25,7 @@ impl Scale {
             Risk::Medium,
             true,
         )
-        .required(
-            "kind",
-            ParamType::OneOf(KINDS),
-            "deployment, statefulset or replicaset",
-        )
+        .required("kind", ParamType::OneOf(KINDS), "deployment, statefulset or replicaset")
         .required("namespace", ParamType::String, "namespace of the workload")
         .required("name", ParamType::String, "name of the workload")
         .param("replicas", ParamType::Integer, "absolute replica count")
@@ -43,6 +39,12 @@ impl Scale {
         )
         .example("kind: deployment\nnamespace: shop\nname: checkout\nby: 2\nmax: 20\n");
         Scale { spec }
+    }
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
