@@ -23,6 +23,12 @@ pub struct Exec {
     spec: Spec,
 }
 
+impl Default for Exec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Exec {
     pub fn new() -> Self {
         let spec = Spec::new(

@@ -11,6 +11,12 @@ pub struct Log {
     spec: Spec,
 }
 
+impl Default for Log {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Log {
     pub fn new() -> Self {
         let spec = Spec::new("log", "Write a message into the execution's audit trail", Risk::Low, true)

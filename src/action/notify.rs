@@ -10,6 +10,12 @@ pub struct Notify {
     spec: Spec,
 }
 
+impl Default for Notify {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Notify {
     pub fn new() -> Self {
         let spec = Spec::new(

@@ -11,6 +11,12 @@ pub struct Sleep {
     spec: Spec,
 }
 
+impl Default for Sleep {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Sleep {
     pub fn new() -> Self {
         let spec = Spec::new("sleep", "Wait for a while", Risk::Low, true)

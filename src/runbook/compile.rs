@@ -213,7 +213,7 @@ pub fn load_plugins(dir: &Path, problems: &mut Vec<Diagnostic>) -> Vec<Manifest>
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+    s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s).trim().to_string()
 }
 
 struct Cx<'a> {

@@ -210,12 +210,10 @@ pub fn parse_docs<T: DeserializeOwned>(file: &Path, text: &str) -> Vec<Result<Do
     let positions = index_positions(text);
     let sources = split_documents(text);
     let mut out = Vec::new();
-    let mut index = 0;
-    for document in serde_yaml::Deserializer::from_str(text) {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let result = T::deserialize(document);
         let pos = positions.get(index).cloned().unwrap_or_default();
         let source = sources.get(index).cloned().unwrap_or_default();
-        index += 1;
         match result {
             Ok(value) => out.push(Ok(Doc {
                 value,

@@ -1,7 +1,6 @@
 //! The hash chain: intact after real work; any change, deletion or reordering
 //! is found and named.
 
-use pitcrew::store::Store;
 use serde_json::Value;
 
 use crate::cli::pitcrew;
