@@ -93,7 +93,7 @@ pub fn tier(remaining: Option<f64>, policy: &[PolicyRow]) -> (String, Vec<Risk>,
 
 /// Remaining budget = 1 − (1 − good/total) / (1 − objective).
 pub fn remaining_budget(good: f64, total: f64, objective: f64) -> Option<f64> {
-    if !(total > 0.0) || !good.is_finite() || !total.is_finite() {
+    if total <= 0.0 || total.is_nan() || !good.is_finite() || !total.is_finite() {
         return None;
     }
     Some(1.0 - (1.0 - good / total) / (1.0 - objective))
