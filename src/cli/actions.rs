@@ -8,6 +8,9 @@ use super::{Exit, Failure, Output, output};
 pub struct Args {
     /// Show one action in detail
     pub name: Option<String>,
+    /// Print the least-privilege Kubernetes ClusterRole the actions need (deploy/rbac.yaml)
+    #[arg(long, conflicts_with = "name")]
+    pub rbac: bool,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -20,6 +23,10 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         eprintln!("warning: {p}");
     }
     let registry = crate::action::Registry::with_plugins(manifests);
+    if args.rbac {
+        print!("{}", crate::action::rbac_manifest(&registry));
+        return Ok(Exit::Done);
+    }
     let Some(name) = args.name else {
         match args.output {
             Output::Json => print!("{}", output::json(&registry.iter().map(|a| a.spec()).collect::<Vec<_>>())),

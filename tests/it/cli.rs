@@ -179,3 +179,16 @@ fn bad_usage_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("/nonexistent/pitcrew.yaml"));
 }
+
+#[test]
+fn deploy_rbac_yaml_is_generated_from_the_registry() {
+    let out = pitcrew(&["actions", "--rbac"]);
+    assert_eq!(out.status.code(), Some(0));
+    let generated = String::from_utf8_lossy(&out.stdout);
+    let shipped = std::fs::read_to_string(repo().join("deploy/rbac.yaml")).unwrap();
+    assert_eq!(shipped, generated, "deploy/rbac.yaml is stale: run `pitcrew actions --rbac > deploy/rbac.yaml`");
+    for needle in ["\"pods/eviction\"", "\"deployments/scale\"", "\"pods/log\"", "kubernetes.patch needs get, patch"] {
+        assert!(generated.contains(needle), "{needle} missing:\n{generated}");
+    }
+    assert!(!generated.contains("\"*\""), "no wildcard grants");
+}
