@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
 use regex::Regex;
 
@@ -75,7 +76,7 @@ impl Matcher {
         .ok_or_else(syntax)?;
         let value = unquote(rest).ok_or_else(syntax)?;
         let regex = match op {
-            MatchOp::Regex | MatchOp::NotRegex => Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| MatcherError::Regex {
+            MatchOp::Regex | MatchOp::NotRegex => Some(anchored(&value).map_err(|e| MatcherError::Regex {
                 matcher: text.to_string(),
                 reason: e.to_string().lines().last().unwrap_or_default().trim().to_string(),
             })?),
@@ -106,6 +107,26 @@ impl fmt::Display for Matcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}{:?}", self.name, self.op.as_str(), self.value)
     }
+}
+
+/// Compiles `^(?:re)$`, sharing one compiled regex per pattern. Runbooks
+/// repeat the same few patterns (`severity=~"warning|critical"`) thousands of
+/// times; a `Regex` is large and warms its own caches, so sharing keeps
+/// 10,000 runbooks small and their matching fast.
+fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
+    shared_regex(&format!("^(?:{pattern})$"))
+}
+
+/// One compiled `Regex` per distinct pattern, for the whole process.
+pub fn shared_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(re) = cache.lock().expect("regex cache lock").get(pattern) {
+        return Ok(re.clone());
+    }
+    let re = Regex::new(pattern)?;
+    cache.lock().expect("regex cache lock").insert(pattern.to_string(), re.clone());
+    Ok(re)
 }
 
 fn unquote(s: &str) -> Option<String> {

@@ -169,7 +169,7 @@ pub fn load_plugins(dir: &Path, problems: &mut Vec<Diagnostic>) -> Vec<Manifest>
                 }
             };
             let pattern = p.pattern.as_deref().and_then(|re| {
-                regex::Regex::new(re)
+                crate::matcher::shared_regex(re)
                     .map_err(|e| {
                         local.push(Diagnostic::new(
                             &file,
@@ -417,7 +417,7 @@ impl Cx<'_> {
             }
         };
         let pattern = p.pattern.as_deref().and_then(|re| {
-            regex::Regex::new(re)
+            crate::matcher::shared_regex(re)
                 .map_err(|e| self.problem(&format!("{at}.pattern"), format!("invalid pattern: {}", first_line(&e.to_string()))))
                 .ok()
         });
