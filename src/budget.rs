@@ -62,7 +62,8 @@ pub async fn evaluate(deps: &Deps, slo: &Slo, now: DateTime<Utc>) -> BudgetStatu
         approve,
         error,
         objective: slo.objective.0,
-        window: slo.window.to_string(),
+        // As configured and as Prometheus reads it (30d, not 4w2d).
+        window: prom_window(slo.window),
         budget_minutes,
         remaining_minutes: remaining.map(|r| r * budget_minutes),
     }

@@ -27,9 +27,12 @@ pub struct Facts {
     pub global_runs: u32,
     /// Runs of this runbook on this target that are queued, running or pending approval.
     pub active_on_target: u32,
-    /// Distinct targets with a firing alert within the storm window.
+    /// Distinct targets with a firing alert within the storm window, counted
+    /// up to one above the brake (enough to decide; a storm is not re-counted
+    /// in full for every alert in it). 0 without a storm brake.
     pub storm_targets: u32,
-    /// A storm notice already went out within the storm window.
+    /// This storm was already announced: the brake held within the storm
+    /// window (the store keeps when it last did).
     pub storm_notified: bool,
     /// The escalation breaker for this runbook and target is tripped.
     pub breaker_tripped: bool,
@@ -44,6 +47,8 @@ pub struct Windows {
     pub runbook_ms: i64,
     pub global_ms: i64,
     pub escalation_ms: i64,
+    /// `limits.storm_brake`: the store counts alerting targets up to one above it.
+    pub storm_brake: Option<u32>,
 }
 
 impl Windows {
@@ -54,6 +59,7 @@ impl Windows {
             runbook_ms: ms(rb.guardrails.runbook_rate_limit),
             global_ms: ms(config.global_limit),
             escalation_ms: ms(rb.guardrails.escalate_after),
+            storm_brake: config.storm_brake,
         }
     }
 }
@@ -219,7 +225,12 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
     if let (Some(limit), true) = (config.storm_brake, req.automated) {
         let storm = facts.storm_targets > limit;
         let applies = rb.risk >= Risk::Medium;
-        let detail = format!("{} targets alerting in the last {STORM_WINDOW} (brake above {limit}); runbook risk {}", facts.storm_targets, rb.risk);
+        // Over the brake the store stops counting (see `Facts`).
+        let detail = if storm {
+            format!("more than {limit} targets alerting in the last {STORM_WINDOW}; runbook risk {}", rb.risk)
+        } else {
+            format!("{} targets alerting in the last {STORM_WINDOW} (brake above {limit}); runbook risk {}", facts.storm_targets, rb.risk)
+        };
         let verdict = skippable(storm && applies);
         if storm && applies && !forced && !facts.storm_notified {
             storm_notice = true;
@@ -248,7 +259,7 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
     // Escalation breaker.
     if let Some(e) = g.escalate_after {
         let (blocked, detail) = if facts.breaker_tripped {
-            (true, format!("escalated: {} was remediated {e} without the alert going away; `pitcrew reset {} {}` re-arms it", req.target, rb.name, req.target))
+            (true, format!("breaker tripped: {} was remediated {e} without the alert going away; `pitcrew reset {} {}` re-arms it", req.target, rb.name, req.target))
         } else if facts.escalation_runs >= e.count {
             (true, format!("{} runs on {} within {} reached escalate_after {e}: escalating instead of running again", facts.escalation_runs, req.target, e.per))
         } else {
@@ -290,5 +301,7 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
         trip_breaker = false;
         notify = None;
     }
+    // SPEC §9 names this block's reason `escalated`; the check keeps its name.
+    let decided_by = if decided_by == "escalation" { "escalated" } else { decided_by };
     Decision { verdict, decided_by, reason, dry_run, checks, trip_breaker, notify, storm_notice: storm_notice && decided_by == "storm_brake" }
 }

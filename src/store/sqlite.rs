@@ -396,12 +396,23 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
         } else {
             count(conn, "SELECT COUNT(*) FROM executions WHERE automated = 1 AND dry_run = 0 AND admitted_ms > ?1", params![now_ms - w.global_ms])?
         },
+        // The lock is the runbook's own (its `concurrency` sets the limit):
+        // a diagnostics runbook matching the same alert must not block the fix.
         active_on_target: count(
             conn,
-            "SELECT COUNT(*) FROM executions WHERE target = ?1 AND state IN ('queued', 'running', 'pending_approval')",
-            params![target],
+            "SELECT COUNT(*) FROM executions WHERE runbook = ?1 AND target = ?2 AND state IN ('queued', 'running', 'pending_approval')",
+            params![runbook, target],
         )?,
-        storm_targets: count(conn, "SELECT COUNT(DISTINCT target) FROM target_hits WHERE ms > ?1", params![storm_since])?,
+        // Deciding needs only "more than the brake?": stop counting there, so a
+        // storm of thousands of alerts does not re-count its targets per alert.
+        storm_targets: match w.storm_brake {
+            None => 0,
+            Some(limit) => count(
+                conn,
+                "SELECT COUNT(*) FROM (SELECT DISTINCT target FROM target_hits WHERE ms > ?1 LIMIT ?2)",
+                params![storm_since, i64::from(limit) + 1],
+            )?,
+        },
         storm_notified: count(conn, "SELECT COUNT(*) FROM notices WHERE kind = 'storm' AND ms > ?1", params![storm_since])? > 0,
         breaker_tripped: count(conn, "SELECT COUNT(*) FROM breakers WHERE runbook = ?1 AND target = ?2", params![runbook, target])? > 0,
         escalation_runs: if w.escalation_ms == 0 {
@@ -511,10 +522,23 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
             params![rb.name, adm.target, now_ms, decision.reason],
         )?;
     }
-    if decision.storm_notice {
+    if decision.decided_by == "storm_brake" {
+        // One notice per storm however long it lasts: the row says when the
+        // brake last held, and `facts` looks for it within the storm window,
+        // so a storm ends only after a whole window without the brake.
+        t.conn.execute("DELETE FROM notices WHERE kind = 'storm'", [])?;
         t.conn.execute("INSERT INTO notices (kind, ms) VALUES ('storm', ?1)", params![now_ms])?;
     }
     Ok(decision)
+}
+
+/// A pending approval past its deadline: cancelled, denied by `system:timeout`.
+fn expire_approval(t: &mut Tx<'_>, id: &str, runbook: &str, target: &str) -> Result<(), StoreError> {
+    let why = "approval timed out";
+    t.conn.execute("UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1", params![id, why, t.now_ms()])?;
+    t.append(Event::new(kind::APPROVAL_DENIED, "system:timeout", json!({"reason": why})).execution(id, runbook, target))?;
+    t.append(Event::new(kind::EXECUTION_FINISHED, "system:timeout", json!({"state": "cancelled", "reason": why})).execution(id, runbook, target))?;
+    Ok(())
 }
 
 fn cancel_for_resolved(t: &mut Tx<'_>, fingerprint: &str) -> Result<usize, StoreError> {
@@ -751,16 +775,23 @@ impl Store for SqliteStore {
 
     async fn approve(&self, id: &str, actor: &str) -> Result<Execution, StoreError> {
         let (id, actor) = (id.to_string(), actor.to_string());
+        // The inner result lets a refusal keep what it wrote (the expiry).
         self.write(move |t| {
             let exec = load_execution(t.conn, &id)?;
             if exec.state != State::PendingApproval {
-                return Err(StoreError::WrongState { id, state: exec.state.to_string() });
+                return Ok(Err(StoreError::WrongState { id, state: exec.state.to_string() }));
+            }
+            if exec.approval_deadline.is_some_and(|d| d.timestamp_millis() <= t.now_ms()) {
+                // Past its deadline but not swept yet (no `serve` running):
+                // it expired, whoever answers now.
+                expire_approval(t, &exec.id, &exec.runbook, &exec.target)?;
+                return Ok(Err(StoreError::WrongState { id, state: State::Cancelled.to_string() }));
             }
             t.conn.execute("UPDATE executions SET state = 'queued', admitted_ms = ?2, reason = NULL WHERE id = ?1", params![id, t.now_ms()])?;
             t.append(Event::new(kind::APPROVAL_GRANTED, &actor, json!({"pending_reason": exec.reason})).execution(&exec.id, &exec.runbook, &exec.target))?;
-            load_execution(t.conn, &id)
+            load_execution(t.conn, &id).map(Ok)
         })
-        .await
+        .await?
     }
 
     async fn deny(&self, id: &str, actor: &str, reason: Option<String>) -> Result<Execution, StoreError> {
@@ -788,10 +819,7 @@ impl Store for SqliteStore {
             let expired: Vec<(String, String, String)> = stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
             drop(stmt);
             for (id, runbook, target) in &expired {
-                let why = "approval timed out";
-                t.conn.execute("UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1", params![id, why, now_ms])?;
-                t.append(Event::new(kind::APPROVAL_DENIED, "system:timeout", json!({"reason": why})).execution(id, runbook, target))?;
-                t.append(Event::new(kind::EXECUTION_FINISHED, "system:timeout", json!({"state": "cancelled", "reason": why})).execution(id, runbook, target))?;
+                expire_approval(t, id, runbook, target)?;
             }
             Ok(expired.into_iter().map(|(id, _, _)| id).collect())
         })

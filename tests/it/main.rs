@@ -13,3 +13,4 @@ mod actions_http;
 mod actions_prometheus;
 mod actions_alertmanager;
 mod plugins;
+mod guardrails;
