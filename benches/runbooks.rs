@@ -56,7 +56,12 @@ fn write_files(dir: &std::path::Path, count: usize, names: usize) {
 
 fn rss_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -82,7 +87,10 @@ fn main() {
         assert_eq!(set.runbooks.len(), files_small);
     }
     let (load_median, _, _) = median(load_times);
-    println!("load+compile {files_small} runbook files: median {:.3} s over {rounds} rounds", load_median);
+    println!(
+        "load+compile {files_small} runbook files: median {:.3} s over {rounds} rounds",
+        load_median
+    );
 
     // 10,000 runbooks: memory and matching.
     let big = tempfile::tempdir().unwrap();
@@ -106,7 +114,11 @@ fn main() {
     let mut matched = 0usize;
     let mut resolved = 0usize;
     for i in 0..alerts {
-        let name = if i % 2 == 0 { format!("Alert{}", i % names) } else { format!("Unrelated{i}") };
+        let name = if i % 2 == 0 {
+            format!("Alert{}", i % names)
+        } else {
+            format!("Unrelated{i}")
+        };
         let alert = Alert::firing(&name)
             .label_set("severity", "critical")
             .label_set("team", &format!("team-{}", i % 7))
@@ -123,10 +135,17 @@ fn main() {
         }
     }
     let (p50, p99, mean) = median(samples);
-    println!("match with {} runbooks, {alerts} alerts: median {p50:.2} µs, p99 {p99:.2} µs, mean {mean:.2} µs per alert ({matched} matches)", set.runbooks.len());
+    println!(
+        "match with {} runbooks, {alerts} alerts: median {p50:.2} µs, p99 {p99:.2} µs, mean {mean:.2} µs per alert ({matched} matches)",
+        set.runbooks.len()
+    );
 
     // Match + resolve params and target for a matching alert.
-    let alert = Alert::firing("Alert0").label_set("severity", "critical").label_set("team", "team-0").label_set("namespace", "shop").label_set("deployment", "checkout");
+    let alert = Alert::firing("Alert0")
+        .label_set("severity", "critical")
+        .label_set("team", "team-0")
+        .label_set("namespace", "shop")
+        .label_set("deployment", "checkout");
     let mut resolve_samples = Vec::new();
     for _ in 0..(alerts / 20).max(100) {
         let t = Instant::now();

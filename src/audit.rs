@@ -59,7 +59,14 @@ pub struct Event {
 
 impl Event {
     pub fn new(kind: &'static str, actor: impl Into<String>, data: Value) -> Event {
-        Event { kind, actor: actor.into(), execution_id: None, runbook: None, target: None, data }
+        Event {
+            kind,
+            actor: actor.into(),
+            execution_id: None,
+            runbook: None,
+            target: None,
+            data,
+        }
     }
 
     pub fn execution(mut self, id: &str, runbook: &str, target: &str) -> Event {
@@ -184,7 +191,10 @@ pub fn verify_from(r: &Record, expected_seq: u64, prev: &str) -> Result<(), Brok
         });
     }
     if r.compute_hash() != r.hash {
-        return Err(Broken { seq: r.seq, reason: "hash does not match the record's content (the record was changed)".into() });
+        return Err(Broken {
+            seq: r.seq,
+            reason: "hash does not match the record's content (the record was changed)".into(),
+        });
     }
     Ok(())
 }
@@ -199,7 +209,8 @@ mod tests {
         let ts = Utc::now();
         (1..=n)
             .map(|seq| {
-                let r = Event::new(kind::ALERT_RECEIVED, "alertmanager", json!({"n": seq, "b": [1, {"z": 1, "a": 2}]})).seal(seq, ts, &prev);
+                let r =
+                    Event::new(kind::ALERT_RECEIVED, "alertmanager", json!({"n": seq, "b": [1, {"z": 1, "a": 2}]})).seal(seq, ts, &prev);
                 prev = r.hash.clone();
                 r
             })
@@ -208,7 +219,10 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_drops_whitespace() {
-        assert_eq!(canonical_json(&json!({"b": 1, "a": {"d": [1, 2], "c": "x\n"}})), r#"{"a":{"c":"x\n","d":[1,2]},"b":1}"#);
+        assert_eq!(
+            canonical_json(&json!({"b": 1, "a": {"d": [1, 2], "c": "x\n"}})),
+            r#"{"a":{"c":"x\n","d":[1,2]},"b":1}"#
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub fn prom_window(d: Duration) -> String {
 
 /// One instant query's first sample; good and total use the same `at`.
 async fn sample(deps: &Deps, query: &str, at: DateTime<Utc>) -> Result<f64, String> {
-    let answer = crate::action::prometheus::instant(deps, query, at, std::time::Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+    let answer = crate::action::prometheus::instant(deps, query, at, std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
     answer.first.ok_or_else(|| format!("`{query}` returned no data"))
 }
 
@@ -77,7 +79,10 @@ pub struct Budgets {
 
 impl Budgets {
     pub fn new(deps: Arc<Deps>) -> Budgets {
-        Budgets { deps, cache: RwLock::new(HashMap::new()) }
+        Budgets {
+            deps,
+            cache: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Re-evaluates every SLO.
@@ -137,7 +142,10 @@ mod tests {
         assert_eq!(tier(Some(0.8), &policy).0, "healthy");
         assert_eq!(tier(Some(0.5), &policy).0, "caution", "50% is not above 50%");
         let (name, auto, approve) = tier(Some(0.182), &policy);
-        assert_eq!((name.as_str(), auto, approve), ("freeze", vec![Risk::Low], vec![Risk::Medium, Risk::High]));
+        assert_eq!(
+            (name.as_str(), auto, approve),
+            ("freeze", vec![Risk::Low], vec![Risk::Medium, Risk::High])
+        );
         assert_eq!(tier(Some(-0.2), &policy).0, "exhausted");
         assert_eq!(tier(None, &policy).0, "unknown");
         assert_eq!(remaining_budget(1.0, 0.0, 0.999), None);
@@ -162,7 +170,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let text = format!("prometheus: {{url: http://127.0.0.1:{port}}}\nslos:\n  - {{name: a, objective: 99.9%, window: 30d, good: up, total: up}}\n");
+        let text = format!(
+            "prometheus: {{url: http://127.0.0.1:{port}}}\nslos:\n  - {{name: a, objective: 99.9%, window: 30d, good: up, total: up}}\n"
+        );
         let config = Config::parse(std::path::Path::new("c.yaml"), &text).unwrap();
         let slo = config.slos[0].clone();
         let b = evaluate(&Deps::new(Arc::new(config)), &slo, Utc::now()).await;

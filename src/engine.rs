@@ -19,7 +19,9 @@ use crate::config::Config;
 use crate::guard::{Decision, Verdict};
 use crate::metrics::Metrics;
 use crate::runbook::{Runbook, RunbookSet, Step};
-use crate::store::{Admission, Execution, IntakeAlert, IntakeResult, Phase, State, StepEnd, StepStart, StepState, Store, StoreError, new_id};
+use crate::store::{
+    Admission, Execution, IntakeAlert, IntakeResult, Phase, State, StepEnd, StepStart, StepState, Store, StoreError, new_id,
+};
 
 /// Something the engine could not do.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +40,18 @@ pub enum EngineError {
 /// Live progress, for `pitcrew run`.
 #[derive(Debug, Clone)]
 pub enum Progress {
-    StepStarted { name: String, action: String, attempt: u32, dry_run: bool },
-    StepFinished { name: String, state: StepState, detail: String, seconds: f64 },
+    StepStarted {
+        name: String,
+        action: String,
+        attempt: u32,
+        dry_run: bool,
+    },
+    StepFinished {
+        name: String,
+        state: StepState,
+        detail: String,
+        seconds: f64,
+    },
 }
 
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
@@ -123,7 +135,11 @@ impl Engine {
         for rb in self.runbooks.matching(alert) {
             let (params, target, invalid) = match self.runbooks.resolve(rb, Some(alert), &BTreeMap::new()) {
                 Ok(r) => (r.params, r.target, None),
-                Err(e) => (serde_json::Map::new(), format!("{}/{}", rb.name, alert.fingerprint), Some(e.to_string())),
+                Err(e) => (
+                    serde_json::Map::new(),
+                    format!("{}/{}", rb.name, alert.fingerprint),
+                    Some(e.to_string()),
+                ),
             };
             out.push(Admission {
                 id: new_id(),
@@ -182,7 +198,10 @@ impl Engine {
             }
             let text = match (&d.notify, d.storm_notice) {
                 (Some(text), _) => text.clone(),
-                (None, true) => format!("pitcrew storm brake: {}. Medium and high risk automation is paused; low risk continues.", d.reason),
+                (None, true) => format!(
+                    "pitcrew storm brake: {}. Medium and high risk automation is paused; low risk continues.",
+                    d.reason
+                ),
                 (None, false) => continue,
             };
             self.send_notice(&text).await;
@@ -192,12 +211,18 @@ impl Engine {
     async fn send_notice(&self, text: &str) {
         let outcome = match &self.config().notify_url {
             None => Err("no notify.url in config".to_string()),
-            Some(url) => crate::action::notify::post(&self.deps.http, url, text).await.map_err(|e| e.to_string()),
+            Some(url) => crate::action::notify::post(&self.deps.http, url, text)
+                .await
+                .map_err(|e| e.to_string()),
         };
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, "escalation notice not delivered");
         }
-        let event = Event::new(kind::NOTIFICATION, "pitcrew", json!({"text": text, "delivered": outcome.is_ok(), "error": outcome.err()}));
+        let event = Event::new(
+            kind::NOTIFICATION,
+            "pitcrew",
+            json!({"text": text, "delivered": outcome.is_ok(), "error": outcome.err()}),
+        );
         if let Err(e) = self.store.record(vec![event]).await {
             tracing::error!(error = %e, "cannot record a notification");
         }
@@ -253,22 +278,41 @@ impl Engine {
             self.metrics.execution("failed");
             return Err(EngineError::UnknownRunbook(exec.runbook.clone()));
         };
-        let resolved = crate::runbook::Resolved { params: exec.params.clone(), target: exec.target.clone() };
+        let resolved = crate::runbook::Resolved {
+            params: exec.params.clone(),
+            target: exec.target.clone(),
+        };
         let mut outputs = serde_json::Map::new();
         for s in exec.steps.iter().filter(|s| s.state == StepState::Succeeded) {
             outputs.insert(s.name.clone(), json!({"output": s.output.clone().unwrap_or(Value::Null)}));
         }
-        let run = Run { engine: self, rb: &rb, exec: &exec, progress };
+        let run = Run {
+            engine: self,
+            rb: &rb,
+            exec: &exec,
+            progress,
+        };
         let failure: Option<String> = match &exec.resume_error {
             Some(e) => Some(e.clone()),
             None => run.phase(Phase::Main, &rb.steps, &resolved, &mut outputs, None).await?,
         };
         let outcome = match failure {
-            None => Outcome { state: State::Succeeded, reason: None },
+            None => Outcome {
+                state: State::Succeeded,
+                reason: None,
+            },
             Some(error) => {
-                run.phase(Phase::OnFailure, &rb.on_failure, &resolved, &mut outputs, Some(&error)).await?;
-                let state = if exec.resume_error.is_some() { State::Unknown } else { State::Failed };
-                Outcome { state, reason: Some(error) }
+                run.phase(Phase::OnFailure, &rb.on_failure, &resolved, &mut outputs, Some(&error))
+                    .await?;
+                let state = if exec.resume_error.is_some() {
+                    State::Unknown
+                } else {
+                    State::Failed
+                };
+                Outcome {
+                    state,
+                    reason: Some(error),
+                }
             }
         };
         self.store.finish(&exec, outcome.state, outcome.reason.clone()).await?;
@@ -308,7 +352,13 @@ impl Run<'_> {
                 return Err(EngineError::ShuttingDown);
             }
             // Resuming after a crash: steps that already ended are not run again.
-            if let Some(done) = self.exec.steps.iter().rev().find(|s| s.phase == phase && s.index == index && s.state != StepState::Started) {
+            if let Some(done) = self
+                .exec
+                .steps
+                .iter()
+                .rev()
+                .find(|s| s.phase == phase && s.index == index && s.state != StepState::Started)
+            {
                 if done.state == StepState::Failed && !step.continue_on_error && phase == Phase::Main {
                     return Ok(Some(done.error.clone().unwrap_or_else(|| format!("step `{}` failed", step.name))));
                 }
@@ -329,14 +379,33 @@ impl Run<'_> {
             match set.when_holds(step, &ctx) {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.engine.store.step_finished(self.exec, end(StepState::Skipped, Some(json!({"skipped": "when is false"})), None, None, 0, 0)).await?;
-                    self.report(Progress::StepFinished { name: step.name.clone(), state: StepState::Skipped, detail: "when is false".into(), seconds: 0.0 });
+                    self.engine
+                        .store
+                        .step_finished(
+                            self.exec,
+                            end(StepState::Skipped, Some(json!({"skipped": "when is false"})), None, None, 0, 0),
+                        )
+                        .await?;
+                    self.report(Progress::StepFinished {
+                        name: step.name.clone(),
+                        state: StepState::Skipped,
+                        detail: "when is false".into(),
+                        seconds: 0.0,
+                    });
                     continue;
                 }
                 Err(e) => {
                     let msg = e.to_string();
-                    self.engine.store.step_finished(self.exec, end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0)).await?;
-                    self.report(Progress::StepFinished { name: step.name.clone(), state: StepState::Failed, detail: msg.clone(), seconds: 0.0 });
+                    self.engine
+                        .store
+                        .step_finished(self.exec, end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0))
+                        .await?;
+                    self.report(Progress::StepFinished {
+                        name: step.name.clone(),
+                        state: StepState::Failed,
+                        detail: msg.clone(),
+                        seconds: 0.0,
+                    });
                     if step.continue_on_error || phase == Phase::OnFailure {
                         first_error.get_or_insert(msg);
                         continue;
@@ -353,11 +422,28 @@ impl Run<'_> {
                         .store
                         .step_started(
                             self.exec,
-                            StepStart { phase, index, name: step.name.clone(), action: step.action.spec().name.clone(), attempt: 0, idempotent: step.idempotent, input: Value::Null, dry_run: self.exec.dry_run },
+                            StepStart {
+                                phase,
+                                index,
+                                name: step.name.clone(),
+                                action: step.action.spec().name.clone(),
+                                attempt: 0,
+                                idempotent: step.idempotent,
+                                input: Value::Null,
+                                dry_run: self.exec.dry_run,
+                            },
                         )
                         .await?;
-                    self.engine.store.step_finished(self.exec, end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0)).await?;
-                    self.report(Progress::StepFinished { name: step.name.clone(), state: StepState::Failed, detail: msg.clone(), seconds: 0.0 });
+                    self.engine
+                        .store
+                        .step_finished(self.exec, end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0))
+                        .await?;
+                    self.report(Progress::StepFinished {
+                        name: step.name.clone(),
+                        state: StepState::Failed,
+                        detail: msg.clone(),
+                        seconds: 0.0,
+                    });
                     if step.continue_on_error || phase == Phase::OnFailure {
                         first_error.get_or_insert(msg);
                         continue;
@@ -387,7 +473,13 @@ impl Run<'_> {
 
     /// One step: durable start record, the action (with timeout and, for
     /// idempotent actions only, retries with backoff), durable end record.
-    async fn run_step(&self, phase: Phase, index: u32, step: &Step, input: &Value) -> Result<(StepState, Option<Value>, Option<String>), EngineError> {
+    async fn run_step(
+        &self,
+        phase: Phase,
+        index: u32,
+        step: &Step,
+        input: &Value,
+    ) -> Result<(StepState, Option<Value>, Option<String>), EngineError> {
         let action = step.action.clone();
         let action_name = action.spec().name.clone();
         let dry = self.exec.dry_run;
@@ -405,10 +497,24 @@ impl Run<'_> {
                 .store
                 .step_started(
                     self.exec,
-                    StepStart { phase, index, name: step.name.clone(), action: action_name.clone(), attempt, idempotent: step.idempotent, input: input.clone(), dry_run: dry },
+                    StepStart {
+                        phase,
+                        index,
+                        name: step.name.clone(),
+                        action: action_name.clone(),
+                        attempt,
+                        idempotent: step.idempotent,
+                        input: input.clone(),
+                        dry_run: dry,
+                    },
                 )
                 .await?;
-            self.report(Progress::StepStarted { name: step.name.clone(), action: action_name.clone(), attempt, dry_run: dry });
+            self.report(Progress::StepStarted {
+                name: step.name.clone(),
+                action: action_name.clone(),
+                attempt,
+                dry_run: dry,
+            });
             let started = Instant::now();
             let result: Result<Value, ActionError> = if mode == DryRun::Skip {
                 Ok(json!({"skipped": "dry run"}))
@@ -440,7 +546,17 @@ impl Run<'_> {
                 .store
                 .step_finished(
                     self.exec,
-                    StepEnd { phase, index, name: step.name.clone(), attempt, state, output: output.clone(), error: err.clone(), error_kind: kind.clone(), duration_ms: ms },
+                    StepEnd {
+                        phase,
+                        index,
+                        name: step.name.clone(),
+                        attempt,
+                        state,
+                        output: output.clone(),
+                        error: err.clone(),
+                        error_kind: kind.clone(),
+                        duration_ms: ms,
+                    },
                 )
                 .await?;
             let detail = match (&err, &output) {
@@ -448,7 +564,12 @@ impl Run<'_> {
                 (None, Some(o)) => short(o),
                 _ => String::new(),
             };
-            self.report(Progress::StepFinished { name: step.name.clone(), state, detail, seconds });
+            self.report(Progress::StepFinished {
+                name: step.name.clone(),
+                state,
+                detail,
+                seconds,
+            });
             if state != StepState::Failed {
                 // A step skipped by a dry run counts as done for what follows.
                 return Ok((if state == StepState::Skipped { StepState::Succeeded } else { state }, output, err));
@@ -466,6 +587,9 @@ impl Run<'_> {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.chars().count() > 120 { format!("{}…", s.chars().take(120).collect::<String>()) } else { s }
+    if s.chars().count() > 120 {
+        format!("{}…", s.chars().take(120).collect::<String>())
+    } else {
+        s
+    }
 }
-

@@ -180,7 +180,11 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
             CheckVerdict::Approve if first_approve.is_none() => first_approve = Some((name, detail.clone())),
             _ => {}
         }
-        checks.push(Check { guardrail: name, verdict, detail });
+        checks.push(Check {
+            guardrail: name,
+            verdict,
+            detail,
+        });
     };
     let skippable = |blocked: bool| match (blocked, forced) {
         (true, true) => CheckVerdict::Forced,
@@ -193,7 +197,14 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
         let (blocked, detail) = match facts.last_admitted_ms {
             Some(last) if req.now_ms - last < cd.as_millis() as i64 => {
                 let left = Duration::from_millis((cd.as_millis() as i64 - (req.now_ms - last)).max(0) as u64 / 1000 * 1000);
-                (true, format!("last run on {} started {} ago; cooldown {cd} ({left} left)", req.target, Duration::from_millis(((req.now_ms - last) / 1000 * 1000) as u64)))
+                (
+                    true,
+                    format!(
+                        "last run on {} started {} ago; cooldown {cd} ({left} left)",
+                        req.target,
+                        Duration::from_millis(((req.now_ms - last) / 1000 * 1000) as u64)
+                    ),
+                )
             }
             Some(_) => (false, format!("last run on {} is older than the cooldown {cd}", req.target)),
             None => (false, format!("no earlier run on {}", req.target)),
@@ -203,22 +214,40 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
     // Rate limits: per target, per runbook, global (automated only).
     if let Some(r) = g.rate_limit {
         let blocked = facts.target_runs >= r.count;
-        record("rate_limit", skippable(blocked), format!("{} runs on {} in the last {} (limit {r})", facts.target_runs, req.target, r.per), &mut checks);
+        record(
+            "rate_limit",
+            skippable(blocked),
+            format!("{} runs on {} in the last {} (limit {r})", facts.target_runs, req.target, r.per),
+            &mut checks,
+        );
     }
     if let Some(r) = g.runbook_rate_limit {
         let blocked = facts.runbook_runs >= r.count;
-        record("runbook_rate_limit", skippable(blocked), format!("{} runs of {} in the last {} (limit {r})", facts.runbook_runs, rb.name, r.per), &mut checks);
+        record(
+            "runbook_rate_limit",
+            skippable(blocked),
+            format!("{} runs of {} in the last {} (limit {r})", facts.runbook_runs, rb.name, r.per),
+            &mut checks,
+        );
     }
     if let (Some(r), true) = (config.global_limit, req.automated) {
         let blocked = facts.global_runs >= r.count;
-        record("global_limit", skippable(blocked), format!("{} automated runs in the last {} (limit {r})", facts.global_runs, r.per), &mut checks);
+        record(
+            "global_limit",
+            skippable(blocked),
+            format!("{} automated runs in the last {} (limit {r})", facts.global_runs, r.per),
+            &mut checks,
+        );
     }
     // Concurrency: never forced.
     let busy = facts.active_on_target >= g.concurrency;
     record(
         "concurrency",
         if busy { CheckVerdict::Block } else { CheckVerdict::Pass },
-        format!("{} run(s) of {} on {} in progress (limit {})", facts.active_on_target, rb.name, req.target, g.concurrency),
+        format!(
+            "{} run(s) of {} on {} in progress (limit {})",
+            facts.active_on_target, rb.name, req.target, g.concurrency
+        ),
         &mut checks,
     );
     // Storm brake: medium and high risk automation pauses.
@@ -227,9 +256,15 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
         let applies = rb.risk >= Risk::Medium;
         // Over the brake the store stops counting (see `Facts`).
         let detail = if storm {
-            format!("more than {limit} targets alerting in the last {STORM_WINDOW}; runbook risk {}", rb.risk)
+            format!(
+                "more than {limit} targets alerting in the last {STORM_WINDOW}; runbook risk {}",
+                rb.risk
+            )
         } else {
-            format!("{} targets alerting in the last {STORM_WINDOW} (brake above {limit}); runbook risk {}", facts.storm_targets, rb.risk)
+            format!(
+                "{} targets alerting in the last {STORM_WINDOW} (brake above {limit}); runbook risk {}",
+                facts.storm_targets, rb.risk
+            )
         };
         let verdict = skippable(storm && applies);
         if storm && applies && !forced && !facts.storm_notified {
@@ -241,12 +276,19 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
     if let Some(b) = budget {
         let shown = match b.remaining {
             Some(r) => format!("budget {} of {} ({})", pct(r), b.slo, b.tier),
-            None => format!("budget of {} unknown ({}): treated as freeze", b.slo, b.error.as_deref().unwrap_or("no data")),
+            None => format!(
+                "budget of {} unknown ({}): treated as freeze",
+                b.slo,
+                b.error.as_deref().unwrap_or("no data")
+            ),
         };
         let (verdict, detail) = if b.auto.contains(&rb.risk) {
             (CheckVerdict::Pass, format!("{shown}: {} risk runs unattended", rb.risk))
         } else if forced {
-            (CheckVerdict::Forced, format!("{shown}: {} risk would need approval; forced", rb.risk))
+            (
+                CheckVerdict::Forced,
+                format!("{shown}: {} risk would need approval; forced", rb.risk),
+            )
         } else {
             let below = match b.remaining {
                 Some(r) => format!("budget {} of {}: tier {}", pct(r), b.slo, b.tier),
@@ -259,11 +301,29 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
     // Escalation breaker.
     if let Some(e) = g.escalate_after {
         let (blocked, detail) = if facts.breaker_tripped {
-            (true, format!("breaker tripped: {} was remediated {e} without the alert going away; `pitcrew reset {} {}` re-arms it", req.target, rb.name, req.target))
+            (
+                true,
+                format!(
+                    "breaker tripped: {} was remediated {e} without the alert going away; `pitcrew reset {} {}` re-arms it",
+                    req.target, rb.name, req.target
+                ),
+            )
         } else if facts.escalation_runs >= e.count {
-            (true, format!("{} runs on {} within {} reached escalate_after {e}: escalating instead of running again", facts.escalation_runs, req.target, e.per))
+            (
+                true,
+                format!(
+                    "{} runs on {} within {} reached escalate_after {e}: escalating instead of running again",
+                    facts.escalation_runs, req.target, e.per
+                ),
+            )
         } else {
-            (false, format!("{} runs on {} within {} (escalates at {})", facts.escalation_runs, req.target, e.per, e.count))
+            (
+                false,
+                format!(
+                    "{} runs on {} within {} (escalates at {})",
+                    facts.escalation_runs, req.target, e.per, e.count
+                ),
+            )
         };
         if blocked && !forced && !facts.breaker_tripped {
             trip_breaker = true;
@@ -276,7 +336,12 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
     }
     // Approval required by the runbook: never forced.
     if g.approval == Approval::Required {
-        record("approval", CheckVerdict::Approve, format!("runbook {} requires approval", rb.name), &mut checks);
+        record(
+            "approval",
+            CheckVerdict::Approve,
+            format!("runbook {} requires approval", rb.name),
+            &mut checks,
+        );
     }
     let dry_run = req.dry_run || g.dry_run || config.dry_run;
     if dry_run {
@@ -287,7 +352,11 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
         } else {
             "pitcrew is in shadow mode (config dry_run)"
         };
-        checks.push(Check { guardrail: "dry_run", verdict: CheckVerdict::Pass, detail: format!("dry run ({why}): nothing will be touched") });
+        checks.push(Check {
+            guardrail: "dry_run",
+            verdict: CheckVerdict::Pass,
+            detail: format!("dry run ({why}): nothing will be touched"),
+        });
     }
     let (verdict, decided_by, reason) = if let Some((name, detail)) = first_block {
         (Verdict::Blocked, name, detail)
@@ -303,5 +372,14 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
     }
     // SPEC §9 names this block's reason `escalated`; the check keeps its name.
     let decided_by = if decided_by == "escalation" { "escalated" } else { decided_by };
-    Decision { verdict, decided_by, reason, dry_run, checks, trip_breaker, notify, storm_notice: storm_notice && decided_by == "storm_brake" }
+    Decision {
+        verdict,
+        decided_by,
+        reason,
+        dry_run,
+        checks,
+        trip_breaker,
+        notify,
+        storm_notice: storm_notice && decided_by == "storm_brake",
+    }
 }

@@ -6,12 +6,12 @@ pub mod audit;
 pub mod budget;
 pub mod store;
 
-pub mod cli;
 pub mod alert;
+pub mod cli;
 pub mod config;
 pub mod engine;
-pub mod matcher;
 pub mod guard;
+pub mod matcher;
 pub mod metrics;
 pub mod runbook;
 pub mod server;

@@ -42,14 +42,38 @@ impl Default for Metrics {
             queue_depth: Gauge::default(),
             budget_remaining: Family::default(),
         };
-        registry.register("pitcrew_alerts_received", "Alerts stored (new, not duplicates)", m.alerts_received.clone());
-        registry.register("pitcrew_alerts_duplicate", "Alert notifications already recorded", m.alerts_duplicate.clone());
-        registry.register("pitcrew_alerts_truncated", "Alerts Alertmanager left out of notifications (truncatedAlerts)", m.alerts_truncated.clone());
-        registry.register("pitcrew_webhook_rejected", "Webhook requests refused, by reason", m.webhook_rejected.clone());
+        registry.register(
+            "pitcrew_alerts_received",
+            "Alerts stored (new, not duplicates)",
+            m.alerts_received.clone(),
+        );
+        registry.register(
+            "pitcrew_alerts_duplicate",
+            "Alert notifications already recorded",
+            m.alerts_duplicate.clone(),
+        );
+        registry.register(
+            "pitcrew_alerts_truncated",
+            "Alerts Alertmanager left out of notifications (truncatedAlerts)",
+            m.alerts_truncated.clone(),
+        );
+        registry.register(
+            "pitcrew_webhook_rejected",
+            "Webhook requests refused, by reason",
+            m.webhook_rejected.clone(),
+        );
         registry.register("pitcrew_executions", "Executions by outcome", m.executions.clone());
         registry.register("pitcrew_step_duration_seconds", "Step run time by action", m.step_duration.clone());
-        registry.register("pitcrew_intake_queue_depth", "Executions queued and not yet started", m.queue_depth.clone());
-        registry.register("pitcrew_budget_remaining_ratio", "Error budget remaining by SLO (1 = untouched)", m.budget_remaining.clone());
+        registry.register(
+            "pitcrew_intake_queue_depth",
+            "Executions queued and not yet started",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "pitcrew_budget_remaining_ratio",
+            "Error budget remaining by SLO (1 = untouched)",
+            m.budget_remaining.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -64,11 +88,15 @@ impl Metrics {
     }
 
     pub fn step(&self, action: &str, seconds: f64) {
-        self.step_duration.get_or_create(&vec![("action".into(), action.into())]).observe(seconds);
+        self.step_duration
+            .get_or_create(&vec![("action".into(), action.into())])
+            .observe(seconds);
     }
 
     pub fn budget(&self, slo: &str, remaining: Option<f64>) {
-        self.budget_remaining.get_or_create(&vec![("slo".into(), slo.into())]).set(remaining.unwrap_or(f64::NAN));
+        self.budget_remaining
+            .get_or_create(&vec![("slo".into(), slo.into())])
+            .set(remaining.unwrap_or(f64::NAN));
     }
 
     pub fn render(&self) -> String {

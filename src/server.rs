@@ -40,7 +40,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -48,7 +51,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, format!("no execution {id}")),
-            StoreError::WrongState { id, state } => ApiError::new(StatusCode::CONFLICT, format!("execution {id} is {state}, not pending_approval")),
+            StoreError::WrongState { id, state } => {
+                ApiError::new(StatusCode::CONFLICT, format!("execution {id} is {state}, not pending_approval"))
+            }
             other => {
                 tracing::error!(error = %other, source = ?std::error::Error::source(&other), "state store failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state store unavailable; retry later")
@@ -91,7 +96,12 @@ async fn drain(AxumState(state): AxumState<Shared>, req: Request, next: Next) ->
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 fn same(a: &str, b: &str) -> bool {
@@ -115,7 +125,10 @@ fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<String
     }
     let token = found.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
     if token.role < need {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("token `{}` has role viewer; this needs operator", token.name)));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("token `{}` has role viewer; this needs operator", token.name),
+        ));
     }
     Ok(format!("api:{}", token.name))
 }
@@ -130,32 +143,54 @@ async fn webhook(AxumState(state): AxumState<Shared>, headers: HeaderMap, body: 
     if let Some(expected) = &engine.config().webhook_token {
         match bearer(&headers) {
             Some(given) if same(expected, given) => {}
-            _ => return Err(reject(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid webhook bearer token".into())),
+            _ => {
+                return Err(reject(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or invalid webhook bearer token".into(),
+                ));
+            }
         }
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type", format!("content type {content_type:?} is not application/json")));
+        return Err(reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type",
+            format!("content type {content_type:?} is not application/json"),
+        ));
     }
     let limit = engine.config().max_body as usize;
-    let bytes: Bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body larger than max_body ({limit} bytes)")))?;
+    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body larger than max_body ({limit} bytes)"),
+        )
+    })?;
     let delivery = crate::alert::parse_webhook(&bytes, Utc::now()).map_err(|e| reject(StatusCode::BAD_REQUEST, e.kind(), e.to_string()))?;
     if delivery.truncated_alerts > 0 {
         metrics.alerts_truncated.inc_by(delivery.truncated_alerts);
         tracing::warn!(truncated = delivery.truncated_alerts, receiver = %delivery.receiver, group = %delivery.group_key, "Alertmanager left alerts out of this notification (max_alerts)");
     }
     let result = engine.intake(delivery.alerts).await.inspect_err(|_| metrics.rejected("store"))?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": result.accepted, "duplicates": result.duplicates}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"accepted": result.accepted, "duplicates": result.duplicates})),
+    )
+        .into_response())
 }
 
 async fn readyz(AxumState(state): AxumState<Shared>) -> Response {
     match state.engine.store.queue_depth().await {
         Ok(depth) => {
             state.engine.metrics.queue_depth.set(depth as i64);
-            (StatusCode::OK, format!("ready: {} runbooks\n", state.engine.runbooks.runbooks.len())).into_response()
+            (
+                StatusCode::OK,
+                format!("ready: {} runbooks\n", state.engine.runbooks.runbooks.len()),
+            )
+                .into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "not ready");
@@ -172,7 +207,11 @@ async fn metrics(AxumState(state): AxumState<Shared>) -> Response {
     for b in engine.budgets.all() {
         engine.metrics.budget(&b.slo, b.remaining);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], engine.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        engine.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn runbooks(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -204,17 +243,36 @@ struct RunRequest {
     dry_run: bool,
 }
 
-async fn run_runbook(AxumState(state): AxumState<Shared>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn run_runbook(
+    AxumState(state): AxumState<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let actor = authorize(&state, &headers, Role::Operator)?;
     let engine = &state.engine;
     let request: RunRequest = if body.is_empty() {
-        RunRequest { params: BTreeMap::new(), dry_run: false }
+        RunRequest {
+            params: BTreeMap::new(),
+            dry_run: false,
+        }
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?
     };
-    let rb = engine.runbooks.get(&name).cloned().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no runbook {name}")))?;
-    let overrides: BTreeMap<String, String> = request.params.into_iter().map(|(k, v)| (k, crate::runbook::template::value_text(&v))).collect();
-    let resolved = engine.runbooks.resolve(&rb, None, &overrides).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let rb = engine
+        .runbooks
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no runbook {name}")))?;
+    let overrides: BTreeMap<String, String> = request
+        .params
+        .into_iter()
+        .map(|(k, v)| (k, crate::runbook::template::value_text(&v)))
+        .collect();
+    let resolved = engine
+        .runbooks
+        .resolve(&rb, None, &overrides)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let budget = match rb.guardrails.slo.as_deref() {
         Some(slo) => engine.budgets.status(slo, Utc::now()).await,
         None => None,
@@ -238,7 +296,11 @@ async fn run_runbook(AxumState(state): AxumState<Shared>, Path(name): Path<Strin
         Verdict::PendingApproval => State::PendingApproval,
         Verdict::Blocked => State::Blocked,
     };
-    Ok((StatusCode::ACCEPTED, Json(json!({"execution_id": id, "state": state_name, "decision": decision}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"execution_id": id, "state": state_name, "decision": decision})),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -248,16 +310,32 @@ struct ExecutionQuery {
     limit: Option<usize>,
 }
 
-async fn executions(AxumState(state): AxumState<Shared>, headers: HeaderMap, Query(q): Query<ExecutionQuery>) -> Result<Json<Value>, ApiError> {
+async fn executions(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<ExecutionQuery>,
+) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(State::parse(s).ok_or_else(|| {
             let valid: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::new(StatusCode::BAD_REQUEST, format!("unknown status {s:?}; one of {}", valid.join(", ")))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown status {s:?}; one of {}", valid.join(", ")),
+            )
         })?),
     };
-    let list = state.engine.store.executions(ExecutionFilter { state: status, runbook: q.runbook, fingerprint: None, limit: q.limit.unwrap_or(100) }).await?;
+    let list = state
+        .engine
+        .store
+        .executions(ExecutionFilter {
+            state: status,
+            runbook: q.runbook,
+            fingerprint: None,
+            limit: q.limit.unwrap_or(100),
+        })
+        .await?;
     Ok(Json(serde_json::to_value(list).unwrap_or(Value::Null)))
 }
 
@@ -279,7 +357,12 @@ struct DenyRequest {
     reason: Option<String>,
 }
 
-async fn deny(AxumState(state): AxumState<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn deny(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let actor = authorize(&state, &headers, Role::Operator)?;
     let request: DenyRequest = if body.is_empty() {
         DenyRequest::default()
@@ -319,8 +402,18 @@ pub fn parse_time(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Strin
 async fn audit(AxumState(state): AxumState<Shared>, headers: HeaderMap, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     authorize(&state, &headers, Role::Viewer)?;
     let now = Utc::now();
-    let time = |t: &Option<String>| t.as_deref().map(|t| parse_time(t, now)).transpose().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e));
-    let filter = AuditFilter { since: time(&q.since)?, until: time(&q.until)?, execution: q.execution, fingerprint: None };
+    let time = |t: &Option<String>| {
+        t.as_deref()
+            .map(|t| parse_time(t, now))
+            .transpose()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
+    };
+    let filter = AuditFilter {
+        since: time(&q.since)?,
+        until: time(&q.until)?,
+        execution: q.execution,
+        fingerprint: None,
+    };
     let records = state.engine.store.audit(filter).await?;
     let mut out = String::new();
     for r in records {

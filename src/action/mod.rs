@@ -360,7 +360,10 @@ pub fn input<T: DeserializeOwned>(v: &Value) -> Result<T, ActionError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "with".to_string() } else { path };
-        ActionError::Input { field, reason: e.into_inner().to_string() }
+        ActionError::Input {
+            field,
+            reason: e.into_inner().to_string(),
+        }
     })
 }
 
@@ -520,7 +523,12 @@ pub fn check_with(action: &dyn Action, with: &BTreeMap<String, Tpl>, broken: &[S
         }
     }
     let literal: BTreeMap<String, Value> = with.iter().filter_map(|(k, t)| t.literal().map(|v| (k.clone(), v))).collect();
-    let templated: Vec<&str> = with.iter().filter(|(_, t)| !t.is_literal()).map(|(k, _)| k.as_str()).chain(broken.iter().map(String::as_str)).collect();
+    let templated: Vec<&str> = with
+        .iter()
+        .filter(|(_, t)| !t.is_literal())
+        .map(|(k, _)| k.as_str())
+        .chain(broken.iter().map(String::as_str))
+        .collect();
     for reason in action.check(&literal, &templated) {
         problems.push((None, reason, None));
     }
@@ -538,11 +546,18 @@ pub fn rbac_manifest(registry: &Registry) -> String {
     for action in registry.iter() {
         for rule in &action.spec().rbac {
             if rule.api_group == "*" || rule.resources.contains(&"*") {
-                wildcard.push(format!("{} needs {} on the kinds your runbooks use it for", action.spec().name, rule.verbs.join(", ")));
+                wildcard.push(format!(
+                    "{} needs {} on the kinds your runbooks use it for",
+                    action.spec().name,
+                    rule.verbs.join(", ")
+                ));
                 continue;
             }
             for resource in rule.resources {
-                verbs.entry((rule.api_group, resource)).or_default().extend(rule.verbs.iter().copied());
+                verbs
+                    .entry((rule.api_group, resource))
+                    .or_default()
+                    .extend(rule.verbs.iter().copied());
             }
         }
     }
@@ -558,7 +573,12 @@ pub fn rbac_manifest(registry: &Registry) -> String {
     }
     out.push_str("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: pitcrew\nrules:\n");
     for ((group, verbs), resources) in rules {
-        out.push_str(&format!("  - apiGroups: [{}]\n    resources: [{}]\n    verbs: [{}]\n", list(&[group]), list(&resources), list(&verbs)));
+        out.push_str(&format!(
+            "  - apiGroups: [{}]\n    resources: [{}]\n    verbs: [{}]\n",
+            list(&[group]),
+            list(&resources),
+            list(&verbs)
+        ));
     }
     out
 }

@@ -84,7 +84,12 @@ impl Action for Notify {
             }
             // The config's own URL is trusted (SPEC §9).
             None => {
-                let url = cx.deps.config.notify_url.as_deref().ok_or_else(|| ActionError::Unavailable("no `url` given and no notify.url in config".into()))?;
+                let url = cx
+                    .deps
+                    .config
+                    .notify_url
+                    .as_deref()
+                    .ok_or_else(|| ActionError::Unavailable("no `url` given and no notify.url in config".into()))?;
                 post(&cx.deps.http, url, &text).await?;
             }
         }

@@ -35,7 +35,12 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                     .iter()
                     .map(|a| {
                         let s = a.spec();
-                        vec![s.name.clone(), s.risk.to_string(), if s.idempotent { "yes" } else { "no" }.into(), s.summary.clone()]
+                        vec![
+                            s.name.clone(),
+                            s.risk.to_string(),
+                            if s.idempotent { "yes" } else { "no" }.into(),
+                            s.summary.clone(),
+                        ]
                     })
                     .collect();
                 print!("{}", output::table(&["ACTION", "RISK", "IDEMPOTENT", "SUMMARY"], &rows));
@@ -44,7 +49,10 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         return Ok(Exit::Done);
     };
     let Some(action) = registry.get(&name) else {
-        let hint = registry.nearest(&name).map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default();
+        let hint = registry
+            .nearest(&name)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
         return Err(Failure::usage(format!("unknown action `{name}`{hint}")));
     };
     let s = action.spec();
@@ -54,11 +62,25 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
     }
     println!("{}\n  {}\n", s.name, s.summary);
     println!("default risk: {}", s.risk);
-    println!("idempotent:   {}\n", if s.idempotent { "yes (may be retried and re-run after a crash)" } else { "no (never retried; unknown after a crash)" });
+    println!(
+        "idempotent:   {}\n",
+        if s.idempotent {
+            "yes (may be retried and re-run after a crash)"
+        } else {
+            "no (never retried; unknown after a crash)"
+        }
+    );
     let rows: Vec<Vec<String>> = s
         .params
         .iter()
-        .map(|p| vec![p.name.clone(), p.ty.describe(), if p.required { "yes" } else { "no" }.into(), p.doc.clone()])
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.ty.describe(),
+                if p.required { "yes" } else { "no" }.into(),
+                p.doc.clone(),
+            ]
+        })
         .collect();
     print!("{}", output::table(&["PARAMETER", "TYPE", "REQUIRED", "DESCRIPTION"], &rows));
     if !s.rbac.is_empty() {
@@ -68,7 +90,11 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             println!("  apiGroup {group}: {} — {}", r.resources.join(", "), r.verbs.join(", "));
         }
     }
-    println!("\nexample:\n  - name: {}\n    action: {}\n    with:", s.name.rsplit('.').next().unwrap_or("step").replace('_', "-"), s.name);
+    println!(
+        "\nexample:\n  - name: {}\n    action: {}\n    with:",
+        s.name.rsplit('.').next().unwrap_or("step").replace('_', "-"),
+        s.name
+    );
     for line in s.example.lines() {
         println!("      {line}");
     }

@@ -48,7 +48,9 @@ pub fn approve(config_path: Option<&Path>, args: ApproveArgs) -> anyhow::Result<
 pub fn deny(config_path: Option<&Path>, args: DenyArgs) -> anyhow::Result<Exit> {
     let (_, store) = super::runtime::store_only(config_path)?;
     let actor = super::runtime::user_actor(args.as_user.as_deref());
-    super::runtime::tokio().block_on(store.deny(&args.id, &actor, args.reason)).map_err(explain)?;
+    super::runtime::tokio()
+        .block_on(store.deny(&args.id, &actor, args.reason))
+        .map_err(explain)?;
     eprintln!("denied {}", args.id);
     Ok(Exit::Done)
 }

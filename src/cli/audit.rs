@@ -53,10 +53,20 @@ pub struct ExportArgs {
     pub execution: Option<String>,
 }
 
-fn filter(since: &Option<String>, until: &Option<String>, execution: Option<String>, fingerprint: Option<String>) -> anyhow::Result<AuditFilter> {
+fn filter(
+    since: &Option<String>,
+    until: &Option<String>,
+    execution: Option<String>,
+    fingerprint: Option<String>,
+) -> anyhow::Result<AuditFilter> {
     let now = Utc::now();
     let time = |t: &Option<String>| t.as_deref().map(|t| parse_time(t, now)).transpose().map_err(Failure::usage);
-    Ok(AuditFilter { since: time(since)?, until: time(until)?, execution, fingerprint })
+    Ok(AuditFilter {
+        since: time(since)?,
+        until: time(until)?,
+        execution,
+        fingerprint,
+    })
 }
 
 pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit> {
@@ -116,7 +126,11 @@ pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit>
 }
 
 fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 /// A Markdown table cell: pipes and newlines would break the table.
@@ -133,9 +147,30 @@ fn describe(r: &Record) -> (String, String) {
     };
     match r.kind.as_str() {
         "alert.received" | "alert.duplicate" => {
-            let labels = d["labels"].as_object().map(|m| m.iter().filter(|(k, _)| *k != "alertname").map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(", ")).unwrap_or_default();
-            let what = if r.kind == "alert.received" { "Alert received" } else { "Duplicate notification" };
-            (what.into(), format!("**{}** {} ({labels}); fingerprint `{}`", s(&d["alertname"]), s(&d["status"]), s(&d["fingerprint"])))
+            let labels = d["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| *k != "alertname")
+                        .map(|(k, v)| format!("{k}={}", s(v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            let what = if r.kind == "alert.received" {
+                "Alert received"
+            } else {
+                "Duplicate notification"
+            };
+            (
+                what.into(),
+                format!(
+                    "**{}** {} ({labels}); fingerprint `{}`",
+                    s(&d["alertname"]),
+                    s(&d["status"]),
+                    s(&d["fingerprint"])
+                ),
+            )
         }
         "runbook.matched" => ("Runbook matched".into(), format!("params {}", d["params"])),
         "guardrail.decision" => {
@@ -146,25 +181,78 @@ fn describe(r: &Record) -> (String, String) {
             }
             ("Guardrails".into(), text)
         }
-        "execution.started" => ("Execution started".into(), format!("worker {}{}", s(&d["worker"]), if d["resumed"] == Value::Bool(true) { ", resumed" } else { "" })),
+        "execution.started" => (
+            "Execution started".into(),
+            format!(
+                "worker {}{}",
+                s(&d["worker"]),
+                if d["resumed"] == Value::Bool(true) { ", resumed" } else { "" }
+            ),
+        ),
         "step.started" => {
             let attempt = d["attempt"].as_u64().unwrap_or(0);
-            let again = if attempt > 0 { format!(" (attempt {})", attempt + 1) } else { String::new() };
-            ("Step started".into(), format!("`{}` — {}{again}; input {}", s(&d["step"]), s(&d["action"]), d["input"]))
+            let again = if attempt > 0 {
+                format!(" (attempt {})", attempt + 1)
+            } else {
+                String::new()
+            };
+            (
+                "Step started".into(),
+                format!("`{}` — {}{again}; input {}", s(&d["step"]), s(&d["action"]), d["input"]),
+            )
         }
         "step.finished" => {
             let outcome = s(&d["outcome"]);
-            let detail = if d["error"].is_null() { d["output"].to_string() } else { s(&d["error"]) };
+            let detail = if d["error"].is_null() {
+                d["output"].to_string()
+            } else {
+                s(&d["error"])
+            };
             let detail: String = detail.chars().take(300).collect();
-            ("Step finished".into(), format!("`{}` **{outcome}** after {} ms: {detail}", s(&d["step"]), d["duration_ms"].as_u64().unwrap_or(0)))
+            (
+                "Step finished".into(),
+                format!(
+                    "`{}` **{outcome}** after {} ms: {detail}",
+                    s(&d["step"]),
+                    d["duration_ms"].as_u64().unwrap_or(0)
+                ),
+            )
         }
         "execution.finished" => ("Execution finished".into(), format!("**{}** {}", s(&d["state"]), s(&d["reason"]))),
         "approval.granted" => ("Approved".into(), format!("by {}", r.actor)),
         "approval.denied" => ("Denied".into(), format!("by {}: {}", r.actor, s(&d["reason"]))),
-        "override" => ("Override".into(), format!("guardrails skipped {}: {}", d["skipped"], s(&d["reason"]))),
-        "config.loaded" => ("Config loaded".into(), format!("{} runbooks", d["runbooks"].as_object().map(|m| m.len()).unwrap_or(0))),
-        "execution.recovered" => ("Recovered after crash".into(), format!("{}: {}", s(&d["action"]), if d["reason"].is_null() { d["rerun_idempotent_steps"].to_string() } else { s(&d["reason"]) })),
-        "notification" => ("Notification".into(), format!("{} ({})", s(&d["text"]), if d["delivered"] == Value::Bool(true) { "delivered" } else { "not delivered" })),
+        "override" => (
+            "Override".into(),
+            format!("guardrails skipped {}: {}", d["skipped"], s(&d["reason"])),
+        ),
+        "config.loaded" => (
+            "Config loaded".into(),
+            format!("{} runbooks", d["runbooks"].as_object().map(|m| m.len()).unwrap_or(0)),
+        ),
+        "execution.recovered" => (
+            "Recovered after crash".into(),
+            format!(
+                "{}: {}",
+                s(&d["action"]),
+                if d["reason"].is_null() {
+                    d["rerun_idempotent_steps"].to_string()
+                } else {
+                    s(&d["reason"])
+                }
+            ),
+        ),
+        "notification" => (
+            "Notification".into(),
+            format!(
+                "{} ({})",
+                s(&d["text"]),
+                if d["delivered"] == Value::Bool(true) {
+                    "delivered"
+                } else {
+                    "not delivered"
+                }
+            ),
+        ),
         "escalation.reset" => ("Escalation reset".into(), format!("by {}", r.actor)),
         other => (other.to_string(), d.to_string()),
     }
@@ -185,14 +273,24 @@ pub fn timeline(records: &[Record], args: &TimelineArgs, verified: &Result<u64, 
     if let Some(u) = &args.until {
         scope.push(format!("until {u}"));
     }
-    out.push_str(&format!("Scope: {}.  \n", if scope.is_empty() { "everything".to_string() } else { scope.join(", ") }));
+    out.push_str(&format!(
+        "Scope: {}.  \n",
+        if scope.is_empty() {
+            "everything".to_string()
+        } else {
+            scope.join(", ")
+        }
+    ));
     match (records.first(), records.last()) {
         (Some(first), Some(last)) => out.push_str(&format!("Audit records {}–{} ({} shown).  \n", first.seq, last.seq, records.len())),
         _ => out.push_str("No audit records match.  \n"),
     }
     match verified {
         Ok(n) => out.push_str(&format!("Hash chain verified: {n} records intact.\n\n")),
-        Err(b) => out.push_str(&format!("**Hash chain BROKEN at seq {}: {}** — do not trust records from there on.\n\n", b.seq, b.reason)),
+        Err(b) => out.push_str(&format!(
+            "**Hash chain BROKEN at seq {}: {}** — do not trust records from there on.\n\n",
+            b.seq, b.reason
+        )),
     }
     out.push_str("| Time (UTC) | Event | Runbook / target | Actor | Details |\n|---|---|---|---|---|\n");
     for r in records {
@@ -203,7 +301,14 @@ pub fn timeline(records: &[Record], args: &TimelineArgs, verified: &Result<u64, 
             (Some(rb), None) => rb.clone(),
             _ => String::new(),
         };
-        out.push_str(&format!("| {} | {} | {} | {} | {} |\n", md(&time), md(&what), md(&place), md(&r.actor), md(&detail)));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            md(&time),
+            md(&what),
+            md(&place),
+            md(&r.actor),
+            md(&detail)
+        ));
     }
     out
 }

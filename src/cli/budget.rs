@@ -26,8 +26,14 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             let rows: Vec<Vec<String>> = all
                 .iter()
                 .map(|b| {
-                    let used = b.remaining.map(|r| format!("{:.1} min", (1.0 - r) * b.budget_minutes)).unwrap_or_else(|| "?".into());
-                    let remaining = b.remaining.map(|r| format!("{:.1}%", r * 100.0)).unwrap_or_else(|| format!("unknown ({})", b.error.as_deref().unwrap_or("")));
+                    let used = b
+                        .remaining
+                        .map(|r| format!("{:.1} min", (1.0 - r) * b.budget_minutes))
+                        .unwrap_or_else(|| "?".into());
+                    let remaining = b
+                        .remaining
+                        .map(|r| format!("{:.1}%", r * 100.0))
+                        .unwrap_or_else(|| format!("unknown ({})", b.error.as_deref().unwrap_or("")));
                     vec![
                         b.slo.clone(),
                         crate::units::Ratio(b.objective).to_string(),
@@ -40,7 +46,13 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                     ]
                 })
                 .collect();
-            print!("{}", output::table(&["SLO", "OBJECTIVE", "WINDOW", "BUDGET", "USED", "REMAINING", "TIER", "UNATTENDED"], &rows));
+            print!(
+                "{}",
+                output::table(
+                    &["SLO", "OBJECTIVE", "WINDOW", "BUDGET", "USED", "REMAINING", "TIER", "UNATTENDED"],
+                    &rows
+                )
+            );
         }
     }
     Ok(Exit::Done)

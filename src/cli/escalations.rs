@@ -24,8 +24,10 @@ pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> 
     match args.output {
         Output::Json => print!("{}", output::json(&breakers)),
         Output::Table => {
-            let rows: Vec<Vec<String>> =
-                breakers.iter().map(|b| vec![b.runbook.clone(), b.target.clone(), b.tripped_at.to_rfc3339(), b.reason.clone()]).collect();
+            let rows: Vec<Vec<String>> = breakers
+                .iter()
+                .map(|b| vec![b.runbook.clone(), b.target.clone(), b.tripped_at.to_rfc3339(), b.reason.clone()])
+                .collect();
             print!("{}", output::table(&["RUNBOOK", "TARGET", "TRIPPED", "REASON"], &rows));
         }
     }
@@ -37,7 +39,10 @@ pub fn reset(config_path: Option<&Path>, args: ResetArgs) -> anyhow::Result<Exit
     let actor = super::runtime::user_actor(args.as_user.as_deref());
     let reset = super::runtime::tokio().block_on(store.reset_breaker(&args.runbook, &args.target, &actor))?;
     if !reset {
-        return Err(Failure::usage(format!("no tripped breaker for {} on {}", args.runbook, args.target)));
+        return Err(Failure::usage(format!(
+            "no tripped breaker for {} on {}",
+            args.runbook, args.target
+        )));
     }
     eprintln!("re-armed {} on {}", args.runbook, args.target);
     Ok(Exit::Done)

@@ -36,7 +36,12 @@ pub fn parse_state(s: &str) -> anyhow::Result<State> {
 pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> {
     let state = args.status.as_deref().map(parse_state).transpose()?;
     let (_, store) = super::runtime::store_only(config_path)?;
-    let list = super::runtime::tokio().block_on(store.executions(ExecutionFilter { state, runbook: args.runbook, fingerprint: None, limit: args.limit }))?;
+    let list = super::runtime::tokio().block_on(store.executions(ExecutionFilter {
+        state,
+        runbook: args.runbook,
+        fingerprint: None,
+        limit: args.limit,
+    }))?;
     match args.output {
         Output::Json => print!("{}", output::json(&list)),
         Output::Table => {
@@ -54,7 +59,10 @@ pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> 
                     ]
                 })
                 .collect();
-            print!("{}", output::table(&["ID", "CREATED (UTC)", "RUNBOOK", "TARGET", "STATE", "ACTOR", "REASON"], &rows));
+            print!(
+                "{}",
+                output::table(&["ID", "CREATED (UTC)", "RUNBOOK", "TARGET", "STATE", "ACTOR", "REASON"], &rows)
+            );
         }
     }
     Ok(Exit::Done)
@@ -73,7 +81,11 @@ pub fn show(config_path: Option<&Path>, args: ShowArgs) -> anyhow::Result<Exit> 
     println!("execution {}", exec.id);
     println!("  runbook   {}", exec.runbook);
     println!("  target    {}", exec.target);
-    println!("  state     {}{}", exec.state, exec.reason.as_deref().map(|r| format!(" — {r}")).unwrap_or_default());
+    println!(
+        "  state     {}{}",
+        exec.state,
+        exec.reason.as_deref().map(|r| format!(" — {r}")).unwrap_or_default()
+    );
     println!("  actor     {}", exec.actor);
     println!("  dry run   {}", exec.dry_run);
     println!("  created   {}", exec.created_at.to_rfc3339());
@@ -89,13 +101,31 @@ pub fn show(config_path: Option<&Path>, args: ShowArgs) -> anyhow::Result<Exit> 
             .steps
             .iter()
             .map(|s| {
-                let took = s.finished_at.map(|f| format!("{:.2}s", (f - s.started_at).num_milliseconds() as f64 / 1000.0)).unwrap_or_default();
-                let detail = s.error.clone().or_else(|| s.output.as_ref().map(|o| o.to_string())).unwrap_or_default();
+                let took = s
+                    .finished_at
+                    .map(|f| format!("{:.2}s", (f - s.started_at).num_milliseconds() as f64 / 1000.0))
+                    .unwrap_or_default();
+                let detail = s
+                    .error
+                    .clone()
+                    .or_else(|| s.output.as_ref().map(|o| o.to_string()))
+                    .unwrap_or_default();
                 let detail: String = detail.chars().take(100).collect();
-                vec![format!("{:?}", s.phase).to_lowercase(), s.name.clone(), s.action.clone(), s.attempt.to_string(), s.state.as_str().into(), took, detail]
+                vec![
+                    format!("{:?}", s.phase).to_lowercase(),
+                    s.name.clone(),
+                    s.action.clone(),
+                    s.attempt.to_string(),
+                    s.state.as_str().into(),
+                    took,
+                    detail,
+                ]
             })
             .collect();
-        print!("{}", output::table(&["PHASE", "STEP", "ACTION", "TRY", "STATE", "TOOK", "DETAIL"], &rows));
+        print!(
+            "{}",
+            output::table(&["PHASE", "STEP", "ACTION", "TRY", "STATE", "TOOK", "DETAIL"], &rows)
+        );
     }
     Ok(Exit::Done)
 }

@@ -25,7 +25,13 @@ pub fn trigger_text(rb: &Runbook) -> String {
             }
             parts.extend(t.matchers.iter().map(|m| m.to_string()));
             if t.status != crate::matcher::StatusFilter::Firing {
-                parts.push(format!("status={}", serde_json::to_value(t.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()));
+                parts.push(format!(
+                    "status={}",
+                    serde_json::to_value(t.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                ));
             }
             parts.join(" ")
         }

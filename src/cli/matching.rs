@@ -29,11 +29,16 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
     let config = Arc::new(super::load_config(config_path)?);
     let set = super::load_runbooks(&config, &[])?;
     // Verdicts come from the state `serve` keeps; no state yet means no history.
-    let store = if config.state_db().exists() { Some(super::runtime::open_store(&config)?) } else { None };
+    let store = if config.state_db().exists() {
+        Some(super::runtime::open_store(&config)?)
+    } else {
+        None
+    };
     let budgets = Budgets::new(std::sync::Arc::new(crate::action::Deps::new(config.clone())));
     let rt = super::runtime::tokio();
     let text = std::fs::read_to_string(&args.alert).map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.alert.display())))?;
-    let alerts = crate::alert::parse_alert_file(&text, chrono::Utc::now()).map_err(|e| Failure::usage(format!("{}: {e}", args.alert.display())))?;
+    let alerts =
+        crate::alert::parse_alert_file(&text, chrono::Utc::now()).map_err(|e| Failure::usage(format!("{}: {e}", args.alert.display())))?;
     let mut report = Vec::new();
     for alert in &alerts {
         let mut matches = Vec::new();
@@ -73,13 +78,22 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         Output::Json => print!("{}", output::json(&report)),
         Output::Table => {
             for a in &report {
-                println!("alert {} ({}, fingerprint {})", a["alert"].as_str().unwrap_or(""), a["status"].as_str().unwrap_or(""), a["fingerprint"].as_str().unwrap_or(""));
+                println!(
+                    "alert {} ({}, fingerprint {})",
+                    a["alert"].as_str().unwrap_or(""),
+                    a["status"].as_str().unwrap_or(""),
+                    a["fingerprint"].as_str().unwrap_or("")
+                );
                 let matches = a["matches"].as_array().cloned().unwrap_or_default();
                 if matches.is_empty() {
                     println!("  no runbook matches");
                 }
                 for m in matches {
-                    println!("  runbook {} (risk {})", m["runbook"].as_str().unwrap_or(""), m["risk"].as_str().unwrap_or(""));
+                    println!(
+                        "  runbook {} (risk {})",
+                        m["runbook"].as_str().unwrap_or(""),
+                        m["risk"].as_str().unwrap_or("")
+                    );
                     if let Some(err) = m.get("error") {
                         println!("    cannot run: {}", err.as_str().unwrap_or(""));
                         continue;
@@ -90,9 +104,19 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                             println!("    param {k} = {v}");
                         }
                     }
-                    println!("    verdict: {} ({}: {})", m["verdict"].as_str().unwrap_or(""), m["decided_by"].as_str().unwrap_or(""), m["reason"].as_str().unwrap_or(""));
+                    println!(
+                        "    verdict: {} ({}: {})",
+                        m["verdict"].as_str().unwrap_or(""),
+                        m["decided_by"].as_str().unwrap_or(""),
+                        m["reason"].as_str().unwrap_or("")
+                    );
                     for c in m["guardrails"].as_array().into_iter().flatten() {
-                        println!("      {:<18} {:<8} {}", c["guardrail"].as_str().unwrap_or(""), c["verdict"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or(""));
+                        println!(
+                            "      {:<18} {:<8} {}",
+                            c["guardrail"].as_str().unwrap_or(""),
+                            c["verdict"].as_str().unwrap_or(""),
+                            c["detail"].as_str().unwrap_or("")
+                        );
                     }
                 }
             }

@@ -48,12 +48,20 @@ pub struct Failure {
 
 impl Failure {
     pub fn usage(message: impl Into<String>) -> anyhow::Error {
-        Failure { exit: Exit::Usage, message: message.into() }.into()
+        Failure {
+            exit: Exit::Usage,
+            message: message.into(),
+        }
+        .into()
     }
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "pitcrew", version, about = "Runbook executor: alerts in, guarded remediation out, every step audited")]
+#[command(
+    name = "pitcrew",
+    version,
+    about = "Runbook executor: alerts in, guarded remediation out, every step audited"
+)]
 pub struct Cli {
     /// Config file (default: $PITCREW_CONFIG, then ./pitcrew.yaml, then built-in defaults)
     #[arg(long, global = true, value_name = "FILE")]
@@ -147,12 +155,19 @@ fn init_tracing() {
 pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Config::discover(path).map_err(|e| match e {
         ConfigError::Invalid(d) => Failure::usage(format!("invalid config:\n{d}")),
-        other => Failure::usage(format!("{other}: {}", std::error::Error::source(&other).map(|s| s.to_string()).unwrap_or_default())),
+        other => Failure::usage(format!(
+            "{other}: {}",
+            std::error::Error::source(&other).map(|s| s.to_string()).unwrap_or_default()
+        )),
     })
 }
 
 /// Loads plugins and runbooks from `paths` (default: the config's).
 pub fn load_runbooks(config: &Config, paths: &[PathBuf]) -> anyhow::Result<RunbookSet> {
-    let paths = if paths.is_empty() { config.runbooks.clone() } else { paths.to_vec() };
+    let paths = if paths.is_empty() {
+        config.runbooks.clone()
+    } else {
+        paths.to_vec()
+    };
     crate::runbook::compile::load(config, &paths).map_err(|d: Diagnostics| Failure::usage(format!("invalid runbooks:\n{d}")))
 }

@@ -41,7 +41,9 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
     }
     let mut overrides = BTreeMap::new();
     for p in &args.params {
-        let (k, v) = p.split_once('=').ok_or_else(|| Failure::usage(format!("--param {p:?}: expected K=V")))?;
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--param {p:?}: expected K=V")))?;
         overrides.insert(k.trim().to_string(), v.to_string());
     }
     let engine = super::runtime::engine(config_path)?;
@@ -53,14 +55,22 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         None => None,
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
-            let mut alerts = crate::alert::parse_alert_file(&text, Utc::now()).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+            let mut alerts =
+                crate::alert::parse_alert_file(&text, Utc::now()).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
             if alerts.len() != 1 {
-                return Err(Failure::usage(format!("{}: holds {} alerts; give one", path.display(), alerts.len())));
+                return Err(Failure::usage(format!(
+                    "{}: holds {} alerts; give one",
+                    path.display(),
+                    alerts.len()
+                )));
             }
             alerts.pop()
         }
     };
-    let resolved = engine.runbooks.resolve(&rb, alert.as_ref(), &overrides).map_err(|e| Failure::usage(format!("{}: {e}", rb.name)))?;
+    let resolved = engine
+        .runbooks
+        .resolve(&rb, alert.as_ref(), &overrides)
+        .map_err(|e| Failure::usage(format!("{}: {e}", rb.name)))?;
     let actor = super::runtime::user_actor(args.as_user.as_deref());
     super::runtime::tokio().block_on(async move {
         let budget = match rb.guardrails.slo.as_deref() {
@@ -89,7 +99,10 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                 Ok(Exit::Blocked)
             }
             Verdict::PendingApproval => {
-                eprintln!("waiting for approval: {}\n  pitcrew approve {id}   |   pitcrew deny {id} --reason ...", decision.reason);
+                eprintln!(
+                    "waiting for approval: {}\n  pitcrew approve {id}   |   pitcrew deny {id} --reason ...",
+                    decision.reason
+                );
                 println!("{id}");
                 Ok(Exit::PendingApproval)
             }
@@ -117,13 +130,32 @@ pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit>
         // Another engine (serve) claimed it first: follow it to the end.
         return follow(engine, id).await;
     };
-    eprintln!("execution {id}: {} on {}{}", exec.runbook, exec.target, if exec.dry_run { " (dry run)" } else { "" });
+    eprintln!(
+        "execution {id}: {} on {}{}",
+        exec.runbook,
+        exec.target,
+        if exec.dry_run { " (dry run)" } else { "" }
+    );
     let progress: ProgressFn = Arc::new(|p: &Progress| match p {
-        Progress::StepStarted { name, action, attempt, dry_run } => {
-            let again = if *attempt > 0 { format!(" (attempt {})", attempt + 1) } else { String::new() };
+        Progress::StepStarted {
+            name,
+            action,
+            attempt,
+            dry_run,
+        } => {
+            let again = if *attempt > 0 {
+                format!(" (attempt {})", attempt + 1)
+            } else {
+                String::new()
+            };
             eprintln!("  → {name} [{action}]{again}{}", if *dry_run { " dry run" } else { "" });
         }
-        Progress::StepFinished { name, state, detail, seconds } => {
+        Progress::StepFinished {
+            name,
+            state,
+            detail,
+            seconds,
+        } => {
             let mark = match state {
                 StepState::Succeeded => "✓",
                 StepState::Skipped => "–",

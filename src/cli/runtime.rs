@@ -12,8 +12,10 @@ use crate::store::sqlite::SqliteStore;
 use super::Failure;
 
 pub fn open_store(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = SqliteStore::open(&config.state_dir, config.redactor.clone(), Arc::new(SystemClock))
-        .map_err(|e| Failure { exit: super::Exit::Usage, message: format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()) })?;
+    let store = SqliteStore::open(&config.state_dir, config.redactor.clone(), Arc::new(SystemClock)).map_err(|e| Failure {
+        exit: super::Exit::Usage,
+        message: format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
+    })?;
     Ok(Arc::new(store))
 }
 
@@ -33,11 +35,17 @@ pub fn store_only(config_path: Option<&Path>) -> anyhow::Result<(crate::config::
 }
 
 pub fn tokio() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime builds")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime builds")
 }
 
 /// `user:NAME` from `--as`, else $USER.
 pub fn user_actor(as_user: Option<&str>) -> String {
-    let name = as_user.map(String::from).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+    let name = as_user
+        .map(String::from)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
     format!("user:{name}")
 }

@@ -31,7 +31,9 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         )));
     }
     if !listen.ip().is_loopback() && config.tokens.is_empty() && !config.insecure_allow_remote {
-        return Err(Failure::usage(format!("refusing to serve the API on {listen} without auth.tokens (or auth.insecure_allow_remote: true)")));
+        return Err(Failure::usage(format!(
+            "refusing to serve the API on {listen} without auth.tokens (or auth.insecure_allow_remote: true)"
+        )));
     }
     super::runtime::tokio().block_on(async move {
         let digests: serde_json::Map<String, serde_json::Value> = engine.runbooks.runbooks.iter().map(|r| (r.name.clone(), json!(r.digest))).collect();

@@ -24,16 +24,30 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             problems.extend(d.0);
             Config::default()
         }
-        Err(e) => return Err(super::Failure::usage(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))),
+        Err(e) => {
+            return Err(super::Failure::usage(format!(
+                "{e}: {}",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            )));
+        }
     };
     let manifests = crate::runbook::compile::load_plugins(&config.plugins, &mut problems);
     let plugin_count = manifests.len();
     let registry = crate::action::Registry::with_plugins(manifests);
-    let paths = if args.paths.is_empty() { config.runbooks.clone() } else { args.paths };
+    let paths = if args.paths.is_empty() {
+        config.runbooks.clone()
+    } else {
+        args.paths
+    };
     let set = crate::runbook::compile::load_runbooks(&config, registry, &paths, &mut problems);
     match args.output {
         Output::Json => {
-            print!("{}", output::json(&json!({"ok": problems.is_empty(), "runbooks": set.runbooks.len(), "plugins": plugin_count, "problems": problems})));
+            print!(
+                "{}",
+                output::json(
+                    &json!({"ok": problems.is_empty(), "runbooks": set.runbooks.len(), "plugins": plugin_count, "problems": problems})
+                )
+            );
         }
         Output::Table => {
             for p in &problems {

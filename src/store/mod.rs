@@ -76,8 +76,16 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 8] =
-        [State::Queued, State::Running, State::PendingApproval, State::Succeeded, State::Failed, State::Cancelled, State::Blocked, State::Unknown];
+    pub const ALL: [State; 8] = [
+        State::Queued,
+        State::Running,
+        State::PendingApproval,
+        State::Succeeded,
+        State::Failed,
+        State::Cancelled,
+        State::Blocked,
+        State::Unknown,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -97,7 +105,10 @@ impl State {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, State::Succeeded | State::Failed | State::Cancelled | State::Blocked | State::Unknown)
+        matches!(
+            self,
+            State::Succeeded | State::Failed | State::Cancelled | State::Blocked | State::Unknown
+        )
     }
 }
 

@@ -74,8 +74,11 @@ CREATE TABLE IF NOT EXISTS steps (
     finished_ms INTEGER,
     PRIMARY KEY (execution_id, phase, idx, attempt)
 );
-CREATE TABLE IF NOT EXISTS target_hits (target TEXT NOT NULL, ms INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS target_hits_ms ON target_hits(ms);
+-- The last firing alert per target, for the storm brake: one row per target,
+-- so counting alerting targets never scans every alert of a storm.
+CREATE TABLE IF NOT EXISTS target_alerts (target TEXT PRIMARY KEY, ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS target_alerts_ms ON target_alerts(ms);
+CREATE INDEX IF NOT EXISTS executions_runbook_admitted ON executions(runbook, admitted_ms);
 CREATE TABLE IF NOT EXISTS notices (kind TEXT NOT NULL, ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS breakers (
     runbook TEXT NOT NULL,
@@ -127,20 +130,24 @@ impl Tx<'_> {
     fn append(&mut self, mut event: Event) -> Result<u64, StoreError> {
         let (seq, prev) = match self.cursor.take() {
             Some(c) => c,
-            None => self
-                .conn
-                .query_row("SELECT seq, record FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                .optional()?
-                .map(|(seq, rec)| {
-                    let hash = serde_json::from_str::<Value>(&rec).ok().and_then(|v| v["hash"].as_str().map(String::from)).unwrap_or_default();
-                    (seq as u64, hash)
-                })
-                .unwrap_or((0, audit::GENESIS.to_string())),
+            None => query_row(self.conn, "SELECT seq, record FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?
+            .map(|(seq, rec)| {
+                let hash = serde_json::from_str::<Value>(&rec)
+                    .ok()
+                    .and_then(|v| v["hash"].as_str().map(String::from))
+                    .unwrap_or_default();
+                (seq as u64, hash)
+            })
+            .unwrap_or((0, audit::GENESIS.to_string())),
         };
         event.data = self.redactor.value(&event.data);
         let record = event.seal(seq + 1, self.now, &prev);
         let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.conn.execute(
+        run_sql(
+            self.conn,
             "INSERT INTO audit (seq, ts_ms, kind, execution_id, record) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![record.seq as i64, self.now_ms(), record.kind, record.execution_id, text],
         )?;
@@ -161,14 +168,20 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // Durable on commit (FULL fsyncs the WAL), safe across processes (WAL),
     // patient with another process holding the write lock.
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    // Savepoint sub-journals stay in memory instead of temp files.
+    conn.execute_batch("PRAGMA temp_store=MEMORY;")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) `state_dir/state.db`.
     pub fn open(state_dir: &Path, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Open { path: state_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Open {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
         let path = state_dir.join("state.db");
         let writer = open_connection(&path)?;
         writer.execute_batch(SCHEMA)?;
@@ -179,8 +192,16 @@ impl SqliteStore {
                 let clock = clock.clone();
                 move || write_loop(writer, receiver, redactor, clock)
             })
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
-        Ok(SqliteStore { path, sender, readers: Mutex::new(Vec::new()), clock })
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(SqliteStore {
+            path,
+            sender,
+            readers: Mutex::new(Vec::new()),
+            clock,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -260,7 +281,12 @@ fn write_loop(conn: Connection, receiver: Receiver<Job>, redactor: Redactor, clo
             tracing::error!(error = %e, jobs = batch.len(), "cannot begin a state transaction");
             continue;
         }
-        let mut tx = Tx { conn: &conn, cursor: None, redactor: &redactor, now: clock.now() };
+        let mut tx = Tx {
+            conn: &conn,
+            cursor: None,
+            redactor: &redactor,
+            now: clock.now(),
+        };
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut tx)).collect();
         let committed = conn.execute_batch("COMMIT").map_err(|e| {
             tracing::error!(error = %e, "state commit failed");
@@ -271,6 +297,21 @@ fn write_loop(conn: Connection, receiver: Receiver<Job>, redactor: Redactor, clo
             done(committed.clone());
         }
     }
+}
+
+/// `execute` through the statement cache: the hot paths run the same few
+/// statements thousands of times a second.
+fn run_sql(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+fn query_row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
 }
 
 fn ts(ms: i64) -> DateTime<Utc> {
@@ -315,7 +356,9 @@ fn execution_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
 
 fn load_execution(conn: &Connection, id: &str) -> Result<Execution, StoreError> {
     let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e LEFT JOIN alerts a ON a.id = e.alert_id WHERE e.id = ?1");
-    let mut exec = conn.query_row(&sql, [id], execution_from_row).optional()?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    let mut exec = query_row(conn, &sql, [id], execution_from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
     exec.steps = load_steps(conn, id)?;
     Ok(exec)
 }
@@ -362,12 +405,13 @@ fn phase_str(p: Phase) -> &'static str {
 }
 
 fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u32, StoreError> {
-    Ok(conn.query_row(sql, params, |r| r.get::<_, i64>(0))? as u32)
+    Ok(query_row(conn, sql, params, |r| r.get::<_, i64>(0))? as u32)
 }
 
 /// Gathers what the guardrails need, inside the deciding transaction.
 fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64) -> Result<Facts, StoreError> {
-    let last_admitted_ms: Option<i64> = conn.query_row(
+    let last_admitted_ms: Option<i64> = query_row(
+        conn,
         "SELECT MAX(admitted_ms) FROM executions WHERE runbook = ?1 AND target = ?2 AND dry_run = 0",
         params![runbook, target],
         |r| r.get(0),
@@ -389,12 +433,20 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
         runbook_runs: if w.runbook_ms == 0 {
             0
         } else {
-            count(conn, "SELECT COUNT(*) FROM executions WHERE runbook = ?1 AND dry_run = 0 AND admitted_ms > ?2", params![runbook, now_ms - w.runbook_ms])?
+            count(
+                conn,
+                "SELECT COUNT(*) FROM executions WHERE runbook = ?1 AND dry_run = 0 AND admitted_ms > ?2",
+                params![runbook, now_ms - w.runbook_ms],
+            )?
         },
         global_runs: if w.global_ms == 0 {
             0
         } else {
-            count(conn, "SELECT COUNT(*) FROM executions WHERE automated = 1 AND dry_run = 0 AND admitted_ms > ?1", params![now_ms - w.global_ms])?
+            count(
+                conn,
+                "SELECT COUNT(*) FROM executions WHERE automated = 1 AND dry_run = 0 AND admitted_ms > ?1",
+                params![now_ms - w.global_ms],
+            )?
         },
         // The lock is the runbook's own (its `concurrency` sets the limit):
         // a diagnostics runbook matching the same alert must not block the fix.
@@ -409,18 +461,30 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
             None => 0,
             Some(limit) => count(
                 conn,
-                "SELECT COUNT(*) FROM (SELECT DISTINCT target FROM target_hits WHERE ms > ?1 LIMIT ?2)",
+                "SELECT COUNT(*) FROM (SELECT 1 FROM target_alerts WHERE ms > ?1 LIMIT ?2)",
                 params![storm_since, i64::from(limit) + 1],
             )?,
         },
-        storm_notified: count(conn, "SELECT COUNT(*) FROM notices WHERE kind = 'storm' AND ms > ?1", params![storm_since])? > 0,
-        breaker_tripped: count(conn, "SELECT COUNT(*) FROM breakers WHERE runbook = ?1 AND target = ?2", params![runbook, target])? > 0,
+        storm_notified: count(
+            conn,
+            "SELECT COUNT(*) FROM notices WHERE kind = 'storm' AND ms > ?1",
+            params![storm_since],
+        )? > 0,
+        breaker_tripped: count(
+            conn,
+            "SELECT COUNT(*) FROM breakers WHERE runbook = ?1 AND target = ?2",
+            params![runbook, target],
+        )? > 0,
         escalation_runs: if w.escalation_ms == 0 {
             0
         } else {
-            let reset_ms: Option<i64> = conn
-                .query_row("SELECT ms FROM breaker_resets WHERE runbook = ?1 AND target = ?2", params![runbook, target], |r| r.get(0))
-                .optional()?;
+            let reset_ms: Option<i64> = query_row(
+                conn,
+                "SELECT ms FROM breaker_resets WHERE runbook = ?1 AND target = ?2",
+                params![runbook, target],
+                |r| r.get(0),
+            )
+            .optional()?;
             let since = (now_ms - w.escalation_ms).max(reset_ms.unwrap_or(i64::MIN));
             count(
                 conn,
@@ -475,7 +539,8 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
     let deadline = (state == State::PendingApproval).then(|| now_ms + rb.guardrails.approval_timeout.as_millis() as i64);
     let finished_ms = (state == State::Blocked).then_some(now_ms);
     let reason = (decision.verdict != Verdict::Run).then(|| format!("{}: {}", decision.decided_by, decision.reason));
-    t.conn.execute(
+    run_sql(
+        t.conn,
         "INSERT INTO executions (id, runbook, target, state, reason, actor, alert_id, fingerprint, params, dry_run, automated, risk, \
          created_ms, admitted_ms, finished_ms, approval_deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
@@ -514,10 +579,15 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
         ))?;
     }
     if state == State::Blocked {
-        t.append(exec_event(kind::EXECUTION_FINISHED, "system:guardrails", json!({"state": "blocked", "reason": reason})))?;
+        t.append(exec_event(
+            kind::EXECUTION_FINISHED,
+            "system:guardrails",
+            json!({"state": "blocked", "reason": reason}),
+        ))?;
     }
     if decision.trip_breaker {
-        t.conn.execute(
+        run_sql(
+            t.conn,
             "INSERT OR REPLACE INTO breakers (runbook, target, tripped_ms, reason) VALUES (?1, ?2, ?3, ?4)",
             params![rb.name, adm.target, now_ms, decision.reason],
         )?;
@@ -526,8 +596,8 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
         // One notice per storm however long it lasts: the row says when the
         // brake last held, and `facts` looks for it within the storm window,
         // so a storm ends only after a whole window without the brake.
-        t.conn.execute("DELETE FROM notices WHERE kind = 'storm'", [])?;
-        t.conn.execute("INSERT INTO notices (kind, ms) VALUES ('storm', ?1)", params![now_ms])?;
+        run_sql(t.conn, "DELETE FROM notices WHERE kind = 'storm'", [])?;
+        run_sql(t.conn, "INSERT INTO notices (kind, ms) VALUES ('storm', ?1)", params![now_ms])?;
     }
     Ok(decision)
 }
@@ -535,9 +605,20 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
 /// A pending approval past its deadline: cancelled, denied by `system:timeout`.
 fn expire_approval(t: &mut Tx<'_>, id: &str, runbook: &str, target: &str) -> Result<(), StoreError> {
     let why = "approval timed out";
-    t.conn.execute("UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1", params![id, why, t.now_ms()])?;
+    run_sql(
+        t.conn,
+        "UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1",
+        params![id, why, t.now_ms()],
+    )?;
     t.append(Event::new(kind::APPROVAL_DENIED, "system:timeout", json!({"reason": why})).execution(id, runbook, target))?;
-    t.append(Event::new(kind::EXECUTION_FINISHED, "system:timeout", json!({"state": "cancelled", "reason": why})).execution(id, runbook, target))?;
+    t.append(
+        Event::new(
+            kind::EXECUTION_FINISHED,
+            "system:timeout",
+            json!({"state": "cancelled", "reason": why}),
+        )
+        .execution(id, runbook, target),
+    )?;
     Ok(())
 }
 
@@ -545,18 +626,24 @@ fn cancel_for_resolved(t: &mut Tx<'_>, fingerprint: &str) -> Result<usize, Store
     let mut stmt = t.conn.prepare_cached(
         "SELECT id, runbook, target, state FROM executions WHERE fingerprint = ?1 AND state IN ('queued', 'pending_approval')",
     )?;
-    let victims: Vec<(String, String, String, String)> =
-        stmt.query_map([fingerprint], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
+    let victims: Vec<(String, String, String, String)> = stmt
+        .query_map([fingerprint], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
     drop(stmt);
     let now_ms = t.now_ms();
     for (id, runbook, target, was) in &victims {
-        t.conn.execute(
+        run_sql(
+            t.conn,
             "UPDATE executions SET state = 'cancelled', reason = 'alert resolved before it ran', finished_ms = ?2 WHERE id = ?1",
             params![id, now_ms],
         )?;
         t.append(
-            Event::new(kind::EXECUTION_FINISHED, "alertmanager", json!({"state": "cancelled", "reason": "alert resolved before it ran", "was": was}))
-                .execution(id, runbook, target),
+            Event::new(
+                kind::EXECUTION_FINISHED,
+                "alertmanager",
+                json!({"state": "cancelled", "reason": "alert resolved before it ran", "was": was}),
+            )
+            .execution(id, runbook, target),
         )?;
     }
     Ok(victims.len())
@@ -570,7 +657,8 @@ impl Store for SqliteStore {
             for item in &alerts {
                 let alert = &item.alert;
                 let body = serde_json::to_string(alert).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let inserted = t.conn.execute(
+                let inserted = run_sql(
+                    t.conn,
                     "INSERT OR IGNORE INTO alerts (dedupe_key, fingerprint, status, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![alert.dedupe_key(), alert.fingerprint, alert.status.as_str(), t.now_ms(), body],
                 )?;
@@ -594,7 +682,11 @@ impl Store for SqliteStore {
                 }
                 for adm in &item.admissions {
                     if alert.status == crate::alert::AlertStatus::Firing && adm.invalid.is_none() {
-                        t.conn.execute("INSERT INTO target_hits (target, ms) VALUES (?1, ?2)", params![adm.target, t.now_ms()])?;
+                        run_sql(
+                            t.conn,
+                            "INSERT INTO target_alerts (target, ms) VALUES (?1, ?2) ON CONFLICT(target) DO UPDATE SET ms = excluded.ms",
+                            params![adm.target, t.now_ms()],
+                        )?;
                     }
                     let decision = admit_in(t, adm, Some((alert, alert_id)), &config)?;
                     result.executions.push((adm.id.clone(), decision));
@@ -612,9 +704,16 @@ impl Store for SqliteStore {
                     let body = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     // Manual runs with --alert keep the alert for templates and the timeline,
                     // under a key of their own so they never count as a duplicate delivery.
-                    t.conn.execute(
+                    run_sql(
+                        t.conn,
                         "INSERT INTO alerts (dedupe_key, fingerprint, status, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![format!("manual|{}", admission.id), a.fingerprint, a.status.as_str(), t.now_ms(), body],
+                        params![
+                            format!("manual|{}", admission.id),
+                            a.fingerprint,
+                            a.status.as_str(),
+                            t.now_ms(),
+                            body
+                        ],
                     )?;
                     Some((a, t.conn.last_insert_rowid()))
                 }
@@ -630,7 +729,14 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let rb = &adm.runbook;
             let f = facts(conn, &rb.name, &adm.target, Windows::for_runbook(rb, &config), now_ms)?;
-            let request = Request { runbook: rb, target: &adm.target, automated: adm.automated, dry_run: adm.dry_run, force: adm.force.as_deref(), now_ms };
+            let request = Request {
+                runbook: rb,
+                target: &adm.target,
+                automated: adm.automated,
+                dry_run: adm.dry_run,
+                force: adm.force.as_deref(),
+                now_ms,
+            };
             Ok(guard::decide(&request, &f, adm.budget.as_ref(), &config))
         })
         .await
@@ -641,24 +747,34 @@ impl Store for SqliteStore {
         self.write(move |t| {
             let now_ms = t.now_ms();
             let picked: Option<String> = match &id {
-                Some(id) => t.conn.query_row("SELECT id FROM executions WHERE id = ?1 AND state = 'queued'", [id], |r| r.get(0)).optional()?,
-                None => t
-                    .conn
-                    .query_row("SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, id LIMIT 1", [], |r| r.get(0))
-                    .optional()?,
+                Some(id) => query_row(t.conn, "SELECT id FROM executions WHERE id = ?1 AND state = 'queued'", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+                None => query_row(
+                    t.conn,
+                    "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, id LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?,
             };
             let Some(id) = picked else { return Ok(None) };
-            t.conn.execute(
+            run_sql(
+                t.conn,
                 "UPDATE executions SET state = 'running', claimed_by = ?2, started_ms = COALESCE(started_ms, ?3) WHERE id = ?1",
                 params![id, worker, now_ms],
             )?;
             let exec = load_execution(t.conn, &id)?;
             let resumed = exec.steps.iter().any(|s| s.state != StepState::Started);
-            t.append(Event::new(kind::EXECUTION_STARTED, &exec.actor, json!({"worker": worker, "dry_run": exec.dry_run, "resumed": resumed, "params": exec.params})).execution(
-                &exec.id,
-                &exec.runbook,
-                &exec.target,
-            ))?;
+            t.append(
+                Event::new(
+                    kind::EXECUTION_STARTED,
+                    &exec.actor,
+                    json!({"worker": worker, "dry_run": exec.dry_run, "resumed": resumed, "params": exec.params}),
+                )
+                .execution(&exec.id, &exec.runbook, &exec.target),
+            )?;
             Ok(Some(exec))
         })
         .await
@@ -668,7 +784,7 @@ impl Store for SqliteStore {
         let (id, runbook, target) = (execution.id.clone(), execution.runbook.clone(), execution.target.clone());
         self.write(move |t| {
             let input = t.redactor.value(&step.input);
-            t.conn.execute(
+            run_sql(t.conn,
                 "INSERT OR REPLACE INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'started', ?8, ?9)",
                 params![id, phase_str(step.phase), step.index, step.attempt, step.name, step.action, step.idempotent, input.to_string(), t.now_ms()],
@@ -691,13 +807,13 @@ impl Store for SqliteStore {
         self.write(move |t| {
             let output = step.output.as_ref().map(|o| t.redactor.value(o));
             let error = step.error.as_ref().map(|e| t.redactor.text(e));
-            let updated = t.conn.execute(
+            let updated = run_sql(t.conn,
                 "UPDATE steps SET state = ?5, output = ?6, error = ?7, finished_ms = ?8 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
                 params![id, phase_str(step.phase), step.index, step.attempt, step.state.as_str(), output.as_ref().map(|o| o.to_string()), error, t.now_ms()],
             )?;
             if updated == 0 {
                 // A step skipped before it started (`when` false) has no row yet.
-                t.conn.execute(
+                run_sql(t.conn,
                     "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, output, error, started_ms, finished_ms) \
                      VALUES (?1, ?2, ?3, ?4, ?5, '', 1, ?6, 'null', ?7, ?8, ?9, ?9)",
                     params![id, phase_str(step.phase), step.index, step.attempt, step.name, step.state.as_str(), output.as_ref().map(|o| o.to_string()), error, t.now_ms()],
@@ -717,14 +833,22 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, execution: &Execution, state: State, reason: Option<String>) -> Result<(), StoreError> {
-        let (id, runbook, target, actor) = (execution.id.clone(), execution.runbook.clone(), execution.target.clone(), execution.actor.clone());
+        let (id, runbook, target, actor) = (
+            execution.id.clone(),
+            execution.runbook.clone(),
+            execution.target.clone(),
+            execution.actor.clone(),
+        );
         self.write(move |t| {
             let reason = reason.map(|r| t.redactor.text(&r));
-            t.conn.execute(
+            run_sql(
+                t.conn,
                 "UPDATE executions SET state = ?2, reason = ?3, finished_ms = ?4, claimed_by = NULL WHERE id = ?1",
                 params![id, state.as_str(), reason, t.now_ms()],
             )?;
-            t.append(Event::new(kind::EXECUTION_FINISHED, actor, json!({"state": state, "reason": reason})).execution(&id, &runbook, &target))?;
+            t.append(
+                Event::new(kind::EXECUTION_FINISHED, actor, json!({"state": state, "reason": reason})).execution(&id, &runbook, &target),
+            )?;
             Ok(())
         })
         .await
@@ -750,7 +874,7 @@ impl Store for SqliteStore {
                         "step `{}` ({}) was interrupted by a crash; it is not idempotent, so its outcome is unknown and it was not run again",
                         step.name, step.action
                     );
-                    t.conn.execute(
+                    run_sql(t.conn,
                         "UPDATE steps SET state = 'unknown', error = ?5, finished_ms = ?6 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
                         params![exec.id, phase_str(step.phase), step.index, step.attempt, msg, now_ms],
                     )?;
@@ -758,12 +882,12 @@ impl Store for SqliteStore {
                         Event::new(kind::STEP_FINISHED, "system:recovery", json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": "unknown", "error": msg}))
                             .execution(&exec.id, &exec.runbook, &exec.target),
                     )?;
-                    t.conn.execute("UPDATE executions SET state = 'queued', claimed_by = NULL, resume_error = ?2 WHERE id = ?1", params![exec.id, msg])?;
+                    run_sql(t.conn, "UPDATE executions SET state = 'queued', claimed_by = NULL, resume_error = ?2 WHERE id = ?1", params![exec.id, msg])?;
                     t.append(event(json!({"action": "escalate", "reason": msg})))?;
                     report.unknown.push(exec.id.clone());
                 } else {
                     let rerun: Vec<&str> = interrupted.iter().map(|s| s.name.as_str()).collect();
-                    t.conn.execute("UPDATE executions SET state = 'queued', claimed_by = NULL WHERE id = ?1", params![exec.id])?;
+                    run_sql(t.conn, "UPDATE executions SET state = 'queued', claimed_by = NULL WHERE id = ?1", params![exec.id])?;
                     t.append(event(json!({"action": "resume", "rerun_idempotent_steps": rerun})))?;
                     report.resumed.push(exec.id.clone());
                 }
@@ -779,16 +903,32 @@ impl Store for SqliteStore {
         self.write(move |t| {
             let exec = load_execution(t.conn, &id)?;
             if exec.state != State::PendingApproval {
-                return Ok(Err(StoreError::WrongState { id, state: exec.state.to_string() }));
+                return Ok(Err(StoreError::WrongState {
+                    id,
+                    state: exec.state.to_string(),
+                }));
             }
             if exec.approval_deadline.is_some_and(|d| d.timestamp_millis() <= t.now_ms()) {
                 // Past its deadline but not swept yet (no `serve` running):
                 // it expired, whoever answers now.
                 expire_approval(t, &exec.id, &exec.runbook, &exec.target)?;
-                return Ok(Err(StoreError::WrongState { id, state: State::Cancelled.to_string() }));
+                return Ok(Err(StoreError::WrongState {
+                    id,
+                    state: State::Cancelled.to_string(),
+                }));
             }
-            t.conn.execute("UPDATE executions SET state = 'queued', admitted_ms = ?2, reason = NULL WHERE id = ?1", params![id, t.now_ms()])?;
-            t.append(Event::new(kind::APPROVAL_GRANTED, &actor, json!({"pending_reason": exec.reason})).execution(&exec.id, &exec.runbook, &exec.target))?;
+            run_sql(
+                t.conn,
+                "UPDATE executions SET state = 'queued', admitted_ms = ?2, reason = NULL WHERE id = ?1",
+                params![id, t.now_ms()],
+            )?;
+            t.append(
+                Event::new(kind::APPROVAL_GRANTED, &actor, json!({"pending_reason": exec.reason})).execution(
+                    &exec.id,
+                    &exec.runbook,
+                    &exec.target,
+                ),
+            )?;
             load_execution(t.conn, &id).map(Ok)
         })
         .await?
@@ -799,12 +939,32 @@ impl Store for SqliteStore {
         self.write(move |t| {
             let exec = load_execution(t.conn, &id)?;
             if exec.state != State::PendingApproval {
-                return Err(StoreError::WrongState { id, state: exec.state.to_string() });
+                return Err(StoreError::WrongState {
+                    id,
+                    state: exec.state.to_string(),
+                });
             }
-            let why = format!("denied by {actor}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
-            t.conn.execute("UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1", params![id, why, t.now_ms()])?;
-            t.append(Event::new(kind::APPROVAL_DENIED, &actor, json!({"reason": reason})).execution(&exec.id, &exec.runbook, &exec.target))?;
-            t.append(Event::new(kind::EXECUTION_FINISHED, &actor, json!({"state": "cancelled", "reason": why})).execution(&exec.id, &exec.runbook, &exec.target))?;
+            let why = format!(
+                "denied by {actor}{}",
+                reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            );
+            run_sql(
+                t.conn,
+                "UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1",
+                params![id, why, t.now_ms()],
+            )?;
+            t.append(Event::new(kind::APPROVAL_DENIED, &actor, json!({"reason": reason})).execution(
+                &exec.id,
+                &exec.runbook,
+                &exec.target,
+            ))?;
+            t.append(
+                Event::new(kind::EXECUTION_FINISHED, &actor, json!({"state": "cancelled", "reason": why})).execution(
+                    &exec.id,
+                    &exec.runbook,
+                    &exec.target,
+                ),
+            )?;
             load_execution(t.conn, &id)
         })
         .await
@@ -829,7 +989,14 @@ impl Store for SqliteStore {
     async fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare("SELECT runbook, target, tripped_ms, reason FROM breakers ORDER BY tripped_ms")?;
-            let rows = stmt.query_map([], |r| Ok(Breaker { runbook: r.get(0)?, target: r.get(1)?, tripped_at: ts(r.get(2)?), reason: r.get(3)? }))?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Breaker {
+                    runbook: r.get(0)?,
+                    target: r.get(1)?,
+                    tripped_at: ts(r.get(2)?),
+                    reason: r.get(3)?,
+                })
+            })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -838,10 +1005,15 @@ impl Store for SqliteStore {
     async fn reset_breaker(&self, runbook: &str, target: &str, actor: &str) -> Result<bool, StoreError> {
         let (runbook, target, actor) = (runbook.to_string(), target.to_string(), actor.to_string());
         self.write(move |t| {
-            let n = t.conn.execute("DELETE FROM breakers WHERE runbook = ?1 AND target = ?2", params![runbook, target])?;
+            let n = run_sql(
+                t.conn,
+                "DELETE FROM breakers WHERE runbook = ?1 AND target = ?2",
+                params![runbook, target],
+            )?;
             if n > 0 {
                 // Runs before the reset no longer count toward escalate_after.
-                t.conn.execute(
+                run_sql(
+                    t.conn,
                     "INSERT OR REPLACE INTO breaker_resets (runbook, target, ms) VALUES (?1, ?2, ?3)",
                     params![runbook, target, t.now_ms()],
                 )?;
@@ -922,7 +1094,9 @@ impl Store for SqliteStore {
             let mut out = Vec::new();
             for text in rows {
                 let text = text?;
-                out.push(serde_json::from_str::<Record>(&text).map_err(|e| StoreError::Corrupt(format!("audit record does not parse: {e}")))?);
+                out.push(
+                    serde_json::from_str::<Record>(&text).map_err(|e| StoreError::Corrupt(format!("audit record does not parse: {e}")))?,
+                );
             }
             Ok(out)
         })
@@ -940,10 +1114,18 @@ impl Store for SqliteStore {
                 let text: String = row.get(1)?;
                 let record: Record = match serde_json::from_str(&text) {
                     Ok(r) => r,
-                    Err(e) => return Ok(Err(crate::audit::Broken { seq: row_seq as u64, reason: format!("record is not valid JSON: {e}") })),
+                    Err(e) => {
+                        return Ok(Err(crate::audit::Broken {
+                            seq: row_seq as u64,
+                            reason: format!("record is not valid JSON: {e}"),
+                        }));
+                    }
                 };
                 if record.seq != row_seq as u64 {
-                    return Ok(Err(crate::audit::Broken { seq: row_seq as u64, reason: format!("stored at position {row_seq} but says seq {}", record.seq) }));
+                    return Ok(Err(crate::audit::Broken {
+                        seq: row_seq as u64,
+                        reason: format!("stored at position {row_seq} but says seq {}", record.seq),
+                    }));
                 }
                 // Verify incrementally so the whole log never sits in memory.
                 if let Err(b) = audit::verify_from(&record, expected, &prev) {
@@ -958,6 +1140,11 @@ impl Store for SqliteStore {
     }
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {
-        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM executions WHERE state = 'queued'", [], |r| r.get::<_, i64>(0))? as u64)).await
+        self.read(|conn| {
+            Ok(query_row(conn, "SELECT COUNT(*) FROM executions WHERE state = 'queued'", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+        })
+        .await
     }
 }

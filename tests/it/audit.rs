@@ -89,7 +89,11 @@ async fn a_rehashed_forgery_still_breaks_the_chain_after_it() {
     let mut record: pitcrew::audit::Record = serde_json::from_str(&text).unwrap();
     record.actor = "forger".into();
     record.hash = record.compute_hash();
-    conn.execute("UPDATE audit SET record = ?1 WHERE seq = 4", [serde_json::to_string(&record).unwrap()]).unwrap();
+    conn.execute(
+        "UPDATE audit SET record = ?1 WHERE seq = 4",
+        [serde_json::to_string(&record).unwrap()],
+    )
+    .unwrap();
     assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 5);
 }
 
@@ -101,13 +105,23 @@ async fn timeline_and_export_cover_the_whole_story() {
     let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "timeline"]);
     let md = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0));
-    for needle in ["# pitcrew timeline", "Hash chain verified", "| Alert received |", "**run** (all)", "| Step finished |", "**succeeded**"] {
+    for needle in [
+        "# pitcrew timeline",
+        "Hash chain verified",
+        "| Alert received |",
+        "**run** (all)",
+        "| Step finished |",
+        "**succeeded**",
+    ] {
         assert!(md.contains(needle), "{needle} missing:\n{md}");
     }
     let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "export", "--format", "csv"]);
     let csv = String::from_utf8_lossy(&out.stdout);
     assert!(csv.starts_with("seq,ts,kind,actor,execution_id,runbook,target,data,prev_hash,hash\n"));
     let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "export"]);
-    let records: Vec<pitcrew::audit::Record> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<pitcrew::audit::Record> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(pitcrew::audit::verify(&records).unwrap() as usize, records.len());
 }

@@ -8,11 +8,19 @@ use serde_json::Value;
 use crate::support::repo;
 
 pub fn pitcrew(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pitcrew")).args(args).current_dir(repo()).env("NO_COLOR", "1").output().expect("pitcrew runs")
+    Command::new(env!("CARGO_BIN_EXE_pitcrew"))
+        .args(args)
+        .current_dir(repo())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("pitcrew runs")
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -39,14 +47,22 @@ fn each_broken_runbook_is_reported_at_its_line_and_column() {
     assert!(files.len() >= 15, "fixtures missing");
     for file in files {
         let source = std::fs::read_to_string(&file).unwrap();
-        let expect = source.lines().next().unwrap().strip_prefix("# expect: ").expect("fixture starts with # expect:");
+        let expect = source
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .expect("fixture starts with # expect:");
         let (pos, message) = expect.split_once(' ').unwrap();
         let rel = file.strip_prefix(repo()).unwrap().to_str().unwrap().to_string();
         let out = pitcrew(&["--config", "tests/fixtures/config.yaml", "validate", &rel]);
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(2), "{rel}: {stderr}");
         let wanted = format!("{rel}:{pos}: ");
-        let line = stderr.lines().find(|l| l.starts_with(&wanted)).unwrap_or_else(|| panic!("{rel}: expected a problem at {pos}, got:\n{stderr}"));
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&wanted))
+            .unwrap_or_else(|| panic!("{rel}: expected a problem at {pos}, got:\n{stderr}"));
         assert!(line.contains(message), "{rel}: expected {message:?} in {line:?}");
         assert!(stderr.contains("1 problem found"), "{rel}: one fault, one problem:\n{stderr}");
         assert!(!stderr.contains("panicked"), "{rel}: {stderr}");
@@ -55,7 +71,14 @@ fn each_broken_runbook_is_reported_at_its_line_and_column() {
 
 #[test]
 fn all_problems_of_a_folder_come_in_one_pass() {
-    let out = pitcrew(&["--config", "tests/fixtures/config.yaml", "validate", "--output", "json", "tests/fixtures/broken"]);
+    let out = pitcrew(&[
+        "--config",
+        "tests/fixtures/config.yaml",
+        "validate",
+        "--output",
+        "json",
+        "tests/fixtures/broken",
+    ]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(2));
     let problems = report["problems"].as_array().unwrap();
@@ -69,19 +92,46 @@ fn matches(output: &Value) -> Vec<(String, Vec<String>)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["fingerprint"].as_str().unwrap().to_string(), a["matches"].as_array().unwrap().iter().map(|m| m["runbook"].as_str().unwrap().to_string()).collect()))
+        .map(|a| {
+            (
+                a["fingerprint"].as_str().unwrap().to_string(),
+                a["matches"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["runbook"].as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
         .collect()
 }
 
 #[test]
 fn match_picks_runbooks_by_every_operator_and_status() {
-    let out = pitcrew(&["--config", "tests/fixtures/matching/config.yaml", "match", "--alert", "tests/fixtures/matching/payload.json", "--output", "json"]);
+    let out = pitcrew(&[
+        "--config",
+        "tests/fixtures/matching/config.yaml",
+        "match",
+        "--alert",
+        "tests/fixtures/matching/payload.json",
+        "--output",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let got = matches(&report);
     let want: Vec<(String, Vec<String>)> = vec![
         // =, !=, =~ (anchored: /var/log but not /var/logs), !~, any-status with a list of names
-        ("a1".into(), vec!["equal".into(), "not-equal".into(), "regex".into(), "not-regex".into(), "on-any".into()]),
+        (
+            "a1".into(),
+            vec![
+                "equal".into(),
+                "not-equal".into(),
+                "regex".into(),
+                "not-regex".into(),
+                "on-any".into(),
+            ],
+        ),
         // warning, dev, /var/logs, db-*: nothing holds
         ("a2".into(), vec![]),
         // resolved: only the resolved and any triggers
@@ -102,13 +152,25 @@ fn match_takes_one_alert_and_exits_0_without_matches_and_2_on_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let one = dir.path().join("one.json");
     std::fs::write(&one, r#"{"labels": {"alertname": "Nothing"}}"#).unwrap();
-    let out = pitcrew(&["--config", "tests/fixtures/matching/config.yaml", "match", "--alert", one.to_str().unwrap()]);
+    let out = pitcrew(&[
+        "--config",
+        "tests/fixtures/matching/config.yaml",
+        "match",
+        "--alert",
+        one.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out).0.contains("no runbook matches"));
 
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{\"version\": \"4\", \"alerts\": [").unwrap();
-    let out = pitcrew(&["--config", "tests/fixtures/matching/config.yaml", "match", "--alert", bad.to_str().unwrap()]);
+    let out = pitcrew(&[
+        "--config",
+        "tests/fixtures/matching/config.yaml",
+        "match",
+        "--alert",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("bad.json"), "{}", text(&out).1);
 }
@@ -144,7 +206,23 @@ fn actions_catalogue_lists_everything_and_details_one() {
     let out = pitcrew(&["actions", "--output", "json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
-    for n in ["kubernetes.rollout_restart", "kubernetes.scale", "kubernetes.delete_pods", "kubernetes.logs", "kubernetes.patch", "http", "exec", "prometheus.query", "prometheus.wait", "notify", "alertmanager.silence", "alertmanager.unsilence", "sleep", "log", "plugin.disk-cleanup"] {
+    for n in [
+        "kubernetes.rollout_restart",
+        "kubernetes.scale",
+        "kubernetes.delete_pods",
+        "kubernetes.logs",
+        "kubernetes.patch",
+        "http",
+        "exec",
+        "prometheus.query",
+        "prometheus.wait",
+        "notify",
+        "alertmanager.silence",
+        "alertmanager.unsilence",
+        "sleep",
+        "log",
+        "plugin.disk-cleanup",
+    ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
     let out = pitcrew(&["actions", "kubernetes.delete_pods"]);
@@ -163,8 +241,17 @@ fn list_shows_triggers_risk_and_guardrails() {
     let out = pitcrew(&["list"]);
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(0));
-    let row = stdout.lines().find(|l| l.starts_with("restart-crashlooping-deployment")).unwrap_or_default();
-    for needle in ["KubePodCrashLooping", "namespace!~\"kube-.*\"", "medium", "cooldown=10m", "escalate_after=3/6h"] {
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("restart-crashlooping-deployment"))
+        .unwrap_or_default();
+    for needle in [
+        "KubePodCrashLooping",
+        "namespace!~\"kube-.*\"",
+        "medium",
+        "cooldown=10m",
+        "escalate_after=3/6h",
+    ] {
         assert!(row.contains(needle), "{needle} missing in {row:?}");
     }
     assert!(stdout.contains("manual-rollout-restart"), "{stdout}");
@@ -174,7 +261,10 @@ fn list_shows_triggers_risk_and_guardrails() {
 #[test]
 fn bad_usage_exits_2() {
     assert_eq!(pitcrew(&["frobnicate"]).status.code(), Some(2));
-    assert_eq!(pitcrew(&["run", "restart-crashlooping-deployment", "--force"]).status.code(), Some(2));
+    assert_eq!(
+        pitcrew(&["run", "restart-crashlooping-deployment", "--force"]).status.code(),
+        Some(2)
+    );
     let out = pitcrew(&["--config", "/nonexistent/pitcrew.yaml", "list"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("/nonexistent/pitcrew.yaml"));
@@ -186,8 +276,16 @@ fn deploy_rbac_yaml_is_generated_from_the_registry() {
     assert_eq!(out.status.code(), Some(0));
     let generated = String::from_utf8_lossy(&out.stdout);
     let shipped = std::fs::read_to_string(repo().join("deploy/rbac.yaml")).unwrap();
-    assert_eq!(shipped, generated, "deploy/rbac.yaml is stale: run `pitcrew actions --rbac > deploy/rbac.yaml`");
-    for needle in ["\"pods/eviction\"", "\"deployments/scale\"", "\"pods/log\"", "kubernetes.patch needs get, patch"] {
+    assert_eq!(
+        shipped, generated,
+        "deploy/rbac.yaml is stale: run `pitcrew actions --rbac > deploy/rbac.yaml`"
+    );
+    for needle in [
+        "\"pods/eviction\"",
+        "\"deployments/scale\"",
+        "\"pods/log\"",
+        "kubernetes.patch needs get, patch",
+    ] {
         assert!(generated.contains(needle), "{needle} missing:\n{generated}");
     }
     assert!(!generated.contains("\"*\""), "no wildcard grants");

@@ -44,7 +44,10 @@ impl Serve {
         .expect("pitcrew listens within 30s");
         // Keep draining its log so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Serve { child, url: format!("http://{address}") }
+        Serve {
+            child,
+            url: format!("http://{address}"),
+        }
     }
 
     async fn kill9(mut self) {
@@ -53,7 +56,9 @@ impl Serve {
     }
 
     async fn executions(&self, query: &str) -> Vec<Value> {
-        let r = reqwest::get(format!("{}/v1/executions?limit=10000&{query}", self.url)).await.unwrap();
+        let r = reqwest::get(format!("{}/v1/executions?limit=10000&{query}", self.url))
+            .await
+            .unwrap();
         r.json::<Vec<Value>>().await.unwrap()
     }
 
@@ -75,7 +80,11 @@ fn setup(runbook: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
     std::fs::create_dir_all(dir.path().join("marks")).unwrap();
-    std::fs::write(dir.path().join("runbooks/rb.yaml"), runbook.replace("MARKS", &dir.path().join("marks").display().to_string())).unwrap();
+    std::fs::write(
+        dir.path().join("runbooks/rb.yaml"),
+        runbook.replace("MARKS", &dir.path().join("marks").display().to_string()),
+    )
+    .unwrap();
     let config = dir.path().join("pitcrew.yaml");
     std::fs::write(&config, format!("state_dir: state\nplugins: plugins\n{extra}")).unwrap();
     (dir, config)
@@ -105,7 +114,8 @@ steps:
         serve.url
     );
     let am = Alertmanager::start(&am_config).await;
-    am.post_alert(&[("alertname", "PitcrewE2E"), ("service", "checkout"), ("severity", "critical")]).await;
+    am.post_alert(&[("alertname", "PitcrewE2E"), ("service", "checkout"), ("severity", "critical")])
+        .await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let done = loop {
@@ -113,7 +123,11 @@ steps:
         if let Some(e) = list.first() {
             break e.clone();
         }
-        assert!(tokio::time::Instant::now() < deadline, "no execution succeeded; all: {:?}", serve.executions("").await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no execution succeeded; all: {:?}",
+            serve.executions("").await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(done["runbook"], "mark");
@@ -124,9 +138,19 @@ steps:
     let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "export"]);
-    let kinds: Vec<String> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string()).collect();
-    for k in ["alert.received", "runbook.matched", "guardrail.decision", "execution.started", "step.started", "step.finished", "execution.finished"] {
+    let kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    for k in [
+        "alert.received",
+        "runbook.matched",
+        "guardrail.decision",
+        "execution.started",
+        "step.started",
+        "step.finished",
+        "execution.finished",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "{k} missing from {kinds:?}");
     }
 }
@@ -194,11 +218,21 @@ steps:
     let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "export"]);
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let received: BTreeSet<String> =
-        records.iter().filter(|r| r["kind"] == "alert.received").map(|r| r["data"]["fingerprint"].as_str().unwrap().to_string()).collect();
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let received: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r["kind"] == "alert.received")
+        .map(|r| r["data"]["fingerprint"].as_str().unwrap().to_string())
+        .collect();
     let lost: Vec<&String> = acked.difference(&received).collect();
-    assert!(lost.is_empty(), "{} acknowledged alerts missing from the audit: {lost:?}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged alerts missing from the audit: {lost:?}",
+        lost.len()
+    );
 
     let mut mark_starts: BTreeMap<String, usize> = BTreeMap::new();
     let mut finished: BTreeMap<String, String> = BTreeMap::new();
@@ -211,19 +245,33 @@ steps:
             finished.insert(id, r["data"]["state"].as_str().unwrap().to_string());
         }
     }
-    let executions: BTreeSet<String> =
-        records.iter().filter(|r| r["kind"] == "guardrail.decision").map(|r| r["execution_id"].as_str().unwrap().to_string()).collect();
+    let executions: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r["kind"] == "guardrail.decision")
+        .map(|r| r["execution_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(executions.len(), received.len(), "one execution per accepted alert");
     for id in &executions {
-        let state = finished.get(id).unwrap_or_else(|| panic!("execution {id} never reached a final state"));
+        let state = finished
+            .get(id)
+            .unwrap_or_else(|| panic!("execution {id} never reached a final state"));
         assert!(["succeeded", "unknown"].contains(&state.as_str()), "{id}: {state}");
-        assert!(mark_starts.get(id).copied().unwrap_or(0) <= 1, "{id}: the non-idempotent step started twice");
+        assert!(
+            mark_starts.get(id).copied().unwrap_or(0) <= 1,
+            "{id}: the non-idempotent step started twice"
+        );
     }
     // mkdir fails if run twice: no execution may have hit "File exists".
     assert!(!String::from_utf8_lossy(&out.stdout).contains("File exists"));
     let marks = std::fs::read_dir(dir.path().join("marks")).unwrap().count();
     let succeeded = finished.values().filter(|s| *s == "succeeded").count();
     assert!(marks >= succeeded, "{marks} marks for {succeeded} successes");
-    eprintln!("crash test: {} acknowledged, {} executions, {} succeeded, {} unknown", acked.len(), executions.len(), succeeded, finished.values().filter(|s| *s == "unknown").count());
+    eprintln!(
+        "crash test: {} acknowledged, {} executions, {} succeeded, {} unknown",
+        acked.len(),
+        executions.len(),
+        succeeded,
+        finished.values().filter(|s| *s == "unknown").count()
+    );
     let _ = json!(null);
 }

@@ -86,7 +86,10 @@ steps:
     assert_eq!(exec.state, State::Failed);
     let attempts: Vec<&StepRecord> = exec.steps.iter().filter(|s| s.name == "nap").collect();
     assert_eq!(attempts.len(), 2, "one retry");
-    assert!(attempts.iter().all(|s| s.error.as_deref() == Some("timed out after 50ms")), "{attempts:?}");
+    assert!(
+        attempts.iter().all(|s| s.error.as_deref() == Some("timed out after 50ms")),
+        "{attempts:?}"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(8), "timeout cut the 10s sleep");
 }
 
@@ -105,7 +108,14 @@ steps:
     let config = format!("auth:\n  webhook_token_file: {}/token\n", dir.path().display());
     let h = Harness::new(rb, &config);
     let body = payload(vec![alert(&[("alertname", "Leak"), ("x", "token=s3cret-token-value")])]).to_string();
-    let (status, _) = h.call("POST", "/v1/alerts/alertmanager", &[("content-type", "application/json"), ("authorization", "Bearer s3cret-token-value")], body).await;
+    let (status, _) = h
+        .call(
+            "POST",
+            "/v1/alerts/alertmanager",
+            &[("content-type", "application/json"), ("authorization", "Bearer s3cret-token-value")],
+            body,
+        )
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     h.run_queued().await;
     let all: String = h.audit().await.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
@@ -190,7 +200,11 @@ impl Store for Flaky {
 fn flaky_harness(rb: &str) -> (Harness, Arc<Flaky>) {
     let base = Harness::new(rb, "");
     let engine = base.engine.clone();
-    let flaky = Arc::new(Flaky { inner: engine.store.clone(), fail_steps: AtomicBool::new(false), fail_intake: AtomicBool::new(false) });
+    let flaky = Arc::new(Flaky {
+        inner: engine.store.clone(),
+        fail_steps: AtomicBool::new(false),
+        fail_intake: AtomicBool::new(false),
+    });
     let Harness { dir, clock, .. } = base;
     let h = Harness::with_store(dir, clock, engine.config().clone(), engine.runbooks.clone(), flaky.clone());
     (h, flaky)
@@ -215,11 +229,16 @@ async fn no_durable_step_record_means_the_action_does_not_run() {
 
 #[tokio::test]
 async fn the_webhook_answers_503_when_alerts_cannot_be_stored() {
-    let (h, flaky) = flaky_harness("apiVersion: pitcrew/v1\nname: x\ntrigger: {alertname: X}\nsteps: [{name: a, action: log, with: {message: m}}]\n");
+    let (h, flaky) =
+        flaky_harness("apiVersion: pitcrew/v1\nname: x\ntrigger: {alertname: X}\nsteps: [{name: a, action: log, with: {message: m}}]\n");
     flaky.fail_intake.store(true, Ordering::SeqCst);
     let (status, body) = h.post(&payload(vec![alert(&[("alertname", "X")])])).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, json!({"error": "state store unavailable; retry later"}), "5xx bodies stay generic");
+    assert_eq!(
+        body,
+        json!({"error": "state store unavailable; retry later"}),
+        "5xx bodies stay generic"
+    );
 }
 
 const RECOVER: &str = r#"apiVersion: pitcrew/v1
@@ -247,18 +266,49 @@ async fn crash_during(h: &Harness, step: &str, index: u32, action: &str, idempot
     h.post(&payload(vec![alert(&[("alertname", "Crash")])])).await;
     let exec = h.store().claim("999999999:1", None).await.unwrap().unwrap();
     if index > 0 {
-        let s = StepStart { phase: Phase::Main, index: 0, name: "note".into(), action: "log".into(), attempt: 0, idempotent: true, input: json!({}), dry_run: false };
+        let s = StepStart {
+            phase: Phase::Main,
+            index: 0,
+            name: "note".into(),
+            action: "log".into(),
+            attempt: 0,
+            idempotent: true,
+            input: json!({}),
+            dry_run: false,
+        };
         h.store().step_started(&exec, s).await.unwrap();
-        let end = StepEnd { phase: Phase::Main, index: 0, name: "note".into(), attempt: 0, state: StepState::Succeeded, output: Some(json!({"message": "before"})), error: None, error_kind: None, duration_ms: 1 };
+        let end = StepEnd {
+            phase: Phase::Main,
+            index: 0,
+            name: "note".into(),
+            attempt: 0,
+            state: StepState::Succeeded,
+            output: Some(json!({"message": "before"})),
+            error: None,
+            error_kind: None,
+            duration_ms: 1,
+        };
         h.store().step_finished(&exec, end).await.unwrap();
     }
-    let s = StepStart { phase: Phase::Main, index, name: step.into(), action: action.into(), attempt: 0, idempotent, input: json!({}), dry_run: false };
+    let s = StepStart {
+        phase: Phase::Main,
+        index,
+        name: step.into(),
+        action: action.into(),
+        attempt: 0,
+        idempotent,
+        input: json!({}),
+        dry_run: false,
+    };
     h.store().step_started(&exec, s).await.unwrap();
     exec.id
 }
 
 fn starts_of(records: &[Record], id: &str, step: &str) -> usize {
-    records.iter().filter(|r| r.kind == "step.started" && r.execution_id.as_deref() == Some(id) && r.data["step"] == step).count()
+    records
+        .iter()
+        .filter(|r| r.kind == "step.started" && r.execution_id.as_deref() == Some(id) && r.data["step"] == step)
+        .count()
 }
 
 #[tokio::test]
@@ -275,8 +325,18 @@ async fn an_interrupted_non_idempotent_step_becomes_unknown_and_escalates() {
     assert_eq!(starts_of(&records, &id, "note"), 1, "finished steps are not repeated");
     assert_eq!(starts_of(&records, &id, "after"), 0);
     let escalate = exec.steps.iter().find(|s| s.name == "escalate").unwrap();
-    assert!(escalate.output.as_ref().unwrap()["message"].as_str().unwrap().contains("outcome is unknown"), "{escalate:?}");
-    assert!(records.iter().any(|r| r.kind == "execution.recovered" && r.data["action"] == "escalate"));
+    assert!(
+        escalate.output.as_ref().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("outcome is unknown"),
+        "{escalate:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "execution.recovered" && r.data["action"] == "escalate")
+    );
 }
 
 #[tokio::test]
@@ -336,7 +396,10 @@ steps:
     assert!(exec.dry_run);
     assert_eq!(exec.steps[0].state, StepState::Skipped);
     assert_eq!(exec.steps[0].error.as_deref(), Some("skipped: dry run"));
-    assert_eq!(exec.steps[0].input["command"][1], Value::from("/tmp/pitcrew-dry-run-must-not-exist"));
+    assert_eq!(
+        exec.steps[0].input["command"][1],
+        Value::from("/tmp/pitcrew-dry-run-must-not-exist")
+    );
     assert!(!std::path::Path::new("/tmp/pitcrew-dry-run-must-not-exist").exists());
     assert_eq!(exec.steps[1].state, StepState::Succeeded, "reads and notes still run");
 }

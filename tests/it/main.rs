@@ -1,16 +1,16 @@
 //! Integration tests: one binary, one module per feature.
 
+mod actions_alertmanager;
+mod actions_http;
+mod actions_prometheus;
 mod audit;
 mod cli;
 mod e2e;
 mod engine;
-mod server;
-mod support;
+mod guardrails;
 mod k8s_server;
 mod kubernetes;
-mod realparts;
-mod actions_http;
-mod actions_prometheus;
-mod actions_alertmanager;
 mod plugins;
-mod guardrails;
+mod realparts;
+mod server;
+mod support;

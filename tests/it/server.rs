@@ -25,7 +25,10 @@ steps:
 #[tokio::test]
 async fn accepted_alerts_are_stored_before_the_202_and_duplicates_are_counted() {
     let h = Harness::new(ECHO, "");
-    let body = payload(vec![alert(&[("alertname", "Echo"), ("value", "a"), ("target", "t1")]), alert(&[("alertname", "Other")])]);
+    let body = payload(vec![
+        alert(&[("alertname", "Echo"), ("value", "a"), ("target", "t1")]),
+        alert(&[("alertname", "Other")]),
+    ]);
     let (status, reply) = h.post(&body).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(reply, json!({"accepted": 2, "duplicates": 0}));
@@ -36,7 +39,14 @@ async fn accepted_alerts_are_stored_before_the_202_and_duplicates_are_counted() 
     let kinds = h.kinds().await;
     assert_eq!(kinds.iter().filter(|k| *k == "alert.received").count(), 2);
     assert_eq!(kinds.iter().filter(|k| *k == "alert.duplicate").count(), 2);
-    let queued = h.store().executions(ExecutionFilter { state: Some(State::Queued), ..Default::default() }).await.unwrap();
+    let queued = h
+        .store()
+        .executions(ExecutionFilter {
+            state: Some(State::Queued),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(queued.len(), 1, "one runbook matched one alert");
     let outcomes = h.run_queued().await;
     assert_eq!(outcomes[0].state, State::Succeeded);
@@ -48,7 +58,9 @@ async fn accepted_alerts_are_stored_before_the_202_and_duplicates_are_counted() 
 async fn hostile_label_values_are_data_never_shell() {
     let h = Harness::new(ECHO, "");
     let evil = "{{7*7}} ; rm -rf / $(touch /tmp/pitcrew-pwned) `id` ../../etc/passwd\nsecond line \u{202e} ünïcödé";
-    let (status, _) = h.post(&payload(vec![alert(&[("alertname", "Echo"), ("value", evil), ("target", "../x")])])).await;
+    let (status, _) = h
+        .post(&payload(vec![alert(&[("alertname", "Echo"), ("value", evil), ("target", "../x")])]))
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let outcomes = h.run_queued().await;
     assert_eq!(outcomes[0].state, State::Succeeded, "{:?}", outcomes[0].reason);
@@ -65,25 +77,54 @@ async fn hostile_label_values_are_data_never_shell() {
 async fn bad_requests_get_clear_4xx_and_nothing_is_stored() {
     let h = Harness::new(ECHO, "max_body: 64KiB\n");
     let json_ct = [("content-type", "application/json")];
-    let (status, body) = h.call("POST", "/v1/alerts/alertmanager", &json_ct, "{\"version\": \"4\",\n \"alerts\": [").await;
+    let (status, body) = h
+        .call("POST", "/v1/alerts/alertmanager", &json_ct, "{\"version\": \"4\",\n \"alerts\": [")
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("line 2"), "{body}");
-    let (status, body) = h.call("POST", "/v1/alerts/alertmanager", &[("content-type", "text/plain")], payload(vec![]).to_string()).await;
+    let (status, body) = h
+        .call(
+            "POST",
+            "/v1/alerts/alertmanager",
+            &[("content-type", "text/plain")],
+            payload(vec![]).to_string(),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
-    let (status, body) = h.call("POST", "/v1/alerts/alertmanager", &json_ct, json!({"version": "5", "alerts": []}).to_string()).await;
+    let (status, body) = h
+        .call(
+            "POST",
+            "/v1/alerts/alertmanager",
+            &json_ct,
+            json!({"version": "5", "alerts": []}).to_string(),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("\\\"5\\\""), "{body}");
     let huge = payload(vec![alert(&[("alertname", "Echo"), ("value", &"x".repeat(70 * 1024))])]);
     let (status, _) = h.call("POST", "/v1/alerts/alertmanager", &json_ct, huge.to_string()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    let (status, _) = h.call("POST", "/v1/alerts/alertmanager", &json_ct, json!({"version": "4", "alerts": [{"labels": "nope"}]}).to_string()).await;
+    let (status, _) = h
+        .call(
+            "POST",
+            "/v1/alerts/alertmanager",
+            &json_ct,
+            json!({"version": "4", "alerts": [{"labels": "nope"}]}).to_string(),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = h.call("POST", "/v1/alerts/alertmanager", &json_ct, "\u{0}\u{1}binary").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(h.audit().await.is_empty(), "rejected bodies leave no trace in state");
     let (_, metrics) = h.call("GET", "/metrics", &[], "").await;
-    assert!(metrics.contains("pitcrew_webhook_rejected_total{reason=\"too_large\"} 1"), "{metrics}");
-    assert!(metrics.contains("pitcrew_webhook_rejected_total{reason=\"content_type\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("pitcrew_webhook_rejected_total{reason=\"too_large\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pitcrew_webhook_rejected_total{reason=\"content_type\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -113,7 +154,11 @@ async fn a_resolved_notification_cancels_queued_executions_of_that_alert() {
 #[tokio::test]
 async fn webhook_and_api_tokens_are_enforced() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, token) in [("hook", "hook-secret-1"), ("viewer", "viewer-secret-1"), ("op", "operator-secret-1")] {
+    for (name, token) in [
+        ("hook", "hook-secret-1"),
+        ("viewer", "viewer-secret-1"),
+        ("op", "operator-secret-1"),
+    ] {
         std::fs::write(dir.path().join(name), token).unwrap();
     }
     let config = format!(
@@ -123,15 +168,46 @@ async fn webhook_and_api_tokens_are_enforced() {
     let h = Harness::new(ECHO, &config);
     let body = payload(vec![alert(&[("alertname", "Echo"), ("value", "v"), ("target", "t")])]).to_string();
     let ct = ("content-type", "application/json");
-    assert_eq!(h.call("POST", "/v1/alerts/alertmanager", &[ct], body.clone()).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(h.call("POST", "/v1/alerts/alertmanager", &[ct, ("authorization", "Bearer hook-secret-2")], body.clone()).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(h.call("POST", "/v1/alerts/alertmanager", &[ct, ("authorization", "Bearer hook-secret-1")], body).await.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        h.call("POST", "/v1/alerts/alertmanager", &[ct], body.clone()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.call(
+            "POST",
+            "/v1/alerts/alertmanager",
+            &[ct, ("authorization", "Bearer hook-secret-2")],
+            body.clone()
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.call(
+            "POST",
+            "/v1/alerts/alertmanager",
+            &[ct, ("authorization", "Bearer hook-secret-1")],
+            body
+        )
+        .await
+        .0,
+        StatusCode::ACCEPTED
+    );
 
     assert_eq!(h.call("GET", "/v1/executions", &[], "").await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(h.call("GET", "/v1/executions", &[("authorization", "Bearer viewer-secret-1")], "").await.0, StatusCode::OK);
+    assert_eq!(
+        h.call("GET", "/v1/executions", &[("authorization", "Bearer viewer-secret-1")], "")
+            .await
+            .0,
+        StatusCode::OK
+    );
     let run_body = json!({"params": {"value": "manual", "target": "t9"}}).to_string();
     let viewer = [("authorization", "Bearer viewer-secret-1"), ct];
-    assert_eq!(h.call("POST", "/v1/runbooks/echo/run", &viewer, run_body.clone()).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        h.call("POST", "/v1/runbooks/echo/run", &viewer, run_body.clone()).await.0,
+        StatusCode::FORBIDDEN
+    );
     let operator = [("authorization", "Bearer operator-secret-1"), ct];
     let (status, body) = h.call("POST", "/v1/runbooks/echo/run", &operator, run_body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -151,7 +227,8 @@ async fn webhook_and_api_tokens_are_enforced() {
 #[tokio::test]
 async fn api_lists_runbooks_executions_and_audit_lines() {
     let h = Harness::new(ECHO, "");
-    h.post(&payload(vec![alert(&[("alertname", "Echo"), ("value", "v"), ("target", "t")])])).await;
+    h.post(&payload(vec![alert(&[("alertname", "Echo"), ("value", "v"), ("target", "t")])]))
+        .await;
     h.run_queued().await;
     let (status, body) = h.call("GET", "/v1/runbooks", &[], "").await;
     assert_eq!(status, StatusCode::OK);
@@ -164,12 +241,27 @@ async fn api_lists_runbooks_executions_and_audit_lines() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["steps"].as_array().unwrap().len(), 2);
     assert_eq!(h.call("GET", "/v1/executions/nope", &[], "").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(h.call("GET", "/v1/executions?status=bogus", &[], "").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.call("GET", "/v1/executions?status=bogus", &[], "").await.0,
+        StatusCode::BAD_REQUEST
+    );
     let (_, lines) = h.call("GET", &format!("/v1/audit?execution={id}"), &[], "").await;
-    let kinds: Vec<String> = lines.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(
         kinds,
-        ["runbook.matched", "guardrail.decision", "execution.started", "step.started", "step.finished", "step.started", "step.finished", "execution.finished"]
+        [
+            "runbook.matched",
+            "guardrail.decision",
+            "execution.started",
+            "step.started",
+            "step.finished",
+            "step.started",
+            "step.finished",
+            "execution.finished"
+        ]
     );
     let (status, _) = h.call("GET", "/v1/audit?since=yesterday", &[], "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -43,7 +43,11 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
         std::fs::write(dir.path().join("runbooks/test.yaml"), runbooks).unwrap();
-        std::fs::write(dir.path().join("pitcrew.yaml"), format!("state_dir: state\nplugins: plugins\n{config}")).unwrap();
+        std::fs::write(
+            dir.path().join("pitcrew.yaml"),
+            format!("state_dir: state\nplugins: plugins\n{config}"),
+        )
+        .unwrap();
         let clock = ManualClock::new(start_time());
         Harness::open(dir, clock)
     }
@@ -56,9 +60,18 @@ impl Harness {
         Harness::with_store(dir, clock, config, runbooks, store)
     }
 
-    pub fn with_store(dir: tempfile::TempDir, clock: ManualClock, config: Arc<Config>, runbooks: Arc<pitcrew::runbook::RunbookSet>, store: Arc<dyn Store>) -> Harness {
+    pub fn with_store(
+        dir: tempfile::TempDir,
+        clock: ManualClock,
+        config: Arc<Config>,
+        runbooks: Arc<pitcrew::runbook::RunbookSet>,
+        store: Arc<dyn Store>,
+    ) -> Harness {
         let engine = Arc::new(Engine::new(config, runbooks, store));
-        let app = router(Arc::new(AppState { engine: engine.clone(), draining: AtomicBool::new(false) }));
+        let app = router(Arc::new(AppState {
+            engine: engine.clone(),
+            draining: AtomicBool::new(false),
+        }));
         Harness { dir, clock, engine, app }
     }
 
@@ -87,7 +100,14 @@ impl Harness {
 
     /// Posts a webhook payload; returns status and JSON body.
     pub async fn post(&self, payload: &Value) -> (StatusCode, Value) {
-        let (status, body) = self.call("POST", "/v1/alerts/alertmanager", &[("content-type", "application/json")], payload.to_string()).await;
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/alerts/alertmanager",
+                &[("content-type", "application/json")],
+                payload.to_string(),
+            )
+            .await;
         (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
     }
 
@@ -129,7 +149,8 @@ pub fn resolved(mut alert: Value) -> Value {
 }
 
 fn fxhash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
 /// An Alertmanager webhook v4 body.

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Intake and end-to-end benchmark on loopback, bounded in count and time.
+# Needs wrk (apt-get install -y wrk) and python3. Prints the numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; exit 2; }
+DURATION=${DURATION:-10s}
+cargo build --release --quiet
+BIN=$PWD/target/release/pitcrew
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/runbooks"
+cat > "$WORK/runbooks/bench.yaml" <<'YAML'
+apiVersion: pitcrew/v1
+name: bench-log
+trigger: {alertname: BenchLog}
+target: "{{alert.labels.n}}"
+steps:
+  - name: note
+    action: log
+    with: {message: "remediated {{alert.labels.n}}"}
+YAML
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start() {  # start DIR RUNBOOKS [PLUGINS] -> sets PID, URL, STARTUP
+  local dir=$1 runbooks=$2 plugins=${3:-$1/none} port
+  port=$(free_port)
+  printf 'listen: 127.0.0.1:%s\nstate_dir: %s/state\nrunbooks: [%s]\nplugins: %s\n' "$port" "$dir" "$runbooks" "$plugins" > "$dir/pitcrew.yaml"
+  local t0; t0=$(date +%s.%N)
+  PITCREW_LOG=warn "$BIN" --config "$dir/pitcrew.yaml" serve ${WORKERS:+--workers $WORKERS} >"$dir/serve.log" 2>&1 &
+  PID=$!
+  URL="http://127.0.0.1:$port"
+  until curl -sf "$URL/readyz" >/dev/null; do
+    kill -0 $PID 2>/dev/null || { cat "$dir/serve.log" >&2; exit 1; }
+    sleep 0.01
+  done
+  STARTUP=$(python3 -c "print(f'{($(date +%s.%N) - $t0) * 1000:.0f}')")
+}
+rss() { awk '/^VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
+hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
+count() { python3 - "$1" "$2" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+print(db.execute(sys.argv[2]).fetchone()[0])
+PY
+}
+
+echo "== startup with the example runbooks"
+mkdir -p "$WORK/ex"
+start "$WORK/ex" "$PWD/runbooks" "$PWD/plugins"
+echo "start to ready: ${STARTUP} ms; idle RSS $(rss $PID)"
+kill $PID; wait $PID 2>/dev/null || true
+
+for per in 1 10; do
+  echo "== durable intake, $per alert(s) per request (no runbook matches), wrk -t2 -c32 -d$DURATION"
+  mkdir -p "$WORK/in$per"
+  start "$WORK/in$per" "$WORK/runbooks"
+  idle=$(rss $PID)
+  ALERTS_PER_REQUEST=$per RUN="in$per" wrk -t2 -c32 -d"$DURATION" -s bench/alerts.lua "$URL/v1/alerts/alertmanager" > "$WORK/wrk.txt"
+  grep -E "Requests/sec|requests " "$WORK/wrk.txt"
+  stored=$(count "$WORK/in$per/state/state.db" "select count(*) from alerts")
+  secs=$(grep -oE "in [0-9.]+s" "$WORK/wrk.txt" | head -1 | tr -dc '0-9.')
+  echo "alerts stored: $stored; alerts/s acknowledged durably: $(python3 -c "print(round($stored / $secs))"); RSS idle $idle, peak $(hwm $PID)"
+  kill $PID; wait $PID 2>/dev/null || true
+done
+
+echo "== end to end through a log step, 10 alerts per request"
+mkdir -p "$WORK/e2e"
+start "$WORK/e2e" "$WORK/runbooks"
+ALERTS_PER_REQUEST=10 ALERTNAME=BenchLog RUN=e2e wrk -t2 -c32 -d"$DURATION" -s bench/alerts.lua "$URL/v1/alerts/alertmanager" > "$WORK/wrk.txt"
+grep -E "Requests/sec|requests " "$WORK/wrk.txt"
+db="$WORK/e2e/state/state.db"
+until [ "$(count "$db" "select count(*) from executions where state in ('queued','running')")" = 0 ]; do sleep 0.2; done
+python3 - "$db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+n, first, last = db.execute("select count(*), min(created_ms), max(finished_ms) from executions where state = 'succeeded'").fetchone()
+print(f"executions succeeded: {n} in {(last - first) / 1000:.1f} s = {n / ((last - first) / 1000):.0f} alerts/s end to end")
+PY
+echo "RSS after load: $(rss $PID), peak $(hwm $PID)"
+kill $PID; wait $PID 2>/dev/null || true
+
+echo "== POST -> step start latency at a fixed 200 alerts/s for 10 s"
+mkdir -p "$WORK/lat"
+start "$WORK/lat" "$WORK/runbooks"
+python3 - "$URL" "$WORK/lat/state/state.db" <<'PY'
+import json, sqlite3, sys, time, urllib.request
+url, dbpath = sys.argv[1], sys.argv[2]
+sent = {}
+start = time.time()
+for i in range(2000):
+    due = start + i / 200.0
+    while time.time() < due:
+        time.sleep(max(0, due - time.time()))
+    fp = f"lat-{i}"
+    body = json.dumps({"version": "4", "status": "firing", "alerts": [{"status": "firing", "labels": {"alertname": "BenchLog", "n": fp},
+                       "startsAt": "2026-11-27T10:00:00Z", "fingerprint": fp}]}).encode()
+    req = urllib.request.Request(url + "/v1/alerts/alertmanager", data=body, headers={"Content-Type": "application/json"})
+    sent[fp] = time.time()
+    urllib.request.urlopen(req).read()
+time.sleep(1)
+db = sqlite3.connect(dbpath)
+from datetime import datetime
+lat = []
+for record, in db.execute("select a.record from audit a where a.kind = 'step.started'"):
+    r = json.loads(record)
+    target = r["target"]
+    ts = datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+    if target in sent:
+        lat.append((ts - sent[target]) * 1000)
+lat.sort()
+print(f"{len(lat)} alerts: POST->step.started p50 {lat[len(lat)//2]:.2f} ms, p99 {lat[int(len(lat)*0.99)]:.2f} ms, max {lat[-1]:.2f} ms")
+PY
+kill $PID; wait $PID 2>/dev/null || true
