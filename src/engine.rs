@@ -157,6 +157,29 @@ impl Engine {
         out
     }
 
+    /// An admission for a run asked for by a person (CLI or API).
+    pub async fn manual_admission(
+        &self,
+        rb: &Arc<Runbook>,
+        resolved: crate::runbook::Resolved,
+        actor: String,
+        dry_run: bool,
+        force: Option<String>,
+    ) -> Admission {
+        Admission {
+            id: new_id(),
+            runbook: rb.clone(),
+            target: resolved.target,
+            params: resolved.params,
+            actor,
+            automated: false,
+            dry_run,
+            force,
+            budget: self.budget_for(rb).await,
+            invalid: None,
+        }
+    }
+
     async fn budget_for(&self, rb: &Runbook) -> Option<crate::guard::BudgetStatus> {
         let slo = rb.guardrails.slo.as_deref()?;
         self.budgets.status(slo, Utc::now()).await
@@ -376,16 +399,18 @@ impl Run<'_> {
                 error_kind: kind.map(String::from),
                 duration_ms: ms,
             };
-            match set.when_holds(step, &ctx) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.engine
-                        .store
-                        .step_finished(
-                            self.exec,
-                            end(StepState::Skipped, Some(json!({"skipped": "when is false"})), None, None, 0, 0),
-                        )
-                        .await?;
+            // `when` false skips the step; a `when` or input that cannot be
+            // rendered fails it before anything runs.
+            let prepared = match set.when_holds(step, &ctx) {
+                Ok(false) => Ok(None),
+                Ok(true) => set.render_with(step, &ctx).map(Some).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let input = match prepared {
+                Ok(Some(input)) => input,
+                Ok(None) => {
+                    let skipped = end(StepState::Skipped, Some(json!({"skipped": "when is false"})), None, None, 0, 0);
+                    self.engine.store.step_finished(self.exec, skipped).await?;
                     self.report(Progress::StepFinished {
                         name: step.name.clone(),
                         state: StepState::Skipped,
@@ -394,50 +419,9 @@ impl Run<'_> {
                     });
                     continue;
                 }
-                Err(e) => {
-                    let msg = e.to_string();
-                    self.engine
-                        .store
-                        .step_finished(self.exec, end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0))
-                        .await?;
-                    self.report(Progress::StepFinished {
-                        name: step.name.clone(),
-                        state: StepState::Failed,
-                        detail: msg.clone(),
-                        seconds: 0.0,
-                    });
-                    if step.continue_on_error || phase == Phase::OnFailure {
-                        first_error.get_or_insert(msg);
-                        continue;
-                    }
-                    return Ok(Some(msg));
-                }
-            }
-            let input = match set.render_with(step, &ctx) {
-                Ok(v) => v,
-                Err(e) => {
-                    let msg = e.to_string();
-                    // Audited as a start and an end, so the postmortem sees what was attempted.
-                    self.engine
-                        .store
-                        .step_started(
-                            self.exec,
-                            StepStart {
-                                phase,
-                                index,
-                                name: step.name.clone(),
-                                action: step.action.spec().name.clone(),
-                                attempt: 0,
-                                idempotent: step.idempotent,
-                                input: Value::Null,
-                                dry_run: self.exec.dry_run,
-                            },
-                        )
-                        .await?;
-                    self.engine
-                        .store
-                        .step_finished(self.exec, end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0))
-                        .await?;
+                Err(msg) => {
+                    let failed = end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0);
+                    self.engine.store.step_finished(self.exec, failed).await?;
                     self.report(Progress::StepFinished {
                         name: step.name.clone(),
                         state: StepState::Failed,

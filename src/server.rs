@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Role;
 use crate::engine::Engine;
 use crate::guard::Verdict;
-use crate::store::{Admission, AuditFilter, ExecutionFilter, State, StoreError, new_id};
+use crate::store::{AuditFilter, ExecutionFilter, State, StoreError};
 
 /// Shared by all handlers.
 pub struct AppState {
@@ -273,23 +273,8 @@ async fn run_runbook(
         .runbooks
         .resolve(&rb, None, &overrides)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let budget = match rb.guardrails.slo.as_deref() {
-        Some(slo) => engine.budgets.status(slo, Utc::now()).await,
-        None => None,
-    };
-    let id = new_id();
-    let admission = Admission {
-        id: id.clone(),
-        runbook: rb.clone(),
-        target: resolved.target,
-        params: resolved.params,
-        actor,
-        automated: false,
-        dry_run: request.dry_run,
-        force: None,
-        budget,
-        invalid: None,
-    };
+    let admission = engine.manual_admission(&rb, resolved, actor, request.dry_run, None).await;
+    let id = admission.id.clone();
     let decision = engine.admit(admission, None).await?;
     let state_name = match decision.verdict {
         Verdict::Run => State::Queued,

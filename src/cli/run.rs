@@ -10,7 +10,7 @@ use chrono::Utc;
 use super::{Exit, Failure};
 use crate::engine::{Engine, Progress, ProgressFn};
 use crate::guard::{CheckVerdict, Decision, Verdict};
-use crate::store::{Admission, State, StepState, new_id};
+use crate::store::{State, StepState};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -73,23 +73,9 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         .map_err(|e| Failure::usage(format!("{}: {e}", rb.name)))?;
     let actor = super::runtime::user_actor(args.as_user.as_deref());
     super::runtime::tokio().block_on(async move {
-        let budget = match rb.guardrails.slo.as_deref() {
-            Some(slo) => engine.budgets.status(slo, Utc::now()).await,
-            None => None,
-        };
-        let id = new_id();
-        let admission = Admission {
-            id: id.clone(),
-            runbook: rb.clone(),
-            target: resolved.target.clone(),
-            params: resolved.params,
-            actor,
-            automated: false,
-            dry_run: args.dry_run,
-            force: args.force.then(|| args.reason.clone().unwrap_or_default()),
-            budget,
-            invalid: None,
-        };
+        let force = args.force.then(|| args.reason.clone().unwrap_or_default());
+        let admission = engine.manual_admission(&rb, resolved, actor, args.dry_run, force).await;
+        let id = admission.id.clone();
         let decision = engine.admit(admission, alert).await?;
         print_decision(&decision);
         match decision.verdict {
