@@ -4,6 +4,7 @@ mod actions_alertmanager;
 mod actions_http;
 mod actions_prometheus;
 mod audit;
+mod budget_prometheus;
 mod cli;
 mod e2e;
 mod engine;
