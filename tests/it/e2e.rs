@@ -275,3 +275,65 @@ steps:
     );
     let _ = json!(null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_step_finish_and_the_run_resumes_after_restart() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: slow
+trigger: {alertname: Slow}
+steps:
+  - name: wait
+    action: sleep
+    with: {duration: 1s}
+  - name: after
+    action: log
+    with: {message: resumed}
+"#;
+    let (_dir, config) = setup(rb, "");
+    let serve = Serve::start(&config).await;
+    let url = format!("{}/v1/alerts/alertmanager", serve.url);
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&payload(vec![alert(&[("alertname", "Slow")])]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Wait until the sleep step is under way, then ask politely.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while serve.executions("status=running").await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = serve.child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let mut serve = serve;
+    let exit = tokio::time::timeout(Duration::from_secs(20), serve.child.wait())
+        .await
+        .expect("serve stops after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "export"]);
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let finished: Vec<&Value> = records.iter().filter(|r| r["kind"] == "step.finished").collect();
+    assert_eq!(finished.len(), 1, "the in-flight step recorded its outcome");
+    assert_eq!(finished[0]["data"]["outcome"], "succeeded");
+
+    let serve = Serve::start(&config).await;
+    serve.settle(Duration::from_secs(30)).await;
+    let done = serve.executions("status=succeeded").await;
+    assert_eq!(done.len(), 1, "resumed after the restart");
+    serve.kill9().await;
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "export"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("\"kind\":\"step.started\"").count(),
+        2,
+        "the finished step was not run again"
+    );
+}
