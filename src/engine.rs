@@ -37,6 +37,9 @@ pub enum EngineError {
     ShuttingDown,
 }
 
+/// The outcome text of a step a dry run did not run (SPEC §9).
+const DRY_RUN_SKIP: &str = "skipped: dry run";
+
 /// Live progress, for `pitcrew run`.
 #[derive(Debug, Clone)]
 pub enum Progress {
@@ -68,6 +71,17 @@ pub struct Engine {
     pub worker_id: String,
     /// Stops workers between steps.
     pub shutdown: CancellationToken,
+}
+
+async fn record_notice(store: &dyn Store, text: &str, outcome: Result<(), String>) {
+    let event = Event::new(
+        kind::NOTIFICATION,
+        "pitcrew",
+        json!({"text": text, "delivered": outcome.is_ok(), "error": outcome.err()}),
+    );
+    if let Err(e) = store.record(vec![event]).await {
+        tracing::error!(error = %e, "cannot record a notification");
+    }
 }
 
 /// This process, as named in claims.
@@ -231,24 +245,23 @@ impl Engine {
         }
     }
 
+    /// Delivery runs in the background: the decision is already durable, and
+    /// a slow chat webhook must not hold up the 202 Alertmanager waits for.
     async fn send_notice(&self, text: &str) {
-        let outcome = match &self.config().notify_url {
-            None => Err("no notify.url in config".to_string()),
-            Some(url) => crate::action::notify::post(&self.deps.http, url, text)
-                .await
-                .map_err(|e| e.to_string()),
+        let store = self.store.clone();
+        let Some(url) = self.config().notify_url.clone() else {
+            tracing::warn!("escalation notice not delivered: no notify.url in config");
+            record_notice(&*store, text, Err("no notify.url in config".into())).await;
+            return;
         };
-        if let Err(e) = &outcome {
-            tracing::warn!(error = %e, "escalation notice not delivered");
-        }
-        let event = Event::new(
-            kind::NOTIFICATION,
-            "pitcrew",
-            json!({"text": text, "delivered": outcome.is_ok(), "error": outcome.err()}),
-        );
-        if let Err(e) = self.store.record(vec![event]).await {
-            tracing::error!(error = %e, "cannot record a notification");
-        }
+        let (http, text) = (self.deps.http.clone(), text.to_string());
+        tokio::spawn(async move {
+            let outcome = crate::action::notify::post(&http, &url, &text).await.map_err(|e| e.to_string());
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, "escalation notice not delivered");
+            }
+            record_notice(&*store, &text, outcome).await;
+        });
     }
 
     /// Runs workers until `shutdown` fires; each claims and runs executions.
@@ -274,15 +287,26 @@ impl Engine {
             let notified = self.wake.notified();
             match self.store.claim(&self.worker_id, None).await {
                 Ok(Some(exec)) => {
+                    let held = exec.clone();
                     match self.execute(exec, None).await {
                         Ok(_) => {}
                         Err(EngineError::ShuttingDown) => return,
-                        Err(e) => tracing::error!(error = %e, "execution stopped"),
+                        Err(EngineError::Store(StoreError::ClaimLost(id))) => {
+                            tracing::warn!(execution = %id, "claim lost to recovery; stopped without running more steps");
+                        }
+                        Err(e) => {
+                            tracing::error!(execution = %held.id, error = %crate::diag::chain(&e), "execution stopped; handing it back to the queue");
+                            // Fail closed, then retry later rather than hold the target's lock forever.
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            if let Err(e) = self.store.release(&held).await {
+                                tracing::error!(execution = %held.id, error = %crate::diag::chain(&e), "cannot requeue");
+                            }
+                        }
                     }
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(error = %e, "cannot claim work"),
+                Err(e) => tracing::error!(error = %crate::diag::chain(&e), "cannot claim work"),
             }
             // Other processes (CLI approvals) queue work too: look again now and then.
             tokio::select! {
@@ -369,19 +393,26 @@ impl Run<'_> {
     ) -> Result<Option<String>, EngineError> {
         let set = &self.engine.runbooks;
         let mut first_error = None;
+        // In a dry run, steps that were not run have no output; steps that
+        // need it are skipped too rather than failed.
+        let mut not_run: Vec<String> = Vec::new();
         for (index, step) in steps.iter().enumerate() {
             let index = index as u32;
             if self.engine.shutdown.is_cancelled() {
                 return Err(EngineError::ShuttingDown);
             }
-            // Resuming after a crash: steps that already ended are not run again.
-            if let Some(done) = self
+            // Resuming after a crash: a step whose last attempt ended is not run
+            // again; one whose last attempt only started is (recovery let the run
+            // resume only if that step is idempotent). Matched by name, not
+            // position, so an edited runbook cannot shift a done step's record
+            // onto another step.
+            let last = self
                 .exec
                 .steps
                 .iter()
-                .rev()
-                .find(|s| s.phase == phase && s.index == index && s.state != StepState::Started)
-            {
+                .filter(|s| s.phase == phase && s.name == step.name)
+                .max_by_key(|s| s.attempt);
+            if let Some(done) = last.filter(|s| s.state != StepState::Started) {
                 if done.state == StepState::Failed && !step.continue_on_error && phase == Phase::Main {
                     return Ok(Some(done.error.clone().unwrap_or_else(|| format!("step `{}` failed", step.name))));
                 }
@@ -419,6 +450,26 @@ impl Run<'_> {
                     });
                     continue;
                 }
+                Err(msg) if self.exec.dry_run && not_run.iter().any(|n| msg.contains(&format!("`steps.{n}."))) => {
+                    let why = "skipped: dry run (needs the output of a step the dry run did not run)".to_string();
+                    let skipped = end(
+                        StepState::Skipped,
+                        Some(json!({"skipped": "dry run"})),
+                        Some(why.clone()),
+                        None,
+                        0,
+                        0,
+                    );
+                    self.engine.store.step_finished(self.exec, skipped).await?;
+                    self.report(Progress::StepFinished {
+                        name: step.name.clone(),
+                        state: StepState::Skipped,
+                        detail: why,
+                        seconds: 0.0,
+                    });
+                    not_run.push(step.name.clone());
+                    continue;
+                }
                 Err(msg) => {
                     let failed = end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0);
                     self.engine.store.step_finished(self.exec, failed).await?;
@@ -436,7 +487,9 @@ impl Run<'_> {
                 }
             };
             let (state, output, err) = self.run_step(phase, index, step, &input).await?;
-            if state == StepState::Succeeded {
+            if self.exec.dry_run && err.as_deref() == Some(DRY_RUN_SKIP) {
+                not_run.push(step.name.clone());
+            } else if state == StepState::Succeeded {
                 outputs.insert(step.name.clone(), json!({"output": output.unwrap_or(Value::Null)}));
             }
             if state == StepState::Failed {
@@ -488,7 +541,7 @@ impl Run<'_> {
                         action: action_name.clone(),
                         attempt,
                         idempotent: step.idempotent,
-                        input: input.clone(),
+                        input: crate::redact::step_input(input),
                         dry_run: dry,
                     },
                 )
@@ -522,7 +575,7 @@ impl Run<'_> {
             self.engine.metrics.step(&action_name, seconds);
             let ms = (seconds * 1000.0) as u64;
             let (state, output, err, kind) = match result {
-                Ok(out) if mode == DryRun::Skip => (StepState::Skipped, Some(out), Some("skipped: dry run".to_string()), None),
+                Ok(out) if mode == DryRun::Skip => (StepState::Skipped, Some(out), Some(DRY_RUN_SKIP.to_string()), None),
                 Ok(out) => (StepState::Succeeded, Some(out), None, None),
                 Err(e) => (StepState::Failed, None, Some(e.to_string()), Some(e.kind().to_string())),
             };

@@ -74,6 +74,20 @@ pub fn is_secret_header(name: &str) -> bool {
     name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("cookie") || name.eq_ignore_ascii_case("proxy-authorization")
 }
 
+/// A step input as it may be recorded: `Authorization`/`Cookie` header
+/// values (SPEC §9) replaced; the action itself still gets the real input.
+pub fn step_input(input: &serde_json::Value) -> serde_json::Value {
+    let mut shown = input.clone();
+    if let Some(serde_json::Value::Object(headers)) = shown.get_mut("headers") {
+        for (name, value) in headers.iter_mut() {
+            if is_secret_header(name) {
+                *value = serde_json::Value::String(REDACTED.into());
+            }
+        }
+    }
+    shown
+}
+
 /// A reqwest error without the URL (which may hold a secret webhook path).
 pub fn without_url(e: &reqwest::Error) -> String {
     let mut shown = String::new();
@@ -97,6 +111,16 @@ pub fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_headers_never_reach_the_record() {
+        let input = serde_json::json!({"url": "https://x/", "headers": {"authorization": "Bearer abc", "X-Trace": "1", "Cookie": "s=1"}});
+        let shown = step_input(&input);
+        assert_eq!(
+            shown["headers"],
+            serde_json::json!({"authorization": "[REDACTED]", "X-Trace": "1", "Cookie": "[REDACTED]"})
+        );
+    }
 
     #[test]
     fn redacts_in_text_and_json() {

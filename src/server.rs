@@ -55,7 +55,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, format!("execution {id} is {state}, not pending_approval"))
             }
             other => {
-                tracing::error!(error = %other, source = ?std::error::Error::source(&other), "state store failed");
+                tracing::error!(error = %crate::diag::chain(&other), "state store failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state store unavailable; retry later")
             }
         }
@@ -379,9 +379,12 @@ pub fn parse_time(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Strin
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    text.parse::<crate::units::Duration>()
-        .map(|d| now - d.chrono())
-        .map_err(|_| format!("invalid time {text:?}: expected RFC 3339 (2026-01-01T12:00:00Z) or a duration ago (2h)"))
+    let ago = text
+        .parse::<crate::units::Duration>()
+        .map_err(|_| format!("invalid time {text:?}: expected RFC 3339 (2026-01-01T12:00:00Z) or a duration ago (2h)"))?;
+    chrono::TimeDelta::try_milliseconds(ago.as_millis() as i64)
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| format!("invalid time {text:?}: too far back"))
 }
 
 async fn audit(AxumState(state): AxumState<Shared>, headers: HeaderMap, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {

@@ -56,8 +56,9 @@ impl Duration {
     pub fn as_millis(self) -> u64 {
         self.0.as_millis() as u64
     }
+    /// As a chrono duration, saturating (a `9999999w` duration must not panic).
     pub fn chrono(self) -> chrono::Duration {
-        chrono::Duration::milliseconds(self.as_millis() as i64)
+        chrono::Duration::try_milliseconds(self.as_millis().min(i64::MAX as u64 / 2) as i64).unwrap_or(chrono::Duration::MAX)
     }
 }
 

@@ -87,6 +87,8 @@ pub async fn run_process(
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills what it started too.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd
         .spawn()
@@ -100,9 +102,11 @@ pub async fn run_process(
     });
     let stdout = tokio::spawn(read_capped(child.stdout.take().expect("stdout is piped")));
     let stderr = tokio::spawn(read_capped(child.stderr.take().expect("stderr is piped")));
+    let group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(nix::unistd::Pid::from_raw);
     let status = match tokio::time::timeout(timeout.std(), child.wait()).await {
         Ok(status) => status.map_err(|e| ActionError::Failed(format!("waiting for {program:?}: {e}")))?,
         Err(_) => {
+            kill_group(group);
             let _ = child.kill().await;
             return Err(ActionError::Timeout(timeout));
         }
@@ -110,8 +114,19 @@ pub async fn run_process(
     if let Some(feed) = feed {
         feed.abort();
     }
-    let (stdout, stdout_truncated) = stdout.await.unwrap_or_default();
-    let (stderr, stderr_truncated) = stderr.await.unwrap_or_default();
+    // A background process it left behind may hold the pipes open: the
+    // command is done when it exits; take what output there is.
+    let drain = std::time::Duration::from_secs(2);
+    let (stdout, stdout_truncated) = tokio::time::timeout(drain, stdout)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or((Vec::new(), true));
+    let (stderr, stderr_truncated) = tokio::time::timeout(drain, stderr)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or((Vec::new(), true));
     Ok(Finished {
         exit_code: status.code(),
         stdout,
@@ -119,6 +134,13 @@ pub async fn run_process(
         stderr,
         stderr_truncated,
     })
+}
+
+/// SIGKILL to the whole process group a timed-out command started.
+fn kill_group(group: Option<nix::unistd::Pid>) {
+    if let Some(pgid) = group {
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 /// Reads everything, keeps the first `OUTPUT_CAP` bytes: the child must not

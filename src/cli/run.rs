@@ -150,7 +150,27 @@ pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit>
             eprintln!("  {mark} {name} {} in {seconds:.2}s {detail}", state.as_str());
         }
     });
-    let outcome = engine.execute(exec, Some(progress)).await?;
+    let claimed = exec.clone();
+    // Ctrl-C stops the run here and now, and says so: an interrupted run must
+    // not be left `running` for a `serve` to resume behind the operator's back.
+    let outcome = tokio::select! {
+        outcome = engine.execute(exec, Some(progress)) => outcome?,
+        _ = tokio::signal::ctrl_c() => {
+            let seen = engine.store.execution(id).await?;
+            let in_flight: Vec<_> = seen.steps.iter().filter(|s| s.state == StepState::Started).collect();
+            let state = if in_flight.iter().any(|s| !s.idempotent) { State::Unknown } else { State::Cancelled };
+            let during = in_flight.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ");
+            let reason = if during.is_empty() {
+                "interrupted by the user (SIGINT)".to_string()
+            } else {
+                format!("interrupted by the user (SIGINT) during step {during}; its outcome is unknown")
+            };
+            engine.store.finish(&claimed, state, Some(reason.clone())).await?;
+            eprintln!("{state}: {reason}");
+            println!("{id}");
+            return Ok(Exit::StepFailed);
+        }
+    };
     eprintln!("{} {}", outcome.state, outcome.reason.as_deref().unwrap_or(""));
     println!("{id}");
     Ok(exit_for(outcome.state))
@@ -165,15 +185,24 @@ pub fn exit_for(state: State) -> Exit {
     }
 }
 
-/// Waits for an execution run by another process to end.
+/// Waits for an execution run by another process to end; if that process
+/// dies, recovers the execution and runs the rest here.
 async fn follow(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit> {
     eprintln!("execution {id} is being run by another pitcrew process; following it");
+    let mut polls = 0u32;
     loop {
         let exec = engine.store.execution(id).await?;
         if exec.state.is_final() {
             eprintln!("{} {}", exec.state, exec.reason.as_deref().unwrap_or(""));
             println!("{id}");
             return Ok(exit_for(exec.state));
+        }
+        polls += 1;
+        if polls % 8 == 0 {
+            engine.store.recover(Arc::new(crate::engine::claimer_alive)).await?;
+            if engine.store.execution(id).await?.state == State::Queued {
+                return Box::pin(run_claimed(engine, id)).await;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }

@@ -191,6 +191,11 @@ impl Templates {
         }
         let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
         check_elements(&template.elements, roots, true)?;
+        if has_unescaped(&template.elements) {
+            return Err(TemplateError::Syntax(
+                "`{{{ }}}` in a URL would skip percent-encoding; use `{{ }}`".into(),
+            ));
+        }
         let id = format!("u{}", self.next_id);
         self.next_id += 1;
         self.hb_url.register_template(&id, template);
@@ -327,6 +332,18 @@ fn check_elements(elements: &[TemplateElement], roots: &[&str], check_paths: boo
     Ok(())
 }
 
+/// Whether any `{{{ }}}` (escaping off) appears, blocks included.
+fn has_unescaped(elements: &[TemplateElement]) -> bool {
+    elements.iter().any(|e| match e {
+        TemplateElement::HtmlExpression(_) => true,
+        TemplateElement::Expression(h) | TemplateElement::HelperBlock(h) => {
+            h.template.as_ref().is_some_and(|t| has_unescaped(&t.elements))
+                || h.inverse.as_ref().is_some_and(|t| has_unescaped(&t.elements))
+        }
+        _ => false,
+    })
+}
+
 fn check_helper(h: &HelperTemplate, roots: &[&str], check_paths: bool) -> Result<(), TemplateError> {
     let is_call = h.block || !h.params.is_empty() || !h.hash.is_empty();
     if is_call {
@@ -442,6 +459,17 @@ mod tests {
         assert!(t.compile_url("https://{{alert.labels.host}}/x", ROOTS).is_err());
         assert!(t.compile_url("https://api.example{{alert.labels.x}}/", ROOTS).is_err());
         assert!(t.compile_url("https://api.example/x?q={{alert.labels.x}}", ROOTS).is_err());
+        assert!(
+            t.compile_url("https://api.example/pools/{{{alert.labels.pool}}}/resize", ROOTS)
+                .is_err()
+        );
+        assert!(
+            t.compile_url(
+                "https://api.example/p/{{#if alert.labels.pool}}{{{alert.labels.pool}}}{{/if}}",
+                ROOTS
+            )
+            .is_err()
+        );
         let tpl = t
             .compile_url("https://api.example/pools/{{alert.labels.pool}}/resize", ROOTS)
             .unwrap();

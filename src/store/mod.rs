@@ -33,6 +33,13 @@ pub enum StoreError {
     /// No execution with this id.
     #[error("no execution {0}")]
     NotFound(String),
+    /// Another worker holds the execution now (it was recovered from under
+    /// us); this worker must stop without running anything more.
+    #[error("execution {0} is no longer claimed by this worker")]
+    ClaimLost(String),
+    /// Too many writes are waiting; the caller should retry later.
+    #[error("state writer overloaded")]
+    Busy,
     /// The execution is not in the state the operation needs.
     #[error("execution {id} is {state}")]
     WrongState { id: String, state: String },
@@ -53,6 +60,8 @@ impl StoreError {
         match self {
             StoreError::Sqlite(_) => "database",
             StoreError::Closed => "closed",
+            StoreError::ClaimLost(_) => "claim_lost",
+            StoreError::Busy => "busy",
             StoreError::NotFound(_) => "not_found",
             StoreError::WrongState { .. } => "wrong_state",
             StoreError::Corrupt(_) => "corrupt",
@@ -220,6 +229,8 @@ pub struct Execution {
     pub approval_deadline: Option<DateTime<Utc>>,
     /// Set by recovery: a step's outcome is unknown; the run must escalate.
     pub resume_error: Option<String>,
+    /// The worker running it (`pid:starttime`), while running.
+    pub claimed_by: Option<String>,
     pub steps: Vec<StepRecord>,
 }
 
@@ -312,6 +323,10 @@ pub trait Store: Send + Sync {
     async fn step_finished(&self, execution: &Execution, step: StepEnd) -> Result<(), StoreError>;
 
     async fn finish(&self, execution: &Execution, state: State, reason: Option<String>) -> Result<(), StoreError>;
+
+    /// Gives a claimed execution back to the queue (after a store error
+    /// stopped it between steps), so it neither hangs nor holds its lock.
+    async fn release(&self, execution: &Execution) -> Result<(), StoreError>;
 
     /// Executions left `running` by a dead worker: resume, or mark unknown.
     async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError>;

@@ -239,7 +239,10 @@ impl SqliteStore {
                 let _ = tx.send(outcome);
             })
         });
-        self.sender.try_send(job).map_err(|_| StoreError::Closed)?;
+        self.sender.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => StoreError::Busy,
+            std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
+        })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -327,7 +330,7 @@ fn risk_of(s: &str) -> Risk {
 }
 
 const EXECUTION_COLUMNS: &str = "e.id, e.runbook, e.target, e.state, e.reason, e.actor, a.body, e.params, e.dry_run, e.automated, e.risk, \
-     e.created_ms, e.started_ms, e.finished_ms, e.approval_deadline_ms, e.resume_error";
+     e.created_ms, e.started_ms, e.finished_ms, e.approval_deadline_ms, e.resume_error, e.claimed_by";
 
 fn execution_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
     let state: String = r.get(3)?;
@@ -350,6 +353,7 @@ fn execution_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
         finished_at: opt_ts(r.get(13)?),
         approval_deadline: opt_ts(r.get(14)?),
         resume_error: r.get(15)?,
+        claimed_by: r.get(16)?,
         steps: Vec::new(),
     })
 }
@@ -395,6 +399,21 @@ fn load_steps(conn: &Connection, id: &str) -> Result<Vec<StepRecord>, StoreError
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Fencing: a worker may write steps only while it still holds the claim.
+fn check_claim(conn: &Connection, execution: &Execution) -> Result<(), StoreError> {
+    let held: Option<(String, Option<String>)> = query_row(
+        conn,
+        "SELECT state, claimed_by FROM executions WHERE id = ?1",
+        [&execution.id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?;
+    match held {
+        Some((state, claimer)) if state == "running" && claimer == execution.claimed_by => Ok(()),
+        _ => Err(StoreError::ClaimLost(execution.id.clone())),
+    }
 }
 
 fn phase_str(p: Phase) -> &'static str {
@@ -624,7 +643,9 @@ fn expire_approval(t: &mut Tx<'_>, id: &str, runbook: &str, target: &str) -> Res
 
 fn cancel_for_resolved(t: &mut Tx<'_>, fingerprint: &str) -> Result<usize, StoreError> {
     let mut stmt = t.conn.prepare_cached(
-        "SELECT id, runbook, target, state FROM executions WHERE fingerprint = ?1 AND state IN ('queued', 'pending_approval')",
+        // Only runs that never started: a recovered run waiting to resume (maybe
+        // with an unknown step to escalate) is not the alert's to cancel.
+        "SELECT id, runbook, target, state FROM executions WHERE fingerprint = ?1 AND state IN ('queued', 'pending_approval') AND started_ms IS NULL",
     )?;
     let victims: Vec<(String, String, String, String)> = stmt
         .query_map([fingerprint], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
@@ -782,7 +803,9 @@ impl Store for SqliteStore {
 
     async fn step_started(&self, execution: &Execution, step: StepStart) -> Result<(), StoreError> {
         let (id, runbook, target) = (execution.id.clone(), execution.runbook.clone(), execution.target.clone());
+        let held = execution.clone();
         self.write(move |t| {
+            check_claim(t.conn, &held)?;
             let input = t.redactor.value(&step.input);
             run_sql(t.conn,
                 "INSERT OR REPLACE INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms) \
@@ -826,6 +849,20 @@ impl Store for SqliteStore {
                     json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": step.state.as_str(), "output": output, "error": error, "error_kind": step.error_kind, "duration_ms": step.duration_ms}),
                 )
                 .execution(&id, &runbook, &target),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release(&self, execution: &Execution) -> Result<(), StoreError> {
+        let held = execution.clone();
+        self.write(move |t| {
+            check_claim(t.conn, &held)?;
+            run_sql(
+                t.conn,
+                "UPDATE executions SET state = 'queued', claimed_by = NULL WHERE id = ?1",
+                [&held.id],
             )?;
             Ok(())
         })

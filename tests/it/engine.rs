@@ -159,6 +159,9 @@ impl Store for Flaky {
     async fn finish(&self, e: &Execution, s: State, r: Option<String>) -> Result<(), StoreError> {
         self.inner.finish(e, s, r).await
     }
+    async fn release(&self, e: &Execution) -> Result<(), StoreError> {
+        self.inner.release(e).await
+    }
     async fn recover(&self, l: Liveness) -> Result<Recovery, StoreError> {
         self.inner.recover(l).await
     }
@@ -402,4 +405,98 @@ steps:
     );
     assert!(!std::path::Path::new("/tmp/pitcrew-dry-run-must-not-exist").exists());
     assert_eq!(exec.steps[1].state, StepState::Succeeded, "reads and notes still run");
+}
+
+#[tokio::test]
+async fn a_dry_run_skips_steps_that_need_output_of_steps_it_did_not_run() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: chain
+steps:
+  - name: first
+    action: exec
+    with: {command: [/bin/echo, hi]}
+  - name: second
+    action: log
+    with: {message: "first said {{steps.first.output.stdout}}"}
+  - name: third
+    action: log
+    with: {message: "second said {{steps.second.output.message}}"}
+  - name: independent
+    action: log
+    with: {message: still runs}
+"#;
+    let h = Harness::new(rb, "");
+    let rb = h.engine.runbooks.get("chain").unwrap().clone();
+    let resolved = pitcrew::runbook::Resolved {
+        params: Default::default(),
+        target: "chain".into(),
+    };
+    let admission = h.engine.manual_admission(&rb, resolved, "user:test".into(), true, None).await;
+    let id = admission.id.clone();
+    h.engine.admit(admission, None).await.unwrap();
+    h.run_queued().await;
+    let exec = h.store().execution(&id).await.unwrap();
+    assert_eq!(exec.state, State::Succeeded, "{:?}", exec.reason);
+    let states: Vec<(&str, StepState)> = exec.steps.iter().map(|s| (s.name.as_str(), s.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("first", StepState::Skipped),
+            ("second", StepState::Skipped),
+            ("third", StepState::Skipped),
+            ("independent", StepState::Succeeded)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_resolved_alert_does_not_cancel_a_run_recovered_mid_way() {
+    let h = Harness::new(RECOVER, "");
+    let id = crash_during(&h, "change", 1, "exec", false).await;
+    h.store().recover(Arc::new(claimer_alive)).await.unwrap();
+    let firing = alert(&[("alertname", "Crash")]);
+    h.post(&payload(vec![crate::support::resolved(firing)])).await;
+    assert_eq!(
+        h.store().execution(&id).await.unwrap().state,
+        State::Queued,
+        "still owed its escalation"
+    );
+    h.run_queued().await;
+    assert_eq!(h.store().execution(&id).await.unwrap().state, State::Unknown);
+}
+
+#[tokio::test]
+async fn exec_kills_what_a_timed_out_command_started_and_does_not_wait_on_leftover_pipes() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: shells
+trigger: {alertname: Sh}
+steps:
+  - name: leaves-a-daemon
+    action: exec
+    continue_on_error: true
+    with: {command: [/bin/sh, -c, "sleep 37.25 & echo started"], timeout: 20s}
+  - name: hangs
+    action: exec
+    with: {command: [/bin/sh, -c, "sleep 38.25 & sleep 39.25"], timeout: 300ms}
+"#;
+    let h = Harness::new(rb, "");
+    let started = std::time::Instant::now();
+    let exec = one_run(&h, &[("alertname", "Sh")]).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let daemon = &exec.steps[0];
+    assert_eq!(daemon.state, StepState::Succeeded, "{daemon:?}");
+    assert_eq!(daemon.output.as_ref().unwrap()["exit_code"], 0);
+    let hangs = &exec.steps[1];
+    assert_eq!(hangs.error.as_deref(), Some("timed out after 300ms"));
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 3[89].25"]).output().unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the timed-out command's group is gone: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let _ = std::process::Command::new("pkill").args(["-f", "sleep 37.25"]).status();
 }
