@@ -72,7 +72,11 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                 Err(e) => json!({"runbook": rb.name, "risk": rb.risk, "error": e.to_string()}),
             });
         }
-        report.push(json!({"alert": alert.name(), "status": alert.status.as_str(), "fingerprint": alert.fingerprint, "labels": alert.labels, "matches": matches}));
+        let duplicate = match &store {
+            Some(store) => rt.block_on(store.seen(alert))?,
+            None => false,
+        };
+        report.push(json!({"alert": alert.name(), "status": alert.status.as_str(), "fingerprint": alert.fingerprint, "labels": alert.labels, "duplicate": duplicate, "matches": matches}));
     }
     match args.output {
         Output::Json => print!("{}", output::json(&report)),
@@ -84,6 +88,9 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                     a["status"].as_str().unwrap_or(""),
                     a["fingerprint"].as_str().unwrap_or("")
                 );
+                if a["duplicate"] == Value::Bool(true) {
+                    println!("  already recorded: serve would treat this notification as a duplicate and start nothing");
+                }
                 let matches = a["matches"].as_array().cloned().unwrap_or_default();
                 if matches.is_empty() {
                     println!("  no runbook matches");

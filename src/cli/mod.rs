@@ -114,6 +114,7 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing();
+    quiet_on_closed_stdout();
     let result = match cli.command {
         Command::Validate(args) => validate::run(cli.config.as_deref(), args),
         Command::List(args) => list::run(cli.config.as_deref(), args),
@@ -139,6 +140,24 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit as u8)
         }
     }
+}
+
+/// `pitcrew list | head -1`: a reader that stops early closes our stdout.
+/// Rust ignores SIGPIPE, so `println!` panics; end quietly instead, with the
+/// shell's usual status for a broken pipe, like other Unix tools.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied());
+        if text.is_some_and(|t| t.contains("failed printing to stdout") && t.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn init_tracing() {

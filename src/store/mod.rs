@@ -354,6 +354,10 @@ pub trait Store: Send + Sync {
     /// Walks the whole chain.
     async fn verify_audit(&self) -> Result<Result<u64, Broken>, StoreError>;
 
+    /// Whether this notification (fingerprint, status, startsAt) was already
+    /// recorded: `match` says so, as intake would.
+    async fn seen(&self, alert: &Alert) -> Result<bool, StoreError>;
+
     /// Counts by state, for metrics and readiness.
     async fn queue_depth(&self) -> Result<u64, StoreError>;
 }

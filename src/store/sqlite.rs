@@ -1176,6 +1176,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn seen(&self, alert: &Alert) -> Result<bool, StoreError> {
+        let key = alert.dedupe_key();
+        self.read(move |conn| {
+            Ok(query_row(conn, "SELECT COUNT(*) FROM alerts WHERE dedupe_key = ?1", [&key], |r| {
+                r.get::<_, i64>(0)
+            })? > 0)
+        })
+        .await
+    }
+
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
             Ok(query_row(conn, "SELECT COUNT(*) FROM executions WHERE state = 'queued'", [], |r| {
