@@ -3,7 +3,6 @@
 //! are errors. `${VAR}` expands from the environment and `*_file` keys read
 //! secrets from files; both kinds of value are registered for redaction.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -556,11 +555,6 @@ impl Cx<'_> {
         self.secrets.push(value.clone());
         Some(value)
     }
-}
-
-/// For `GET /v1/budget` and the like: tokens by value → name and role.
-pub fn token_index(tokens: &[ApiToken]) -> BTreeMap<String, (String, Role)> {
-    tokens.iter().map(|t| (t.token.clone(), (t.name.clone(), t.role))).collect()
 }
 
 #[cfg(test)]

@@ -85,14 +85,6 @@ impl Tpl {
             _ => None,
         }
     }
-
-    /// The source text as written, for messages.
-    pub fn source(&self) -> String {
-        match self {
-            Tpl::Path { source, .. } | Tpl::Text { source, .. } => source.clone(),
-            other => other.literal().map(|v| v.to_string()).unwrap_or_default(),
-        }
-    }
 }
 
 /// Everything but `-`, `_`, `~` and alphanumerics is encoded in a segment —
