@@ -300,33 +300,25 @@ async fn match_says_when_an_alert_is_already_recorded() {
     let seen = crate::support::alert(&[("alertname", "Seen")]);
     h.post(&crate::support::payload(vec![seen.clone()])).await;
     let file = h.dir.path().join("alert.json");
-    std::fs::write(&file, seen.to_string()).unwrap();
     let config = h.dir.path().join("pitcrew.yaml");
-    let out = pitcrew(&[
-        "--config",
-        config.to_str().unwrap(),
-        "match",
-        "--alert",
-        file.to_str().unwrap(),
-        "--output",
-        "json",
-    ]);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report[0]["duplicate"], true);
+    let explain = |alert: &Value| -> Value {
+        std::fs::write(&file, alert.to_string()).unwrap();
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "match",
+            "--alert",
+            file.to_str().unwrap(),
+            "--output",
+            "json",
+        ];
+        serde_json::from_slice(&pitcrew(&args).stdout).unwrap()
+    };
+    assert_eq!(explain(&seen)[0]["duplicate"], true);
     // The same alert with a new startsAt is a new notification.
     let mut later = seen;
     later["startsAt"] = "2026-11-27T12:30:00Z".into();
-    std::fs::write(&file, later.to_string()).unwrap();
-    let out = pitcrew(&[
-        "--config",
-        config.to_str().unwrap(),
-        "match",
-        "--alert",
-        file.to_str().unwrap(),
-        "--output",
-        "json",
-    ]);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = explain(&later);
     assert_eq!(report[0]["duplicate"], false);
     // The first run is still queued: the lock would block a second one now.
     assert_eq!(report[0]["matches"][0]["verdict"], "blocked");
