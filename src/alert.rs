@@ -201,15 +201,17 @@ fn json_error(e: serde_json::Error) -> AlertError {
 
 /// Parses a webhook v4 body.
 pub fn parse_webhook(body: &[u8], now: DateTime<Utc>) -> Result<Delivery, AlertError> {
-    // Look at the version before the shape, so a v5 body gets the right reason.
-    let probe: serde_json::Value = serde_json::from_slice(body).map_err(json_error)?;
-    match probe.get("version") {
-        Some(serde_json::Value::String(v)) if v == "4" => {}
-        Some(serde_json::Value::String(v)) => return Err(AlertError::Version(v.clone())),
-        Some(other) => return Err(AlertError::Version(other.to_string())),
-        None => return Err(AlertError::Version(String::new())),
-    }
-    let payload: WebhookPayload = serde_json::from_value(probe).map_err(json_error)?;
+    let payload: WebhookPayload = match serde_json::from_slice(body) {
+        Ok(p) => p,
+        // Only on the error path: look at the version before the shape, so a
+        // v5 body gets the right reason.
+        Err(e) => {
+            let probe: serde_json::Value = serde_json::from_slice(body).map_err(json_error)?;
+            check_version(probe.get("version"))?;
+            return Err(json_error(e));
+        }
+    };
+    check_version(Some(&serde_json::Value::String(payload.version.clone())))?;
     let alerts = payload
         .alerts
         .into_iter()
@@ -221,6 +223,15 @@ pub fn parse_webhook(body: &[u8], now: DateTime<Utc>) -> Result<Delivery, AlertE
         receiver: payload.receiver,
         group_key: payload.group_key,
     })
+}
+
+fn check_version(version: Option<&serde_json::Value>) -> Result<(), AlertError> {
+    match version {
+        Some(serde_json::Value::String(v)) if v == "4" => Ok(()),
+        Some(serde_json::Value::String(v)) => Err(AlertError::Version(v.clone())),
+        Some(other) => Err(AlertError::Version(other.to_string())),
+        None => Err(AlertError::Version(String::new())),
+    }
 }
 
 /// Parses what `--alert FILE` holds: a whole webhook payload, one alert
