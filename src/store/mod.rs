@@ -37,6 +37,10 @@ pub enum StoreError {
     /// us); this worker must stop without running anything more.
     #[error("execution {0} is no longer claimed by this worker")]
     ClaimLost(String),
+    /// The write transaction could not start (database locked by another
+    /// process for too long, or an I/O error); nothing was written.
+    #[error("state transaction could not start (database locked or I/O error; see the log)")]
+    NotStarted,
     /// Too many writes are waiting; the caller should retry later.
     #[error("state writer overloaded")]
     Busy,
@@ -62,6 +66,7 @@ impl StoreError {
             StoreError::Closed => "closed",
             StoreError::ClaimLost(_) => "claim_lost",
             StoreError::Busy => "busy",
+            StoreError::NotStarted => "not_started",
             StoreError::NotFound(_) => "not_found",
             StoreError::WrongState { .. } => "wrong_state",
             StoreError::Corrupt(_) => "corrupt",

@@ -243,7 +243,8 @@ impl SqliteStore {
             std::sync::mpsc::TrySendError::Full(_) => StoreError::Busy,
             std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
         })?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        // A dropped completion means the writer could not begin the transaction.
+        rx.await.map_err(|_| StoreError::NotStarted)?
     }
 
     /// Runs `f` on a read connection in the blocking pool.
