@@ -86,7 +86,7 @@ impl Event {
     pub fn seal(self, seq: u64, ts: DateTime<Utc>, prev_hash: &str) -> Record {
         let mut record = Record {
             seq,
-            ts: ts.to_rfc3339_opts(SecondsFormat::Micros, true),
+            ts: format_ts(ts),
             kind: self.kind.to_string(),
             actor: self.actor,
             execution_id: self.execution_id,
@@ -99,19 +99,111 @@ impl Event {
         record.hash = record.compute_hash();
         record
     }
+
+    /// Numbers and chains the event after `prev_hash` straight into the
+    /// stored text: the canonical JSON that was hashed, with `hash` added in
+    /// its sorted place. The store's hot path: one serialisation, no copies
+    /// of `data`. Returns (text, hash).
+    pub fn seal_text(&self, seq: u64, ts: &str, prev_hash: &str) -> (String, String) {
+        let fields = Fields {
+            seq,
+            ts,
+            kind: self.kind,
+            actor: &self.actor,
+            execution_id: self.execution_id.as_deref(),
+            runbook: self.runbook.as_deref(),
+            target: self.target.as_deref(),
+            data: &self.data,
+            prev_hash,
+        };
+        let mut canonical = Vec::with_capacity(512);
+        let hash_at = fields.write_canonical(&mut canonical);
+        let hash = fields.hash(&canonical);
+        let mut text = Vec::with_capacity(canonical.len() + 80);
+        text.extend_from_slice(&canonical[..hash_at]);
+        text.extend_from_slice(b"\"hash\":\"");
+        text.extend_from_slice(hash.as_bytes());
+        text.extend_from_slice(b"\",");
+        text.extend_from_slice(&canonical[hash_at..]);
+        (String::from_utf8(text).expect("JSON text is UTF-8"), hash)
+    }
+}
+
+/// Record timestamps: RFC 3339 UTC with microseconds.
+pub fn format_ts(ts: DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A record's fields without `hash`, borrowed, in canonical (sorted) order.
+struct Fields<'a> {
+    seq: u64,
+    ts: &'a str,
+    kind: &'a str,
+    actor: &'a str,
+    execution_id: Option<&'a str>,
+    runbook: Option<&'a str>,
+    target: Option<&'a str>,
+    data: &'a Value,
+    prev_hash: &'a str,
+}
+
+impl Fields<'_> {
+    /// Writes the canonical JSON; returns the offset where `"hash"` sorts in
+    /// (after `execution_id`, before `kind`).
+    fn write_canonical(&self, out: &mut Vec<u8>) -> usize {
+        let opt = |out: &mut Vec<u8>, v: Option<&str>| match v {
+            Some(s) => write_str(out, s),
+            None => out.extend_from_slice(b"null"),
+        };
+        out.extend_from_slice(b"{\"actor\":");
+        write_str(out, self.actor);
+        out.extend_from_slice(b",\"data\":");
+        write_canonical(self.data, out);
+        out.extend_from_slice(b",\"execution_id\":");
+        opt(out, self.execution_id);
+        out.push(b',');
+        let hash_at = out.len();
+        out.extend_from_slice(b"\"kind\":");
+        write_str(out, self.kind);
+        out.extend_from_slice(b",\"prev_hash\":");
+        write_str(out, self.prev_hash);
+        out.extend_from_slice(b",\"runbook\":");
+        opt(out, self.runbook);
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"target\":");
+        opt(out, self.target);
+        out.extend_from_slice(b",\"ts\":");
+        write_str(out, self.ts);
+        out.push(b'}');
+        hash_at
+    }
+
+    fn hash(&self, canonical: &[u8]) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.prev_hash.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(canonical);
+        hex::encode(hasher.finalize())
+    }
 }
 
 impl Record {
     pub fn compute_hash(&self) -> String {
-        let mut v = serde_json::to_value(self).expect("records serialise");
-        if let Value::Object(map) = &mut v {
-            map.remove("hash");
-        }
-        let mut hasher = Sha256::new();
-        hasher.update(self.prev_hash.as_bytes());
-        hasher.update(b"\n");
-        hasher.update(canonical_json(&v).as_bytes());
-        hex::encode(hasher.finalize())
+        let fields = Fields {
+            seq: self.seq,
+            ts: &self.ts,
+            kind: &self.kind,
+            actor: &self.actor,
+            execution_id: self.execution_id.as_deref(),
+            runbook: self.runbook.as_deref(),
+            target: self.target.as_deref(),
+            data: &self.data,
+            prev_hash: &self.prev_hash,
+        };
+        let mut canonical = Vec::with_capacity(512);
+        fields.write_canonical(&mut canonical);
+        fields.hash(&canonical)
     }
 }
 
@@ -119,38 +211,54 @@ impl Record {
 /// Written out by hand so the hash never depends on serde_json's map order
 /// feature flags.
 pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(v, &mut out);
-    out
+    String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
-fn write_canonical(v: &Value, out: &mut String) {
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+            out.push(b'{');
+            let mut first = true;
+            let mut entry = |out: &mut Vec<u8>, k: &str, v: &Value| {
+                if !first {
+                    out.push(b',');
                 }
-                out.push_str(&Value::String((*k).clone()).to_string());
-                out.push(':');
-                write_canonical(&map[*k], out);
+                first = false;
+                write_str(out, k);
+                out.push(b':');
+                write_canonical(v, out);
+            };
+            // serde_json's default map is already sorted; sort only if not.
+            if map.keys().is_sorted() {
+                for (k, v) in map {
+                    entry(out, k, v);
+                }
+            } else {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                for k in keys {
+                    entry(out, k, &map[k]);
+                }
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => serde_json::to_writer(&mut *out, other).expect("writing to a Vec cannot fail"),
     }
 }
 
@@ -222,6 +330,37 @@ mod tests {
         assert_eq!(
             canonical_json(&json!({"b": 1, "a": {"d": [1, 2], "c": "x\n"}})),
             r#"{"a":{"c":"x\n","d":[1,2]},"b":1}"#
+        );
+    }
+
+    /// The hash as SPEC §8 defines it, computed independently (Python's
+    /// `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`),
+    /// so a change in how we write JSON cannot silently change the format.
+    #[test]
+    fn hash_matches_an_independent_implementation() {
+        let event = Event::new(
+            kind::STEP_STARTED,
+            "alertmanager",
+            json!({"z": [1, 2.5, {"b": null, "a": true}], "msg": "h\u{e9}llo \u{202e}\n\t\"q\" \\ \u{1} {{x}} $(id)", "A": -3}),
+        )
+        .execution("01abc", "rb", "ns/dep");
+        let prev = "ab".repeat(32);
+        let ts = "2026-11-27T10:00:00.123456Z";
+        let (text, hash) = event.seal_text(7, ts, &prev);
+        assert_eq!(hash, "0280bbd561b88929bcb2a65f1c4a2d6f73ff52a30a7e2f83f22c0abb94c70148");
+        let record: Record = serde_json::from_str(&text).unwrap();
+        assert_eq!(record.hash, hash);
+        assert_eq!(record.compute_hash(), hash);
+        assert_eq!(verify_from(&record, 7, &prev), Ok(()));
+        // The stored text is the hashed canonical JSON plus the hash, nothing else.
+        let without_hash = text.replace(&format!("\"hash\":\"{hash}\","), "");
+        assert!(
+            without_hash.starts_with(r#"{"actor":"alertmanager","data":{"A":-3,"msg":"h"#),
+            "{without_hash}"
+        );
+        assert!(
+            without_hash.ends_with(r#""seq":7,"target":"ns/dep","ts":"2026-11-27T10:00:00.123456Z"}"#),
+            "{without_hash}"
         );
     }
 

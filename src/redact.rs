@@ -56,15 +56,30 @@ impl Redactor {
 
     /// Redacts every string inside a JSON value, keys included.
     pub fn value(&self, v: &serde_json::Value) -> serde_json::Value {
+        let mut copy = v.clone();
+        self.in_place(&mut copy);
+        copy
+    }
+
+    /// [`Redactor::value`] without the copy, for values about to be stored.
+    pub fn in_place(&self, v: &mut serde_json::Value) {
         use serde_json::Value;
-        if self.matcher.is_none() {
-            return v.clone();
-        }
+        let Some(m) = &self.matcher else { return };
         match v {
-            Value::String(s) => Value::String(self.text(s)),
-            Value::Array(items) => Value::Array(items.iter().map(|i| self.value(i)).collect()),
-            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (self.text(k), self.value(v))).collect()),
-            other => other.clone(),
+            Value::String(s) if m.is_match(s.as_str()) => *s = self.text(s),
+            Value::Array(items) => items.iter_mut().for_each(|i| self.in_place(i)),
+            Value::Object(map) if map.keys().any(|k| m.is_match(k.as_str())) => {
+                let old = std::mem::take(map);
+                *map = old
+                    .into_iter()
+                    .map(|(k, mut v)| {
+                        self.in_place(&mut v);
+                        (self.text(&k), v)
+                    })
+                    .collect();
+            }
+            Value::Object(map) => map.values_mut().for_each(|v| self.in_place(v)),
+            _ => {}
         }
     }
 }
