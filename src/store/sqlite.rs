@@ -119,6 +119,8 @@ pub struct Tx<'c> {
     cursor: Option<(u64, String)>,
     redactor: &'c Redactor,
     now: DateTime<Utc>,
+    /// `now` as audit records write it, formatted once per transaction.
+    now_text: String,
 }
 
 impl Tx<'_> {
@@ -143,16 +145,16 @@ impl Tx<'_> {
             })
             .unwrap_or((0, audit::GENESIS.to_string())),
         };
-        event.data = self.redactor.value(&event.data);
-        let record = event.seal(seq + 1, self.now, &prev);
-        let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.redactor.in_place(&mut event.data);
+        let seq = seq + 1;
+        let (text, hash) = event.seal_text(seq, &self.now_text, &prev);
         run_sql(
             self.conn,
             "INSERT INTO audit (seq, ts_ms, kind, execution_id, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![record.seq as i64, self.now_ms(), record.kind, record.execution_id, text],
+            params![seq as i64, self.now_ms(), event.kind, event.execution_id, text],
         )?;
-        self.cursor = Some((record.seq, record.hash));
-        Ok(seq + 1)
+        self.cursor = Some((seq, hash));
+        Ok(seq)
     }
 }
 
@@ -185,17 +187,27 @@ impl SqliteStore {
         let path = state_dir.join("state.db");
         let writer = open_connection(&path)?;
         writer.execute_batch(SCHEMA)?;
+        // Commits write the WAL without waiting for the disk; the syncer
+        // thread fsyncs it and only then answers the jobs (see `sync_loop`).
+        writer.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let spawn_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let (to_sync, unsynced) = sync_channel::<Committed>(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("pitcrew-store-sync".into())
+            .spawn(move || sync_loop(wal, unsynced))
+            .map_err(spawn_error)?;
         let (sender, receiver) = sync_channel::<Job>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("pitcrew-store-writer".into())
             .spawn({
                 let clock = clock.clone();
-                move || write_loop(writer, receiver, redactor, clock)
+                move || write_loop(writer, receiver, redactor, clock, to_sync)
             })
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
         Ok(SqliteStore {
             path,
             sender,
@@ -217,14 +229,16 @@ impl SqliteStore {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |t: &mut Tx<'_>| {
             let saved = t.cursor.clone();
-            let result = match t.conn.execute_batch("SAVEPOINT job") {
-                Ok(()) => {
+            let result = match run_sql(t.conn, "SAVEPOINT job", []) {
+                Ok(_) => {
                     let r = f(t);
-                    let end = if r.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-                    if r.is_err() {
+                    let ended = if r.is_ok() {
+                        run_sql(t.conn, "RELEASE job", []).map(drop)
+                    } else {
                         t.cursor = saved;
-                    }
-                    match t.conn.execute_batch(end) {
+                        t.conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                    };
+                    match ended {
                         Ok(()) => r,
                         Err(e) => Err(StoreError::from(e)),
                     }
@@ -271,7 +285,66 @@ impl SqliteStore {
     }
 }
 
-fn write_loop(conn: Connection, receiver: Receiver<Job>, redactor: Redactor, clock: Arc<dyn Clock>) {
+/// A committed group: its jobs' answers, held until the WAL is on disk.
+struct Committed {
+    outcome: Result<(), String>,
+    completions: Vec<Completion>,
+}
+
+/// Makes commits durable off the writer thread.
+///
+/// SQLite with `synchronous=FULL` fsyncs the WAL inside COMMIT, so the
+/// writer would sit idle for every fsync and no transaction could run
+/// meanwhile. Instead the writer commits with `synchronous=NORMAL` (frames
+/// written to the WAL, not yet synced) and goes on with the next group, while
+/// this thread fsyncs the WAL file and only then answers the jobs of every
+/// group committed before the fsync began. That is what FULL does, in the
+/// same order, overlapped: no caller learns of a commit before it is on disk,
+/// so nothing is acknowledged (202) and no action runs before its record is
+/// durable. The WAL is append-only between checkpoints, and checkpoints
+/// (still run by the writer) sync the WAL themselves before copying it back,
+/// so a crash or power loss can only lose groups nobody was answered for.
+///
+/// If an fsync fails, the page cache may already have dropped the pages it
+/// could not write, so a retry could report success for lost data: the
+/// store stops (every later write fails closed) and the process must be
+/// restarted to recover from the WAL on disk.
+fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
+    let mut file: Option<std::fs::File> = None;
+    let mut failed: Option<String> = None;
+    while let Ok(first) = unsynced.recv() {
+        let mut groups = vec![first];
+        groups.extend(unsynced.try_iter());
+        if failed.is_none() {
+            let synced = match &file {
+                Some(f) => f.sync_data(),
+                // The WAL exists once the writer has committed: open it on first use.
+                None => std::fs::File::open(&wal).and_then(|f| f.sync_data().map(|()| f)).map(|f| {
+                    file = Some(f);
+                }),
+            };
+            if let Err(e) = synced {
+                tracing::error!(error = %e, wal = %wal.display(), "fsync of the state WAL failed; the store stops accepting writes, restart pitcrew");
+                failed = Some(format!("fsync of the WAL failed: {e}"));
+            }
+        }
+        for group in groups {
+            let outcome = match &failed {
+                Some(e) => Err(e.clone()),
+                None => group.outcome,
+            };
+            for done in group.completions {
+                done(outcome.clone());
+            }
+        }
+        if failed.is_some() {
+            // Dropping the receiver makes the writer stop.
+            return;
+        }
+    }
+}
+
+fn write_loop(conn: Connection, receiver: Receiver<Job>, redactor: Redactor, clock: Arc<dyn Clock>, to_sync: SyncSender<Committed>) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP_MAX {
@@ -285,11 +358,13 @@ fn write_loop(conn: Connection, receiver: Receiver<Job>, redactor: Redactor, clo
             tracing::error!(error = %e, jobs = batch.len(), "cannot begin a state transaction");
             continue;
         }
+        let now = clock.now();
         let mut tx = Tx {
             conn: &conn,
             cursor: None,
             redactor: &redactor,
-            now: clock.now(),
+            now,
+            now_text: audit::format_ts(now),
         };
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut tx)).collect();
         let committed = conn.execute_batch("COMMIT").map_err(|e| {
@@ -297,8 +372,13 @@ fn write_loop(conn: Connection, receiver: Receiver<Job>, redactor: Redactor, clo
             let _ = conn.execute_batch("ROLLBACK");
             e.to_string()
         });
-        for done in completions {
-            done(committed.clone());
+        let group = Committed {
+            outcome: committed,
+            completions,
+        };
+        if to_sync.send(group).is_err() {
+            // The syncer stopped after a failed fsync: fail closed from now on.
+            return;
         }
     }
 }
@@ -775,7 +855,7 @@ impl Store for SqliteStore {
                 .optional()?,
                 None => query_row(
                     t.conn,
-                    "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, id LIMIT 1",
+                    "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, rowid LIMIT 1",
                     [],
                     |r| r.get(0),
                 )
