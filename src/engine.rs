@@ -3,7 +3,7 @@
 //! step, writing `step.started` durably before each action runs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -16,11 +16,12 @@ use crate::alert::Alert;
 use crate::audit::{Event, kind};
 use crate::budget::Budgets;
 use crate::config::Config;
+use crate::dispatch::Dispatch;
 use crate::guard::{Decision, Verdict};
 use crate::metrics::Metrics;
 use crate::runbook::{Runbook, RunbookSet, Step};
 use crate::store::{
-    Admission, Execution, IntakeAlert, IntakeResult, Phase, State, StepEnd, StepStart, StepState, Store, StoreError, new_id,
+    Admission, Claim, Execution, IntakeAlert, IntakeResult, Pending, Phase, State, StepEnd, StepStart, StepState, Store, StoreError, new_id,
 };
 
 /// Something the engine could not do.
@@ -67,6 +68,8 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     /// Woken when work is queued.
     pub wake: Arc<Notify>,
+    /// Runnable executions in memory, for the workers.
+    dispatch: Dispatch,
     /// `pid:starttime`, so recovery can tell a dead worker from a live one.
     pub worker_id: String,
     /// Stops workers between steps.
@@ -133,6 +136,7 @@ impl Engine {
             budgets,
             metrics: Arc::new(Metrics::default()),
             wake: Arc::new(Notify::new()),
+            dispatch: Dispatch::default(),
             worker_id: worker_id(),
             shutdown: CancellationToken::new(),
         }
@@ -207,7 +211,8 @@ impl Engine {
             let admissions = self.admissions(&alert).await;
             items.push(IntakeAlert { alert, admissions });
         }
-        let result = self.store.intake(items, self.config().clone()).await?;
+        let mut result = self.store.intake(items, self.config().clone()).await?;
+        self.dispatch.offer(std::mem::take(&mut result.queued));
         self.metrics.alerts_received.inc_by(result.accepted as u64);
         self.metrics.alerts_duplicate.inc_by(result.duplicates as u64);
         self.after_decisions(result.executions.iter().map(|(_, d)| d)).await;
@@ -285,43 +290,93 @@ impl Engine {
             // Register interest before looking, so a wake between the look
             // and the wait is not lost.
             let notified = self.wake.notified();
-            match self.store.claim(&self.worker_id, None).await {
-                Ok(Some(exec)) => {
-                    let held = exec.clone();
-                    match self.execute(exec, None).await {
-                        Ok(_) => {}
-                        Err(EngineError::ShuttingDown) => return,
-                        Err(EngineError::Store(StoreError::ClaimLost(id))) => {
-                            tracing::warn!(execution = %id, "claim lost to recovery; stopped without running more steps");
-                        }
-                        Err(e) => {
-                            tracing::error!(execution = %held.id, error = %crate::diag::chain(&e), "execution stopped; handing it back to the queue");
-                            // Fail closed, then retry later rather than hold the target's lock forever.
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                            if let Err(e) = self.store.release(&held).await {
-                                tracing::error!(execution = %held.id, error = %crate::diag::chain(&e), "cannot requeue");
-                            }
-                        }
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(error = %crate::diag::chain(&e), "cannot claim work"),
+            match self.turn().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(EngineError::ShuttingDown) => return,
+                Err(e) => tracing::error!(error = %crate::diag::chain(&e), "worker turn failed"),
             }
             // Other processes (CLI approvals) queue work too: look again now and then.
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(crate::dispatch::REFILL_EVERY) => {}
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// Runs a claimed execution to its end.
+    /// One worker turn: refills the in-memory queue from the store when due,
+    /// then runs the next execution to its end. `Ok(false)`: nothing to run.
+    pub async fn turn(&self) -> Result<bool, EngineError> {
+        if let Some(mut refill) = self.dispatch.begin_refill(std::time::Instant::now()) {
+            let exclude = std::mem::take(&mut refill.exclude);
+            match self.store.queued(refill.limit, exclude).await {
+                Ok((found, exhausted)) => {
+                    if self.dispatch.end_refill(refill, found, exhausted) > 0 {
+                        self.wake.notify_waiters();
+                    }
+                }
+                Err(e) => {
+                    self.dispatch.abort_refill();
+                    return Err(e.into());
+                }
+            }
+        }
+        let Some(mut exec) = self.dispatch.pop() else {
+            return Ok(false);
+        };
+        // Claimed in the transaction of its first record (see `Pending`).
+        let started_at = exec.started_at.unwrap_or_else(|| crate::store::truncate_ms(self.store.now()));
+        exec.state = State::Running;
+        exec.claimed_by = Some(self.worker_id.clone());
+        exec.started_at = Some(started_at);
+        let claim = Claim {
+            worker: self.worker_id.clone(),
+            started_at,
+        };
+        let result = self.run(&exec, Some(claim), None).await;
+        self.dispatch.done(&exec.id);
+        match result {
+            Ok(_) => Ok(true),
+            Err(EngineError::ShuttingDown) => Err(EngineError::ShuttingDown),
+            Err(EngineError::Store(StoreError::Taken(id))) => {
+                tracing::debug!(execution = %id, "cancelled or claimed elsewhere before it started; not run");
+                Ok(true)
+            }
+            Err(EngineError::Store(StoreError::ClaimLost(id))) => {
+                tracing::warn!(execution = %id, "claim lost to recovery; stopped without running more steps");
+                Ok(true)
+            }
+            Err(e @ EngineError::UnknownRunbook(_)) => {
+                tracing::error!(execution = %exec.id, error = %e, "execution failed");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(execution = %exec.id, error = %crate::diag::chain(&e), "execution stopped; handing it back to the queue");
+                // Fail closed, then retry later rather than hold the target's lock forever.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                match self.store.release(&exec).await {
+                    // Never claimed in the store (its first write failed): still queued there.
+                    Ok(()) | Err(StoreError::ClaimLost(_)) => {}
+                    Err(e) => tracing::error!(execution = %exec.id, error = %crate::diag::chain(&e), "cannot requeue"),
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Runs an execution claimed from the store to its end.
     pub async fn execute(&self, exec: Execution, progress: Option<ProgressFn>) -> Result<Outcome, EngineError> {
+        self.run(&exec, None, progress).await
+    }
+
+    /// Runs an execution to its end; `claim` when it still has to be
+    /// claimed (taken from the in-memory queue).
+    async fn run(&self, exec: &Execution, claim: Option<Claim>, progress: Option<ProgressFn>) -> Result<Outcome, EngineError> {
+        let pending = Pending { claim, ended: Vec::new() };
         let Some(rb) = self.runbooks.get(&exec.runbook).cloned() else {
             let reason = format!("runbook `{}` is not loaded", exec.runbook);
-            self.store.finish(&exec, State::Failed, Some(reason.clone())).await?;
+            self.store.finish(exec, pending, State::Failed, Some(reason.clone())).await?;
             self.metrics.execution("failed");
             return Err(EngineError::UnknownRunbook(exec.runbook.clone()));
         };
@@ -336,8 +391,11 @@ impl Engine {
         let run = Run {
             engine: self,
             rb: &rb,
-            exec: &exec,
+            exec,
+            // Someone watching live (`pitcrew run`) sees each end as it is recorded.
+            defer_ends: progress.is_none(),
             progress,
+            pending: Mutex::new(pending),
         };
         let failure: Option<String> = match &exec.resume_error {
             Some(e) => Some(e.clone()),
@@ -362,7 +420,9 @@ impl Engine {
                 }
             }
         };
-        self.store.finish(&exec, outcome.state, outcome.reason.clone()).await?;
+        self.store
+            .finish(exec, run.take_pending(), outcome.state, outcome.reason.clone())
+            .await?;
         self.metrics.execution(outcome.state.as_str());
         Ok(outcome)
     }
@@ -373,9 +433,33 @@ struct Run<'a> {
     rb: &'a Runbook,
     exec: &'a Execution,
     progress: Option<ProgressFn>,
+    /// Written with the next record (see [`Pending`]).
+    pending: Mutex<Pending>,
+    defer_ends: bool,
 }
 
 impl Run<'_> {
+    fn take_pending(&self) -> Pending {
+        std::mem::take(&mut *self.pending.lock().expect("pending lock"))
+    }
+
+    /// A step ended: recorded with the next write, which follows at once
+    /// (the next step's start or the execution's end).
+    async fn ended(&self, end: StepEnd) -> Result<(), EngineError> {
+        self.pending.lock().expect("pending lock").ended.push(end);
+        if !self.defer_ends {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending now: before waiting or stopping.
+    async fn flush(&self) -> Result<(), EngineError> {
+        let pending = self.take_pending();
+        self.engine.store.record_pending(self.exec, pending).await?;
+        Ok(())
+    }
+
     fn report(&self, p: Progress) {
         if let Some(f) = &self.progress {
             f(&p);
@@ -399,6 +483,11 @@ impl Run<'_> {
         for (index, step) in steps.iter().enumerate() {
             let index = index as u32;
             if self.engine.shutdown.is_cancelled() {
+                // A run still to be claimed wrote nothing and stays queued;
+                // otherwise what is done is recorded before stopping.
+                if self.pending.lock().expect("pending lock").claim.is_none() {
+                    self.flush().await?;
+                }
                 return Err(EngineError::ShuttingDown);
             }
             // Resuming after a crash: a step whose last attempt ended is not run
@@ -441,7 +530,7 @@ impl Run<'_> {
                 Ok(Some(input)) => input,
                 Ok(None) => {
                     let skipped = end(StepState::Skipped, Some(json!({"skipped": "when is false"})), None, None, 0, 0);
-                    self.engine.store.step_finished(self.exec, skipped).await?;
+                    self.ended(skipped).await?;
                     self.report(Progress::StepFinished {
                         name: step.name.clone(),
                         state: StepState::Skipped,
@@ -460,7 +549,7 @@ impl Run<'_> {
                         0,
                         0,
                     );
-                    self.engine.store.step_finished(self.exec, skipped).await?;
+                    self.ended(skipped).await?;
                     self.report(Progress::StepFinished {
                         name: step.name.clone(),
                         state: StepState::Skipped,
@@ -472,7 +561,7 @@ impl Run<'_> {
                 }
                 Err(msg) => {
                     let failed = end(StepState::Failed, None, Some(msg.clone()), Some("bad_input"), 0, 0);
-                    self.engine.store.step_finished(self.exec, failed).await?;
+                    self.ended(failed).await?;
                     self.report(Progress::StepFinished {
                         name: step.name.clone(),
                         state: StepState::Failed,
@@ -534,6 +623,7 @@ impl Run<'_> {
                 .store
                 .step_started(
                     self.exec,
+                    self.take_pending(),
                     StepStart {
                         phase,
                         index,
@@ -579,23 +669,18 @@ impl Run<'_> {
                 Ok(out) => (StepState::Succeeded, Some(out), None, None),
                 Err(e) => (StepState::Failed, None, Some(e.to_string()), Some(e.kind().to_string())),
             };
-            self.engine
-                .store
-                .step_finished(
-                    self.exec,
-                    StepEnd {
-                        phase,
-                        index,
-                        name: step.name.clone(),
-                        attempt,
-                        state,
-                        output: output.clone(),
-                        error: err.clone(),
-                        error_kind: kind.clone(),
-                        duration_ms: ms,
-                    },
-                )
-                .await?;
+            self.ended(StepEnd {
+                phase,
+                index,
+                name: step.name.clone(),
+                attempt,
+                state,
+                output: output.clone(),
+                error: err.clone(),
+                error_kind: kind.clone(),
+                duration_ms: ms,
+            })
+            .await?;
             let detail = match (&err, &output) {
                 (Some(e), _) => e.clone(),
                 (None, Some(o)) => short(o),
@@ -614,6 +699,7 @@ impl Run<'_> {
             match delays.next() {
                 Some(delay) => {
                     attempt += 1;
+                    self.flush().await?;
                     tokio::time::sleep(delay).await;
                 }
                 None => return Ok((state, output, err)),

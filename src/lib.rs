@@ -9,6 +9,7 @@ pub mod store;
 pub mod alert;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod engine;
 pub mod guard;
 pub mod matcher;

@@ -10,7 +10,7 @@ use chrono::Utc;
 use super::{Exit, Failure};
 use crate::engine::{Engine, Progress, ProgressFn};
 use crate::guard::{CheckVerdict, Decision, Verdict};
-use crate::store::{State, StepState};
+use crate::store::{Pending, State, StepState};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -165,7 +165,7 @@ pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit>
             } else {
                 format!("interrupted by the user (SIGINT) during step {during}; its outcome is unknown")
             };
-            engine.store.finish(&claimed, state, Some(reason.clone())).await?;
+            engine.store.finish(&claimed, Pending::default(), state, Some(reason.clone())).await?;
             eprintln!("{state}: {reason}");
             println!("{id}");
             return Ok(Exit::StepFailed);

@@ -47,6 +47,11 @@ pub enum StoreError {
     /// The execution is not in the state the operation needs.
     #[error("execution {id} is {state}")]
     WrongState { id: String, state: String },
+    /// A worker took this execution from the in-memory queue, but by the
+    /// time it claimed it the execution had been cancelled (its alert
+    /// resolved) or claimed by another worker: it must not run.
+    #[error("execution {0} was cancelled or taken by another worker before it started")]
+    Taken(String),
     /// Stored data could not be read back.
     #[error("corrupt state: {0}")]
     Corrupt(String),
@@ -65,6 +70,7 @@ impl StoreError {
             StoreError::Sqlite(_) => "database",
             StoreError::Closed => "closed",
             StoreError::ClaimLost(_) => "claim_lost",
+            StoreError::Taken(_) => "taken",
             StoreError::Busy => "busy",
             StoreError::NotStarted => "not_started",
             StoreError::NotFound(_) => "not_found",
@@ -164,6 +170,10 @@ pub struct IntakeResult {
     pub executions: Vec<(String, Decision)>,
     /// Queued executions cancelled by resolved notifications.
     pub cancelled: usize,
+    /// The executions queued by this intake, as a worker would load them:
+    /// the engine hands them to workers without reading them back.
+    #[serde(skip)]
+    pub queued: Vec<Execution>,
 }
 
 /// Step phases: the main list or `on_failure`.
@@ -285,6 +295,40 @@ pub struct StepEnd {
     pub duration_ms: u64,
 }
 
+/// A worker's claim on an execution it took from the in-memory queue.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub worker: String,
+    /// The execution's start as actions see it (`started_at`), to the
+    /// millisecond as stored, so a resumed run sees the same value.
+    pub started_at: DateTime<Utc>,
+}
+
+/// What a worker did since its last write, recorded in the same transaction
+/// as its next one: the claim of an execution taken from the in-memory queue,
+/// and the ends of steps. A one-step run then costs two commits (claim with
+/// `step.started`, then `step.finished` with `execution.finished`), and every
+/// record still reaches the disk before anything that depends on it happens:
+/// a step's end before the next step starts, the claim before any action.
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    pub claim: Option<Claim>,
+    pub ended: Vec<StepEnd>,
+}
+
+impl Pending {
+    pub fn ended(end: StepEnd) -> Pending {
+        Pending {
+            claim: None,
+            ended: vec![end],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.claim.is_none() && self.ended.is_empty()
+    }
+}
+
 /// A tripped escalation breaker.
 #[derive(Debug, Clone, Serialize)]
 pub struct Breaker {
@@ -322,12 +366,21 @@ pub trait Store: Send + Sync {
     /// Atomically takes the oldest queued execution (or `id` if given and queued).
     async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError>;
 
-    /// Records that a step is about to run; durable before the action runs.
-    async fn step_started(&self, execution: &Execution, step: StepStart) -> Result<(), StoreError>;
+    /// The oldest queued executions, up to `limit`, leaving out `exclude`
+    /// (already in memory); and whether none remain beyond them. Read only:
+    /// workers claim them with their first record.
+    async fn queued(&self, limit: usize, exclude: std::collections::HashSet<String>) -> Result<(Vec<Execution>, bool), StoreError>;
 
-    async fn step_finished(&self, execution: &Execution, step: StepEnd) -> Result<(), StoreError>;
+    /// Records `pending`, then that a step is about to run; durable before
+    /// the action runs. Fails with [`StoreError::ClaimLost`] or
+    /// [`StoreError::Taken`] (nothing written) when the worker may not run it.
+    async fn step_started(&self, execution: &Execution, pending: Pending, step: StepStart) -> Result<(), StoreError>;
 
-    async fn finish(&self, execution: &Execution, state: State, reason: Option<String>) -> Result<(), StoreError>;
+    /// Records `pending` on its own: before a worker waits (retry backoff) or stops.
+    async fn record_pending(&self, execution: &Execution, pending: Pending) -> Result<(), StoreError>;
+
+    /// Records `pending`, then the execution's end.
+    async fn finish(&self, execution: &Execution, pending: Pending, state: State, reason: Option<String>) -> Result<(), StoreError>;
 
     /// Gives a claimed execution back to the queue (after a store error
     /// stopped it between steps), so it neither hangs nor holds its lock.
@@ -365,6 +418,15 @@ pub trait Store: Send + Sync {
 
     /// Counts by state, for metrics and readiness.
     async fn queue_depth(&self) -> Result<u64, StoreError>;
+
+    /// The store's clock, so times the engine writes agree with the store's
+    /// (and tests control both).
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// `t` to the millisecond, as the store keeps times.
+pub fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
 /// A new execution id: time-ordered, unique.

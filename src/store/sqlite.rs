@@ -751,6 +751,111 @@ fn cancel_for_resolved(t: &mut Tx<'_>, fingerprint: &str) -> Result<usize, Store
     Ok(victims.len())
 }
 
+/// An execution just queued by intake, as `claim` would load it.
+fn queued_execution(adm: &Admission, alert: &Alert, dry_run: bool, now: DateTime<Utc>) -> Execution {
+    Execution {
+        id: adm.id.clone(),
+        runbook: adm.runbook.name.clone(),
+        target: adm.target.clone(),
+        state: State::Queued,
+        reason: None,
+        actor: adm.actor.clone(),
+        alert: Some(alert.clone()),
+        params: adm.params.clone(),
+        dry_run,
+        automated: adm.automated,
+        risk: adm.runbook.risk,
+        created_at: ts(now.timestamp_millis()),
+        started_at: None,
+        finished_at: None,
+        approval_deadline: None,
+        resume_error: None,
+        claimed_by: None,
+        steps: Vec::new(),
+    }
+}
+
+/// Whether a run being claimed already has steps behind it.
+fn resumed(exec: &Execution) -> bool {
+    exec.steps.iter().any(|s| s.state != StepState::Started)
+}
+
+fn started_event(exec: &Execution, worker: &str, resumed: bool) -> Event {
+    Event::new(
+        kind::EXECUTION_STARTED,
+        &exec.actor,
+        json!({"worker": worker, "dry_run": exec.dry_run, "resumed": resumed, "params": exec.params}),
+    )
+    .execution(&exec.id, &exec.runbook, &exec.target)
+}
+
+/// Writes what a worker did since its last write (see [`Pending`]): first
+/// its claim, which fails the whole job when the execution is no longer
+/// queued, then the ends of its steps.
+fn record_pending(t: &mut Tx<'_>, exec: &Execution, pending: Pending) -> Result<(), StoreError> {
+    if let Some(claim) = &pending.claim {
+        let claimed = run_sql(
+            t.conn,
+            "UPDATE executions SET state = 'running', claimed_by = ?2, started_ms = COALESCE(started_ms, ?3) WHERE id = ?1 AND state = 'queued'",
+            params![exec.id, claim.worker, claim.started_at.timestamp_millis()],
+        )?;
+        if claimed == 0 {
+            return Err(StoreError::Taken(exec.id.clone()));
+        }
+        t.append(started_event(exec, &claim.worker, resumed(exec)))?;
+    }
+    for step in pending.ended {
+        let output = step.output.map(|mut o| {
+            t.redactor.in_place(&mut o);
+            o
+        });
+        let output_text = output.as_ref().map(|o| o.to_string());
+        let error = step.error.as_ref().map(|e| t.redactor.text(e));
+        let updated = run_sql(
+            t.conn,
+            "UPDATE steps SET state = ?5, output = ?6, error = ?7, finished_ms = ?8 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
+            params![
+                exec.id,
+                phase_str(step.phase),
+                step.index,
+                step.attempt,
+                step.state.as_str(),
+                output_text,
+                error,
+                t.now_ms()
+            ],
+        )?;
+        if updated == 0 {
+            // A step skipped before it started (`when` false) has no row yet.
+            run_sql(
+                t.conn,
+                "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, output, error, started_ms, finished_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, '', 1, ?6, 'null', ?7, ?8, ?9, ?9)",
+                params![
+                    exec.id,
+                    phase_str(step.phase),
+                    step.index,
+                    step.attempt,
+                    step.name,
+                    step.state.as_str(),
+                    output_text,
+                    error,
+                    t.now_ms()
+                ],
+            )?;
+        }
+        t.append(
+            Event::new(
+                kind::STEP_FINISHED,
+                "pitcrew",
+                json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": step.state.as_str(), "output": output, "error": error, "error_kind": step.error_kind, "duration_ms": step.duration_ms}),
+            )
+            .execution(&exec.id, &exec.runbook, &exec.target),
+        )?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn intake(&self, alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError> {
@@ -791,6 +896,9 @@ impl Store for SqliteStore {
                         )?;
                     }
                     let decision = admit_in(t, adm, Some((alert, alert_id)), &config)?;
+                    if decision.verdict == Verdict::Run {
+                        result.queued.push(queued_execution(adm, alert, decision.dry_run, t.now));
+                    }
                     result.executions.push((adm.id.clone(), decision));
                 }
             }
@@ -868,26 +976,47 @@ impl Store for SqliteStore {
                 params![id, worker, now_ms],
             )?;
             let exec = load_execution(t.conn, &id)?;
-            let resumed = exec.steps.iter().any(|s| s.state != StepState::Started);
-            t.append(
-                Event::new(
-                    kind::EXECUTION_STARTED,
-                    &exec.actor,
-                    json!({"worker": worker, "dry_run": exec.dry_run, "resumed": resumed, "params": exec.params}),
-                )
-                .execution(&exec.id, &exec.runbook, &exec.target),
-            )?;
+            t.append(started_event(&exec, &worker, resumed(&exec)))?;
             Ok(Some(exec))
         })
         .await
     }
 
-    async fn step_started(&self, execution: &Execution, step: StepStart) -> Result<(), StoreError> {
-        let (id, runbook, target) = (execution.id.clone(), execution.runbook.clone(), execution.target.clone());
+    async fn queued(&self, limit: usize, exclude: std::collections::HashSet<String>) -> Result<(Vec<Execution>, bool), StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, rowid")?;
+            let mut rows = stmt.query([])?;
+            let mut ids = Vec::new();
+            let mut exhausted = true;
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                if exclude.contains(&id) {
+                    continue;
+                }
+                if ids.len() == limit {
+                    exhausted = false;
+                    break;
+                }
+                ids.push(id);
+            }
+            drop(rows);
+            let found = ids.iter().map(|id| load_execution(conn, id)).collect::<Result<_, _>>()?;
+            Ok((found, exhausted))
+        })
+        .await
+    }
+
+    async fn step_started(&self, execution: &Execution, pending: Pending, step: StepStart) -> Result<(), StoreError> {
         let held = execution.clone();
         self.write(move |t| {
-            check_claim(t.conn, &held)?;
-            let input = t.redactor.value(&step.input);
+            let claimed = pending.claim.is_some();
+            record_pending(t, &held, pending)?;
+            if !claimed {
+                check_claim(t.conn, &held)?;
+            }
+            let (id, runbook, target) = (&held.id, &held.runbook, &held.target);
+            let mut input = step.input;
+            t.redactor.in_place(&mut input);
             run_sql(t.conn,
                 "INSERT OR REPLACE INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'started', ?8, ?9)",
@@ -899,41 +1028,19 @@ impl Store for SqliteStore {
                     "pitcrew",
                     json!({"step": step.name, "action": step.action, "phase": step.phase, "attempt": step.attempt, "idempotent": step.idempotent, "dry_run": step.dry_run, "input": input}),
                 )
-                .execution(&id, &runbook, &target),
+                .execution(id, runbook, target),
             )?;
             Ok(())
         })
         .await
     }
 
-    async fn step_finished(&self, execution: &Execution, step: StepEnd) -> Result<(), StoreError> {
-        let (id, runbook, target) = (execution.id.clone(), execution.runbook.clone(), execution.target.clone());
-        self.write(move |t| {
-            let output = step.output.as_ref().map(|o| t.redactor.value(o));
-            let error = step.error.as_ref().map(|e| t.redactor.text(e));
-            let updated = run_sql(t.conn,
-                "UPDATE steps SET state = ?5, output = ?6, error = ?7, finished_ms = ?8 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
-                params![id, phase_str(step.phase), step.index, step.attempt, step.state.as_str(), output.as_ref().map(|o| o.to_string()), error, t.now_ms()],
-            )?;
-            if updated == 0 {
-                // A step skipped before it started (`when` false) has no row yet.
-                run_sql(t.conn,
-                    "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, output, error, started_ms, finished_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, '', 1, ?6, 'null', ?7, ?8, ?9, ?9)",
-                    params![id, phase_str(step.phase), step.index, step.attempt, step.name, step.state.as_str(), output.as_ref().map(|o| o.to_string()), error, t.now_ms()],
-                )?;
-            }
-            t.append(
-                Event::new(
-                    kind::STEP_FINISHED,
-                    "pitcrew",
-                    json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": step.state.as_str(), "output": output, "error": error, "error_kind": step.error_kind, "duration_ms": step.duration_ms}),
-                )
-                .execution(&id, &runbook, &target),
-            )?;
-            Ok(())
-        })
-        .await
+    async fn record_pending(&self, execution: &Execution, pending: Pending) -> Result<(), StoreError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let held = execution.clone();
+        self.write(move |t| record_pending(t, &held, pending)).await
     }
 
     async fn release(&self, execution: &Execution) -> Result<(), StoreError> {
@@ -950,22 +1057,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn finish(&self, execution: &Execution, state: State, reason: Option<String>) -> Result<(), StoreError> {
-        let (id, runbook, target, actor) = (
-            execution.id.clone(),
-            execution.runbook.clone(),
-            execution.target.clone(),
-            execution.actor.clone(),
-        );
+    async fn finish(&self, execution: &Execution, pending: Pending, state: State, reason: Option<String>) -> Result<(), StoreError> {
+        let held = execution.clone();
         self.write(move |t| {
+            record_pending(t, &held, pending)?;
             let reason = reason.map(|r| t.redactor.text(&r));
             run_sql(
                 t.conn,
                 "UPDATE executions SET state = ?2, reason = ?3, finished_ms = ?4, claimed_by = NULL WHERE id = ?1",
-                params![id, state.as_str(), reason, t.now_ms()],
+                params![held.id, state.as_str(), reason, t.now_ms()],
             )?;
             t.append(
-                Event::new(kind::EXECUTION_FINISHED, actor, json!({"state": state, "reason": reason})).execution(&id, &runbook, &target),
+                Event::new(kind::EXECUTION_FINISHED, &held.actor, json!({"state": state, "reason": reason})).execution(
+                    &held.id,
+                    &held.runbook,
+                    &held.target,
+                ),
             )?;
             Ok(())
         })
@@ -1265,6 +1372,10 @@ impl Store for SqliteStore {
             })? > 0)
         })
         .await
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {

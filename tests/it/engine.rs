@@ -11,7 +11,7 @@ use pitcrew::guard::Decision;
 use pitcrew::store::*;
 use serde_json::{Value, json};
 
-use crate::support::{Harness, alert, payload};
+use crate::support::{Harness, alert, payload, resolved};
 
 async fn one_run(h: &Harness, labels: &[(&str, &str)]) -> Execution {
     let (status, _) = h.post(&payload(vec![alert(labels)])).await;
@@ -147,17 +147,20 @@ impl Store for Flaky {
     async fn claim(&self, w: &str, id: Option<String>) -> Result<Option<Execution>, StoreError> {
         self.inner.claim(w, id).await
     }
-    async fn step_started(&self, e: &Execution, s: StepStart) -> Result<(), StoreError> {
+    async fn queued(&self, l: usize, x: std::collections::HashSet<String>) -> Result<(Vec<Execution>, bool), StoreError> {
+        self.inner.queued(l, x).await
+    }
+    async fn step_started(&self, e: &Execution, p: Pending, s: StepStart) -> Result<(), StoreError> {
         if self.fail_steps.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
-        self.inner.step_started(e, s).await
+        self.inner.step_started(e, p, s).await
     }
-    async fn step_finished(&self, e: &Execution, s: StepEnd) -> Result<(), StoreError> {
-        self.inner.step_finished(e, s).await
+    async fn record_pending(&self, e: &Execution, p: Pending) -> Result<(), StoreError> {
+        self.inner.record_pending(e, p).await
     }
-    async fn finish(&self, e: &Execution, s: State, r: Option<String>) -> Result<(), StoreError> {
-        self.inner.finish(e, s, r).await
+    async fn finish(&self, e: &Execution, p: Pending, s: State, r: Option<String>) -> Result<(), StoreError> {
+        self.inner.finish(e, p, s, r).await
     }
     async fn release(&self, e: &Execution) -> Result<(), StoreError> {
         self.inner.release(e).await
@@ -200,6 +203,9 @@ impl Store for Flaky {
     }
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         self.inner.queue_depth().await
+    }
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.now()
     }
 }
 
@@ -282,7 +288,7 @@ async fn crash_during(h: &Harness, step: &str, index: u32, action: &str, idempot
             input: json!({}),
             dry_run: false,
         };
-        h.store().step_started(&exec, s).await.unwrap();
+        h.store().step_started(&exec, Pending::default(), s).await.unwrap();
         let end = StepEnd {
             phase: Phase::Main,
             index: 0,
@@ -294,7 +300,7 @@ async fn crash_during(h: &Harness, step: &str, index: u32, action: &str, idempot
             error_kind: None,
             duration_ms: 1,
         };
-        h.store().step_finished(&exec, end).await.unwrap();
+        h.store().record_pending(&exec, Pending::ended(end)).await.unwrap();
     }
     let s = StepStart {
         phase: Phase::Main,
@@ -306,7 +312,7 @@ async fn crash_during(h: &Harness, step: &str, index: u32, action: &str, idempot
         input: json!({}),
         dry_run: false,
     };
-    h.store().step_started(&exec, s).await.unwrap();
+    h.store().step_started(&exec, Pending::default(), s).await.unwrap();
     exec.id
 }
 
@@ -502,4 +508,72 @@ steps:
         String::from_utf8_lossy(&left.stdout)
     );
     let _ = std::process::Command::new("pkill").args(["-f", "sleep 37.25"]).status();
+}
+
+async fn only(h: &Harness, state: State) -> Vec<String> {
+    let filter = ExecutionFilter {
+        state: Some(state),
+        ..Default::default()
+    };
+    h.store().executions(filter).await.unwrap().into_iter().map(|e| e.id).collect()
+}
+
+/// Workers take runs from memory and claim them with their first record; a
+/// run cancelled or claimed elsewhere in the meantime is dropped, never run.
+#[tokio::test]
+async fn workers_run_from_memory_but_never_a_run_cancelled_or_taken_meanwhile() {
+    let h = Harness::new(
+        "apiVersion: pitcrew/v1\nname: mem\ntrigger: {alertname: Mem}\ntarget: \"{{alert.labels.n}}\"\nsteps: [{name: note, action: log, with: {message: hi}}]\n",
+        "",
+    );
+    let kinds_of = |records: &[Record], id: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r.execution_id.as_deref() == Some(id))
+            .map(|r| r.kind.clone())
+            .collect()
+    };
+
+    // At start the memory knows nothing of the store: the first turn reads it.
+    h.post(&payload(vec![alert(&[("alertname", "Mem"), ("n", "a")])])).await;
+    assert!(h.engine.turn().await.unwrap());
+    let a = only(&h, State::Succeeded).await;
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        kinds_of(&h.audit().await, &a[0]),
+        [
+            "runbook.matched",
+            "guardrail.decision",
+            "execution.started",
+            "step.started",
+            "step.finished",
+            "execution.finished"
+        ]
+    );
+
+    // Queued in memory, then resolved before a worker got to it.
+    let b = alert(&[("alertname", "Mem"), ("n", "b")]);
+    h.post(&payload(vec![b.clone()])).await;
+    h.post(&payload(vec![resolved(b)])).await;
+    assert!(h.engine.turn().await.unwrap());
+    // Queued in memory, then claimed by another worker (another process) first.
+    h.post(&payload(vec![alert(&[("alertname", "Mem"), ("n", "c")])])).await;
+    let other = h.store().claim("other:1", None).await.unwrap().unwrap();
+    assert!(h.engine.turn().await.unwrap());
+    assert!(!h.engine.turn().await.unwrap(), "nothing left to run");
+
+    let records = h.audit().await;
+    let cancelled = only(&h, State::Cancelled).await;
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(
+        kinds_of(&records, &cancelled[0]),
+        ["runbook.matched", "guardrail.decision", "execution.finished"]
+    );
+    assert_eq!(only(&h, State::Running).await, [other.id.clone()]);
+    assert_eq!(
+        kinds_of(&records, &other.id),
+        ["runbook.matched", "guardrail.decision", "execution.started"],
+        "only the other worker's claim; this one ran nothing"
+    );
+    assert_eq!(h.store().verify_audit().await.unwrap(), Ok(records.len() as u64));
 }
