@@ -569,7 +569,7 @@ async fn workers_run_from_memory_but_never_a_run_cancelled_or_taken_meanwhile() 
         kinds_of(&records, &cancelled[0]),
         ["runbook.matched", "guardrail.decision", "execution.finished"]
     );
-    assert_eq!(only(&h, State::Running).await, [other.id.clone()]);
+    assert_eq!(only(&h, State::Running).await, vec![other.id.clone()]);
     assert_eq!(
         kinds_of(&records, &other.id),
         ["runbook.matched", "guardrail.decision", "execution.started"],
