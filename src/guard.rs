@@ -43,6 +43,8 @@ pub struct Facts {
 /// The windows the store must count over, derived from the runbook and config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {
+    /// The runbook has a cooldown: the store looks up the last run.
+    pub cooldown: bool,
     pub target_ms: i64,
     pub runbook_ms: i64,
     pub global_ms: i64,
@@ -55,6 +57,7 @@ impl Windows {
     pub fn for_runbook(rb: &Runbook, config: &Config) -> Windows {
         let ms = |r: Option<crate::units::Rate>| r.map(|r| r.per.as_millis() as i64).unwrap_or(0);
         Windows {
+            cooldown: rb.guardrails.cooldown.is_some(),
             target_ms: ms(rb.guardrails.rate_limit),
             runbook_ms: ms(rb.guardrails.runbook_rate_limit),
             global_ms: ms(config.global_limit),

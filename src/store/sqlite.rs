@@ -22,6 +22,14 @@ use crate::clock::Clock;
 use crate::guard::{self, Facts, Request, STORM_WINDOW, Verdict, Windows};
 use crate::redact::Redactor;
 
+/// The condition of the `executions_active` partial index; SQLite uses the
+/// index only for queries that repeat it word for word.
+macro_rules! active {
+    () => {
+        "state IN ('queued', 'running', 'pending_approval')"
+    };
+}
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY,
@@ -31,7 +39,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     received_ms INTEGER NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS alerts_fingerprint ON alerts(fingerprint);
+DROP INDEX IF EXISTS alerts_fingerprint;
 CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY,
     runbook TEXT NOT NULL,
@@ -53,8 +61,12 @@ CREATE TABLE IF NOT EXISTS executions (
     claimed_by TEXT,
     resume_error TEXT
 );
-CREATE INDEX IF NOT EXISTS executions_state ON executions(state, created_ms);
-CREATE INDEX IF NOT EXISTS executions_target ON executions(target, state);
+-- Only runs not yet ended: the index stays small however long the history,
+-- and a run leaves it when it ends. Queries name `active!()` to use it.
+DROP INDEX IF EXISTS executions_state;
+DROP INDEX IF EXISTS executions_target;
+CREATE INDEX IF NOT EXISTS executions_active ON executions(state, created_ms)
+    WHERE state IN ('queued', 'running', 'pending_approval');
 CREATE INDEX IF NOT EXISTS executions_runbook_target ON executions(runbook, target, admitted_ms);
 CREATE INDEX IF NOT EXISTS executions_admitted ON executions(admitted_ms);
 CREATE INDEX IF NOT EXISTS executions_fingerprint ON executions(fingerprint);
@@ -508,14 +520,19 @@ fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<
     Ok(query_row(conn, sql, params, |r| r.get::<_, i64>(0))? as u32)
 }
 
-/// Gathers what the guardrails need, inside the deciding transaction.
+/// Gathers what the guardrails need, inside the deciding transaction; only
+/// what the runbook's and config's guardrails look at (the rest stays zero).
 fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64) -> Result<Facts, StoreError> {
-    let last_admitted_ms: Option<i64> = query_row(
-        conn,
-        "SELECT MAX(admitted_ms) FROM executions WHERE runbook = ?1 AND target = ?2 AND dry_run = 0",
-        params![runbook, target],
-        |r| r.get(0),
-    )?;
+    let last_admitted_ms: Option<i64> = if w.cooldown {
+        query_row(
+            conn,
+            "SELECT MAX(admitted_ms) FROM executions WHERE runbook = ?1 AND target = ?2 AND dry_run = 0",
+            params![runbook, target],
+            |r| r.get(0),
+        )?
+    } else {
+        None
+    };
     let in_window = |window_ms: i64| -> Result<u32, StoreError> {
         if window_ms == 0 {
             return Ok(0);
@@ -552,7 +569,7 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
         // a diagnostics runbook matching the same alert must not block the fix.
         active_on_target: count(
             conn,
-            "SELECT COUNT(*) FROM executions WHERE runbook = ?1 AND target = ?2 AND state IN ('queued', 'running', 'pending_approval')",
+            concat!("SELECT COUNT(*) FROM executions WHERE runbook = ?1 AND target = ?2 AND ", active!()),
             params![runbook, target],
         )?,
         // Deciding needs only "more than the brake?": stop counting there, so a
@@ -565,16 +582,19 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
                 params![storm_since, i64::from(limit) + 1],
             )?,
         },
-        storm_notified: count(
-            conn,
-            "SELECT COUNT(*) FROM notices WHERE kind = 'storm' AND ms > ?1",
-            params![storm_since],
-        )? > 0,
-        breaker_tripped: count(
-            conn,
-            "SELECT COUNT(*) FROM breakers WHERE runbook = ?1 AND target = ?2",
-            params![runbook, target],
-        )? > 0,
+        storm_notified: w.storm_brake.is_some()
+            && count(
+                conn,
+                "SELECT COUNT(*) FROM notices WHERE kind = 'storm' AND ms > ?1",
+                params![storm_since],
+            )? > 0,
+        // Looked at only under `escalate_after`.
+        breaker_tripped: w.escalation_ms != 0
+            && count(
+                conn,
+                "SELECT COUNT(*) FROM breakers WHERE runbook = ?1 AND target = ?2",
+                params![runbook, target],
+            )? > 0,
         escalation_runs: if w.escalation_ms == 0 {
             0
         } else {
@@ -888,7 +908,9 @@ impl Store for SqliteStore {
                     result.cancelled += cancel_for_resolved(t, &alert.fingerprint)?;
                 }
                 for adm in &item.admissions {
-                    if alert.status == crate::alert::AlertStatus::Firing && adm.invalid.is_none() {
+                    // Alerting targets matter only to the storm brake. (Turned on
+                    // later, it counts targets from then on: one window to warm up.)
+                    if config.storm_brake.is_some() && alert.status == crate::alert::AlertStatus::Firing && adm.invalid.is_none() {
                         run_sql(
                             t.conn,
                             "INSERT INTO target_alerts (target, ms) VALUES (?1, ?2) ON CONFLICT(target) DO UPDATE SET ms = excluded.ms",
@@ -957,13 +979,20 @@ impl Store for SqliteStore {
         self.write(move |t| {
             let now_ms = t.now_ms();
             let picked: Option<String> = match &id {
-                Some(id) => query_row(t.conn, "SELECT id FROM executions WHERE id = ?1 AND state = 'queued'", [id], |r| {
-                    r.get(0)
-                })
+                Some(id) => query_row(
+                    t.conn,
+                    concat!("SELECT id FROM executions WHERE id = ?1 AND state = 'queued' AND ", active!()),
+                    [id],
+                    |r| r.get(0),
+                )
                 .optional()?,
                 None => query_row(
                     t.conn,
-                    "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, rowid LIMIT 1",
+                    concat!(
+                        "SELECT id FROM executions WHERE state = 'queued' AND ",
+                        active!(),
+                        " ORDER BY created_ms, rowid LIMIT 1"
+                    ),
                     [],
                     |r| r.get(0),
                 )
@@ -984,7 +1013,11 @@ impl Store for SqliteStore {
 
     async fn queued(&self, limit: usize, exclude: std::collections::HashSet<String>) -> Result<(Vec<Execution>, bool), StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached("SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, rowid")?;
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT id FROM executions WHERE state = 'queued' AND ",
+                active!(),
+                " ORDER BY created_ms, rowid"
+            ))?;
             let mut rows = stmt.query([])?;
             let mut ids = Vec::new();
             let mut exhausted = true;
@@ -1081,7 +1114,7 @@ impl Store for SqliteStore {
 
     async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError> {
         self.write(move |t| {
-            let mut stmt = t.conn.prepare("SELECT id, claimed_by FROM executions WHERE state = 'running'")?;
+            let mut stmt = t.conn.prepare(concat!("SELECT id, claimed_by FROM executions WHERE state = 'running' AND ", active!()))?;
             let running: Vec<(String, Option<String>)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
             drop(stmt);
             let mut report = Recovery::default();
@@ -1198,10 +1231,14 @@ impl Store for SqliteStore {
     async fn expire_approvals(&self) -> Result<Vec<String>, StoreError> {
         self.write(move |t| {
             let now_ms = t.now_ms();
-            let mut stmt = t.conn.prepare(
-                "SELECT id, runbook, target FROM executions WHERE state = 'pending_approval' AND approval_deadline_ms IS NOT NULL AND approval_deadline_ms <= ?1",
-            )?;
-            let expired: Vec<(String, String, String)> = stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+            let mut stmt = t.conn.prepare(concat!(
+                "SELECT id, runbook, target FROM executions WHERE state = 'pending_approval' AND ",
+                active!(),
+                " AND approval_deadline_ms <= ?1"
+            ))?;
+            let expired: Vec<(String, String, String)> = stmt
+                .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
             drop(stmt);
             for (id, runbook, target) in &expired {
                 expire_approval(t, id, runbook, target)?;
@@ -1380,9 +1417,12 @@ impl Store for SqliteStore {
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
-            Ok(query_row(conn, "SELECT COUNT(*) FROM executions WHERE state = 'queued'", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+            Ok(query_row(
+                conn,
+                concat!("SELECT COUNT(*) FROM executions WHERE state = 'queued' AND ", active!()),
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
         })
         .await
     }
