@@ -259,7 +259,7 @@ impl Engine {
             record_notice(&*store, text, Err("no notify.url in config".into())).await;
             return;
         };
-        let (http, text) = (self.deps.http.clone(), text.to_string());
+        let (http, text) = (self.deps.http().clone(), text.to_string());
         tokio::spawn(async move {
             let outcome = crate::action::notify::post(&http, &url, &text).await.map_err(|e| e.to_string());
             if let Err(e) = &outcome {

@@ -227,7 +227,7 @@ impl Action for Silence {
         // after execution start + duration covers what the first attempt
         // asked for.
         let covers_until = cx.started_at + duration.chrono();
-        let (status, bytes) = call(cx.deps, cx.deps.http.get(format!("{base}/api/v2/silences"))).await?;
+        let (status, bytes) = call(cx.deps, cx.deps.http().get(format!("{base}/api/v2/silences"))).await?;
         if !status.is_success() {
             return Err(ActionError::Unavailable(format!(
                 "alertmanager answered {} listing silences: {}",
@@ -265,7 +265,7 @@ impl Action for Silence {
             "createdBy": CREATED_BY,
             "comment": comment,
         });
-        let (status, bytes) = call(cx.deps, cx.deps.http.post(format!("{base}/api/v2/silences")).json(&body)).await?;
+        let (status, bytes) = call(cx.deps, cx.deps.http().post(format!("{base}/api/v2/silences")).json(&body)).await?;
         if !status.is_success() {
             let reason = format!("alertmanager refused the silence ({}): {}", status.as_u16(), said(&bytes));
             return Err(answered(status, reason));
@@ -342,7 +342,7 @@ impl Action for Unsilence {
         // Look first: Alertmanager 0.25 answers DELETE with 200 for an
         // expired silence and 500 for an unknown one, so the DELETE alone
         // cannot tell "already expired" from "wrong id".
-        let (status, bytes) = call(cx.deps, cx.deps.http.get(&url)).await?;
+        let (status, bytes) = call(cx.deps, cx.deps.http().get(&url)).await?;
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(ActionError::Failed(format!("alertmanager has no silence {id}")));
         }
@@ -362,7 +362,7 @@ impl Action for Unsilence {
         if state == "expired" {
             return Ok(json!({"silence_id": id, "expired": true, "already_expired": true}));
         }
-        let (status, bytes) = call(cx.deps, cx.deps.http.delete(&url)).await?;
+        let (status, bytes) = call(cx.deps, cx.deps.http().delete(&url)).await?;
         if !status.is_success() {
             return Err(answered(
                 status,

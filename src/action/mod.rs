@@ -252,30 +252,37 @@ pub enum DryRun {
     Simulate,
 }
 
-/// Shared clients and settings actions may use; built once per process.
+/// Shared clients and settings actions may use; built once per process, on
+/// first use (a `serve` whose runbooks never call out pays nothing for TLS
+/// roots and connection pools).
 pub struct Deps {
     pub config: Arc<Config>,
     pub redactor: Redactor,
-    /// Redirects off: an allowed host must not bounce us elsewhere.
-    pub http: reqwest::Client,
+    http: std::sync::OnceLock<reqwest::Client>,
     /// Built on first use by `kubernetes::client` (tests may set it first).
     pub kube: tokio::sync::OnceCell<kube::Client>,
 }
 
 impl Deps {
     pub fn new(config: Arc<Config>) -> Deps {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("pitcrew/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("an HTTP client with default TLS builds");
         let redactor = config.redactor.clone();
         Deps {
             config,
             redactor,
-            http,
+            http: std::sync::OnceLock::new(),
             kube: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The HTTP client: redirects off, so an allowed host cannot bounce us elsewhere.
+    pub fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("pitcrew/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("an HTTP client with default TLS builds")
+        })
     }
 }
 

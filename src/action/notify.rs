@@ -90,7 +90,7 @@ impl Action for Notify {
                     .notify_url
                     .as_deref()
                     .ok_or_else(|| ActionError::Unavailable("no `url` given and no notify.url in config".into()))?;
-                post(&cx.deps.http, url, &text).await?;
+                post(cx.deps.http(), url, &text).await?;
             }
         }
         Ok(json!({ "sent": true }))

@@ -192,7 +192,7 @@ pub async fn instant(deps: &Deps, query: &str, time: DateTime<Utc>, timeout: std
         }
     };
     let mut response = deps
-        .http
+        .http()
         .get(format!("{base}/api/v1/query"))
         .query(&[("query", query), ("time", time.as_str())])
         .timeout(timeout)
