@@ -9,7 +9,8 @@
 //! re-read at the start of every transaction.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -117,6 +118,8 @@ CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts_ms);
 "#;
 
 /// Jobs waiting beyond this are refused (503) instead of queueing forever.
+/// (Counted, not a bounded channel: those allocate and touch every slot up
+/// front, megabytes of idle memory for a queue that is nearly always short.)
 const WRITE_QUEUE: usize = 65_536;
 /// Most jobs per group commit; bounds one transaction's latency.
 const GROUP_MAX: usize = 2_048;
@@ -172,7 +175,9 @@ impl Tx<'_> {
 
 pub struct SqliteStore {
     path: PathBuf,
-    sender: SyncSender<Job>,
+    sender: Sender<Job>,
+    /// Jobs sent and not yet taken by the writer.
+    waiting: Arc<AtomicUsize>,
     readers: Mutex<Vec<Connection>>,
     clock: Arc<dyn Clock>,
 }
@@ -207,22 +212,26 @@ impl SqliteStore {
             path: path.display().to_string(),
             source,
         };
-        let (to_sync, unsynced) = sync_channel::<Committed>(WRITE_QUEUE);
+        // Unbounded: it holds at most the groups committed during one fsync.
+        let (to_sync, unsynced) = channel::<Committed>();
         std::thread::Builder::new()
             .name("pitcrew-store-sync".into())
             .spawn(move || sync_loop(wal, unsynced))
             .map_err(spawn_error)?;
-        let (sender, receiver) = sync_channel::<Job>(WRITE_QUEUE);
+        let (sender, receiver) = channel::<Job>();
+        let waiting = Arc::new(AtomicUsize::new(0));
         std::thread::Builder::new()
             .name("pitcrew-store-writer".into())
             .spawn({
                 let clock = clock.clone();
-                move || write_loop(writer, receiver, redactor, clock, to_sync)
+                let waiting = waiting.clone();
+                move || write_loop(writer, (receiver, waiting), redactor, clock, to_sync)
             })
             .map_err(spawn_error)?;
         Ok(SqliteStore {
             path,
             sender,
+            waiting,
             readers: Mutex::new(Vec::new()),
             clock,
         })
@@ -265,10 +274,13 @@ impl SqliteStore {
                 let _ = tx.send(outcome);
             })
         });
-        self.sender.try_send(job).map_err(|e| match e {
-            std::sync::mpsc::TrySendError::Full(_) => StoreError::Busy,
-            std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
-        })?;
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= WRITE_QUEUE {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::Busy);
+        }
+        if self.sender.send(job).is_err() {
+            return Err(StoreError::Closed);
+        }
         // A dropped completion means the writer could not begin the transaction.
         rx.await.map_err(|_| StoreError::NotStarted)?
     }
@@ -356,7 +368,13 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
     }
 }
 
-fn write_loop(conn: Connection, receiver: Receiver<Job>, redactor: Redactor, clock: Arc<dyn Clock>, to_sync: SyncSender<Committed>) {
+fn write_loop(
+    conn: Connection,
+    (receiver, waiting): (Receiver<Job>, Arc<AtomicUsize>),
+    redactor: Redactor,
+    clock: Arc<dyn Clock>,
+    to_sync: Sender<Committed>,
+) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP_MAX {
@@ -365,6 +383,7 @@ fn write_loop(conn: Connection, receiver: Receiver<Job>, redactor: Redactor, clo
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        waiting.fetch_sub(batch.len(), Ordering::Relaxed);
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Dropping the jobs unanswered fails each caller (503 at the webhook).
             tracing::error!(error = %e, jobs = batch.len(), "cannot begin a state transaction");
