@@ -41,6 +41,10 @@ pub enum StoreError {
     /// process for too long, or an I/O error); nothing was written.
     #[error("state transaction could not start (database locked or I/O error; see the log)")]
     NotStarted,
+    /// Another write in the same group commit failed half way, so the group
+    /// was rolled back; nothing of this one was kept. Retry.
+    #[error("state write rolled back with its group (another write failed: {0})")]
+    RolledBack(String),
     /// Too many writes are waiting; the caller should retry later.
     #[error("state writer overloaded")]
     Busy,
@@ -72,6 +76,7 @@ impl StoreError {
             StoreError::ClaimLost(_) => "claim_lost",
             StoreError::Taken(_) => "taken",
             StoreError::Busy => "busy",
+            StoreError::RolledBack(_) => "rolled_back",
             StoreError::NotStarted => "not_started",
             StoreError::NotFound(_) => "not_found",
             StoreError::WrongState { .. } => "wrong_state",

@@ -1,8 +1,7 @@
 //! The embedded SQLite backend (WAL mode, one file per state dir).
 //!
 //! One writer thread owns the write connection and commits jobs in groups:
-//! every job waiting when a transaction starts rides in it (each in its own
-//! savepoint, so one failing job does not sink the others), and all of them
+//! every job waiting when a transaction starts rides in it, and all of them
 //! learn the outcome after the single fsync. That is what lets durable intake
 //! run far above the disk's fsync rate. Other processes (the CLI) may write
 //! the same file; SQLite's lock serialises us, and the audit chain cursor is
@@ -124,7 +123,16 @@ const WRITE_QUEUE: usize = 65_536;
 /// Most jobs per group commit; bounds one transaction's latency.
 const GROUP_MAX: usize = 2_048;
 
-type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Completion = Box<dyn FnOnce(Result<(), Uncommitted>) + Send>;
+
+/// Why a group's jobs were not kept.
+#[derive(Debug, Clone)]
+enum Uncommitted {
+    /// A job failed half way; the others did nothing wrong.
+    RolledBack(String),
+    /// COMMIT or the fsync after it failed.
+    Failed(String),
+}
 type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Completion + Send>;
 
 /// The transaction a job runs in.
@@ -136,6 +144,8 @@ pub struct Tx<'c> {
     now: DateTime<Utc>,
     /// `now` as audit records write it, formatted once per transaction.
     now_text: String,
+    /// A job failed after writing: the transaction will be rolled back.
+    failed: Option<String>,
 }
 
 impl Tx<'_> {
@@ -247,33 +257,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |t: &mut Tx<'_>| {
-            let saved = t.cursor.clone();
-            let result = match run_sql(t.conn, "SAVEPOINT job", []) {
-                Ok(_) => {
-                    let r = f(t);
-                    let ended = if r.is_ok() {
-                        run_sql(t.conn, "RELEASE job", []).map(drop)
-                    } else {
-                        t.cursor = saved;
-                        t.conn.execute_batch("ROLLBACK TO job; RELEASE job")
-                    };
-                    match ended {
-                        Ok(()) => r,
-                        Err(e) => Err(StoreError::from(e)),
-                    }
-                }
-                Err(e) => Err(StoreError::from(e)),
-            };
-            Box::new(move |committed: Result<(), String>| {
-                let outcome = match committed {
-                    Ok(()) => result,
-                    Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
-                };
-                let _ = tx.send(outcome);
-            })
-        });
+        let (job, rx) = job(f);
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= WRITE_QUEUE {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(StoreError::Busy);
@@ -309,9 +293,44 @@ impl SqliteStore {
     }
 }
 
+/// Wraps `f` as a job for the writer, and the receiver of its outcome.
+fn job<T, F>(f: F) -> (Job, tokio::sync::oneshot::Receiver<Result<T, StoreError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move |t: &mut Tx<'_>| {
+        let result = if let Some(why) = &t.failed {
+            Err(StoreError::RolledBack(why.clone()))
+        } else {
+            let before = t.conn.total_changes();
+            let r = f(t);
+            if let Err(e) = &r
+                && t.conn.total_changes() != before
+            {
+                // It failed half way: the whole group is rolled back.
+                t.failed = Some(e.to_string());
+            }
+            r
+        };
+        Box::new(move |committed: Result<(), Uncommitted>| {
+            let outcome = match committed {
+                Ok(()) => result,
+                // The job that failed keeps its own error.
+                Err(Uncommitted::RolledBack(_)) if result.is_err() => result,
+                Err(Uncommitted::RolledBack(why)) => Err(StoreError::RolledBack(why)),
+                Err(Uncommitted::Failed(e)) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+            };
+            let _ = tx.send(outcome);
+        })
+    });
+    (job, rx)
+}
+
 /// A committed group: its jobs' answers, held until the WAL is on disk.
 struct Committed {
-    outcome: Result<(), String>,
+    outcome: Result<(), Uncommitted>,
     completions: Vec<Completion>,
 }
 
@@ -354,7 +373,7 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
         }
         for group in groups {
             let outcome = match &failed {
-                Some(e) => Err(e.clone()),
+                Some(e) => Err(Uncommitted::Failed(e.clone())),
                 None => group.outcome,
             };
             for done in group.completions {
@@ -365,6 +384,38 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
             // Dropping the receiver makes the writer stop.
             return;
         }
+    }
+}
+
+/// Runs one group of jobs in one transaction. Jobs run without savepoints
+/// (they cost a statement pair and a page copy per job): one that fails
+/// before writing fails alone, one that fails after writing rolls the whole
+/// group back, and the others learn they were not kept.
+fn run_group(conn: &Connection, batch: Vec<Job>, redactor: &Redactor, now: DateTime<Utc>) -> Committed {
+    let mut tx = Tx {
+        conn,
+        cursor: None,
+        redactor,
+        now,
+        now_text: audit::format_ts(now),
+        failed: None,
+    };
+    let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut tx)).collect();
+    let committed = match tx.failed {
+        Some(why) => {
+            tracing::error!(error = %why, "a state write failed half way; its group is rolled back");
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(Uncommitted::RolledBack(why))
+        }
+        None => conn.execute_batch("COMMIT").map_err(|e| {
+            tracing::error!(error = %e, "state commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            Uncommitted::Failed(e.to_string())
+        }),
+    };
+    Committed {
+        outcome: committed,
+        completions,
     }
 }
 
@@ -389,24 +440,7 @@ fn write_loop(
             tracing::error!(error = %e, jobs = batch.len(), "cannot begin a state transaction");
             continue;
         }
-        let now = clock.now();
-        let mut tx = Tx {
-            conn: &conn,
-            cursor: None,
-            redactor: &redactor,
-            now,
-            now_text: audit::format_ts(now),
-        };
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut tx)).collect();
-        let committed = conn.execute_batch("COMMIT").map_err(|e| {
-            tracing::error!(error = %e, "state commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
-            e.to_string()
-        });
-        let group = Committed {
-            outcome: committed,
-            completions,
-        };
+        let group = run_group(&conn, batch, &redactor, clock.now());
         if to_sync.send(group).is_err() {
             // The syncer stopped after a failed fsync: fail closed from now on.
             return;
@@ -1061,11 +1095,11 @@ impl Store for SqliteStore {
     async fn step_started(&self, execution: &Execution, pending: Pending, step: StepStart) -> Result<(), StoreError> {
         let held = execution.clone();
         self.write(move |t| {
-            let claimed = pending.claim.is_some();
-            record_pending(t, &held, pending)?;
-            if !claimed {
+            // Checks before writes: a job that fails after writing sinks its whole group.
+            if pending.claim.is_none() {
                 check_claim(t.conn, &held)?;
             }
+            record_pending(t, &held, pending)?;
             let (id, runbook, target) = (&held.id, &held.runbook, &held.target);
             let mut input = step.input;
             t.redactor.in_place(&mut input);
@@ -1444,5 +1478,60 @@ impl Store for SqliteStore {
             )? as u64)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counted(conn: &Connection) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM notices", [], |r| r.get(0)).unwrap()
+    }
+
+    /// Without savepoints, a job that fails after writing must take its whole
+    /// group down with it (nothing half done is committed), while a job that
+    /// fails before writing fails alone.
+    #[tokio::test]
+    async fn a_job_failing_half_way_rolls_back_its_group_and_one_failing_early_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("state.db")).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let insert = |t: &mut Tx<'_>| run_sql(t.conn, "INSERT INTO notices (kind, ms) VALUES ('t', 1)", []).map_err(StoreError::from);
+        let now = Utc::now();
+        let finish = |jobs: Vec<Job>| {
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let group = run_group(&conn, jobs, &Redactor::default(), now);
+            for done in group.completions {
+                done(group.outcome.clone());
+            }
+        };
+
+        let (ok, ok_rx) = job(move |t| insert(t));
+        let (early, early_rx) = job(|_t| Err::<(), _>(StoreError::Taken("x".into())));
+        let (after, after_rx) = job(move |t| insert(t));
+        finish(vec![ok, early, after]);
+        assert!(ok_rx.await.unwrap().is_ok());
+        assert!(matches!(early_rx.await.unwrap(), Err(StoreError::Taken(_))));
+        assert!(after_rx.await.unwrap().is_ok());
+        assert_eq!(counted(&conn), 2);
+
+        let (ok, ok_rx) = job(move |t| insert(t));
+        let (half, half_rx) = job(move |t| {
+            insert(t)?;
+            Err::<(), _>(StoreError::Corrupt("boom".into()))
+        });
+        let (after, after_rx) = job(move |t| insert(t));
+        finish(vec![ok, half, after]);
+        assert!(matches!(ok_rx.await.unwrap(), Err(StoreError::RolledBack(why)) if why.contains("boom")));
+        assert!(
+            matches!(half_rx.await.unwrap(), Err(StoreError::Corrupt(_))),
+            "the failing job keeps its own error"
+        );
+        assert!(
+            matches!(after_rx.await.unwrap(), Err(StoreError::RolledBack(_))),
+            "a job after the failure does not run"
+        );
+        assert_eq!(counted(&conn), 2, "nothing of the failed group was kept");
     }
 }
