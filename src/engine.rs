@@ -87,6 +87,43 @@ async fn record_notice(store: &dyn Store, text: &str, outcome: Result<(), String
     }
 }
 
+/// The executions an intake queued, as a worker would load them.
+fn queued_executions(result: &mut IntakeResult) -> Vec<Execution> {
+    let run: std::collections::HashMap<&str, bool> = result
+        .executions
+        .iter()
+        .filter(|(_, d)| d.verdict == Verdict::Run)
+        .map(|(id, d)| (id.as_str(), d.dry_run))
+        .collect();
+    let mut queued = Vec::with_capacity(run.len());
+    for item in std::mem::take(&mut result.alerts) {
+        for adm in &item.admissions {
+            let Some(&dry_run) = run.get(adm.id.as_str()) else { continue };
+            queued.push(Execution {
+                id: adm.id.clone(),
+                runbook: adm.runbook.name.clone(),
+                target: adm.target.clone(),
+                state: State::Queued,
+                reason: None,
+                actor: adm.actor.clone(),
+                alert: Some(item.alert.clone()),
+                params: adm.params.clone(),
+                dry_run,
+                automated: adm.automated,
+                risk: adm.runbook.risk,
+                created_at: crate::store::truncate_ms(result.at),
+                started_at: None,
+                finished_at: None,
+                approval_deadline: None,
+                resume_error: None,
+                claimed_by: None,
+                steps: Vec::new(),
+            });
+        }
+    }
+    queued
+}
+
 /// This process, as named in claims.
 pub fn worker_id() -> String {
     let pid = std::process::id();
@@ -209,10 +246,10 @@ impl Engine {
         let mut items = Vec::with_capacity(alerts.len());
         for alert in alerts {
             let admissions = self.admissions(&alert).await;
-            items.push(IntakeAlert { alert, admissions });
+            items.push(IntakeAlert::new(alert, admissions));
         }
         let mut result = self.store.intake(items, self.config().clone()).await?;
-        self.dispatch.offer(std::mem::take(&mut result.queued));
+        self.dispatch.offer(queued_executions(&mut result));
         self.metrics.alerts_received.inc_by(result.accepted as u64);
         self.metrics.alerts_duplicate.inc_by(result.duplicates as u64);
         self.after_decisions(result.executions.iter().map(|(_, d)| d)).await;

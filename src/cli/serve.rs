@@ -16,8 +16,10 @@ pub struct Args {
     /// Listen address (overrides the config's `listen`)
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
-    /// Concurrent executions
-    #[arg(long, default_value_t = 16)]
+    /// Executions run at once, across all runbooks. Runs mostly wait on the
+    /// APIs they call, and per-target locks, rate limits and the storm brake
+    /// bound what they may do, so this sizes throughput, not blast radius.
+    #[arg(long, default_value_t = 64)]
     pub workers: usize,
 }
 

@@ -165,6 +165,23 @@ pub struct Admission {
 pub struct IntakeAlert {
     pub alert: Alert,
     pub admissions: Vec<Admission>,
+    /// The alert as stored, and its dedupe key: made before the write, off
+    /// the store's single writer thread.
+    pub body: String,
+    pub dedupe_key: String,
+}
+
+impl IntakeAlert {
+    pub fn new(alert: Alert, admissions: Vec<Admission>) -> IntakeAlert {
+        let body = serde_json::to_string(&alert).expect("an alert serialises");
+        let dedupe_key = alert.dedupe_key();
+        IntakeAlert {
+            alert,
+            admissions,
+            body,
+            dedupe_key,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -175,10 +192,13 @@ pub struct IntakeResult {
     pub executions: Vec<(String, Decision)>,
     /// Queued executions cancelled by resolved notifications.
     pub cancelled: usize,
-    /// The executions queued by this intake, as a worker would load them:
-    /// the engine hands them to workers without reading them back.
+    /// When the intake was stored (executions' `created_at`).
     #[serde(skip)]
-    pub queued: Vec<Execution>,
+    pub at: DateTime<Utc>,
+    /// The alerts given to `intake`, handed back so the engine can start the
+    /// queued executions without reading them back.
+    #[serde(skip)]
+    pub alerts: Vec<IntakeAlert>,
 }
 
 /// Step phases: the main list or `on_failure`.

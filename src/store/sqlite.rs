@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS steps (
     started_ms INTEGER NOT NULL,
     finished_ms INTEGER,
     PRIMARY KEY (execution_id, phase, idx, attempt)
-);
+) WITHOUT ROWID; -- one b-tree, not a table plus its key's index (state dirs made before keep theirs)
 -- The last firing alert per target, for the storm brake: one row per target,
 -- so counting alerting targets never scans every alert of a storm.
 CREATE TABLE IF NOT EXISTS target_alerts (target TEXT PRIMARY KEY, ms INTEGER NOT NULL);
@@ -824,30 +824,6 @@ fn cancel_for_resolved(t: &mut Tx<'_>, fingerprint: &str) -> Result<usize, Store
     Ok(victims.len())
 }
 
-/// An execution just queued by intake, as `claim` would load it.
-fn queued_execution(adm: &Admission, alert: &Alert, dry_run: bool, now: DateTime<Utc>) -> Execution {
-    Execution {
-        id: adm.id.clone(),
-        runbook: adm.runbook.name.clone(),
-        target: adm.target.clone(),
-        state: State::Queued,
-        reason: None,
-        actor: adm.actor.clone(),
-        alert: Some(alert.clone()),
-        params: adm.params.clone(),
-        dry_run,
-        automated: adm.automated,
-        risk: adm.runbook.risk,
-        created_at: ts(now.timestamp_millis()),
-        started_at: None,
-        finished_at: None,
-        approval_deadline: None,
-        resume_error: None,
-        claimed_by: None,
-        steps: Vec::new(),
-    }
-}
-
 /// Whether a run being claimed already has steps behind it.
 fn resumed(exec: &Execution) -> bool {
     exec.steps.iter().any(|s| s.state != StepState::Started)
@@ -936,11 +912,10 @@ impl Store for SqliteStore {
             let mut result = IntakeResult::default();
             for item in &alerts {
                 let alert = &item.alert;
-                let body = serde_json::to_string(alert).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let inserted = run_sql(
                     t.conn,
                     "INSERT OR IGNORE INTO alerts (dedupe_key, fingerprint, status, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![alert.dedupe_key(), alert.fingerprint, alert.status.as_str(), t.now_ms(), body],
+                    params![item.dedupe_key, alert.fingerprint, alert.status.as_str(), t.now_ms(), item.body],
                 )?;
                 let alert_data = json!({
                     "fingerprint": alert.fingerprint, "status": alert.status.as_str(), "alertname": alert.name(),
@@ -971,12 +946,11 @@ impl Store for SqliteStore {
                         )?;
                     }
                     let decision = admit_in(t, adm, Some((alert, alert_id)), &config)?;
-                    if decision.verdict == Verdict::Run {
-                        result.queued.push(queued_execution(adm, alert, decision.dry_run, t.now));
-                    }
                     result.executions.push((adm.id.clone(), decision));
                 }
             }
+            result.at = t.now;
+            result.alerts = alerts;
             Ok(result)
         })
         .await
