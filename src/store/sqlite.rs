@@ -824,6 +824,50 @@ fn cancel_for_resolved(t: &mut Tx<'_>, fingerprint: &str) -> Result<usize, Store
     Ok(victims.len())
 }
 
+/// Puts a run that stopped part way back in the queue, by the recovery rule:
+/// a step that started and has no end is re-run only if it is idempotent;
+/// otherwise it is recorded `unknown` and the run resumes only to escalate
+/// (`on_failure`). Returns whether it was unknown.
+fn requeue(t: &mut Tx<'_>, exec: &Execution, actor: &str, cause: &str) -> Result<bool, StoreError> {
+    let interrupted: Vec<&StepRecord> = exec.steps.iter().filter(|s| s.state == StepState::Started).collect();
+    let event = |data: Value| Event::new(kind::EXECUTION_RECOVERED, actor, data).execution(&exec.id, &exec.runbook, &exec.target);
+    if let Some(step) = interrupted.iter().find(|s| !s.idempotent) {
+        let msg = format!(
+            "step `{}` ({}) {cause}; it is not idempotent, so its outcome is unknown and it was not run again",
+            step.name, step.action
+        );
+        run_sql(
+            t.conn,
+            "UPDATE steps SET state = 'unknown', error = ?5, finished_ms = ?6 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
+            params![exec.id, phase_str(step.phase), step.index, step.attempt, msg, t.now_ms()],
+        )?;
+        t.append(
+            Event::new(
+                kind::STEP_FINISHED,
+                actor,
+                json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": "unknown", "error": msg}),
+            )
+            .execution(&exec.id, &exec.runbook, &exec.target),
+        )?;
+        run_sql(
+            t.conn,
+            "UPDATE executions SET state = 'queued', claimed_by = NULL, resume_error = ?2 WHERE id = ?1",
+            params![exec.id, msg],
+        )?;
+        t.append(event(json!({"action": "escalate", "reason": msg})))?;
+        Ok(true)
+    } else {
+        let rerun: Vec<&str> = interrupted.iter().map(|s| s.name.as_str()).collect();
+        run_sql(
+            t.conn,
+            "UPDATE executions SET state = 'queued', claimed_by = NULL WHERE id = ?1",
+            params![exec.id],
+        )?;
+        t.append(event(json!({"action": "resume", "rerun_idempotent_steps": rerun})))?;
+        Ok(false)
+    }
+}
+
 /// Whether a run being claimed already has steps behind it.
 fn resumed(exec: &Execution) -> bool {
     exec.steps.iter().any(|s| s.state != StepState::Started)
@@ -1107,11 +1151,10 @@ impl Store for SqliteStore {
         let held = execution.clone();
         self.write(move |t| {
             check_claim(t.conn, &held)?;
-            run_sql(
-                t.conn,
-                "UPDATE executions SET state = 'queued', claimed_by = NULL WHERE id = ?1",
-                [&held.id],
-            )?;
+            // Its steps' records may be behind what ran (the failed write may
+            // have carried a step's end): the same rule as after a crash.
+            let exec = load_execution(t.conn, &held.id)?;
+            requeue(t, &exec, "pitcrew", "had no recorded end when a state write failed")?;
             Ok(())
         })
         .await
@@ -1141,7 +1184,10 @@ impl Store for SqliteStore {
 
     async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError> {
         self.write(move |t| {
-            let mut stmt = t.conn.prepare(concat!("SELECT id, claimed_by FROM executions WHERE state = 'running' AND ", active!()))?;
+            let mut stmt = t.conn.prepare(concat!(
+                "SELECT id, claimed_by FROM executions WHERE state = 'running' AND ",
+                active!()
+            ))?;
             let running: Vec<(String, Option<String>)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
             drop(stmt);
             let mut report = Recovery::default();
@@ -1150,31 +1196,11 @@ impl Store for SqliteStore {
                     continue;
                 }
                 let exec = load_execution(t.conn, &id)?;
-                let interrupted: Vec<&StepRecord> = exec.steps.iter().filter(|s| s.state == StepState::Started).collect();
-                let unsafe_step = interrupted.iter().find(|s| !s.idempotent);
-                let now_ms = t.now_ms();
-                let event = |data: Value| Event::new(kind::EXECUTION_RECOVERED, "system:recovery", data).execution(&exec.id, &exec.runbook, &exec.target);
-                if let Some(step) = unsafe_step {
-                    let msg = format!(
-                        "step `{}` ({}) was interrupted by a crash; it is not idempotent, so its outcome is unknown and it was not run again",
-                        step.name, step.action
-                    );
-                    run_sql(t.conn,
-                        "UPDATE steps SET state = 'unknown', error = ?5, finished_ms = ?6 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
-                        params![exec.id, phase_str(step.phase), step.index, step.attempt, msg, now_ms],
-                    )?;
-                    t.append(
-                        Event::new(kind::STEP_FINISHED, "system:recovery", json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": "unknown", "error": msg}))
-                            .execution(&exec.id, &exec.runbook, &exec.target),
-                    )?;
-                    run_sql(t.conn, "UPDATE executions SET state = 'queued', claimed_by = NULL, resume_error = ?2 WHERE id = ?1", params![exec.id, msg])?;
-                    t.append(event(json!({"action": "escalate", "reason": msg})))?;
-                    report.unknown.push(exec.id.clone());
+                let cause = "was interrupted by a crash";
+                if requeue(t, &exec, "system:recovery", cause)? {
+                    report.unknown.push(exec.id);
                 } else {
-                    let rerun: Vec<&str> = interrupted.iter().map(|s| s.name.as_str()).collect();
-                    run_sql(t.conn, "UPDATE executions SET state = 'queued', claimed_by = NULL WHERE id = ?1", params![exec.id])?;
-                    t.append(event(json!({"action": "resume", "rerun_idempotent_steps": rerun})))?;
-                    report.resumed.push(exec.id.clone());
+                    report.resumed.push(exec.id);
                 }
             }
             Ok(report)

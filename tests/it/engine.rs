@@ -128,6 +128,8 @@ struct Flaky {
     inner: Arc<dyn Store>,
     fail_steps: AtomicBool,
     fail_intake: AtomicBool,
+    /// Fails the next `finish` only.
+    fail_finish: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -160,6 +162,9 @@ impl Store for Flaky {
         self.inner.record_pending(e, p).await
     }
     async fn finish(&self, e: &Execution, p: Pending, s: State, r: Option<String>) -> Result<(), StoreError> {
+        if self.fail_finish.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
         self.inner.finish(e, p, s, r).await
     }
     async fn release(&self, e: &Execution) -> Result<(), StoreError> {
@@ -216,6 +221,7 @@ fn flaky_harness(rb: &str) -> (Harness, Arc<Flaky>) {
         inner: engine.store.clone(),
         fail_steps: AtomicBool::new(false),
         fail_intake: AtomicBool::new(false),
+        fail_finish: AtomicBool::new(false),
     });
     let Harness { dir, clock, .. } = base;
     let h = Harness::with_store(dir, clock, engine.config().clone(), engine.runbooks.clone(), flaky.clone());
@@ -575,5 +581,31 @@ async fn workers_run_from_memory_but_never_a_run_cancelled_or_taken_meanwhile() 
         ["runbook.matched", "guardrail.decision", "execution.started"],
         "only the other worker's claim; this one ran nothing"
     );
+    assert_eq!(h.store().verify_audit().await.unwrap(), Ok(records.len() as u64));
+}
+
+/// A step's end rides with the run's last write; when that write fails, the
+/// run goes back to the queue by the crash-recovery rule: the step that ran
+/// (not idempotent) is `unknown` and escalated, never run again.
+#[tokio::test]
+async fn a_failed_last_write_never_reruns_a_step_that_is_not_idempotent() {
+    let marker = tempfile::tempdir().unwrap();
+    let dir = marker.path().join("made");
+    let rb = format!(
+        "apiVersion: pitcrew/v1\nname: once\ntrigger: {{alertname: Once}}\nsteps:\n  - name: make\n    action: exec\n    with: {{command: [/bin/mkdir, \"{}\"]}}\non_failure:\n  - name: page\n    action: log\n    with: {{message: \"{{{{error}}}}\"}}\n",
+        dir.display()
+    );
+    let (h, flaky) = flaky_harness(&rb);
+    h.post(&payload(vec![alert(&[("alertname", "Once")])])).await;
+    flaky.fail_finish.store(true, Ordering::SeqCst);
+    assert!(h.engine.turn().await.unwrap(), "ran, then could not record its end");
+    assert!(dir.exists());
+    assert!(h.engine.turn().await.unwrap(), "resumed to escalate");
+    let list = h.store().executions(ExecutionFilter::default()).await.unwrap();
+    let exec = h.store().execution(&list[0].id).await.unwrap();
+    assert_eq!(exec.state, State::Unknown, "{exec:?}");
+    let records = h.audit().await;
+    assert_eq!(starts_of(&records, &exec.id, "make"), 1, "mkdir ran once");
+    assert_eq!(starts_of(&records, &exec.id, "page"), 1, "on_failure escalated");
     assert_eq!(h.store().verify_audit().await.unwrap(), Ok(records.len() as u64));
 }
