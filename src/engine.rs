@@ -70,6 +70,8 @@ pub struct Engine {
     pub wake: Arc<Notify>,
     /// Runnable executions in memory, for the workers.
     dispatch: Dispatch,
+    /// Ends of runs being recorded after their worker moved on.
+    finishing: tokio_util::task::TaskTracker,
     /// `pid:starttime`, so recovery can tell a dead worker from a live one.
     pub worker_id: String,
     /// Stops workers between steps.
@@ -124,6 +126,45 @@ fn queued_executions(result: &mut IntakeResult) -> Vec<Execution> {
     queued
 }
 
+/// A run whose steps are over, its end still to be recorded.
+struct Ending {
+    pending: Pending,
+    outcome: Outcome,
+}
+
+async fn record_end(store: &dyn Store, metrics: &Metrics, exec: &Execution, ending: Ending) -> Result<Outcome, EngineError> {
+    let Ending { pending, outcome } = ending;
+    store.finish(exec, pending, outcome.state, outcome.reason.clone()).await?;
+    metrics.execution(outcome.state.as_str());
+    Ok(outcome)
+}
+
+/// A worker's run stopped on an error: says why and, where the run may
+/// still hold its claim, hands it back to the queue by the recovery rule.
+async fn stopped(store: &dyn Store, exec: &Execution, error: EngineError) -> Result<(), EngineError> {
+    match error {
+        EngineError::ShuttingDown => return Err(EngineError::ShuttingDown),
+        EngineError::Store(StoreError::Taken(id)) => {
+            tracing::debug!(execution = %id, "cancelled or claimed elsewhere before it started; not run");
+        }
+        EngineError::Store(StoreError::ClaimLost(id)) => {
+            tracing::warn!(execution = %id, "claim lost to recovery; stopped without running more steps");
+        }
+        e @ EngineError::UnknownRunbook(_) => tracing::error!(execution = %exec.id, error = %e, "execution failed"),
+        e => {
+            tracing::error!(execution = %exec.id, error = %crate::diag::chain(&e), "execution stopped; handing it back to the queue");
+            // Fail closed, then retry later rather than hold the target's lock forever.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match store.release(exec).await {
+                // Never claimed in the store (its first write failed): still queued there.
+                Ok(()) | Err(StoreError::ClaimLost(_)) => {}
+                Err(e) => tracing::error!(execution = %exec.id, error = %crate::diag::chain(&e), "cannot requeue"),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// This process, as named in claims.
 pub fn worker_id() -> String {
     let pid = std::process::id();
@@ -174,6 +215,7 @@ impl Engine {
             metrics: Arc::new(Metrics::default()),
             wake: Arc::new(Notify::new()),
             dispatch: Dispatch::default(),
+            finishing: tokio_util::task::TaskTracker::new(),
             worker_id: worker_id(),
             shutdown: CancellationToken::new(),
         }
@@ -317,6 +359,7 @@ impl Engine {
         for h in handles {
             let _ = h.await;
         }
+        self.settle().await;
     }
 
     async fn worker(&self, shutdown: CancellationToken) {
@@ -374,42 +417,37 @@ impl Engine {
         let result = self.run(&exec, Some(claim), None).await;
         self.dispatch.done(&exec.id);
         match result {
-            Ok(_) => Ok(true),
-            Err(EngineError::ShuttingDown) => Err(EngineError::ShuttingDown),
-            Err(EngineError::Store(StoreError::Taken(id))) => {
-                tracing::debug!(execution = %id, "cancelled or claimed elsewhere before it started; not run");
+            Ok(ending) => {
+                // The worker is free once the run's last action is over;
+                // recording its end (and the fsync) happens meanwhile.
+                let (store, metrics) = (self.store.clone(), self.metrics.clone());
+                self.finishing.spawn(async move {
+                    if let Err(e) = record_end(&*store, &metrics, &exec, ending).await {
+                        let _ = stopped(&*store, &exec, e).await;
+                    }
+                });
                 Ok(true)
             }
-            Err(EngineError::Store(StoreError::ClaimLost(id))) => {
-                tracing::warn!(execution = %id, "claim lost to recovery; stopped without running more steps");
-                Ok(true)
-            }
-            Err(e @ EngineError::UnknownRunbook(_)) => {
-                tracing::error!(execution = %exec.id, error = %e, "execution failed");
-                Ok(true)
-            }
-            Err(e) => {
-                tracing::error!(execution = %exec.id, error = %crate::diag::chain(&e), "execution stopped; handing it back to the queue");
-                // Fail closed, then retry later rather than hold the target's lock forever.
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                match self.store.release(&exec).await {
-                    // Never claimed in the store (its first write failed): still queued there.
-                    Ok(()) | Err(StoreError::ClaimLost(_)) => {}
-                    Err(e) => tracing::error!(execution = %exec.id, error = %crate::diag::chain(&e), "cannot requeue"),
-                }
-                Ok(true)
-            }
+            Err(e) => stopped(&*self.store, &exec, e).await.map(|()| true),
         }
+    }
+
+    /// Waits until the ends of runs workers finished are recorded.
+    pub async fn settle(&self) {
+        self.finishing.close();
+        self.finishing.wait().await;
+        self.finishing.reopen();
     }
 
     /// Runs an execution claimed from the store to its end.
     pub async fn execute(&self, exec: Execution, progress: Option<ProgressFn>) -> Result<Outcome, EngineError> {
-        self.run(&exec, None, progress).await
+        let ending = self.run(&exec, None, progress).await?;
+        record_end(&*self.store, &self.metrics, &exec, ending).await
     }
 
     /// Runs an execution to its end; `claim` when it still has to be
     /// claimed (taken from the in-memory queue).
-    async fn run(&self, exec: &Execution, claim: Option<Claim>, progress: Option<ProgressFn>) -> Result<Outcome, EngineError> {
+    async fn run(&self, exec: &Execution, claim: Option<Claim>, progress: Option<ProgressFn>) -> Result<Ending, EngineError> {
         let pending = Pending { claim, ended: Vec::new() };
         let Some(rb) = self.runbooks.get(&exec.runbook).cloned() else {
             let reason = format!("runbook `{}` is not loaded", exec.runbook);
@@ -457,11 +495,10 @@ impl Engine {
                 }
             }
         };
-        self.store
-            .finish(exec, run.take_pending(), outcome.state, outcome.reason.clone())
-            .await?;
-        self.metrics.execution(outcome.state.as_str());
-        Ok(outcome)
+        Ok(Ending {
+            pending: run.take_pending(),
+            outcome,
+        })
     }
 }
 

@@ -543,6 +543,7 @@ async fn workers_run_from_memory_but_never_a_run_cancelled_or_taken_meanwhile() 
     // At start the memory knows nothing of the store: the first turn reads it.
     h.post(&payload(vec![alert(&[("alertname", "Mem"), ("n", "a")])])).await;
     assert!(h.engine.turn().await.unwrap());
+    h.engine.settle().await;
     let a = only(&h, State::Succeeded).await;
     assert_eq!(a.len(), 1);
     assert_eq!(
@@ -567,6 +568,7 @@ async fn workers_run_from_memory_but_never_a_run_cancelled_or_taken_meanwhile() 
     let other = h.store().claim("other:1", None).await.unwrap().unwrap();
     assert!(h.engine.turn().await.unwrap());
     assert!(!h.engine.turn().await.unwrap(), "nothing left to run");
+    h.engine.settle().await;
 
     let records = h.audit().await;
     let cancelled = only(&h, State::Cancelled).await;
@@ -599,8 +601,10 @@ async fn a_failed_last_write_never_reruns_a_step_that_is_not_idempotent() {
     h.post(&payload(vec![alert(&[("alertname", "Once")])])).await;
     flaky.fail_finish.store(true, Ordering::SeqCst);
     assert!(h.engine.turn().await.unwrap(), "ran, then could not record its end");
+    h.engine.settle().await;
     assert!(dir.exists());
     assert!(h.engine.turn().await.unwrap(), "resumed to escalate");
+    h.engine.settle().await;
     let list = h.store().executions(ExecutionFilter::default()).await.unwrap();
     let exec = h.store().execution(&list[0].id).await.unwrap();
     assert_eq!(exec.state, State::Unknown, "{exec:?}");
