@@ -122,12 +122,9 @@ impl Dispatch {
         self.lock().refilling = false;
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().queue.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
     }
 }
 
