@@ -668,6 +668,22 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
     })
 }
 
+/// The guardrails' decision for an admission at `now_ms`, from the facts
+/// stored now (inside the deciding transaction, or on a read for `preview`).
+fn decide(conn: &Connection, adm: &Admission, config: &Config, now_ms: i64) -> Result<Decision, StoreError> {
+    let rb = &adm.runbook;
+    let f = facts(conn, &rb.name, &adm.target, Windows::for_runbook(rb, config), now_ms)?;
+    let request = Request {
+        runbook: rb,
+        target: &adm.target,
+        automated: adm.automated,
+        dry_run: adm.dry_run,
+        force: adm.force.as_deref(),
+        now_ms,
+    };
+    Ok(guard::decide(&request, &f, adm.budget.as_ref(), config))
+}
+
 /// Decides and records one admission. Shared by alert intake and manual runs.
 fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, config: &Config) -> Result<Decision, StoreError> {
     let rb = &adm.runbook;
@@ -692,16 +708,7 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
             storm_notice: false,
         }
     } else {
-        let f = facts(t.conn, &rb.name, &adm.target, Windows::for_runbook(rb, config), now_ms)?;
-        let request = Request {
-            runbook: rb,
-            target: &adm.target,
-            automated: adm.automated,
-            dry_run: adm.dry_run,
-            force: adm.force.as_deref(),
-            now_ms,
-        };
-        guard::decide(&request, &f, adm.budget.as_ref(), config)
+        decide(t.conn, adm, config, now_ms)?
     };
     let state = match decision.verdict {
         Verdict::Run => State::Queued,
@@ -1029,20 +1036,7 @@ impl Store for SqliteStore {
 
     async fn preview(&self, adm: Admission, config: Arc<Config>) -> Result<Decision, StoreError> {
         let now_ms = self.clock.now().timestamp_millis();
-        self.read(move |conn| {
-            let rb = &adm.runbook;
-            let f = facts(conn, &rb.name, &adm.target, Windows::for_runbook(rb, &config), now_ms)?;
-            let request = Request {
-                runbook: rb,
-                target: &adm.target,
-                automated: adm.automated,
-                dry_run: adm.dry_run,
-                force: adm.force.as_deref(),
-                now_ms,
-            };
-            Ok(guard::decide(&request, &f, adm.budget.as_ref(), &config))
-        })
-        .await
+        self.read(move |conn| decide(conn, &adm, &config, now_ms)).await
     }
 
     async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError> {
