@@ -123,10 +123,16 @@ impl Alert {
 
     /// The key the intake deduplicates on.
     pub fn dedupe_key(&self) -> String {
+        self.episode_key(self.status)
+    }
+
+    /// The dedupe key of this alert's episode (fingerprint and startsAt)
+    /// as a notification with `status` would have it.
+    pub fn episode_key(&self, status: AlertStatus) -> String {
         format!(
             "{}|{}|{}",
             self.fingerprint,
-            self.status.as_str(),
+            status.as_str(),
             self.starts_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         )
     }

@@ -6,6 +6,15 @@
 //! Every state change writes its audit records in the same transaction, so
 //! state and audit never disagree, and nothing is acknowledged before it is
 //! durable.
+//!
+//! The contract every backend keeps for guardrail decisions: the cost of
+//! deciding one alert does not grow with history. Each fact (runs in a
+//! window, last run, active runs, breaker, alerting targets) is read by an
+//! index search over rows that a decision looks at — runs that were allowed
+//! to start, runs not yet ended, one row per target — never by walking
+//! blocked, duplicate, dry-run or ended executions. Windows count runs that
+//! were allowed to start (automated or manual, not dry runs); a run cancelled
+//! before it started stops counting.
 
 pub mod sqlite;
 

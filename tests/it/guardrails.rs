@@ -269,6 +269,42 @@ async fn global_limit_counts_automated_runs_of_every_runbook() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_run_cancelled_before_it_started_counts_toward_no_limit() {
+    let h = Harness::new(&runbook("fix", "Broken", "low", "rate_limit: 1/1h, cooldown: 30m"), "");
+    let first = firing(&h, "Broken", "web-1");
+    check(&decide(&h, first.clone()).await, "run", "all");
+    h.advance("10s");
+    deliver(&h, vec![resolved(first)]).await;
+    assert_eq!(run_all(&h).await, 0, "cancelled: the alert resolved before it ran");
+
+    h.advance("10s");
+    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+}
+
+// ---------------------------------------------------------------- resolves
+
+#[tokio::test(start_paused = true)]
+async fn a_late_resolve_of_an_older_episode_cancels_nothing_of_the_current_one() {
+    let h = Harness::new(&runbook("fix", "Broken", "low", "approval: required, concurrency: 2"), "");
+    let old = firing(&h, "Broken", "web-1");
+    let old_run = id(&decide(&h, old.clone()).await);
+    h.advance("1m");
+    // The same alert (same fingerprint) fires again as a new episode.
+    let current = firing(&h, "Broken", "web-1");
+    assert_eq!(old["fingerprint"], current["fingerprint"]);
+    let current_run = id(&decide(&h, current.clone()).await);
+    assert_eq!(state(&h, &old_run).await, State::PendingApproval);
+
+    // The old episode's resolve arrives late: only its own run is cancelled.
+    deliver(&h, vec![resolved(old)]).await;
+    assert_eq!(state(&h, &old_run).await, State::Cancelled);
+    assert_eq!(state(&h, &current_run).await, State::PendingApproval);
+
+    deliver(&h, vec![resolved(current)]).await;
+    assert_eq!(state(&h, &current_run).await, State::Cancelled);
+}
+
 // ---------------------------------------------------------------- concurrency
 
 #[tokio::test(start_paused = true)]
