@@ -3,12 +3,8 @@
 # Needs wrk (apt-get install -y wrk) and python3. Prints the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; exit 2; }
 DURATION=${DURATION:-10s}
-cargo build --release --quiet
-BIN=$PWD/target/release/pitcrew
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+source bench/lib.sh
 mkdir -p "$WORK/runbooks"
 cat > "$WORK/runbooks/bench.yaml" <<'YAML'
 apiVersion: pitcrew/v1
@@ -20,36 +16,11 @@ steps:
     action: log
     with: {message: "remediated {{alert.labels.n}}"}
 YAML
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-start() {  # start DIR RUNBOOKS [PLUGINS] -> sets PID, URL, STARTUP
-  local dir=$1 runbooks=$2 plugins=${3:-$1/none} port
-  port=$(free_port)
-  printf 'listen: 127.0.0.1:%s\nstate_dir: %s/state\nrunbooks: [%s]\nplugins: %s\n' "$port" "$dir" "$runbooks" "$plugins" > "$dir/pitcrew.yaml"
-  local t0; t0=$(date +%s.%N)
-  PITCREW_LOG=warn "$BIN" --config "$dir/pitcrew.yaml" serve ${WORKERS:+--workers $WORKERS} >"$dir/serve.log" 2>&1 &
-  PID=$!
-  URL="http://127.0.0.1:$port"
-  until curl -sf "$URL/readyz" >/dev/null; do
-    kill -0 $PID 2>/dev/null || { cat "$dir/serve.log" >&2; exit 1; }
-    sleep 0.01
-  done
-  STARTUP=$(python3 -c "print(f'{($(date +%s.%N) - $t0) * 1000:.0f}')")
-}
-rss() { awk '/^VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
-hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
-count() { python3 - "$1" "$2" <<'PY'
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
-print(db.execute(sys.argv[2]).fetchone()[0])
-PY
-}
-
 echo "== startup with the example runbooks"
 mkdir -p "$WORK/ex"
 start "$WORK/ex" "$PWD/runbooks" "$PWD/plugins"
 echo "start to ready: ${STARTUP} ms; idle RSS $(rss $PID)"
-kill $PID; wait $PID 2>/dev/null || true
+stop $PID
 
 for per in 1 10; do
   echo "== durable intake, $per alert(s) per request (no runbook matches), wrk -t2 -c32 -d$DURATION"
@@ -61,7 +32,7 @@ for per in 1 10; do
   stored=$(count "$WORK/in$per/state/state.db" "select count(*) from alerts")
   secs=$(grep -oE "in [0-9.]+s" "$WORK/wrk.txt" | head -1 | tr -dc '0-9.')
   echo "alerts stored: $stored; alerts/s acknowledged durably: $(python3 -c "print(round($stored / $secs))"); RSS idle $idle, peak $(hwm $PID)"
-  kill $PID; wait $PID 2>/dev/null || true
+  stop $PID
 done
 
 echo "== end to end through a log step, 10 alerts per request"
@@ -84,7 +55,7 @@ if last > flood_end and after:
     print(f"  while intake ran: {during / ((flood_end - first) / 1000):.0f}/s executed; backlog alone: {after / ((last - flood_end) / 1000):.0f}/s")
 PY
 echo "RSS after load: $(rss $PID), peak $(hwm $PID)"
-kill $PID; wait $PID 2>/dev/null || true
+stop $PID
 
 echo "== POST -> step start latency at a fixed 200 alerts/s for 10 s"
 mkdir -p "$WORK/lat"
@@ -106,15 +77,12 @@ for i in range(2000):
     urllib.request.urlopen(req).read()
 time.sleep(1)
 db = sqlite3.connect(dbpath)
-from datetime import datetime
 lat = []
-for record, in db.execute("select a.record from audit a where a.kind = 'step.started'"):
-    r = json.loads(record)
-    target = r["target"]
-    ts = datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+for target, ts_us in db.execute("select target, ts_us from audit where kind = 'step.started'"):
+    ts = ts_us / 1e6
     if target in sent:
         lat.append((ts - sent[target]) * 1000)
 lat.sort()
 print(f"{len(lat)} alerts: POST->step.started p50 {lat[len(lat)//2]:.2f} ms, p99 {lat[int(len(lat)*0.99)]:.2f} ms, max {lat[-1]:.2f} ms")
 PY
-kill $PID; wait $PID 2>/dev/null || true
+stop $PID

@@ -102,12 +102,15 @@ pub struct WireAlert {
 pub struct Alert {
     pub status: AlertStatus,
     pub labels: BTreeMap<String, String>,
+    // Empty fields are left out: alerts are stored by the million.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     pub starts_at: DateTime<Utc>,
     /// `None` while firing (Alertmanager's `0001-01-01T00:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<DateTime<Utc>>,
     pub fingerprint: String,
-    #[serde(rename = "generatorURL")]
+    #[serde(default, rename = "generatorURL", skip_serializing_if = "String::is_empty")]
     pub generator_url: String,
 }
 

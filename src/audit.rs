@@ -100,11 +100,12 @@ impl Event {
         record
     }
 
-    /// Numbers and chains the event after `prev_hash` straight into the
-    /// stored text: the canonical JSON that was hashed, with `hash` added in
-    /// its sorted place. The store's hot path: one serialisation, no copies
-    /// of `data`. Returns (text, hash).
-    pub fn seal_text(&self, seq: u64, ts: &str, prev_hash: &str) -> (String, String) {
+    /// Numbers and chains the event after `prev_hash` for storage: the
+    /// store keeps the envelope in columns and `data` as canonical JSON, and
+    /// rebuilds the record (with `prev_hash` from the record before) when it
+    /// is read. The store's hot path: one serialisation, no copies of
+    /// `data`. Returns (canonical `data`, hash).
+    pub fn seal_stored(&self, seq: u64, ts: &str, prev_hash: &str) -> (String, [u8; 32]) {
         let fields = Fields {
             seq,
             ts,
@@ -117,15 +118,20 @@ impl Event {
             prev_hash,
         };
         let mut canonical = Vec::with_capacity(512);
-        let hash_at = fields.write_canonical(&mut canonical);
-        let hash = fields.hash(&canonical);
-        let mut text = Vec::with_capacity(canonical.len() + 80);
-        text.extend_from_slice(&canonical[..hash_at]);
-        text.extend_from_slice(b"\"hash\":\"");
-        text.extend_from_slice(hash.as_bytes());
-        text.extend_from_slice(b"\",");
-        text.extend_from_slice(&canonical[hash_at..]);
-        (String::from_utf8(text).expect("JSON text is UTF-8"), hash)
+        let data = fields.write_canonical(&mut canonical);
+        let hash = fields.digest(&canonical);
+        let data = String::from_utf8(canonical[data].to_vec()).expect("JSON text is UTF-8");
+        (data, hash)
+    }
+}
+
+/// Drops the top-level `null` fields of an event's data: absent and null
+/// read the same (`data["error"].is_null()`), and a storm of records need
+/// not store `"budget":null` a million times. Nested values (a step's
+/// output) are kept exactly as they are.
+pub fn without_nulls(data: &mut Value) {
+    if let Value::Object(map) = data {
+        map.retain(|_, v| !v.is_null());
     }
 }
 
@@ -148,9 +154,8 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    /// Writes the canonical JSON; returns the offset where `"hash"` sorts in
-    /// (after `execution_id`, before `kind`).
-    fn write_canonical(&self, out: &mut Vec<u8>) -> usize {
+    /// Writes the canonical JSON; returns where `data` is in it.
+    fn write_canonical(&self, out: &mut Vec<u8>) -> std::ops::Range<usize> {
         let opt = |out: &mut Vec<u8>, v: Option<&str>| match v {
             Some(s) => write_str(out, s),
             None => out.extend_from_slice(b"null"),
@@ -158,12 +163,12 @@ impl Fields<'_> {
         out.extend_from_slice(b"{\"actor\":");
         write_str(out, self.actor);
         out.extend_from_slice(b",\"data\":");
+        let data_at = out.len();
         write_canonical(self.data, out);
+        let data = data_at..out.len();
         out.extend_from_slice(b",\"execution_id\":");
         opt(out, self.execution_id);
-        out.push(b',');
-        let hash_at = out.len();
-        out.extend_from_slice(b"\"kind\":");
+        out.extend_from_slice(b",\"kind\":");
         write_str(out, self.kind);
         out.extend_from_slice(b",\"prev_hash\":");
         write_str(out, self.prev_hash);
@@ -176,15 +181,15 @@ impl Fields<'_> {
         out.extend_from_slice(b",\"ts\":");
         write_str(out, self.ts);
         out.push(b'}');
-        hash_at
+        data
     }
 
-    fn hash(&self, canonical: &[u8]) -> String {
+    fn digest(&self, canonical: &[u8]) -> [u8; 32] {
         let mut hasher = Sha256::new();
         hasher.update(self.prev_hash.as_bytes());
         hasher.update(b"\n");
         hasher.update(canonical);
-        hex::encode(hasher.finalize())
+        hasher.finalize().into()
     }
 }
 
@@ -203,8 +208,47 @@ impl Record {
         };
         let mut canonical = Vec::with_capacity(512);
         fields.write_canonical(&mut canonical);
-        fields.hash(&canonical)
+        hex::encode(fields.digest(&canonical))
     }
+
+    /// A record as the store keeps it: envelope columns, canonical `data`,
+    /// the binary hash, and the hash of the record before it (genesis for
+    /// the first; empty when that record is missing, which `verify` names).
+    pub fn from_stored(stored: Stored, prev_hash: Option<&[u8]>) -> Result<Record, serde_json::Error> {
+        let prev_hash = match prev_hash {
+            Some(h) => hex::encode(h),
+            None if stored.seq == 1 => GENESIS.to_string(),
+            None => String::new(),
+        };
+        Ok(Record {
+            seq: stored.seq,
+            ts: format_ts(DateTime::from_timestamp_micros(stored.ts_us).unwrap_or_default()),
+            kind: stored.kind,
+            actor: stored.actor,
+            execution_id: stored.execution_id,
+            runbook: stored.runbook,
+            target: stored.target,
+            data: serde_json::from_str(&stored.data)?,
+            prev_hash,
+            hash: hex::encode(&stored.hash),
+        })
+    }
+}
+
+/// The columns of a stored record.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: u64,
+    /// `ts` in microseconds since the epoch: records write it with
+    /// microsecond precision, so it turns back into the same text.
+    pub ts_us: i64,
+    pub kind: String,
+    pub actor: String,
+    pub execution_id: Option<String>,
+    pub runbook: Option<String>,
+    pub target: Option<String>,
+    pub data: String,
+    pub hash: Vec<u8>,
 }
 
 /// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace.
@@ -301,7 +345,7 @@ pub fn verify_from(r: &Record, expected_seq: u64, prev: &str) -> Result<(), Brok
     if r.compute_hash() != r.hash {
         return Err(Broken {
             seq: r.seq,
-            reason: "hash does not match the record's content (the record was changed)".into(),
+            reason: "hash does not match the record's content and the hash before it (this record was changed, or the one before it was rewritten)".into(),
         });
     }
     Ok(())
@@ -346,22 +390,37 @@ mod tests {
         .execution("01abc", "rb", "ns/dep");
         let prev = "ab".repeat(32);
         let ts = "2026-11-27T10:00:00.123456Z";
-        let (text, hash) = event.seal_text(7, ts, &prev);
-        assert_eq!(hash, "0280bbd561b88929bcb2a65f1c4a2d6f73ff52a30a7e2f83f22c0abb94c70148");
-        let record: Record = serde_json::from_str(&text).unwrap();
-        assert_eq!(record.hash, hash);
-        assert_eq!(record.compute_hash(), hash);
+        let (data, hash) = event.seal_stored(7, ts, &prev);
+        assert_eq!(
+            hex::encode(hash),
+            "0280bbd561b88929bcb2a65f1c4a2d6f73ff52a30a7e2f83f22c0abb94c70148"
+        );
+        // Stored: `data` as canonical JSON, the rest in columns.
+        assert_eq!(data, canonical_json(&event.data));
+        let stored = Stored {
+            seq: 7,
+            ts_us: DateTime::parse_from_rfc3339(ts).unwrap().timestamp_micros(),
+            kind: event.kind.to_string(),
+            actor: event.actor.clone(),
+            execution_id: event.execution_id.clone(),
+            runbook: event.runbook.clone(),
+            target: event.target.clone(),
+            data,
+            hash: hash.to_vec(),
+        };
+        let prev_bytes = hex::decode(&prev).unwrap();
+        let record = Record::from_stored(stored, Some(&prev_bytes)).unwrap();
+        assert_eq!(record.ts, ts, "microsecond timestamps read back as written");
+        assert_eq!(record.compute_hash(), record.hash);
         assert_eq!(verify_from(&record, 7, &prev), Ok(()));
-        // The stored text is the hashed canonical JSON plus the hash, nothing else.
-        let without_hash = text.replace(&format!("\"hash\":\"{hash}\","), "");
-        assert!(
-            without_hash.starts_with(r#"{"actor":"alertmanager","data":{"A":-3,"msg":"h"#),
-            "{without_hash}"
-        );
-        assert!(
-            without_hash.ends_with(r#""seq":7,"target":"ns/dep","ts":"2026-11-27T10:00:00.123456Z"}"#),
-            "{without_hash}"
-        );
+        assert_eq!(record, event.seal(7, DateTime::parse_from_rfc3339(ts).unwrap().to_utc(), &prev));
+    }
+
+    #[test]
+    fn top_level_nulls_are_dropped_and_nested_ones_kept() {
+        let mut data = json!({"error": null, "output": {"x": null}, "n": 0});
+        without_nulls(&mut data);
+        assert_eq!(data, json!({"output": {"x": null}, "n": 0}));
     }
 
     #[test]

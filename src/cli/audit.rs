@@ -157,6 +157,12 @@ fn describe(r: &Record) -> (String, String) {
                         .join(", ")
                 })
                 .unwrap_or_default();
+            // Records written since alerts are stored once name it in their labels only.
+            let alertname = if d["alertname"].is_null() {
+                &d["labels"]["alertname"]
+            } else {
+                &d["alertname"]
+            };
             let what = if r.kind == "alert.received" {
                 "Alert received"
             } else {
@@ -166,7 +172,7 @@ fn describe(r: &Record) -> (String, String) {
                 what.into(),
                 format!(
                     "**{}** {} ({labels}); fingerprint `{}`",
-                    s(&d["alertname"]),
+                    s(alertname),
                     s(&d["status"]),
                     s(&d["fingerprint"])
                 ),

@@ -174,15 +174,16 @@ pub struct Admission {
 pub struct IntakeAlert {
     pub alert: Alert,
     pub admissions: Vec<Admission>,
-    /// The alert as stored, and its dedupe key: made before the write, off
-    /// the store's single writer thread.
-    pub body: String,
+    /// The alert as its `alert.received` record stores it, and its dedupe
+    /// key: made before the write, off the store's single writer thread.
+    pub body: Value,
     pub dedupe_key: String,
 }
 
 impl IntakeAlert {
     pub fn new(alert: Alert, admissions: Vec<Admission>) -> IntakeAlert {
-        let body = serde_json::to_string(&alert).expect("an alert serialises");
+        let mut body = serde_json::to_value(&alert).expect("an alert serialises");
+        body["matched"] = admissions.iter().map(|a| Value::from(a.runbook.name.as_str())).collect();
         let dedupe_key = alert.dedupe_key();
         IntakeAlert {
             alert,

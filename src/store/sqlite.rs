@@ -30,16 +30,27 @@ macro_rules! active {
     };
 }
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS alerts (
-    id INTEGER PRIMARY KEY,
-    dedupe_key TEXT NOT NULL UNIQUE,
-    fingerprint TEXT NOT NULL,
-    status TEXT NOT NULL,
-    received_ms INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-DROP INDEX IF EXISTS alerts_fingerprint;
+macro_rules! alerts_columns {
+    () => {
+        "(id INTEGER PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, record_seq INTEGER, body TEXT)"
+    };
+}
+
+macro_rules! audit_columns {
+    () => {
+        "(seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, kind TEXT NOT NULL, actor TEXT NOT NULL, \
+          execution_id TEXT, runbook TEXT, target TEXT, data TEXT NOT NULL, hash BLOB NOT NULL)"
+    };
+}
+
+const SCHEMA: &str = concat!(
+    r#"
+-- Notifications seen, for dedupe. The alert itself is the data of its
+-- `alert.received` record (`record_seq`), stored once; an alert given to a
+-- manual run (`run --alert`) has no such record and keeps its `body` here.
+CREATE TABLE IF NOT EXISTS alerts "#,
+    alerts_columns!(),
+    r#";
 CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY,
     runbook TEXT NOT NULL,
@@ -63,8 +74,6 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 -- Only runs not yet ended: the index stays small however long the history,
 -- and a run leaves it when it ends. Queries name `active!()` to use it.
-DROP INDEX IF EXISTS executions_state;
-DROP INDEX IF EXISTS executions_target;
 CREATE INDEX IF NOT EXISTS executions_active ON executions(state, created_ms)
     WHERE state IN ('queued', 'running', 'pending_approval');
 -- Guardrail facts (see `facts`): each is read from a partial index that
@@ -72,9 +81,6 @@ CREATE INDEX IF NOT EXISTS executions_active ON executions(state, created_ms)
 -- dry-run or long-ended history. `admitted_ms` is set only for real runs
 -- that were allowed to start, and cleared when one is cancelled before it
 -- started: runs in a window are an index range of exactly those.
-DROP INDEX IF EXISTS executions_runbook_target;
-DROP INDEX IF EXISTS executions_admitted;
-DROP INDEX IF EXISTS executions_runbook_admitted;
 CREATE INDEX IF NOT EXISTS runs_by_target ON executions(runbook, target, admitted_ms) WHERE admitted_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_by_runbook ON executions(runbook, admitted_ms) WHERE admitted_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_automated ON executions(admitted_ms) WHERE admitted_ms IS NOT NULL AND automated = 1;
@@ -118,31 +124,119 @@ CREATE TABLE IF NOT EXISTS breaker_resets (
     ms INTEGER NOT NULL,
     PRIMARY KEY (runbook, target)
 );
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    ts_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    execution_id TEXT,
-    record TEXT NOT NULL
+-- The audit chain. A record's envelope is kept in columns and its `data` as
+-- canonical JSON; `prev_hash` is the hash of the row before, so it is not
+-- stored again. `audit::Record::from_stored` puts a record back together.
+CREATE TABLE IF NOT EXISTS audit "#,
+    audit_columns!(),
+    r#";
+CREATE INDEX IF NOT EXISTS audit_execution ON audit(execution_id) WHERE execution_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts_us);
+"#
 );
-CREATE INDEX IF NOT EXISTS audit_execution ON audit(execution_id);
-CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts_ms);
-"#;
 
-/// Data migrations, numbered by `PRAGMA user_version`; each runs once.
-const MIGRATIONS: &[&str] = &[
-    // 1: dry runs and runs cancelled before they started kept `admitted_ms`
-    // and counted toward limits and cooldowns; they no longer do.
-    "UPDATE executions SET admitted_ms = NULL WHERE admitted_ms IS NOT NULL \
-     AND (dry_run = 1 OR (state = 'cancelled' AND started_ms IS NULL))",
-];
+/// The layout this code reads and writes (`PRAGMA user_version`). A state
+/// file made before layouts were numbered is upgraded once, at open.
+const LAYOUT: i64 = 2;
 
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let done: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+/// Brings the state file to [`LAYOUT`], then makes sure every table and
+/// index of [`SCHEMA`] exists.
+fn prepare_schema(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > LAYOUT {
+        return Err(StoreError::Corrupt(format!(
+            "the state database has layout {version}, newer than this pitcrew understands ({LAYOUT}); upgrade pitcrew"
+        )));
     }
+    let legacy: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('audit') WHERE name = 'record'",
+        [],
+        |r| r.get(0),
+    )?;
+    if legacy {
+        upgrade_unnumbered(conn)?;
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))?;
     Ok(())
+}
+
+/// Upgrades a state file from before numbered layouts: the audit chain from
+/// one JSON text per record to columns (every hash is checked to come out
+/// the same), alerts kept once, the guardrail indexes of `fact_sql`, and
+/// `admitted_ms` cleared where a run never counted (dry runs, runs
+/// cancelled before they started).
+fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
+    tracing::info!("upgrading the state database to layout {LAYOUT} (once; may take a while for a large audit log)");
+    // Tables are replaced while executions still reference `alerts`.
+    conn.execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE;")?;
+    let upgraded = (|| -> Result<(), StoreError> {
+        // New tables are made beside the old ones and renamed into place, so
+        // the `REFERENCES alerts` of executions stays as it is.
+        conn.execute_batch(concat!(
+            "DROP INDEX IF EXISTS executions_state; DROP INDEX IF EXISTS executions_target;
+             DROP INDEX IF EXISTS executions_runbook_target; DROP INDEX IF EXISTS executions_admitted;
+             DROP INDEX IF EXISTS executions_runbook_admitted; DROP INDEX IF EXISTS alerts_fingerprint;
+             DROP INDEX IF EXISTS audit_execution; DROP INDEX IF EXISTS audit_ts;
+             UPDATE executions SET admitted_ms = NULL WHERE admitted_ms IS NOT NULL
+                 AND (dry_run = 1 OR (state = 'cancelled' AND started_ms IS NULL));
+             CREATE TABLE alerts_upgraded ",
+            alerts_columns!(),
+            ";
+             INSERT INTO alerts_upgraded (id, dedupe_key, body) SELECT id, dedupe_key, body FROM alerts;
+             DROP TABLE alerts;
+             ALTER TABLE alerts_upgraded RENAME TO alerts;
+             CREATE TABLE audit_upgraded ",
+            audit_columns!(),
+            ";"
+        ))?;
+        let mut read = conn.prepare("SELECT record FROM audit ORDER BY seq")?;
+        let mut rows = read.query([])?;
+        while let Some(row) = rows.next()? {
+            let text: String = row.get(0)?;
+            let record: Record =
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("audit record does not parse: {e}")))?;
+            let ts = DateTime::parse_from_rfc3339(&record.ts)
+                .map_err(|e| StoreError::Corrupt(format!("audit record {} has a bad ts: {e}", record.seq)))?;
+            let ts_us = ts.timestamp_micros();
+            if audit::format_ts(ts.to_utc()) != record.ts {
+                return Err(StoreError::Corrupt(format!(
+                    "audit record {} has a ts that does not read back the same",
+                    record.seq
+                )));
+            }
+            let hash =
+                hex::decode(&record.hash).map_err(|e| StoreError::Corrupt(format!("audit record {} has a bad hash: {e}", record.seq)))?;
+            run_sql(
+                conn,
+                "INSERT INTO audit_upgraded (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    record.seq as i64,
+                    ts_us,
+                    record.kind,
+                    record.actor,
+                    record.execution_id,
+                    record.runbook,
+                    record.target,
+                    audit::canonical_json(&record.data),
+                    hash
+                ],
+            )?;
+        }
+        drop(rows);
+        drop(read);
+        conn.execute_batch("DROP TABLE audit; ALTER TABLE audit_upgraded RENAME TO audit;")?;
+        Ok(())
+    })();
+    let ended = match upgraded {
+        Ok(()) => conn.execute_batch("COMMIT; PRAGMA foreign_keys = ON;"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK; PRAGMA foreign_keys = ON;");
+            return Err(e);
+        }
+    };
+    Ok(ended?)
 }
 
 /// Jobs waiting beyond this are refused (503) instead of queueing forever.
@@ -182,32 +276,46 @@ impl Tx<'_> {
         self.now.timestamp_millis()
     }
 
+    /// The chain's head within this transaction: (last seq, its hash).
+    fn head(&mut self) -> Result<&(u64, String), StoreError> {
+        if self.cursor.is_none() {
+            let last = query_row(self.conn, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, hex::encode(r.get::<_, Vec<u8>>(1)?)))
+            })
+            .optional()?;
+            self.cursor = Some(last.unwrap_or((0, audit::GENESIS.to_string())));
+        }
+        Ok(self.cursor.as_ref().expect("loaded above"))
+    }
+
+    /// The seq the next appended record will get.
+    fn next_seq(&mut self) -> Result<u64, StoreError> {
+        Ok(self.head()?.0 + 1)
+    }
+
     /// Appends one audit record, chained to the last one.
     fn append(&mut self, mut event: Event) -> Result<u64, StoreError> {
-        let (seq, prev) = match self.cursor.take() {
-            Some(c) => c,
-            None => query_row(self.conn, "SELECT seq, record FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })
-            .optional()?
-            .map(|(seq, rec)| {
-                let hash = serde_json::from_str::<Value>(&rec)
-                    .ok()
-                    .and_then(|v| v["hash"].as_str().map(String::from))
-                    .unwrap_or_default();
-                (seq as u64, hash)
-            })
-            .unwrap_or((0, audit::GENESIS.to_string())),
-        };
+        let (seq, prev) = self.head()?.clone();
         self.redactor.in_place(&mut event.data);
+        audit::without_nulls(&mut event.data);
         let seq = seq + 1;
-        let (text, hash) = event.seal_text(seq, &self.now_text, &prev);
+        let (data, hash) = event.seal_stored(seq, &self.now_text, &prev);
         run_sql(
             self.conn,
-            "INSERT INTO audit (seq, ts_ms, kind, execution_id, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![seq as i64, self.now_ms(), event.kind, event.execution_id, text],
+            "INSERT INTO audit (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                seq as i64,
+                self.now.timestamp_micros(),
+                event.kind,
+                event.actor,
+                event.execution_id,
+                event.runbook,
+                event.target,
+                data,
+                &hash[..]
+            ],
         )?;
-        self.cursor = Some((seq, hash));
+        self.cursor = Some((seq, hex::encode(hash)));
         Ok(seq)
     }
 }
@@ -242,8 +350,7 @@ impl SqliteStore {
         })?;
         let path = state_dir.join("state.db");
         let writer = open_connection(&path)?;
-        writer.execute_batch(SCHEMA)?;
-        migrate(&writer)?;
+        prepare_schema(&writer)?;
         // Commits write the WAL without waiting for the disk; the syncer
         // thread fsyncs it and only then answers the jobs (see `sync_loop`).
         writer.execute_batch("PRAGMA synchronous=NORMAL;")?;
@@ -422,6 +529,8 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
 /// before writing fails alone, one that fails after writing rolls the whole
 /// group back, and the others learn they were not kept.
 fn run_group(conn: &Connection, batch: Vec<Job>, redactor: &Redactor, now: DateTime<Utc>) -> Committed {
+    // Records keep microseconds (`audit_ts`): the stored time and the hashed text agree.
+    let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
     let mut tx = Tx {
         conn,
         cursor: None,
@@ -505,7 +614,8 @@ fn risk_of(s: &str) -> Risk {
     s.parse().unwrap_or(Risk::High)
 }
 
-const EXECUTION_COLUMNS: &str = "e.id, e.runbook, e.target, e.state, e.reason, e.actor, a.body, e.params, e.dry_run, e.automated, e.risk, \
+const EXECUTION_COLUMNS: &str = "e.id, e.runbook, e.target, e.state, e.reason, e.actor, \
+     COALESCE(a.body, (SELECT r.data FROM audit r WHERE r.seq = a.record_seq)), e.params, e.dry_run, e.automated, e.risk, \
      e.created_ms, e.started_ms, e.finished_ms, e.approval_deadline_ms, e.resume_error, e.claimed_by";
 
 fn execution_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
@@ -531,6 +641,23 @@ fn execution_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
         resume_error: r.get(15)?,
         claimed_by: r.get(16)?,
         steps: Vec::new(),
+    })
+}
+
+/// The columns of a stored audit record, in [`stored_from_row`]'s order.
+const AUDIT_COLUMNS: &str = "a.seq, a.ts_us, a.kind, a.actor, a.execution_id, a.runbook, a.target, a.data, a.hash";
+
+fn stored_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<audit::Stored> {
+    Ok(audit::Stored {
+        seq: r.get::<_, i64>(0)? as u64,
+        ts_us: r.get(1)?,
+        kind: r.get(2)?,
+        actor: r.get(3)?,
+        execution_id: r.get(4)?,
+        runbook: r.get(5)?,
+        target: r.get(6)?,
+        data: r.get(7)?,
+        hash: r.get(8)?,
     })
 }
 
@@ -716,7 +843,7 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
         t.append(exec_event(
             kind::RUNBOOK_MATCHED,
             &adm.actor,
-            json!({"fingerprint": alert.fingerprint, "alertname": alert.name(), "params": adm.params, "owner": rb.owner, "digest": rb.digest}),
+            json!({"fingerprint": alert.fingerprint, "params": adm.params, "owner": rb.owner, "digest": rb.digest}),
         ))?;
     }
     let decision = if let Some(invalid) = &adm.invalid {
@@ -783,10 +910,11 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
         ))?;
     }
     if state == State::Blocked {
+        // The reason in full is the decision's, one record before.
         t.append(exec_event(
             kind::EXECUTION_FINISHED,
             "system:guardrails",
-            json!({"state": "blocked", "reason": reason}),
+            json!({"state": "blocked", "reason": decision.decided_by}),
         ))?;
     }
     if decision.trip_breaker {
@@ -993,31 +1121,30 @@ fn record_pending(t: &mut Tx<'_>, exec: &Execution, pending: Pending) -> Result<
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn intake(&self, alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError> {
+    async fn intake(&self, mut alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError> {
         self.write(move |t| {
             let mut result = IntakeResult::default();
-            for item in &alerts {
+            for item in alerts.iter_mut() {
                 let alert = &item.alert;
+                // The alert is stored once, as its `alert.received` record.
+                let record_seq = t.next_seq()?;
                 let inserted = run_sql(
                     t.conn,
-                    "INSERT OR IGNORE INTO alerts (dedupe_key, fingerprint, status, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![item.dedupe_key, alert.fingerprint, alert.status.as_str(), t.now_ms(), item.body],
+                    "INSERT OR IGNORE INTO alerts (dedupe_key, record_seq) VALUES (?1, ?2)",
+                    params![item.dedupe_key, record_seq as i64],
                 )?;
-                let alert_data = json!({
-                    "fingerprint": alert.fingerprint, "status": alert.status.as_str(), "alertname": alert.name(),
-                    "labels": alert.labels, "startsAt": alert.starts_at,
-                });
                 if inserted == 0 {
                     result.duplicates += 1;
-                    t.append(Event::new(kind::ALERT_DUPLICATE, "alertmanager", alert_data))?;
+                    let data = json!({
+                        "fingerprint": alert.fingerprint, "status": alert.status.as_str(),
+                        "labels": alert.labels, "startsAt": alert.starts_at,
+                    });
+                    t.append(Event::new(kind::ALERT_DUPLICATE, "alertmanager", data))?;
                     continue;
                 }
                 result.accepted += 1;
                 let alert_id = t.conn.last_insert_rowid();
-                let mut data = alert_data;
-                data["annotations"] = json!(alert.annotations);
-                data["matched"] = json!(item.admissions.iter().map(|a| a.runbook.name.as_str()).collect::<Vec<_>>());
-                t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", data))?;
+                t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", std::mem::take(&mut item.body)))?;
                 if alert.status == crate::alert::AlertStatus::Resolved {
                     result.cancelled += cancel_for_resolved(t, alert)?;
                 }
@@ -1051,14 +1178,8 @@ impl Store for SqliteStore {
                     // under a key of their own so they never count as a duplicate delivery.
                     run_sql(
                         t.conn,
-                        "INSERT INTO alerts (dedupe_key, fingerprint, status, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![
-                            format!("manual|{}", admission.id),
-                            a.fingerprint,
-                            a.status.as_str(),
-                            t.now_ms(),
-                            body
-                        ],
+                        "INSERT INTO alerts (dedupe_key, body) VALUES (?1, ?2)",
+                        params![format!("manual|{}", admission.id), body],
                     )?;
                     Some((a, t.conn.last_insert_rowid()))
                 }
@@ -1410,36 +1531,37 @@ impl Store for SqliteStore {
 
     async fn audit(&self, filter: AuditFilter) -> Result<Vec<Record>, StoreError> {
         self.read(move |conn| {
-            let mut sql = String::from("SELECT record FROM audit WHERE 1=1");
+            let mut sql = format!("SELECT {AUDIT_COLUMNS}, (SELECT p.hash FROM audit p WHERE p.seq = a.seq - 1) FROM audit a WHERE 1=1");
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
             if let Some(since) = filter.since {
-                args.push(since.timestamp_millis().into());
-                sql.push_str(&format!(" AND ts_ms >= ?{}", args.len()));
+                args.push(since.timestamp_micros().into());
+                sql.push_str(&format!(" AND a.ts_us >= ?{}", args.len()));
             }
             if let Some(until) = filter.until {
-                args.push(until.timestamp_millis().into());
-                sql.push_str(&format!(" AND ts_ms <= ?{}", args.len()));
+                args.push(until.timestamp_micros().into());
+                sql.push_str(&format!(" AND a.ts_us <= ?{}", args.len()));
             }
             if let Some(e) = &filter.execution {
                 args.push(e.clone().into());
-                sql.push_str(&format!(" AND execution_id = ?{}", args.len()));
+                sql.push_str(&format!(" AND a.execution_id = ?{}", args.len()));
             }
             if let Some(fp) = &filter.fingerprint {
                 args.push(fp.clone().into());
                 let n = args.len();
                 sql.push_str(&format!(
-                    " AND (execution_id IN (SELECT id FROM executions WHERE fingerprint = ?{n}) \
-                     OR (kind LIKE 'alert.%' AND json_extract(record, '$.data.fingerprint') = ?{n}))"
+                    " AND (a.execution_id IN (SELECT id FROM executions WHERE fingerprint = ?{n}) \
+                     OR (a.kind LIKE 'alert.%' AND json_extract(a.data, '$.fingerprint') = ?{n}))"
                 ));
             }
-            sql.push_str(" ORDER BY seq");
+            sql.push_str(" ORDER BY a.seq");
             let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, String>(0))?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
             let mut out = Vec::new();
-            for text in rows {
-                let text = text?;
+            while let Some(row) = rows.next()? {
+                let prev: Option<Vec<u8>> = row.get(9)?;
                 out.push(
-                    serde_json::from_str::<Record>(&text).map_err(|e| StoreError::Corrupt(format!("audit record does not parse: {e}")))?,
+                    Record::from_stored(stored_from_row(row)?, prev.as_deref())
+                        .map_err(|e| StoreError::Corrupt(format!("audit record data does not parse: {e}")))?,
                 );
             }
             Ok(out)
@@ -1449,33 +1571,32 @@ impl Store for SqliteStore {
 
     async fn verify_audit(&self) -> Result<Result<u64, crate::audit::Broken>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare("SELECT seq, record FROM audit ORDER BY seq")?;
+            let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit a ORDER BY a.seq"))?;
             let mut rows = stmt.query([])?;
+            // Walked in order, one record at a time: the whole log never sits
+            // in memory, and each record's `prev_hash` is the hash before it.
             let mut prev = audit::GENESIS.to_string();
             let mut expected = 1u64;
             while let Some(row) = rows.next()? {
-                let row_seq: i64 = row.get(0)?;
-                let text: String = row.get(1)?;
-                let record: Record = match serde_json::from_str(&text) {
-                    Ok(r) => r,
+                let stored = stored_from_row(row)?;
+                let seq = stored.seq;
+                let hash = hex::encode(&stored.hash);
+                let record = match Record::from_stored(stored, None) {
+                    Ok(r) => Record {
+                        prev_hash: prev.clone(),
+                        ..r
+                    },
                     Err(e) => {
                         return Ok(Err(crate::audit::Broken {
-                            seq: row_seq as u64,
-                            reason: format!("record is not valid JSON: {e}"),
+                            seq,
+                            reason: format!("record data is not valid JSON: {e}"),
                         }));
                     }
                 };
-                if record.seq != row_seq as u64 {
-                    return Ok(Err(crate::audit::Broken {
-                        seq: row_seq as u64,
-                        reason: format!("stored at position {row_seq} but says seq {}", record.seq),
-                    }));
-                }
-                // Verify incrementally so the whole log never sits in memory.
                 if let Err(b) = audit::verify_from(&record, expected, &prev) {
                     return Ok(Err(b));
                 }
-                prev = record.hash;
+                prev = hash;
                 expected += 1;
             }
             Ok(Ok(expected - 1))
@@ -1514,6 +1635,74 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A state file from before numbered layouts is upgraded in place: the
+    /// audit chain keeps every hash (verify passes, records read back the
+    /// same, new records chain on), alerts keep their bodies, and runs that
+    /// never counted stop counting.
+    #[tokio::test]
+    async fn an_unnumbered_state_file_is_upgraded_with_its_chain_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let alert = crate::alert::Alert::firing("Old").label_set("instance", "web-1");
+        let now = DateTime::parse_from_rfc3339("2026-11-27T10:00:00.123456Z").unwrap().to_utc();
+        let mut records = Vec::new();
+        {
+            let conn = open_connection(&path).unwrap();
+            conn.execute_batch(include_str!("testdata/unnumbered.sql")).unwrap();
+            conn.execute(
+                "INSERT INTO alerts (id, dedupe_key, fingerprint, status, received_ms, body) VALUES (1, ?1, ?2, 'firing', 0, ?3)",
+                params![alert.dedupe_key(), alert.fingerprint, serde_json::to_string(&alert).unwrap()],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO executions (id, runbook, target, state, actor, alert_id, fingerprint, params, dry_run, automated, risk, created_ms, admitted_ms)
+                 VALUES ('dry', 'rb', 'web-1', 'succeeded', 'alertmanager', 1, 'fp', '{}', 1, 1, 'low', 1, 1),
+                        ('real', 'rb', 'web-1', 'succeeded', 'alertmanager', 1, 'fp', '{}', 0, 1, 'low', 2, 2);",
+            )
+            .unwrap();
+            let mut prev = audit::GENESIS.to_string();
+            for (seq, data) in [
+                (1u64, json!({"a": null, "n": 1.5})),
+                (2, json!({"labels": {"x": "y"}})),
+                (3, json!([1, "two"])),
+            ] {
+                let record = Event::new(kind::ALERT_RECEIVED, "alertmanager", data)
+                    .execution("real", "rb", "web-1")
+                    .seal(seq, now, &prev);
+                conn.execute(
+                    "INSERT INTO audit (seq, ts_ms, kind, execution_id, record) VALUES (?1, 0, ?2, 'real', ?3)",
+                    params![seq as i64, record.kind, serde_json::to_string(&record).unwrap()],
+                )
+                .unwrap();
+                prev = record.hash.clone();
+                records.push(record);
+            }
+        }
+        let store = SqliteStore::open(dir.path(), Redactor::default(), Arc::new(crate::clock::SystemClock)).unwrap();
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(3));
+        assert_eq!(store.audit(AuditFilter::default()).await.unwrap(), records);
+        assert_eq!(store.execution("real").await.unwrap().alert, Some(alert));
+        store
+            .record(vec![Event::new(kind::NOTIFICATION, "pitcrew", json!({"text": "after"}))])
+            .await
+            .unwrap();
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(4));
+        let admitted: Vec<(String, Option<i64>)> = store
+            .read(|conn| {
+                let mut stmt = conn.prepare("SELECT id, admitted_ms FROM executions ORDER BY id")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(admitted, vec![("dry".to_string(), None), ("real".to_string(), Some(2))]);
+        let version: i64 = store
+            .read(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(version, LAYOUT);
+    }
+
     /// Statements the VM ran for each facts query when deciding `target`
     /// (a fresh connection, so every statement is prepared anew).
     fn fact_steps(path: &Path, target: &str, w: Windows, now_ms: i64) -> Vec<i32> {
@@ -1535,8 +1724,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let conn = open_connection(&path).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        migrate(&conn).unwrap();
+        prepare_schema(&conn).unwrap();
         let now_ms: i64 = 10_000_000_000;
         let hour = 3_600_000;
         // 100,000 executions of one runbook on one target, as a long storm

@@ -45,15 +45,23 @@ async fn intact_chain_verifies() {
 async fn a_changed_record_is_named() {
     let h = Harness::new(RB, "");
     worked(&h).await;
-    let conn = db(&h);
-    let text: String = conn.query_row("SELECT record FROM audit WHERE seq = 5", [], |r| r.get(0)).unwrap();
-    let mut v: Value = serde_json::from_str(&text).unwrap();
-    v["actor"] = "someone-else".into();
-    conn.execute("UPDATE audit SET record = ?1 WHERE seq = 5", [v.to_string()]).unwrap();
+    db(&h).execute("UPDATE audit SET actor = 'someone-else' WHERE seq = 5", []).unwrap();
     assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 5);
     let (code, out) = verify_cli(&h);
     assert_eq!(code, 5);
     assert!(out.contains("seq 5"), "{out}");
+}
+
+#[tokio::test]
+async fn changed_data_is_named() {
+    let h = Harness::new(RB, "");
+    worked(&h).await;
+    let conn = db(&h);
+    let data: String = conn.query_row("SELECT data FROM audit WHERE seq = 6", [], |r| r.get(0)).unwrap();
+    let mut v: Value = serde_json::from_str(&data).unwrap();
+    v["forged"] = true.into();
+    conn.execute("UPDATE audit SET data = ?1 WHERE seq = 6", [v.to_string()]).unwrap();
+    assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 6);
 }
 
 #[tokio::test]
@@ -71,10 +79,11 @@ async fn reordered_records_are_named() {
     let h = Harness::new(RB, "");
     worked(&h).await;
     let conn = db(&h);
-    let a: String = conn.query_row("SELECT record FROM audit WHERE seq = 3", [], |r| r.get(0)).unwrap();
-    let b: String = conn.query_row("SELECT record FROM audit WHERE seq = 4", [], |r| r.get(0)).unwrap();
-    conn.execute("UPDATE audit SET record = ?1 WHERE seq = 3", [&b]).unwrap();
-    conn.execute("UPDATE audit SET record = ?1 WHERE seq = 4", [&a]).unwrap();
+    // Records 3 and 4 trade places, hashes and all; only the seq stays.
+    conn.execute_batch(
+        "UPDATE audit SET seq = -3 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = -3;",
+    )
+    .unwrap();
     assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 3);
     assert_eq!(verify_cli(&h).0, 5);
 }
@@ -84,16 +93,16 @@ async fn a_rehashed_forgery_still_breaks_the_chain_after_it() {
     // Someone edits record 4 and recomputes its own hash: record 5 no longer follows.
     let h = Harness::new(RB, "");
     worked(&h).await;
-    let conn = db(&h);
-    let text: String = conn.query_row("SELECT record FROM audit WHERE seq = 4", [], |r| r.get(0)).unwrap();
-    let mut record: pitcrew::audit::Record = serde_json::from_str(&text).unwrap();
+    let mut record = h.store().audit(Default::default()).await.unwrap().remove(3);
+    assert_eq!(record.seq, 4);
     record.actor = "forger".into();
     record.hash = record.compute_hash();
-    conn.execute(
-        "UPDATE audit SET record = ?1 WHERE seq = 4",
-        [serde_json::to_string(&record).unwrap()],
-    )
-    .unwrap();
+    db(&h)
+        .execute(
+            "UPDATE audit SET actor = ?1, hash = ?2 WHERE seq = 4",
+            rusqlite::params![record.actor, hex::decode(&record.hash).unwrap()],
+        )
+        .unwrap();
     assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 5);
 }
 
@@ -109,6 +118,7 @@ async fn timeline_and_export_cover_the_whole_story() {
         "# pitcrew timeline",
         "Hash chain verified",
         "| Alert received |",
+        "**Note** firing",
         "**run** (all)",
         "| Step finished |",
         "**succeeded**",
