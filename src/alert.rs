@@ -129,6 +129,11 @@ impl Alert {
         self.episode_key(self.status)
     }
 
+    /// The dedupe key as the store keeps it (see [`dedupe_id`]).
+    pub fn dedupe_id(&self) -> [u8; 16] {
+        dedupe_id(&self.dedupe_key())
+    }
+
     /// The dedupe key of this alert's episode (fingerprint and startsAt)
     /// as a notification with `status` would have it.
     pub fn episode_key(&self, status: AlertStatus) -> String {
@@ -262,6 +267,17 @@ pub fn parse_alert_file(text: &str, now: DateTime<Utc>) -> Result<Vec<Alert>, Al
         _ => vec![serde_json::from_value(value).map_err(json_error)?],
     };
     Ok(wires.into_iter().map(|w| Alert::from_wire(w, None, now)).collect())
+}
+
+/// A dedupe key as stored: the first 16 bytes of its SHA-256. Shorter than
+/// the key (a fingerprint and a timestamp) and of fixed size; two different
+/// notifications collide with odds of about 2^-128 per pair.
+pub fn dedupe_id(key: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
 }
 
 /// Test and example builder: `Alert::firing("X").label("ns", "shop")`.

@@ -177,19 +177,19 @@ pub struct IntakeAlert {
     /// The alert as its `alert.received` record stores it, and its dedupe
     /// key: made before the write, off the store's single writer thread.
     pub body: Value,
-    pub dedupe_key: String,
+    pub dedupe_id: [u8; 16],
 }
 
 impl IntakeAlert {
     pub fn new(alert: Alert, admissions: Vec<Admission>) -> IntakeAlert {
         let mut body = serde_json::to_value(&alert).expect("an alert serialises");
         body["matched"] = admissions.iter().map(|a| Value::from(a.runbook.name.as_str())).collect();
-        let dedupe_key = alert.dedupe_key();
+        let dedupe_id = alert.dedupe_id();
         IntakeAlert {
             alert,
             admissions,
             body,
-            dedupe_key,
+            dedupe_id,
         }
     }
 }

@@ -30,48 +30,35 @@ macro_rules! active {
     };
 }
 
-macro_rules! alerts_columns {
+macro_rules! executions_columns {
     () => {
-        "(id INTEGER PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, record_seq INTEGER, body TEXT)"
+        "(id TEXT PRIMARY KEY, runbook TEXT NOT NULL, target TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+          actor TEXT NOT NULL, alert_seq INTEGER, alert TEXT, fingerprint TEXT, params TEXT NOT NULL,
+          dry_run INTEGER NOT NULL, automated INTEGER NOT NULL, risk TEXT NOT NULL, created_ms INTEGER NOT NULL,
+          admitted_ms INTEGER, started_ms INTEGER, finished_ms INTEGER, approval_deadline_ms INTEGER,
+          claimed_by TEXT, resume_error TEXT)"
     };
 }
 
 macro_rules! audit_columns {
     () => {
-        "(seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, kind TEXT NOT NULL, actor TEXT NOT NULL, \
+        "(seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, kind INTEGER NOT NULL, actor INTEGER NOT NULL, \
           execution_id TEXT, runbook TEXT, target TEXT, data TEXT NOT NULL, hash BLOB NOT NULL)"
     };
 }
 
 const SCHEMA: &str = concat!(
     r#"
--- Notifications seen, for dedupe. The alert itself is the data of its
--- `alert.received` record (`record_seq`), stored once; an alert given to a
--- manual run (`run --alert`) has no such record and keeps its `body` here.
-CREATE TABLE IF NOT EXISTS alerts "#,
-    alerts_columns!(),
+-- Notifications seen, for dedupe: the first 16 bytes of the SHA-256 of
+-- `fingerprint|status|startsAt` (`Alert::dedupe_id`). The alert itself is
+-- stored once, as the data of its `alert.received` record.
+CREATE TABLE IF NOT EXISTS alerts (id BLOB PRIMARY KEY) WITHOUT ROWID;
+-- `alert_seq` is the `alert.received` record of the alert that started the
+-- run; `alert` holds an alert given to a manual run (`run --alert`), which
+-- has no such record. A blocked run's `reason` is its decision record's.
+CREATE TABLE IF NOT EXISTS executions "#,
+    executions_columns!(),
     r#";
-CREATE TABLE IF NOT EXISTS executions (
-    id TEXT PRIMARY KEY,
-    runbook TEXT NOT NULL,
-    target TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    actor TEXT NOT NULL,
-    alert_id INTEGER REFERENCES alerts(id),
-    fingerprint TEXT,
-    params TEXT NOT NULL,
-    dry_run INTEGER NOT NULL,
-    automated INTEGER NOT NULL,
-    risk TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    admitted_ms INTEGER,
-    started_ms INTEGER,
-    finished_ms INTEGER,
-    approval_deadline_ms INTEGER,
-    claimed_by TEXT,
-    resume_error TEXT
-);
 -- Only runs not yet ended: the index stays small however long the history,
 -- and a run leaves it when it ends. Queries name `active!()` to use it.
 CREATE INDEX IF NOT EXISTS executions_active ON executions(state, created_ms)
@@ -126,12 +113,16 @@ CREATE TABLE IF NOT EXISTS breaker_resets (
 );
 -- The audit chain. A record's envelope is kept in columns and its `data` as
 -- canonical JSON; `prev_hash` is the hash of the row before, so it is not
--- stored again. `audit::Record::from_stored` puts a record back together.
+-- stored again; `kind` and `actor` are ids of `audit_names` (a few dozen
+-- names written millions of times). `audit::Record::from_stored` puts a
+-- record back together.
+CREATE TABLE IF NOT EXISTS audit_names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS audit "#,
     audit_columns!(),
     r#";
 CREATE INDEX IF NOT EXISTS audit_execution ON audit(execution_id) WHERE execution_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts_us);
+-- No index on time: records are in time order (`Tx::append`), so a time
+-- range is found by bisecting seq (`seq_from`).
 "#
 );
 
@@ -163,16 +154,16 @@ fn prepare_schema(conn: &Connection) -> Result<(), StoreError> {
 
 /// Upgrades a state file from before numbered layouts: the audit chain from
 /// one JSON text per record to columns (every hash is checked to come out
-/// the same), alerts kept once, the guardrail indexes of `fact_sql`, and
+/// the same), alerts kept once (the dedupe set as hashed keys, the bodies of
+/// old alerts beside their executions), the guardrail indexes of `fact_sql`, and
 /// `admitted_ms` cleared where a run never counted (dry runs, runs
 /// cancelled before they started).
 fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
     tracing::info!("upgrading the state database to layout {LAYOUT} (once; may take a while for a large audit log)");
-    // Tables are replaced while executions still reference `alerts`.
+    // Old executions reference `alerts(id)`; the tables are rebuilt without.
     conn.execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE;")?;
     let upgraded = (|| -> Result<(), StoreError> {
-        // New tables are made beside the old ones and renamed into place, so
-        // the `REFERENCES alerts` of executions stays as it is.
+        // New tables are made beside the old ones and renamed into place.
         conn.execute_batch(concat!(
             "DROP INDEX IF EXISTS executions_state; DROP INDEX IF EXISTS executions_target;
              DROP INDEX IF EXISTS executions_runbook_target; DROP INDEX IF EXISTS executions_admitted;
@@ -180,16 +171,39 @@ fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
              DROP INDEX IF EXISTS audit_execution; DROP INDEX IF EXISTS audit_ts;
              UPDATE executions SET admitted_ms = NULL WHERE admitted_ms IS NOT NULL
                  AND (dry_run = 1 OR (state = 'cancelled' AND started_ms IS NULL));
-             CREATE TABLE alerts_upgraded ",
-            alerts_columns!(),
+             CREATE TABLE executions_upgraded ",
+            executions_columns!(),
             ";
-             INSERT INTO alerts_upgraded (id, dedupe_key, body) SELECT id, dedupe_key, body FROM alerts;
-             DROP TABLE alerts;
-             ALTER TABLE alerts_upgraded RENAME TO alerts;
+             INSERT INTO executions_upgraded (id, runbook, target, state, reason, actor, alert, fingerprint, params,
+                 dry_run, automated, risk, created_ms, admitted_ms, started_ms, finished_ms, approval_deadline_ms,
+                 claimed_by, resume_error)
+             SELECT e.id, e.runbook, e.target, e.state, e.reason, e.actor, a.body, e.fingerprint, e.params,
+                 e.dry_run, e.automated, e.risk, e.created_ms, e.admitted_ms, e.started_ms, e.finished_ms,
+                 e.approval_deadline_ms, e.claimed_by, e.resume_error
+             FROM executions e LEFT JOIN alerts a ON a.id = e.alert_id;
+             DROP TABLE executions;
+             ALTER TABLE executions_upgraded RENAME TO executions;
+             ALTER TABLE alerts RENAME TO alerts_unnumbered;
+             CREATE TABLE alerts (id BLOB PRIMARY KEY) WITHOUT ROWID;
+             CREATE TABLE audit_names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
              CREATE TABLE audit_upgraded ",
             audit_columns!(),
             ";"
         ))?;
+        let mut keys = conn.prepare("SELECT dedupe_key FROM alerts_unnumbered WHERE dedupe_key NOT LIKE 'manual|%'")?;
+        let mut rows = keys.query([])?;
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(0)?;
+            run_sql(
+                conn,
+                "INSERT OR IGNORE INTO alerts (id) VALUES (?1)",
+                [&crate::alert::dedupe_id(&key)[..]],
+            )?;
+        }
+        drop(rows);
+        drop(keys);
+        conn.execute_batch("DROP TABLE alerts_unnumbered;")?;
+        let mut names = Names::new();
         let mut read = conn.prepare("SELECT record FROM audit ORDER BY seq")?;
         let mut rows = read.query([])?;
         while let Some(row) = rows.next()? {
@@ -214,8 +228,8 @@ fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
                 params![
                     record.seq as i64,
                     ts_us,
-                    record.kind,
-                    record.actor,
+                    name_id(conn, &mut names, &record.kind)?,
+                    name_id(conn, &mut names, &record.actor)?,
                     record.execution_id,
                     record.runbook,
                     record.target,
@@ -258,11 +272,35 @@ enum Uncommitted {
 }
 type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Completion + Send>;
 
+/// Ids of `audit_names` this connection has seen. Kept across transactions
+/// (a name's id never changes once committed) and cleared when a group is
+/// rolled back, which may have taken new names with it.
+type Names = std::collections::HashMap<String, i64>;
+
+fn name_id(conn: &Connection, names: &mut Names, name: &str) -> Result<i64, StoreError> {
+    if let Some(id) = names.get(name) {
+        return Ok(*id);
+    }
+    run_sql(conn, "INSERT OR IGNORE INTO audit_names (name) VALUES (?1)", [name])?;
+    let id: i64 = query_row(conn, "SELECT id FROM audit_names WHERE name = ?1", [name], |r| r.get(0))?;
+    names.insert(name.to_string(), id);
+    Ok(id)
+}
+
+/// The last record of the audit chain.
+struct Head {
+    seq: u64,
+    /// Hex, as the next record's `prev_hash`.
+    hash: String,
+    ts_us: i64,
+}
+
 /// The transaction a job runs in.
 pub struct Tx<'c> {
     conn: &'c Connection,
-    /// (last seq, last hash) of the audit chain within this transaction.
-    cursor: Option<(u64, String)>,
+    /// The audit chain's head within this transaction, once read.
+    cursor: Option<Head>,
+    names: &'c mut Names,
     redactor: &'c Redactor,
     now: DateTime<Utc>,
     /// `now` as audit records write it, formatted once per transaction.
@@ -276,38 +314,55 @@ impl Tx<'_> {
         self.now.timestamp_millis()
     }
 
-    /// The chain's head within this transaction: (last seq, its hash).
-    fn head(&mut self) -> Result<&(u64, String), StoreError> {
+    /// Reads the chain's head once per transaction.
+    fn load_head(&mut self) -> Result<(), StoreError> {
         if self.cursor.is_none() {
-            let last = query_row(self.conn, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, hex::encode(r.get::<_, Vec<u8>>(1)?)))
+            let last = query_row(self.conn, "SELECT seq, hash, ts_us FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok(Head {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: hex::encode(r.get::<_, Vec<u8>>(1)?),
+                    ts_us: r.get(2)?,
+                })
             })
             .optional()?;
-            self.cursor = Some(last.unwrap_or((0, audit::GENESIS.to_string())));
+            self.cursor = Some(last.unwrap_or(Head {
+                seq: 0,
+                hash: audit::GENESIS.to_string(),
+                ts_us: i64::MIN,
+            }));
         }
-        Ok(self.cursor.as_ref().expect("loaded above"))
+        Ok(())
     }
 
-    /// The seq the next appended record will get.
-    fn next_seq(&mut self) -> Result<u64, StoreError> {
-        Ok(self.head()?.0 + 1)
-    }
-
-    /// Appends one audit record, chained to the last one.
+    /// Appends one audit record, chained to the last one. Its time never
+    /// goes back before the last record's (a clock stepped back, or another
+    /// process's clock): the chain is in time order, which is what lets
+    /// `audit` find a time range without an index (`seq_from`).
     fn append(&mut self, mut event: Event) -> Result<u64, StoreError> {
-        let (seq, prev) = self.head()?.clone();
+        let now_us = self.now.timestamp_micros();
+        self.load_head()?;
+        let head = self.cursor.as_ref().expect("loaded above");
+        let (seq, ts_us) = (head.seq + 1, head.ts_us.max(now_us));
+        let ts = if ts_us == now_us {
+            std::borrow::Cow::Borrowed(self.now_text.as_str())
+        } else {
+            std::borrow::Cow::Owned(audit::format_ts(DateTime::from_timestamp_micros(ts_us).unwrap_or(self.now)))
+        };
         self.redactor.in_place(&mut event.data);
         audit::without_nulls(&mut event.data);
-        let seq = seq + 1;
-        let (data, hash) = event.seal_stored(seq, &self.now_text, &prev);
+        let (data, hash) = event.seal_stored(seq, &ts, &head.hash);
+        let (kind, actor) = (
+            name_id(self.conn, self.names, event.kind)?,
+            name_id(self.conn, self.names, &event.actor)?,
+        );
         run_sql(
             self.conn,
             "INSERT INTO audit (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 seq as i64,
-                self.now.timestamp_micros(),
-                event.kind,
-                event.actor,
+                ts_us,
+                kind,
+                actor,
                 event.execution_id,
                 event.runbook,
                 event.target,
@@ -315,7 +370,11 @@ impl Tx<'_> {
                 &hash[..]
             ],
         )?;
-        self.cursor = Some((seq, hex::encode(hash)));
+        self.cursor = Some(Head {
+            seq,
+            hash: hex::encode(hash),
+            ts_us,
+        });
         Ok(seq)
     }
 }
@@ -528,8 +587,8 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
 /// (they cost a statement pair and a page copy per job): one that fails
 /// before writing fails alone, one that fails after writing rolls the whole
 /// group back, and the others learn they were not kept.
-fn run_group(conn: &Connection, batch: Vec<Job>, redactor: &Redactor, now: DateTime<Utc>) -> Committed {
-    // Records keep microseconds (`audit_ts`): the stored time and the hashed text agree.
+fn run_group(conn: &Connection, batch: Vec<Job>, redactor: &Redactor, now: DateTime<Utc>, names: &mut Names) -> Committed {
+    // Records keep microseconds (`ts_us`): the stored time and the hashed text agree.
     let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
     let mut tx = Tx {
         conn,
@@ -538,6 +597,7 @@ fn run_group(conn: &Connection, batch: Vec<Job>, redactor: &Redactor, now: DateT
         now,
         now_text: audit::format_ts(now),
         failed: None,
+        names,
     };
     let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut tx)).collect();
     let committed = match tx.failed {
@@ -552,6 +612,10 @@ fn run_group(conn: &Connection, batch: Vec<Job>, redactor: &Redactor, now: DateT
             Uncommitted::Failed(e.to_string())
         }),
     };
+    if committed.is_err() {
+        // Names this group added are gone with it.
+        tx.names.clear();
+    }
     Committed {
         outcome: committed,
         completions,
@@ -565,6 +629,7 @@ fn write_loop(
     clock: Arc<dyn Clock>,
     to_sync: Sender<Committed>,
 ) {
+    let mut names = Names::new();
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP_MAX {
@@ -579,7 +644,7 @@ fn write_loop(
             tracing::error!(error = %e, jobs = batch.len(), "cannot begin a state transaction");
             continue;
         }
-        let group = run_group(&conn, batch, &redactor, clock.now());
+        let group = run_group(&conn, batch, &redactor, clock.now(), &mut names);
         if to_sync.send(group).is_err() {
             // The syncer stopped after a failed fsync: fail closed from now on.
             return;
@@ -614,8 +679,14 @@ fn risk_of(s: &str) -> Risk {
     s.parse().unwrap_or(Risk::High)
 }
 
-const EXECUTION_COLUMNS: &str = "e.id, e.runbook, e.target, e.state, e.reason, e.actor, \
-     COALESCE(a.body, (SELECT r.data FROM audit r WHERE r.seq = a.record_seq)), e.params, e.dry_run, e.automated, e.risk, \
+/// An execution's columns as [`execution_from_row`] reads them. A blocked
+/// run's reason is read from its decision record, where it is stored.
+const EXECUTION_COLUMNS: &str = "e.id, e.runbook, e.target, e.state, \
+     COALESCE(e.reason, CASE WHEN e.state = 'blocked' THEN (SELECT json_extract(r.data, '$.decided_by') || ': ' || \
+         json_extract(r.data, '$.reason') FROM audit r WHERE r.execution_id = e.id \
+         AND r.kind = (SELECT id FROM audit_names WHERE name = 'guardrail.decision')) END), \
+     e.actor, \
+     COALESCE(e.alert, (SELECT r.data FROM audit r WHERE r.seq = e.alert_seq)), e.params, e.dry_run, e.automated, e.risk, \
      e.created_ms, e.started_ms, e.finished_ms, e.approval_deadline_ms, e.resume_error, e.claimed_by";
 
 fn execution_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
@@ -645,7 +716,36 @@ fn execution_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Execution> {
 }
 
 /// The columns of a stored audit record, in [`stored_from_row`]'s order.
-const AUDIT_COLUMNS: &str = "a.seq, a.ts_us, a.kind, a.actor, a.execution_id, a.runbook, a.target, a.data, a.hash";
+const AUDIT_COLUMNS: &str =
+    "a.seq, a.ts_us, COALESCE(k.name, ''), COALESCE(n.name, ''), a.execution_id, a.runbook, a.target, a.data, a.hash";
+/// The audit table with its names, aliased for [`AUDIT_COLUMNS`]. (A name
+/// gone missing reads as empty, and `verify` names that record.)
+const AUDIT_FROM: &str = "audit a LEFT JOIN audit_names k ON k.id = a.kind LEFT JOIN audit_names n ON n.id = a.actor";
+
+/// The first seq whose record is at or after `ts_us` (one past the last
+/// record when none is), by bisection: records are in time order.
+fn seq_from(conn: &Connection, ts_us: i64) -> Result<u64, StoreError> {
+    let at = |seq: u64| -> Result<Option<(u64, i64)>, StoreError> {
+        Ok(query_row(
+            conn,
+            "SELECT seq, ts_us FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+            [seq as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
+        .optional()?)
+    };
+    let last: u64 = query_row(conn, "SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get::<_, i64>(0))? as u64;
+    // Invariant: records before `lo` are earlier than `ts_us`; from `hi` on, not.
+    let (mut lo, mut hi) = (1u64, last + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match at(mid)? {
+            Some((seq, ts)) if ts < ts_us => lo = seq + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
 
 fn stored_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<audit::Stored> {
     Ok(audit::Stored {
@@ -662,7 +762,7 @@ fn stored_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<audit::Stored> {
 }
 
 fn load_execution(conn: &Connection, id: &str) -> Result<Execution, StoreError> {
-    let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e LEFT JOIN alerts a ON a.id = e.alert_id WHERE e.id = ?1");
+    let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e WHERE e.id = ?1");
     let mut exec = query_row(conn, &sql, [id], execution_from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
@@ -834,12 +934,28 @@ fn decide(conn: &Connection, adm: &Admission, config: &Config, now_ms: i64) -> R
     Ok(guard::decide(&request, &f, adm.budget.as_ref(), config))
 }
 
+/// Where the alert that started a run is kept.
+enum AlertRef<'a> {
+    /// Delivered by the webhook: the data of its `alert.received` record (seq).
+    Received(&'a Alert, u64),
+    /// Given to a manual run (`run --alert`): kept with the execution, as JSON.
+    Given(&'a Alert, String),
+}
+
+impl AlertRef<'_> {
+    fn alert(&self) -> &Alert {
+        match self {
+            AlertRef::Received(a, _) | AlertRef::Given(a, _) => a,
+        }
+    }
+}
+
 /// Decides and records one admission. Shared by alert intake and manual runs.
-fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, config: &Config) -> Result<Decision, StoreError> {
+fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, config: &Config) -> Result<Decision, StoreError> {
     let rb = &adm.runbook;
     let now_ms = t.now_ms();
     let exec_event = |kind: &'static str, actor: &str, data: Value| Event::new(kind, actor, data).execution(&adm.id, &rb.name, &adm.target);
-    if let Some((alert, _)) = alert {
+    if let Some(alert) = alert.as_ref().map(AlertRef::alert) {
         t.append(exec_event(
             kind::RUNBOOK_MATCHED,
             &adm.actor,
@@ -869,11 +985,18 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
     let admitted_ms = (state == State::Queued && !decision.dry_run).then_some(now_ms);
     let deadline = (state == State::PendingApproval).then(|| now_ms + rb.guardrails.approval_timeout.as_millis() as i64);
     let finished_ms = (state == State::Blocked).then_some(now_ms);
-    let reason = (decision.verdict != Verdict::Run).then(|| format!("{}: {}", decision.decided_by, decision.reason));
+    // A blocked run keeps its reason only in its decision record (`EXECUTION_COLUMNS`).
+    let reason = (decision.verdict == Verdict::PendingApproval).then(|| format!("{}: {}", decision.decided_by, decision.reason));
+    let (alert_seq, given) = match &alert {
+        Some(AlertRef::Received(_, seq)) => (Some(*seq as i64), None),
+        Some(AlertRef::Given(_, body)) => (None, Some(body.as_str())),
+        None => (None, None),
+    };
     run_sql(
         t.conn,
-        "INSERT INTO executions (id, runbook, target, state, reason, actor, alert_id, fingerprint, params, dry_run, automated, risk, \
-         created_ms, admitted_ms, finished_ms, approval_deadline_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        "INSERT INTO executions (id, runbook, target, state, reason, actor, alert_seq, alert, fingerprint, params, dry_run, automated, \
+         risk, created_ms, admitted_ms, finished_ms, approval_deadline_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
             adm.id,
             rb.name,
@@ -881,8 +1004,9 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
             state.as_str(),
             reason,
             adm.actor,
-            alert.map(|(_, id)| id),
-            alert.map(|(a, _)| a.fingerprint.clone()),
+            alert_seq,
+            given,
+            alert.as_ref().map(|a| a.alert().fingerprint.as_str()),
             Value::Object(adm.params.clone()).to_string(),
             decision.dry_run,
             adm.automated,
@@ -898,7 +1022,7 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
         &adm.actor,
         json!({
             "verdict": decision.verdict, "decided_by": decision.decided_by, "reason": decision.reason,
-            "dry_run": decision.dry_run, "risk": rb.risk, "checks": decision.checks,
+            "dry_run": decision.dry_run.then_some(true), "risk": rb.risk, "checks": checks_record(&decision),
             "budget": adm.budget, "approval_deadline": deadline.map(ts),
         }),
     ))?;
@@ -934,6 +1058,24 @@ fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<(&Alert, i64)>, confi
     Ok(decision)
 }
 
+/// The checks as the decision record keeps them: by guardrail name (the
+/// order they are checked in is fixed), and without a detail that is the
+/// decision's `reason` (it would be the same text twice).
+fn checks_record(decision: &Decision) -> Value {
+    decision
+        .checks
+        .iter()
+        .map(|c| {
+            let mut check = json!({ "verdict": c.verdict });
+            if c.detail != decision.reason {
+                check["detail"] = Value::from(c.detail.as_str());
+            }
+            (c.guardrail.to_string(), check)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// A pending approval past its deadline: cancelled, denied by `system:timeout`.
 fn expire_approval(t: &mut Tx<'_>, id: &str, runbook: &str, target: &str) -> Result<(), StoreError> {
     let why = "approval timed out";
@@ -960,16 +1102,17 @@ fn expire_approval(t: &mut Tx<'_>, id: &str, runbook: &str, target: &str) -> Res
 /// episode's run is not its to cancel. A recovered run waiting to resume
 /// (maybe with an unknown step to escalate) is not cancelled either.
 fn cancel_for_resolved(t: &mut Tx<'_>, resolved: &Alert) -> Result<usize, StoreError> {
-    let firing_key = resolved.episode_key(crate::alert::AlertStatus::Firing);
+    // The episode's start as alert records write it (the same serialisation).
+    let starts_at = serde_json::to_value(resolved.starts_at).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut stmt = t.conn.prepare_cached(concat!(
         "SELECT e.id, e.runbook, e.target, e.state FROM executions e INDEXED BY active_by_fingerprint \
-         JOIN alerts a ON a.id = e.alert_id \
+         JOIN audit r ON r.seq = e.alert_seq \
          WHERE e.fingerprint = ?1 AND ",
         active!(),
-        " AND e.state <> 'running' AND e.started_ms IS NULL AND a.dedupe_key = ?2"
+        " AND e.state <> 'running' AND e.started_ms IS NULL AND json_extract(r.data, '$.startsAt') = ?2"
     ))?;
     let victims: Vec<(String, String, String, String)> = stmt
-        .query_map(params![resolved.fingerprint, firing_key], |r| {
+        .query_map(params![resolved.fingerprint, starts_at.as_str()], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
@@ -1126,13 +1269,7 @@ impl Store for SqliteStore {
             let mut result = IntakeResult::default();
             for item in alerts.iter_mut() {
                 let alert = &item.alert;
-                // The alert is stored once, as its `alert.received` record.
-                let record_seq = t.next_seq()?;
-                let inserted = run_sql(
-                    t.conn,
-                    "INSERT OR IGNORE INTO alerts (dedupe_key, record_seq) VALUES (?1, ?2)",
-                    params![item.dedupe_key, record_seq as i64],
-                )?;
+                let inserted = run_sql(t.conn, "INSERT OR IGNORE INTO alerts (id) VALUES (?1)", [&item.dedupe_id[..]])?;
                 if inserted == 0 {
                     result.duplicates += 1;
                     let data = json!({
@@ -1143,8 +1280,8 @@ impl Store for SqliteStore {
                     continue;
                 }
                 result.accepted += 1;
-                let alert_id = t.conn.last_insert_rowid();
-                t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", std::mem::take(&mut item.body)))?;
+                // The alert is stored once: as its `alert.received` record.
+                let received = t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", std::mem::take(&mut item.body)))?;
                 if alert.status == crate::alert::AlertStatus::Resolved {
                     result.cancelled += cancel_for_resolved(t, alert)?;
                 }
@@ -1158,7 +1295,7 @@ impl Store for SqliteStore {
                             params![adm.target, t.now_ms()],
                         )?;
                     }
-                    let decision = admit_in(t, adm, Some((alert, alert_id)), &config)?;
+                    let decision = admit_in(t, adm, Some(AlertRef::Received(alert, received)), &config)?;
                     result.executions.push((adm.id.clone(), decision));
                 }
             }
@@ -1171,21 +1308,16 @@ impl Store for SqliteStore {
 
     async fn admit(&self, admission: Admission, alert: Option<Alert>, config: Arc<Config>) -> Result<Decision, StoreError> {
         self.write(move |t| {
-            let alert_ref = match &alert {
-                Some(a) => {
-                    let body = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    // Manual runs with --alert keep the alert for templates and the timeline,
-                    // under a key of their own so they never count as a duplicate delivery.
-                    run_sql(
-                        t.conn,
-                        "INSERT INTO alerts (dedupe_key, body) VALUES (?1, ?2)",
-                        params![format!("manual|{}", admission.id), body],
-                    )?;
-                    Some((a, t.conn.last_insert_rowid()))
-                }
+            // A manual run given an alert keeps it for templates and the timeline;
+            // it is no delivery, so it never counts as one for dedupe.
+            let given = match &alert {
+                Some(a) => Some(AlertRef::Given(
+                    a,
+                    serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                )),
                 None => None,
             };
-            admit_in(t, &admission, alert_ref, &config)
+            admit_in(t, &admission, given, &config)
         })
         .await
     }
@@ -1506,7 +1638,7 @@ impl Store for SqliteStore {
 
     async fn executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
         self.read(move |conn| {
-            let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e LEFT JOIN alerts a ON a.id = e.alert_id WHERE 1=1");
+            let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e WHERE 1=1");
             let mut args: Vec<String> = Vec::new();
             if let Some(s) = filter.state {
                 args.push(s.as_str().to_string());
@@ -1531,15 +1663,16 @@ impl Store for SqliteStore {
 
     async fn audit(&self, filter: AuditFilter) -> Result<Vec<Record>, StoreError> {
         self.read(move |conn| {
-            let mut sql = format!("SELECT {AUDIT_COLUMNS}, (SELECT p.hash FROM audit p WHERE p.seq = a.seq - 1) FROM audit a WHERE 1=1");
+            let mut sql =
+                format!("SELECT {AUDIT_COLUMNS}, (SELECT p.hash FROM audit p WHERE p.seq = a.seq - 1) FROM {AUDIT_FROM} WHERE 1=1");
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
             if let Some(since) = filter.since {
-                args.push(since.timestamp_micros().into());
-                sql.push_str(&format!(" AND a.ts_us >= ?{}", args.len()));
+                args.push((seq_from(conn, since.timestamp_micros())? as i64).into());
+                sql.push_str(&format!(" AND a.seq >= ?{}", args.len()));
             }
             if let Some(until) = filter.until {
-                args.push(until.timestamp_micros().into());
-                sql.push_str(&format!(" AND a.ts_us <= ?{}", args.len()));
+                args.push((seq_from(conn, until.timestamp_micros().saturating_add(1))? as i64).into());
+                sql.push_str(&format!(" AND a.seq < ?{}", args.len()));
             }
             if let Some(e) = &filter.execution {
                 args.push(e.clone().into());
@@ -1550,7 +1683,7 @@ impl Store for SqliteStore {
                 let n = args.len();
                 sql.push_str(&format!(
                     " AND (a.execution_id IN (SELECT id FROM executions WHERE fingerprint = ?{n}) \
-                     OR (a.kind LIKE 'alert.%' AND json_extract(a.data, '$.fingerprint') = ?{n}))"
+                     OR (k.name LIKE 'alert.%' AND json_extract(a.data, '$.fingerprint') = ?{n}))"
                 ));
             }
             sql.push_str(" ORDER BY a.seq");
@@ -1571,7 +1704,7 @@ impl Store for SqliteStore {
 
     async fn verify_audit(&self) -> Result<Result<u64, crate::audit::Broken>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit a ORDER BY a.seq"))?;
+            let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM {AUDIT_FROM} ORDER BY a.seq"))?;
             let mut rows = stmt.query([])?;
             // Walked in order, one record at a time: the whole log never sits
             // in memory, and each record's `prev_hash` is the hash before it.
@@ -1605,13 +1738,9 @@ impl Store for SqliteStore {
     }
 
     async fn seen(&self, alert: &Alert) -> Result<bool, StoreError> {
-        let key = alert.dedupe_key();
-        self.read(move |conn| {
-            Ok(query_row(conn, "SELECT COUNT(*) FROM alerts WHERE dedupe_key = ?1", [&key], |r| {
-                r.get::<_, i64>(0)
-            })? > 0)
-        })
-        .await
+        let id = alert.dedupe_id();
+        self.read(move |conn| Ok(query_row(conn, "SELECT COUNT(*) FROM alerts WHERE id = ?1", [&id[..]], |r| r.get::<_, i64>(0))? > 0))
+            .await
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -1701,6 +1830,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(version, LAYOUT);
+    }
+
+    /// Records are in time order even when the clock steps back, and a
+    /// time range is found by bisection without an index.
+    #[tokio::test]
+    async fn audit_time_never_goes_back_and_ranges_are_found_without_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = DateTime::parse_from_rfc3339("2026-11-27T10:00:00Z").unwrap().to_utc();
+        let clock = crate::clock::ManualClock::new(t0);
+        let store = SqliteStore::open(dir.path(), Redactor::default(), Arc::new(clock.clone())).unwrap();
+        let note = |n: u32| vec![Event::new(kind::NOTIFICATION, "pitcrew", json!({ "n": n }))];
+        for n in 0..10 {
+            store.record(note(n)).await.unwrap();
+            clock.advance(chrono::Duration::seconds(1));
+        }
+        clock.set(t0 - chrono::Duration::hours(1));
+        store.record(note(10)).await.unwrap();
+        let all = store.audit(AuditFilter::default()).await.unwrap();
+        assert_eq!(all[10].ts, all[9].ts, "a clock stepped back does not take the chain back with it");
+        let at = |secs: i64| Some(t0 + chrono::Duration::seconds(secs));
+        let range = |since, until| AuditFilter {
+            since,
+            until,
+            ..Default::default()
+        };
+        let seqs = |records: Vec<Record>| records.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(store.audit(range(at(3), at(5))).await.unwrap()), [4, 5, 6]);
+        assert_eq!(seqs(store.audit(range(at(9), None)).await.unwrap()), [10, 11]);
+        assert_eq!(seqs(store.audit(range(None, at(0))).await.unwrap()), [1]);
+        assert!(store.audit(range(at(60), None)).await.unwrap().is_empty());
+        assert_eq!(store.audit(range(at(-60), None)).await.unwrap().len(), 11);
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(11));
     }
 
     /// Statements the VM ran for each facts query when deciding `target`
@@ -1822,7 +1983,7 @@ mod tests {
         let now = Utc::now();
         let finish = |jobs: Vec<Job>| {
             conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-            let group = run_group(&conn, jobs, &Redactor::default(), now);
+            let group = run_group(&conn, jobs, &Redactor::default(), now, &mut Names::new());
             for done in group.completions {
                 done(group.outcome.clone());
             }

@@ -45,7 +45,12 @@ async fn intact_chain_verifies() {
 async fn a_changed_record_is_named() {
     let h = Harness::new(RB, "");
     worked(&h).await;
-    db(&h).execute("UPDATE audit SET actor = 'someone-else' WHERE seq = 5", []).unwrap();
+    db(&h)
+        .execute_batch(
+            "INSERT INTO audit_names (name) VALUES ('someone-else');
+             UPDATE audit SET actor = (SELECT id FROM audit_names WHERE name = 'someone-else') WHERE seq = 5;",
+        )
+        .unwrap();
     assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 5);
     let (code, out) = verify_cli(&h);
     assert_eq!(code, 5);
@@ -97,12 +102,13 @@ async fn a_rehashed_forgery_still_breaks_the_chain_after_it() {
     assert_eq!(record.seq, 4);
     record.actor = "forger".into();
     record.hash = record.compute_hash();
-    db(&h)
-        .execute(
-            "UPDATE audit SET actor = ?1, hash = ?2 WHERE seq = 4",
-            rusqlite::params![record.actor, hex::decode(&record.hash).unwrap()],
-        )
-        .unwrap();
+    let conn = db(&h);
+    conn.execute("INSERT INTO audit_names (name) VALUES (?1)", [&record.actor]).unwrap();
+    conn.execute(
+        "UPDATE audit SET actor = (SELECT id FROM audit_names WHERE name = ?1), hash = ?2 WHERE seq = 4",
+        rusqlite::params![record.actor, hex::decode(&record.hash).unwrap()],
+    )
+    .unwrap();
     assert_eq!(h.store().verify_audit().await.unwrap().unwrap_err().seq, 5);
 }
 

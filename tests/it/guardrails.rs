@@ -89,9 +89,14 @@ fn check(d: &Record, expected_verdict: &str, expected_by: &str) {
     );
 }
 
-/// The check a decision kept for one guardrail.
-fn guardrail<'a>(d: &'a Record, name: &str) -> Option<&'a Value> {
-    d.data["checks"].as_array().unwrap().iter().find(|c| c["guardrail"] == name)
+/// The check a decision kept for one guardrail (its detail is the
+/// decision's reason when that guardrail decided).
+fn guardrail(d: &Record, name: &str) -> Option<Value> {
+    let mut check = d.data["checks"].get(name)?.clone();
+    if check.get("detail").is_none() {
+        check["detail"] = d.data["reason"].clone();
+    }
+    Some(check)
 }
 
 /// A manual admission (`pitcrew run NAME --param instance=...`).
