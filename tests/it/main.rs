@@ -9,6 +9,7 @@ mod cli;
 mod e2e;
 mod engine;
 mod guardrails;
+mod hostile;
 mod k8s_server;
 mod kubernetes;
 mod plugins;
