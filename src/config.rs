@@ -357,8 +357,11 @@ impl Config {
             let sli = match (s.good, s.total, s.static_remaining) {
                 (Some(good), Some(total), None) => {
                     for (k, q) in [("good", &good), ("total", &total)] {
-                        if q.replace("{{window}}", "").replace("{{ window }}", "").contains("{{") {
+                        let only_window = crate::promql::slots(q).iter().all(|s| s.inner.trim() == "window");
+                        if !only_window {
                             cx.problem(&format!("{at}.{k}"), "the only template variable in SLO queries is {{window}}");
+                        } else if let Err(e) = crate::promql::check(q, |path| path == "window") {
+                            cx.problem(&format!("{at}.{k}"), e.to_string());
                         }
                     }
                     Some(Sli::Prometheus { good, total })

@@ -43,3 +43,159 @@ steps:
         Some("parameter `duration`: \"300000y\" is longer than the limit of 100y")
     );
 }
+
+/// A stand-in Prometheus on 127.0.0.1:0 that records each `query` it is
+/// asked and answers an empty vector.
+struct FakePrometheus {
+    port: u16,
+    queries: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakePrometheus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakePrometheus {
+    async fn start() -> FakePrometheus {
+        let queries: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let log = queries.clone();
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(
+                move |axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| {
+                    let log = log.clone();
+                    async move {
+                        log.lock().unwrap().push(q.get("query").cloned().unwrap_or_default());
+                        axum::Json(serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": []}}))
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakePrometheus { port, queries, task }
+    }
+
+    fn queries(&self) -> Vec<String> {
+        self.queries.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_label_cannot_break_out_of_its_promql_string() {
+    let prometheus = FakePrometheus::start().await;
+    let rb = r#"apiVersion: pitcrew/v1
+name: check
+trigger: {alertname: Down}
+params:
+  minutes: {type: integer, default: 5}
+steps:
+  - name: look
+    action: prometheus.query
+    with: {query: 'sum(rate(up{job="{{alert.labels.job}}"}[{{params.minutes}}m]))'}
+"#;
+    let h = Harness::new(rb, &format!("prometheus: {{url: \"http://127.0.0.1:{}\"}}\n", prometheus.port));
+    let evil = r#"x"} or vector(1) or up{job="y\"#;
+    let exec = one_run(&h, &[("alertname", "Down"), ("job", evil)]).await;
+    assert_eq!(exec.state, State::Succeeded, "{:?}", exec.steps);
+    assert_eq!(
+        prometheus.queries(),
+        vec![r#"sum(rate(up{job="x\"} or vector(1) or up{job=\"y\\"}[5m]))"#.to_string()]
+    );
+}
+
+#[test]
+fn a_template_outside_a_promql_string_is_a_validation_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let rb = r#"apiVersion: pitcrew/v1
+name: check
+params:
+  job: {default: "{{alert.labels.job}}"}
+  since: {type: duration, default: 10m}
+steps:
+  - name: look
+    action: prometheus.query
+    with:
+      query: 'sum(up{job={{params.job}}}) offset {{params.since}}'
+"#;
+    std::fs::write(dir.path().join("check.yaml"), rb).unwrap();
+    let config = pitcrew::config::Config::default();
+    let err = pitcrew::runbook::compile::load(&config, &[dir.path().to_path_buf()]).unwrap_err();
+    let shown = err.to_string();
+    assert_eq!(err.0.len(), 1, "{shown}");
+    assert!(
+        shown.contains("check.yaml:10:14: with.query: `{{params.job}}` at column 12 stands outside a double-quoted string"),
+        "{shown}"
+    );
+}
+
+/// A runbook whose `exec` step prints each argv element it got as `[arg]`
+/// into `record`; `dashes` puts a literal `--` before the label's value.
+fn argv_runbook(record: &std::path::Path, dashes: bool) -> String {
+    let dashes = if dashes { "\"--\", " } else { "" };
+    format!(
+        r#"apiVersion: pitcrew/v1
+name: argv
+trigger: {{alertname: Cleanup}}
+steps:
+  - name: run
+    action: exec
+    with:
+      command: [/bin/sh, -c, 'for a in "$@"; do printf "[%s]\n" "$a"; done > {record}', sh, {dashes}"{{{{alert.labels.flag}}}}"]
+"#,
+        record = record.display()
+    )
+}
+
+#[tokio::test]
+async fn a_label_that_looks_like_an_option_fails_the_exec_step_before_it_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("argv.txt");
+    let h = Harness::new(&argv_runbook(&record, false), "");
+    let exec = one_run(&h, &[("alertname", "Cleanup"), ("flag", "--all")]).await;
+    assert_eq!(exec.state, State::Failed);
+    assert_eq!(
+        step(&exec, "run").error.as_deref(),
+        Some(
+            "step `run`: parameter `command[4]`: renders to \"--all\", which the program would read as an option; put a literal \"--\" before it in `command`"
+        )
+    );
+    assert!(!record.exists(), "the command ran");
+}
+
+#[tokio::test]
+async fn after_a_literal_double_dash_an_option_like_label_is_one_plain_argument() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("argv.txt");
+    let h = Harness::new(&argv_runbook(&record, true), "");
+    let exec = one_run(&h, &[("alertname", "Cleanup"), ("flag", "--all --force")]).await;
+    assert_eq!(exec.state, State::Succeeded, "{:?}", exec.steps);
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), "[--]\n[--all --force]\n");
+}
+
+#[test]
+fn a_templated_program_is_a_validation_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let rb = r#"apiVersion: pitcrew/v1
+name: argv
+steps:
+  - name: run
+    action: exec
+    with:
+      command: ["{{alert.labels.program}}", --version]
+"#;
+    std::fs::write(dir.path().join("argv.yaml"), rb).unwrap();
+    let err = pitcrew::runbook::compile::load(&pitcrew::config::Config::default(), &[dir.path().to_path_buf()]).unwrap_err();
+    let shown = err.to_string();
+    assert_eq!(err.0.len(), 1, "{shown}");
+    assert!(
+        shown.contains("argv.yaml:7:7: `command[0]` must be literal: a template there would let alert data choose the program"),
+        "{shown}"
+    );
+}
