@@ -199,3 +199,50 @@ steps:
         "{shown}"
     );
 }
+
+/// A server on 127.0.0.1:0 answering every request with `body` as JSON.
+async fn json_server(body: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
+    let app = axum::Router::new().fallback(move || async move { ([("content-type", "application/json")], body) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn numbers_from_an_http_answer_are_recorded_with_the_digits_received() {
+    let (port, server) = json_server(r#"{"ratio": 1.5777777777770001, "count": 18446744073709551615}"#).await;
+    let rb = format!(
+        r#"apiVersion: pitcrew/v1
+name: fetch
+trigger: {{alertname: Fetch}}
+steps:
+  - name: get
+    action: http
+    with: {{url: "http://127.0.0.1:{port}/stats"}}
+"#
+    );
+    let h = Harness::new(&rb, &format!("http: {{allowed_hosts: [\"127.0.0.1:{port}\"]}}\n"));
+    let exec = one_run(&h, &[("alertname", "Fetch")]).await;
+    server.abort();
+    assert_eq!(exec.state, State::Succeeded, "{:?}", exec.steps);
+
+    let db = rusqlite::Connection::open(h.dir.path().join("state/state.db")).unwrap();
+    let stored: String = db
+        .query_row("SELECT record FROM audit WHERE kind = 'step.finished'", [], |r| r.get(0))
+        .unwrap();
+    assert!(stored.contains(r#""ratio":1.5777777777770001"#), "{stored}");
+    assert!(stored.contains(r#""count":18446744073709551615"#), "{stored}");
+    let finished = h.audit().await.into_iter().find(|r| r.kind == "step.finished").unwrap();
+    assert_eq!(
+        serde_json::to_string(&finished.data["output"]["body"]).unwrap(),
+        r#"{"count":18446744073709551615,"ratio":1.5777777777770001}"#
+    );
+    // Read back and hashed again, the record still matches its hash.
+    assert!(h.store().verify_audit().await.unwrap().is_ok());
+    let config = h.dir.path().join("pitcrew.yaml");
+    let out = crate::cli::pitcrew(&["--config", config.to_str().unwrap(), "audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
