@@ -13,6 +13,7 @@ mod hostile;
 mod k8s_server;
 mod kubernetes;
 mod plugins;
+mod properties;
 mod realparts;
 mod server;
 mod support;
