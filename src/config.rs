@@ -155,7 +155,7 @@ pub struct PolicyRow {
     pub approve: Vec<Risk>,
 }
 
-/// SPEC §5: the SRE error-budget policy.
+/// The SRE error-budget policy.
 pub fn default_budget_policy() -> Vec<PolicyRow> {
     vec![
         PolicyRow {

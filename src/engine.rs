@@ -38,7 +38,7 @@ pub enum EngineError {
     ShuttingDown,
 }
 
-/// The outcome text of a step a dry run did not run (SPEC §9).
+/// The outcome text of a step a dry run did not run.
 const DRY_RUN_SKIP: &str = "skipped: dry run";
 
 /// Live progress, for `pitcrew run`.

@@ -105,7 +105,7 @@ pub enum ParamType {
 
 impl ParamType {
     /// Checks a literal value. Strings that parse as the type are accepted
-    /// (`"3"` for an integer), as SPEC §9 asks.
+    /// (`"3"` for an integer).
     pub fn check(&self, v: &Value) -> Result<(), String> {
         let ok = match (self, v) {
             (ParamType::Any, _) => true,
@@ -245,7 +245,7 @@ impl Spec {
     }
 }
 
-/// How an action behaves in a dry run (SPEC §9).
+/// How an action behaves in a dry run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DryRun {
     /// Reads run as usual.
@@ -393,7 +393,7 @@ pub fn input<T: DeserializeOwned>(v: &Value) -> Result<T, ActionError> {
     })
 }
 
-/// Lenient readers: SPEC §9 says a string that parses as the expected type
+/// Lenient readers: a string that parses as the expected type
 /// is accepted (`"3"` for an integer).
 pub mod lenient {
     use serde::{Deserialize, Deserializer, de::Error};

@@ -192,7 +192,8 @@ impl Templates {
         })
     }
 
-    /// Compiles a URL: scheme and host must be literal (SPEC §9); templated
+    /// Compiles a URL: scheme and host must be literal, so a label can never
+    /// choose where a request goes; templated
     /// values are percent-encoded path segments.
     pub fn compile_url(&mut self, source: &str, roots: &[&str]) -> Result<Tpl, TemplateError> {
         let Some(first) = source.find("{{") else {
@@ -383,7 +384,7 @@ pub fn value_text(v: &Value) -> String {
     }
 }
 
-/// SPEC §9: `when` is false for "", whitespace, false, 0, no, null.
+/// `when` is false for "", whitespace, false, 0, no, null.
 pub fn truthy(rendered: &str) -> bool {
     let t = rendered.trim();
     !(t.is_empty() || ["false", "0", "no", "null"].iter().any(|f| t.eq_ignore_ascii_case(f)))
