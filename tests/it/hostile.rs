@@ -246,3 +246,43 @@ steps:
     let out = crate::cli::pitcrew(&["--config", config.to_str().unwrap(), "audit", "verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[tokio::test]
+async fn control_characters_from_labels_are_shown_escaped_and_csv_cells_are_not_formulas() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: note
+trigger: {alertname: Note}
+target: "{{alert.labels.t}}"
+steps: [{name: a, action: log, with: {message: "hi {{alert.labels.t}}"}}]
+"#;
+    let h = Harness::new(rb, "");
+    let evil = "=cmd|\u{1b}[31mred\u{1b}[0m\u{9b}2J";
+    let exec = one_run(&h, &[("alertname", "Note"), ("t", evil)]).await;
+    assert_eq!(exec.state, State::Succeeded);
+    let config = h.dir.path().join("pitcrew.yaml");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = crate::cli::pitcrew(&all);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = r"=cmd|\x1b[31mred\x1b[0m\u{9b}2J";
+    for args in [
+        &["executions"][..],
+        &["show", &exec.id],
+        &["audit", "timeline"],
+        &["audit", "export", "--format", "csv"],
+    ] {
+        let out = cli(args);
+        assert!(
+            !out.contains(['\u{1b}', '\u{9b}']),
+            "{args:?} printed a raw control character:\n{out}"
+        );
+        assert!(out.contains(r"x1b[31mred") && out.contains(r"u{9b}2J"), "{args:?}:\n{out}");
+    }
+    let csv = cli(&["audit", "export", "--format", "csv"]);
+    assert!(csv.contains(&format!(",'{shown},")), "{csv}");
+    let json = cli(&["audit", "export", "--format", "jsonl"]);
+    assert!(json.contains(r#""target":"=cmd|\u001b[31mred\u001b[0m"#), "{json}");
+}
