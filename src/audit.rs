@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Event kinds (SPEC §7); more may be added.
+/// Event kinds; more may be added.
 pub mod kind {
     pub const ALERT_RECEIVED: &str = "alert.received";
     pub const ALERT_DUPLICATE: &str = "alert.duplicate";
@@ -377,7 +377,7 @@ mod tests {
         );
     }
 
-    /// The hash as SPEC §8 defines it, computed independently (Python's
+    /// The hash as the record format defines it, computed independently (Python's
     /// `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`),
     /// so a change in how we write JSON cannot silently change the format.
     #[test]

@@ -41,7 +41,8 @@ pub async fn evaluate(deps: &Deps, slo: &Slo, now: DateTime<Utc>) -> BudgetStatu
             None => (None, Some("no prometheus.url in config".to_string())),
             Some(_) => {
                 let window = prom_window(slo.window);
-                let fill = |q: &str| q.replace("{{window}}", &window).replace("{{ window }}", &window);
+                // The config allows `{{window}}` and nothing else here.
+                let fill = |q: &str| crate::promql::substitute(q, |_| window.clone());
                 let (good_query, total_query) = (fill(good), fill(total));
                 let (good, total) = tokio::join!(sample(deps, &good_query, now), sample(deps, &total_query, now));
                 match (good, total) {

@@ -155,7 +155,7 @@ pub struct PolicyRow {
     pub approve: Vec<Risk>,
 }
 
-/// SPEC §5: the SRE error-budget policy.
+/// The SRE error-budget policy.
 pub fn default_budget_policy() -> Vec<PolicyRow> {
     vec![
         PolicyRow {
@@ -357,8 +357,11 @@ impl Config {
             let sli = match (s.good, s.total, s.static_remaining) {
                 (Some(good), Some(total), None) => {
                     for (k, q) in [("good", &good), ("total", &total)] {
-                        if q.replace("{{window}}", "").replace("{{ window }}", "").contains("{{") {
+                        let only_window = crate::promql::slots(q).iter().all(|s| s.inner.trim() == "window");
+                        if !only_window {
                             cx.problem(&format!("{at}.{k}"), "the only template variable in SLO queries is {{window}}");
+                        } else if let Err(e) = crate::promql::check(q, |path| path == "window") {
+                            cx.problem(&format!("{at}.{k}"), e.to_string());
                         }
                     }
                     Some(Sli::Prometheus { good, total })

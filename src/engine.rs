@@ -38,7 +38,7 @@ pub enum EngineError {
     ShuttingDown,
 }
 
-/// The outcome text of a step a dry run did not run (SPEC §9).
+/// The outcome text of a step a dry run did not run.
 const DRY_RUN_SKIP: &str = "skipped: dry run";
 
 /// Live progress, for `pitcrew run`.
@@ -597,7 +597,12 @@ impl Run<'_> {
             // rendered fails it before anything runs.
             let prepared = match set.when_holds(step, &ctx) {
                 Ok(false) => Ok(None),
-                Ok(true) => set.render_with(step, &ctx).map(Some).map_err(|e| e.to_string()),
+                Ok(true) => set.render_with(step, &ctx).map_err(|e| e.to_string()).and_then(|input| {
+                    step.action
+                        .check_rendered(&step.with, &input)
+                        .map(|()| Some(input))
+                        .map_err(|e| format!("step `{}`: {e}", step.name))
+                }),
                 Err(e) => Err(e.to_string()),
             };
             let input = match prepared {

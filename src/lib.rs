@@ -19,5 +19,6 @@ pub mod server;
 
 pub mod clock;
 pub mod diag;
+pub mod promql;
 pub mod redact;
 pub mod units;

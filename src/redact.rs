@@ -90,7 +90,7 @@ pub fn is_secret_header(name: &str) -> bool {
 }
 
 /// A step input as it may be recorded: `Authorization`/`Cookie` header
-/// values (SPEC §9) replaced; the action itself still gets the real input.
+/// values replaced; the action itself still gets the real input.
 pub fn step_input(input: &serde_json::Value) -> serde_json::Value {
     let mut shown = input.clone();
     if let Some(serde_json::Value::Object(headers)) = shown.get_mut("headers") {

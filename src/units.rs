@@ -16,6 +16,9 @@ pub enum UnitError {
     /// Not a Prometheus-style duration.
     #[error("invalid duration {0:?}: expected e.g. 30s, 5m, 1h30m, 7d (units ms, s, m, h, d, w, y)")]
     Duration(String),
+    /// A duration (or a rate's window) longer than [`Duration::MAX`].
+    #[error("{0:?} is longer than the limit of 100y")]
+    TooLong(String),
     /// Not `N/DURATION`.
     #[error("invalid rate {0:?}: expected N/DURATION, e.g. 3/1h")]
     Rate(String),
@@ -41,8 +44,16 @@ const UNITS: [(&str, u64); 7] = [
     ("ms", 1),
 ];
 
+/// Milliseconds in 100 years.
+const MAX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
 impl Duration {
     pub const ZERO: Duration = Duration(StdDuration::ZERO);
+    /// The longest duration anything accepts. Far beyond any sensible
+    /// cooldown or silence, and far inside what time arithmetic (chrono
+    /// date-times, tokio deadlines) can add to "now" without overflowing, so
+    /// a value from an alert label can never panic a worker.
+    pub const MAX: Duration = Duration(StdDuration::from_millis(MAX_MS));
 
     pub const fn from_secs(secs: u64) -> Self {
         Duration(StdDuration::from_secs(secs))
@@ -56,9 +67,11 @@ impl Duration {
     pub fn as_millis(self) -> u64 {
         self.0.as_millis() as u64
     }
-    /// As a chrono duration, saturating (a `9999999w` duration must not panic).
+    /// As a chrono duration. Parsed durations are at most [`Duration::MAX`],
+    /// which always fits; the clamp keeps a constant built past it from
+    /// wrapping.
     pub fn chrono(self) -> chrono::Duration {
-        chrono::Duration::try_milliseconds(self.as_millis().min(i64::MAX as u64 / 2) as i64).unwrap_or(chrono::Duration::MAX)
+        chrono::Duration::try_milliseconds(self.as_millis().min(MAX_MS) as i64).unwrap_or(chrono::Duration::MAX)
     }
 }
 
@@ -80,13 +93,19 @@ impl FromStr for Duration {
             if digits == 0 {
                 return Err(err());
             }
-            let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+            // All digits: parsing fails only when the number is too big.
+            let n: u64 = rest[..digits].parse().map_err(|_| UnitError::TooLong(s.to_string()))?;
             rest = &rest[digits..];
             let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
             let scale = UNITS.iter().find(|(name, _)| *name == unit).map(|(_, ms)| *ms).ok_or_else(err)?;
-            total = n.checked_mul(scale).and_then(|v| total.checked_add(v)).ok_or_else(err)?;
+            // Checked first: a huge count must be "too long", not wrap.
+            total = n
+                .checked_mul(scale)
+                .and_then(|v| total.checked_add(v))
+                .filter(|&t| t <= MAX_MS)
+                .ok_or_else(|| UnitError::TooLong(s.to_string()))?;
         }
         Ok(Duration::from_millis(total))
     }
@@ -135,7 +154,10 @@ impl FromStr for Rate {
         let err = || UnitError::Rate(s.to_string());
         let (n, per) = s.trim().split_once('/').ok_or_else(err)?;
         let count: u32 = n.trim().parse().map_err(|_| err())?;
-        let per: Duration = per.trim().parse().map_err(|_| err())?;
+        let per: Duration = per.trim().parse().map_err(|e| match e {
+            UnitError::TooLong(_) => UnitError::TooLong(s.to_string()),
+            _ => err(),
+        })?;
         if count == 0 || per == Duration::ZERO {
             return Err(err());
         }
@@ -283,6 +305,23 @@ mod tests {
         for text in ["", "5", "m5", "5x", "1.5h", "-5m", "5 m", "99999999999999999999y"] {
             assert!(text.parse::<Duration>().is_err(), "{text:?} should fail");
         }
+    }
+
+    #[test]
+    fn durations_and_rates_stop_at_100_years() {
+        assert_eq!("100y".parse::<Duration>().unwrap(), Duration::MAX);
+        assert_eq!("99y52w".parse::<Duration>().unwrap().to_string(), "99y52w");
+        for text in ["300000y", "100y1ms", "5218w", "18446744073709551615ms", "99999999999999999999y"] {
+            let err = text.parse::<Duration>().unwrap_err();
+            assert_eq!(err, UnitError::TooLong(text.to_string()), "{text}");
+        }
+        assert_eq!(
+            "1/300000y".parse::<Rate>().unwrap_err().to_string(),
+            "\"1/300000y\" is longer than the limit of 100y"
+        );
+        // The longest accepted duration is safe to add to any date we run at.
+        let far = chrono::DateTime::<chrono::Utc>::MAX_UTC - chrono::Duration::days(366 * 200);
+        assert!(far.checked_add_signed(Duration::MAX.chrono()).is_some());
     }
 
     #[test]

@@ -156,6 +156,13 @@ fn answered(status: reqwest::StatusCode, reason: String) -> ActionError {
 
 /// What Alertmanager said, for error messages: its error text is a JSON
 /// string or plain text.
+/// `from + duration`, or an input error where chrono cannot represent it:
+/// the duration comes from the runbook or a label, and must not panic a worker.
+fn until(from: DateTime<Utc>, duration: Duration) -> Result<DateTime<Utc>, ActionError> {
+    from.checked_add_signed(duration.chrono())
+        .ok_or_else(|| ActionError::input("duration", format!("{duration} from {from} is past the last representable date")))
+}
+
 fn said(bytes: &[u8]) -> String {
     let text = match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::String(s)) => s,
@@ -226,7 +233,7 @@ impl Action for Silence {
         // second one that nothing would ever expire. Anything ending at or
         // after execution start + duration covers what the first attempt
         // asked for.
-        let covers_until = cx.started_at + duration.chrono();
+        let covers_until = until(cx.started_at, duration)?;
         let (status, bytes) = call(cx.deps, cx.deps.http().get(format!("{base}/api/v2/silences"))).await?;
         if !status.is_success() {
             return Err(ActionError::Unavailable(format!(
@@ -257,7 +264,7 @@ impl Action for Silence {
         }
 
         let now = Utc::now();
-        let ends_at = now + duration.chrono();
+        let ends_at = until(now, duration)?;
         let body = json!({
             "matchers": wanted,
             "startsAt": now,

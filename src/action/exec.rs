@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, input, lenient};
+use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, StaticWith, input, lenient};
 use crate::runbook::Risk;
+use crate::runbook::template::Tpl;
 use crate::units::Duration;
 
 /// Captured output per stream beyond which the rest is dropped.
@@ -166,6 +167,49 @@ async fn read_capped(mut stream: impl AsyncRead + Unpin) -> (Vec<u8>, bool) {
 impl Action for Exec {
     fn spec(&self) -> &Spec {
         &self.spec
+    }
+
+    fn check_templates(&self, with: StaticWith<'_>) -> Vec<(String, String)> {
+        let program_literal = match with.get("command") {
+            Some(Tpl::List(items)) => items.first().is_none_or(Tpl::is_literal),
+            Some(other) => other.is_literal(),
+            None => true,
+        };
+        if program_literal {
+            Vec::new()
+        } else {
+            vec![(
+                "command".into(),
+                "`command[0]` must be literal: a template there would let alert data choose the program".into(),
+            )]
+        }
+    }
+
+    /// An argument that starts with a template's output and renders to
+    /// `-…` would be read as an option (`--all`, `--kubeconfig=…`) unless a
+    /// literal `--` ended the options before it.
+    fn check_rendered(&self, with: StaticWith<'_>, input: &Value) -> Result<(), ActionError> {
+        let (Some(Tpl::List(items)), Some(Value::Array(rendered))) = (with.get("command"), input.get("command")) else {
+            return Ok(());
+        };
+        let options_end = items
+            .iter()
+            .position(|t| matches!(t, Tpl::Literal(Value::String(s)) if s == "--"))
+            .unwrap_or(items.len());
+        for (i, (tpl, value)) in items.iter().zip(rendered).enumerate().take(options_end) {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            if tpl.starts_with_template() && text.starts_with('-') {
+                return Err(ActionError::input(
+                    &format!("command[{i}]"),
+                    format!("renders to {text:?}, which the program would read as an option; put a literal \"--\" before it in `command`"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn dry_run(&self, _input: &Value) -> DryRun {

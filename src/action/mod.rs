@@ -88,6 +88,9 @@ pub enum ParamType {
     /// A URL whose scheme and host are literal; templated parts are
     /// percent-encoded.
     Url,
+    /// A PromQL expression: templates stand inside double-quoted strings
+    /// and are escaped there.
+    Promql,
     /// A map or list (sent as JSON), or a string (sent as is).
     Body,
     /// A JSON object or list.
@@ -102,12 +105,13 @@ pub enum ParamType {
 
 impl ParamType {
     /// Checks a literal value. Strings that parse as the type are accepted
-    /// (`"3"` for an integer), as SPEC §9 asks.
+    /// (`"3"` for an integer).
     pub fn check(&self, v: &Value) -> Result<(), String> {
         let ok = match (self, v) {
             (ParamType::Any, _) => true,
             (ParamType::String, Value::String(_)) => true,
             (ParamType::String, Value::Number(_) | Value::Bool(_)) => true,
+            (ParamType::Promql, Value::String(_)) => true,
             (ParamType::Url, Value::String(s)) => s.starts_with("http://") || s.starts_with("https://"),
             (ParamType::Integer, Value::Number(n)) => n.is_i64(),
             (ParamType::Integer, Value::String(s)) => s.trim().parse::<i64>().is_ok(),
@@ -142,6 +146,7 @@ impl ParamType {
             ParamType::StringMap => "a map of strings".into(),
             ParamType::StringList => "a list of strings".into(),
             ParamType::Url => "an http:// or https:// URL".into(),
+            ParamType::Promql => "a PromQL expression".into(),
             ParamType::Body => "a map, list or string".into(),
             ParamType::Object => "a map or list".into(),
             ParamType::IntegerOrList => "an integer or a list of integers".into(),
@@ -240,7 +245,7 @@ impl Spec {
     }
 }
 
-/// How an action behaves in a dry run (SPEC §9).
+/// How an action behaves in a dry run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DryRun {
     /// Reads run as usual.
@@ -353,6 +358,20 @@ pub trait Action: Send + Sync {
         Vec::new()
     }
 
+    /// Checks on where templates stand, at load time (e.g. `exec` wants its
+    /// program literal). Returns the field and the problem.
+    fn check_templates(&self, _with: StaticWith<'_>) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Checks a rendered input against the templates it came from, before
+    /// the step starts: what a value may do depends on whether the runbook
+    /// wrote it or a template produced it (e.g. an `exec` argument that a
+    /// label turned into an option).
+    fn check_rendered(&self, _with: StaticWith<'_>, _input: &Value) -> Result<(), ActionError> {
+        Ok(())
+    }
+
     fn dry_run(&self, _input: &Value) -> DryRun {
         DryRun::Run
     }
@@ -374,7 +393,7 @@ pub fn input<T: DeserializeOwned>(v: &Value) -> Result<T, ActionError> {
     })
 }
 
-/// Lenient readers: SPEC §9 says a string that parses as the expected type
+/// Lenient readers: a string that parses as the expected type
 /// is accepted (`"3"` for an integer).
 pub mod lenient {
     use serde::{Deserialize, Deserializer, de::Error};
@@ -528,6 +547,9 @@ pub fn check_with(action: &dyn Action, with: &BTreeMap<String, Tpl>, broken: &[S
                 None,
             ));
         }
+    }
+    for (field, reason) in action.check_templates(with) {
+        problems.push((Some(field), reason, None));
     }
     let literal: BTreeMap<String, Value> = with.iter().filter_map(|(k, t)| t.literal().map(|v| (k.clone(), v))).collect();
     let templated: Vec<&str> = with

@@ -82,7 +82,7 @@ impl Action for Notify {
                 let checked = crate::action::http_guard::check_url(&cx.deps.config, &url).await?;
                 post(&checked.client(TIMEOUT)?, &url, &text).await?;
             }
-            // The config's own URL is trusted (SPEC §9).
+            // The config's own URL is trusted.
             None => {
                 let url = cx
                     .deps

@@ -1,5 +1,5 @@
 //! `plugin.<name>`: run `plugins/<name>/` with a JSON request on stdin and
-//! read one JSON result from stdout (SPEC §4).
+//! read one JSON result from stdout.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

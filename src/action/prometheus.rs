@@ -38,7 +38,11 @@ impl Query {
             Risk::Low,
             true,
         )
-        .required("query", ParamType::String, "PromQL expression")
+        .required(
+            "query",
+            ParamType::Promql,
+            "PromQL expression; templates go inside double-quoted strings",
+        )
         .param("timeout", ParamType::Duration, "query timeout (default 30s)")
         .example("query: 'sum(rate(http_requests_total{job=\"checkout\",code=~\"5..\"}[5m]))'\n");
         Query { spec }
@@ -80,7 +84,7 @@ impl Default for Wait {
 impl Wait {
     pub fn new() -> Self {
         let spec = Spec::new("prometheus.wait", "Poll a PromQL query until a condition holds (e.g. `== 0`, `< 1`) or time runs out", Risk::Low, true)
-            .required("query", ParamType::String, "PromQL expression")
+            .required("query", ParamType::Promql, "PromQL expression; templates go inside double-quoted strings")
             .required("until", ParamType::String, "condition on the first sample: <, <=, ==, !=, >=, > and a number")
             .required("timeout", ParamType::Duration, "give up after this long")
             .param("interval", ParamType::Duration, "poll interval (default 5s)")

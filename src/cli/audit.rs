@@ -5,6 +5,7 @@ use std::path::Path;
 use chrono::Utc;
 use serde_json::Value;
 
+use super::output::{csv_cell, csv_json_cell, visible};
 use super::{Exit, Failure};
 use crate::audit::Record;
 use crate::server::parse_time;
@@ -108,7 +109,12 @@ pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit>
                             r.prev_hash.clone(),
                             r.hash.clone(),
                         ];
-                        out.push_str(&cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
+                        let shown: Vec<String> = cells
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| if i == DATA_COLUMN { csv_json_cell(c) } else { csv_cell(c) })
+                            .collect();
+                        out.push_str(&shown.join(","));
                         out.push('\n');
                     }
                 }
@@ -125,17 +131,13 @@ pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit>
     }
 }
 
-fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
+/// The CSV column holding the record's `data` as JSON.
+const DATA_COLUMN: usize = 7;
 
-/// A Markdown table cell: pipes and newlines would break the table.
+/// A Markdown table cell: shown [`visible`] (which also turns line breaks
+/// into `\n`), then Markdown's own escapes, as pipes would break the table.
 fn md(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('|', "\\|").replace(['\n', '\r'], " ")
+    visible(s).replace('\\', "\\\\").replace('|', "\\|")
 }
 
 fn describe(r: &Record) -> (String, String) {

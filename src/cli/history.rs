@@ -78,22 +78,29 @@ pub fn show(config_path: Option<&Path>, args: ShowArgs) -> anyhow::Result<Exit> 
         print!("{}", output::json(&exec));
         return Ok(Exit::Done);
     }
+    let v = |s: &str| output::visible(s).into_owned();
     println!("execution {}", exec.id);
-    println!("  runbook   {}", exec.runbook);
-    println!("  target    {}", exec.target);
+    println!("  runbook   {}", v(&exec.runbook));
+    println!("  target    {}", v(&exec.target));
     println!(
         "  state     {}{}",
         exec.state,
-        exec.reason.as_deref().map(|r| format!(" — {r}")).unwrap_or_default()
+        exec.reason.as_deref().map(|r| format!(" — {}", v(r))).unwrap_or_default()
     );
-    println!("  actor     {}", exec.actor);
+    println!("  actor     {}", v(&exec.actor));
     println!("  dry run   {}", exec.dry_run);
     println!("  created   {}", exec.created_at.to_rfc3339());
     if let Some(a) = &exec.alert {
-        println!("  alert     {} {} (fingerprint {})", a.name(), a.status.as_str(), a.fingerprint);
+        println!(
+            "  alert     {} {} (fingerprint {})",
+            v(a.name()),
+            a.status.as_str(),
+            v(&a.fingerprint)
+        );
     }
     if !exec.params.is_empty() {
-        println!("  params    {}", serde_json::Value::Object(exec.params.clone()));
+        let params = serde_json::Value::Object(exec.params.clone()).to_string();
+        println!("  params    {}", output::visible_json(&params));
     }
     if !exec.steps.is_empty() {
         println!();

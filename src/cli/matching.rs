@@ -84,9 +84,9 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             for a in &report {
                 println!(
                     "alert {} ({}, fingerprint {})",
-                    a["alert"].as_str().unwrap_or(""),
-                    a["status"].as_str().unwrap_or(""),
-                    a["fingerprint"].as_str().unwrap_or("")
+                    output::visible(a["alert"].as_str().unwrap_or("")),
+                    output::visible(a["status"].as_str().unwrap_or("")),
+                    output::visible(a["fingerprint"].as_str().unwrap_or(""))
                 );
                 if a["duplicate"] == Value::Bool(true) {
                     println!("  already recorded: serve would treat this notification as a duplicate and start nothing");
@@ -98,31 +98,31 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                 for m in matches {
                     println!(
                         "  runbook {} (risk {})",
-                        m["runbook"].as_str().unwrap_or(""),
-                        m["risk"].as_str().unwrap_or("")
+                        output::visible(m["runbook"].as_str().unwrap_or("")),
+                        output::visible(m["risk"].as_str().unwrap_or(""))
                     );
                     if let Some(err) = m.get("error") {
-                        println!("    cannot run: {}", err.as_str().unwrap_or(""));
+                        println!("    cannot run: {}", output::visible(err.as_str().unwrap_or("")));
                         continue;
                     }
-                    println!("    target: {}", m["target"].as_str().unwrap_or(""));
+                    println!("    target: {}", output::visible(m["target"].as_str().unwrap_or("")));
                     if let Some(Value::Object(params)) = m.get("params") {
                         for (k, v) in params {
-                            println!("    param {k} = {v}");
+                            println!("    param {} = {}", output::visible(k), output::visible_json(&v.to_string()));
                         }
                     }
                     println!(
                         "    verdict: {} ({}: {})",
-                        m["verdict"].as_str().unwrap_or(""),
-                        m["decided_by"].as_str().unwrap_or(""),
-                        m["reason"].as_str().unwrap_or("")
+                        output::visible(m["verdict"].as_str().unwrap_or("")),
+                        output::visible(m["decided_by"].as_str().unwrap_or("")),
+                        output::visible(m["reason"].as_str().unwrap_or(""))
                     );
                     for c in m["guardrails"].as_array().into_iter().flatten() {
                         println!(
                             "      {:<18} {:<8} {}",
-                            c["guardrail"].as_str().unwrap_or(""),
-                            c["verdict"].as_str().unwrap_or(""),
-                            c["detail"].as_str().unwrap_or("")
+                            output::visible(c["guardrail"].as_str().unwrap_or("")),
+                            output::visible(c["verdict"].as_str().unwrap_or("")),
+                            output::visible(c["detail"].as_str().unwrap_or(""))
                         );
                     }
                 }

@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, each owning its clap struct and
-//! its `run`. Exit codes are the contract of SPEC §8.
+//! its `run`. Exit codes are a contract
+//! users script against.
 
 mod actions;
 mod approval;
@@ -27,7 +28,7 @@ use crate::runbook::RunbookSet;
 
 pub use output::Output;
 
-/// Exit codes users script against (SPEC §8).
+/// Exit codes users script against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Done = 0,

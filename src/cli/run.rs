@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
+use super::output::visible;
 use super::{Exit, Failure};
 use crate::engine::{Engine, Progress, ProgressFn};
 use crate::guard::{CheckVerdict, Decision, Verdict};
@@ -80,7 +81,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         print_decision(&decision);
         match decision.verdict {
             Verdict::Blocked => {
-                eprintln!("blocked ({}): {}", decision.decided_by, decision.reason);
+                eprintln!("blocked ({}): {}", decision.decided_by, visible(&decision.reason));
                 println!("{id}");
                 Ok(Exit::Blocked)
             }
@@ -106,7 +107,7 @@ fn print_decision(d: &Decision) {
             CheckVerdict::Skipped => "skip",
             CheckVerdict::Forced => "FORCED",
         };
-        eprintln!("  guardrail {:<18} {:<7} {}", c.guardrail, mark, c.detail);
+        eprintln!("  guardrail {:<18} {:<7} {}", c.guardrail, mark, visible(&c.detail));
     }
 }
 
@@ -119,7 +120,7 @@ pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit>
     eprintln!(
         "execution {id}: {} on {}{}",
         exec.runbook,
-        exec.target,
+        visible(&exec.target),
         if exec.dry_run { " (dry run)" } else { "" }
     );
     let progress: ProgressFn = Arc::new(|p: &Progress| match p {
@@ -147,7 +148,7 @@ pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit>
                 StepState::Skipped => "–",
                 _ => "✗",
             };
-            eprintln!("  {mark} {name} {} in {seconds:.2}s {detail}", state.as_str());
+            eprintln!("  {mark} {name} {} in {seconds:.2}s {}", state.as_str(), visible(detail));
         }
     });
     let claimed = exec.clone();
@@ -171,7 +172,7 @@ pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit>
             return Ok(Exit::StepFailed);
         }
     };
-    eprintln!("{} {}", outcome.state, outcome.reason.as_deref().unwrap_or(""));
+    eprintln!("{} {}", outcome.state, visible(outcome.reason.as_deref().unwrap_or("")));
     println!("{id}");
     Ok(exit_for(outcome.state))
 }
@@ -193,7 +194,7 @@ async fn follow(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit> {
     loop {
         let exec = engine.store.execution(id).await?;
         if exec.state.is_final() {
-            eprintln!("{} {}", exec.state, exec.reason.as_deref().unwrap_or(""));
+            eprintln!("{} {}", exec.state, visible(exec.reason.as_deref().unwrap_or("")));
             println!("{id}");
             return Ok(exit_for(exec.state));
         }

@@ -68,6 +68,7 @@ pub fn load_runbooks(config: &Config, registry: Registry, paths: &[PathBuf], pro
                 templates: &mut templates,
                 registry: &registry,
                 config,
+                typed_params: Vec::new(),
             };
             let name_pos = cx.pos.at("name");
             if let Some(rb) = cx.runbook(doc.value, digest(&doc.source)) {
@@ -223,6 +224,9 @@ struct Cx<'a> {
     templates: &'a mut Templates,
     registry: &'a Registry,
     config: &'a Config,
+    /// `params.<name>` of the runbook's integer and duration params: the
+    /// only templates allowed outside strings in a PromQL query.
+    typed_params: Vec<String>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -305,6 +309,11 @@ impl Cx<'_> {
             }
         });
         let params: Vec<ParamDef> = raw.params.iter().filter_map(|(name, p)| self.param(name, p)).collect();
+        self.typed_params = params
+            .iter()
+            .filter(|p| matches!(p.kind, ParamKind::Integer | ParamKind::Duration))
+            .map(|p| format!("params.{}", p.name))
+            .collect();
         let target = raw.target.as_deref().and_then(|t| self.template("target", t, TARGET_ROOTS));
         let guardrails = self.guardrails(&raw.guardrails);
         let raw_step_names: HashSet<&str> = raw.steps.iter().chain(raw.on_failure.iter()).map(|s| s.name.as_str()).collect();
@@ -408,10 +417,11 @@ impl Cx<'_> {
             "string" => ParamKind::String,
             "integer" => ParamKind::Integer,
             "boolean" => ParamKind::Boolean,
+            "duration" => ParamKind::Duration,
             other => {
                 self.problem(
                     &format!("{at}.type"),
-                    format!("invalid type {other:?}: expected string, integer or boolean"),
+                    format!("invalid type {other:?}: expected string, integer, boolean or duration"),
                 );
                 return None;
             }
@@ -529,9 +539,12 @@ impl Cx<'_> {
             let mut broken: Vec<String> = Vec::new();
             for (field, value) in &s.with {
                 let field_at = format!("{at}.with.{field}");
-                let is_url = action.spec().params.iter().any(|p| &p.name == field && p.ty == ParamType::Url);
-                let compiled = match (is_url, value) {
-                    (true, serde_json::Value::String(src)) => self.templates.compile_url(src, roots),
+                let ty = action.spec().params.iter().find(|p| &p.name == field).map(|p| p.ty);
+                let compiled = match (ty, value) {
+                    (Some(ParamType::Url), serde_json::Value::String(src)) => self.templates.compile_url(src, roots),
+                    (Some(ParamType::Promql), serde_json::Value::String(src)) => {
+                        self.templates.compile_promql(src, roots, &self.typed_params)
+                    }
                     _ => self.templates.compile_value(value, roots),
                 };
                 match compiled {

@@ -210,7 +210,12 @@ pub fn parse_docs<T: DeserializeOwned>(file: &Path, text: &str) -> Vec<Result<Do
     let positions = index_positions(text);
     let sources = split_documents(text);
     let mut out = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    let mut last_error_at = None;
+    // After some scanner errors the document iterator yields the same error
+    // forever: stop when it repeats, and never take more documents than the
+    // text has lines (each needs at least one).
+    let most = text.lines().count() + 1;
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate().take(most) {
         let result = T::deserialize(document);
         let pos = positions.get(index).cloned().unwrap_or_default();
         let source = sources.get(index).cloned().unwrap_or_default();
@@ -221,6 +226,11 @@ pub fn parse_docs<T: DeserializeOwned>(file: &Path, text: &str) -> Vec<Result<Do
                 source,
             })),
             Err(e) => {
+                let at = e.location().map(|l| l.index());
+                if at.is_some() && at == last_error_at {
+                    break;
+                }
+                last_error_at = at;
                 let fatal = e.location().is_none() || positions.is_empty();
                 out.push(Err(serde_diagnostic(file, &e, &pos)));
                 if fatal {
@@ -336,6 +346,16 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the property test: an anchor, then a block scalar indicator
+    /// at the end of the text, made the document iterator repeat its error
+    /// forever and `validate` hang.
+    #[test]
+    fn a_scanner_error_ends_parsing_instead_of_repeating() {
+        let docs = parse_docs::<serde_json::Value>(Path::new("rb.yaml"), "&%\u{1e936}\u{81d}=\u{d4c}\u{e82}|");
+        assert_eq!(docs.len(), 1);
+        assert!(docs[0].is_err());
+    }
 
     #[test]
     fn positions_index_nested_paths() {

@@ -34,6 +34,9 @@ pub enum ParamKind {
     String,
     Integer,
     Boolean,
+    /// A Prometheus duration, kept in its canonical form (`1h30m`): safe to
+    /// put into a PromQL range or offset.
+    Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -320,6 +323,11 @@ fn check_param(p: &ParamDef, value: Value) -> Result<Value, String> {
                 return Err(format!("{n} is above the maximum {max}"));
             }
             Value::from(n)
+        }
+        ParamKind::Duration => {
+            let text = template::value_text(&value);
+            let d: Duration = text.parse().map_err(|e: crate::units::UnitError| e.to_string())?;
+            Value::String(d.to_string())
         }
         ParamKind::Boolean => match &value {
             Value::Bool(b) => Value::Bool(*b),

@@ -30,6 +30,15 @@ pub enum TemplateError {
     /// Any other render failure.
     #[error("template render: {0}")]
     Render(String),
+    /// A template in a PromQL query stands where its value could rewrite
+    /// the query.
+    #[error(transparent)]
+    Promql(#[from] crate::promql::PromqlError),
+    /// A templated URL path segment rendered to something that would change
+    /// which path is called: `..` climbs, `.` and empty vanish when the URL
+    /// is normalised (percent-encoded or not).
+    #[error("URL path segment {index} renders to {value:?}; a templated segment must not be empty, `.` or `..`")]
+    UrlSegment { index: usize, value: String },
 }
 
 impl TemplateError {
@@ -40,6 +49,8 @@ impl TemplateError {
             TemplateError::UnknownHelper(_) => "template_unknown_helper",
             TemplateError::Missing(_) => "template_missing_variable",
             TemplateError::Render(_) => "template_render",
+            TemplateError::Promql(_) => "template_promql",
+            TemplateError::UrlSegment { .. } => "template_url_segment",
         }
     }
 }
@@ -72,6 +83,16 @@ impl Tpl {
         }
     }
 
+    /// Whether the rendered value starts with template output rather than
+    /// text the runbook wrote (`{{x}}`, `{{x}}-y`; not `--ns={{x}}`).
+    pub fn starts_with_template(&self) -> bool {
+        match self {
+            Tpl::Path { .. } => true,
+            Tpl::Text { source, .. } => source.starts_with("{{"),
+            Tpl::Literal(_) | Tpl::List(_) | Tpl::Map(_) => false,
+        }
+    }
+
     /// The literal value, when the whole value has no expression in it.
     pub fn literal(&self) -> Option<Value> {
         match self {
@@ -101,6 +122,10 @@ pub struct Templates {
     /// URL templates: every expression's output is percent-encoded as one
     /// path segment, so a label value cannot add segments or a query.
     hb_url: Handlebars<'static>,
+    /// PromQL queries: every expression's output is escaped as the content
+    /// of a double-quoted string (compile checks it stands in one, or is a
+    /// typed number or duration, where escaping changes nothing).
+    hb_promql: Handlebars<'static>,
     next_id: usize,
 }
 
@@ -118,7 +143,15 @@ impl Default for Templates {
         let mut hb_url = Handlebars::new();
         hb_url.set_strict_mode(true);
         hb_url.register_escape_fn(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string());
-        Templates { hb, hb_url, next_id: 0 }
+        let mut hb_promql = Handlebars::new();
+        hb_promql.set_strict_mode(true);
+        hb_promql.register_escape_fn(crate::promql::escape);
+        Templates {
+            hb,
+            hb_url,
+            hb_promql,
+            next_id: 0,
+        }
     }
 }
 
@@ -159,7 +192,8 @@ impl Templates {
         })
     }
 
-    /// Compiles a URL: scheme and host must be literal (SPEC §9); templated
+    /// Compiles a URL: scheme and host must be literal, so a label can never
+    /// choose where a request goes; templated
     /// values are percent-encoded path segments.
     pub fn compile_url(&mut self, source: &str, roots: &[&str]) -> Result<Tpl, TemplateError> {
         let Some(first) = source.find("{{") else {
@@ -183,6 +217,7 @@ impl Templates {
         }
         let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
         check_elements(&template.elements, roots, true)?;
+        url_path_templated(source)?;
         if has_unescaped(&template.elements) {
             return Err(TemplateError::Syntax(
                 "`{{{ }}}` in a URL would skip percent-encoding; use `{{ }}`".into(),
@@ -197,6 +232,25 @@ impl Templates {
         })
     }
 
+    /// Compiles a PromQL query. Templates must stand inside double-quoted
+    /// strings, where their values are escaped, unless `typed` names them
+    /// (full paths like `params.minutes`: integer and duration params).
+    pub fn compile_promql(&mut self, source: &str, roots: &[&str], typed: &[String]) -> Result<Tpl, TemplateError> {
+        if !source.contains("{{") {
+            return Ok(Tpl::Literal(Value::String(source.to_string())));
+        }
+        let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
+        check_elements(&template.elements, roots, true)?;
+        crate::promql::check(source, |path| typed.iter().any(|t| t == path))?;
+        let id = format!("p{}", self.next_id);
+        self.next_id += 1;
+        self.hb_promql.register_template(&id, template);
+        Ok(Tpl::Text {
+            id,
+            source: source.to_string(),
+        })
+    }
+
     /// Renders a compiled value against a context.
     pub fn render(&self, tpl: &Tpl, ctx: &Context) -> Result<Value, TemplateError> {
         Ok(match tpl {
@@ -204,7 +258,13 @@ impl Templates {
             Tpl::Path { segments, source } => lookup(ctx.data(), segments)
                 .cloned()
                 .ok_or_else(|| TemplateError::Missing(path_name(source)))?,
-            Tpl::Text { id, .. } => Value::String(self.render_text(id, ctx)?),
+            Tpl::Text { id, source } => {
+                let text = self.render_text(id, ctx)?;
+                if is_url(id) {
+                    check_url_segments(source, &text)?;
+                }
+                Value::String(text)
+            }
             Tpl::List(items) => Value::Array(items.iter().map(|t| self.render(t, ctx)).collect::<Result<_, _>>()?),
             Tpl::Map(map) => Value::Object(
                 map.iter()
@@ -221,12 +281,98 @@ impl Templates {
     }
 
     fn render_text(&self, id: &str, ctx: &Context) -> Result<String, TemplateError> {
-        let hb = if id.starts_with('u') { &self.hb_url } else { &self.hb };
+        let hb = match id.as_bytes().first() {
+            Some(b'u') => &self.hb_url,
+            Some(b'p') => &self.hb_promql,
+            _ => &self.hb,
+        };
         hb.render_with_context(id, ctx).map_err(|e| match e.reason() {
             RenderErrorReason::MissingVariable(Some(var)) => TemplateError::Missing(var.clone()),
             other => TemplateError::Render(other.to_string()),
         })
     }
+}
+
+fn is_url(id: &str) -> bool {
+    id.starts_with('u')
+}
+
+/// Where the path of `url` starts (its first `/` after `scheme://host`) and
+/// ends (`?`, `#` or the end). The caller made sure scheme and host are
+/// literal, so source and rendered URL agree on the start.
+fn path_range(url: &str) -> std::ops::Range<usize> {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let start = url[after_scheme..].find('/').map_or(url.len(), |i| after_scheme + i);
+    let end = url[start..].find(['?', '#']).map_or(url.len(), |i| start + i);
+    start..end
+}
+
+/// For each path segment of a URL template, whether a template is in it.
+///
+/// Literal `/` inside a `{{#block}}` is refused: it would make the number of
+/// segments depend on data, and the segment check after rendering relies on
+/// source and result having the same segments. Expression output cannot add
+/// one, since it is percent-encoded.
+fn url_path_templated(source: &str) -> Result<Vec<bool>, TemplateError> {
+    let after_scheme = source.find("://").map_or(0, |i| i + 3);
+    let Some(start) = source[after_scheme..].find('/').map(|i| after_scheme + i) else {
+        return Ok(Vec::new());
+    };
+    let path = &source[start + 1..];
+    let mut segments = vec![false];
+    let mut depth = 0usize;
+    let mut rest = path;
+    while let Some(c) = rest.chars().next() {
+        if let Some(inner) = rest.strip_prefix("{{") {
+            let close = inner.find("}}").map_or(inner.len(), |i| i + 2);
+            match inner.trim_start_matches('{').trim_start().chars().next() {
+                Some('#' | '^') => depth += 1,
+                Some('/') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            *segments.last_mut().expect("starts with one") = true;
+            rest = inner[close..].trim_start_matches('}');
+            continue;
+        }
+        match c {
+            '?' | '#' => break,
+            '/' if depth > 0 => {
+                return Err(TemplateError::Syntax(
+                    "a `/` inside a `{{#…}}` block of a URL would make the path depend on data; put the block inside one segment".into(),
+                ));
+            }
+            '/' => segments.push(false),
+            _ => {}
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    Ok(segments)
+}
+
+/// Refuses a rendered URL whose templated path segments are empty, `.` or
+/// `..` once percent-decoded: URL parsers resolve `%2E%2E` like `..`, so
+/// encoding alone would let a label value move the request to another path.
+fn check_url_segments(source: &str, rendered: &str) -> Result<(), TemplateError> {
+    let templated = url_path_templated(source)?;
+    let path = &rendered[path_range(rendered)];
+    let segments: Vec<&str> = path.strip_prefix('/').map(|p| p.split('/').collect()).unwrap_or_default();
+    if segments.len() != templated.len() {
+        return Err(TemplateError::Render(format!(
+            "the URL rendered to {} path segments where the runbook has {}",
+            segments.len(),
+            templated.len()
+        )));
+    }
+    for (i, (segment, _)) in segments.iter().zip(&templated).enumerate().filter(|(_, (_, t))| **t) {
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+        if matches!(decoded.as_ref(), "" | "." | "..") {
+            return Err(TemplateError::UrlSegment {
+                index: i + 1,
+                value: decoded.into_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A value as text: strings bare, null empty, everything else as JSON.
@@ -238,7 +384,7 @@ pub fn value_text(v: &Value) -> String {
     }
 }
 
-/// SPEC §9: `when` is false for "", whitespace, false, 0, no, null.
+/// `when` is false for "", whitespace, false, 0, no, null.
 pub fn truthy(rendered: &str) -> bool {
     let t = rendered.trim();
     !(t.is_empty() || ["false", "0", "no", "null"].iter().any(|f| t.eq_ignore_ascii_case(f)))
@@ -470,6 +616,40 @@ mod tests {
             t.render(&tpl, &ctx).unwrap(),
             json!("https://api.example/pools/%2E%2E%2F%2E%2E%2Fadmin%3Fx%3D1%23/resize")
         );
+    }
+
+    #[test]
+    fn templated_url_segments_must_not_be_dot_segments_or_empty() {
+        let mut t = Templates::default();
+        let tpl = t
+            .compile_url("https://api.example/v1/pools/{{alert.labels.a}}{{alert.labels.b}}/resize/", ROOTS)
+            .unwrap();
+        let render = |a: &str, b: &str| {
+            let ctx = Context::wraps(json!({"alert": {"labels": {"a": a, "b": b}}})).unwrap();
+            t.render(&tpl, &ctx)
+        };
+        for (a, b, shown) in [("..", "", ".."), (".", "", "."), ("", "", ""), (".", ".", "..")] {
+            assert_eq!(
+                render(a, b).unwrap_err(),
+                TemplateError::UrlSegment {
+                    index: 3,
+                    value: shown.into()
+                },
+                "{a:?} {b:?}"
+            );
+        }
+        // Only the templated segment is judged: the literal trailing empty
+        // segment stays, and values that merely contain dots pass.
+        assert_eq!(render("...", "").unwrap(), json!("https://api.example/v1/pools/%2E%2E%2E/resize/"));
+        assert_eq!(
+            render("../x", "").unwrap(),
+            json!("https://api.example/v1/pools/%2E%2E%2Fx/resize/")
+        );
+        assert!(matches!(
+            t.compile_url("https://api.example/{{#if alert.labels.a}}a/b{{/if}}/c", ROOTS),
+            Err(TemplateError::Syntax(_))
+        ));
+        assert!(t.compile_url("https://api.example/{{#if alert.labels.a}}a{{/if}}/c", ROOTS).is_ok());
     }
 
     #[test]

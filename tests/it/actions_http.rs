@@ -375,3 +375,53 @@ async fn bad_input_is_refused_before_anything_is_sent() {
     }
     assert!(server.seen().is_empty());
 }
+
+/// The attack: a label of `..` in a path segment is percent-encoded to
+/// `%2E%2E`, which URL parsers resolve like `..`: the POST, credentials
+/// included, would go to `/v1/resize`. The step fails before any request.
+#[tokio::test]
+async fn a_dot_segment_from_a_label_fails_the_step_before_any_request() {
+    let server = Server::start().await;
+    let rb = format!(
+        r#"apiVersion: pitcrew/v1
+name: resize
+trigger: {{alertname: PoolFull}}
+params:
+  pool: {{default: "{{{{alert.labels.pool}}}}"}}
+steps:
+  - name: resize
+    action: http
+    with:
+      method: POST
+      url: "http://127.0.0.1:{port}/v1/pools/{{{{params.pool}}}}/resize"
+      headers: {{Authorization: "Bearer tok-123456"}}
+"#,
+        port = server.port
+    );
+    let h = crate::support::Harness::new(&rb, &format!("http: {{allowed_hosts: [\"127.0.0.1:{}\"]}}\n", server.port));
+    for (i, pool) in ["..", "."].into_iter().enumerate() {
+        let labels = [("alertname", "PoolFull"), ("pool", pool)];
+        let (status, _) = h.post(&crate::support::payload(vec![crate::support::alert(&labels)])).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        h.run_queued().await;
+        let list = h.store().executions(pitcrew::store::ExecutionFilter::default()).await.unwrap();
+        assert_eq!(list.len(), i + 1);
+        let id = &list.iter().find(|e| e.params["pool"] == pool).unwrap().id;
+        let exec = h.store().execution(id).await.unwrap();
+        assert_eq!(exec.state, pitcrew::store::State::Failed, "{pool}");
+        let error = exec.steps[0].error.clone().unwrap_or_default();
+        assert!(
+            error.contains("URL path segment 3 renders to") && error.contains("must not be empty, `.` or `..`"),
+            "{pool}: {error}"
+        );
+        assert!(server.seen().is_empty(), "{pool}: {:?}", server.seen());
+    }
+
+    // The same runbook with an ordinary value does reach the server.
+    let labels = [("alertname", "PoolFull"), ("pool", "p1")];
+    h.post(&crate::support::payload(vec![crate::support::alert(&labels)])).await;
+    h.run_queued().await;
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/v1/pools/p1/resize");
+}

@@ -1,5 +1,5 @@
-//! Guardrails end to end (SPEC §5, §9 "Limits", "Budgets", "Force",
-//! "Approvals", "Dry run"): alerts go in through the webhook, decisions come
+//! Guardrails end to end (limits, budgets, force,
+//! approvals, dry run): alerts go in through the webhook, decisions come
 //! out of the store and the audit. Time is the harness's `ManualClock`; tokio
 //! time is paused (except where a real child process runs), so nothing here
 //! waits on the wall clock.

@@ -1,5 +1,5 @@
 //! Plugins: the shipped ones in `plugins/` doing their jobs (PgBouncer for
-//! real), and the failure modes of SPEC §4 through the registry, with bad
+//! real), and the failure modes of plugins through the registry, with bad
 //! plugins made in temp folders.
 
 use std::collections::BTreeMap;
