@@ -11,7 +11,7 @@ use crate::config::{Config, PolicyRow};
 use crate::runbook::{Approval, Risk, Runbook};
 use crate::units::Duration;
 
-/// The storm brake looks at this window (SPEC §5).
+/// The storm brake counts alerting targets over this window.
 pub const STORM_WINDOW: Duration = Duration::from_secs(300);
 
 /// What the store counts for one decision. Windows are given in the query.
@@ -166,7 +166,9 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
-/// Decides, in SPEC §5 order; every guardrail's verdict is kept for the audit.
+/// Decides in the documented order (cooldown, rate limits, concurrency,
+/// storm brake, budget, escalation, approval, dry run); every guardrail's
+/// verdict is kept for the audit.
 pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, config: &Config) -> Decision {
     let rb = req.runbook;
     let g = &rb.guardrails;
@@ -373,7 +375,7 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
         trip_breaker = false;
         notify = None;
     }
-    // SPEC §9 names this block's reason `escalated`; the check keeps its name.
+    // A block by the breaker is reported as `escalated`; the check keeps its name.
     let decided_by = if decided_by == "escalation" { "escalated" } else { decided_by };
     Decision {
         verdict,

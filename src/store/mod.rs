@@ -95,7 +95,7 @@ impl StoreError {
     }
 }
 
-/// Execution states (SPEC §9).
+/// Execution states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {

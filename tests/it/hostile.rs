@@ -231,7 +231,11 @@ steps:
 
     let db = rusqlite::Connection::open(h.dir.path().join("state/state.db")).unwrap();
     let stored: String = db
-        .query_row("SELECT record FROM audit WHERE kind = 'step.finished'", [], |r| r.get(0))
+        .query_row(
+            "SELECT a.data FROM audit a JOIN audit_names k ON k.id = a.kind WHERE k.name = 'step.finished'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert!(stored.contains(r#""ratio":1.5777777777770001"#), "{stored}");
     assert!(stored.contains(r#""count":18446744073709551615"#), "{stored}");
