@@ -16,6 +16,9 @@ use crate::runbook::loader::{Positions, parse_one};
 use crate::units::{ByteSize, Duration, Rate, Ratio};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9095";
+/// `retention.executions` when not set: a quarter of history for reports,
+/// without the store growing forever.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +40,8 @@ struct RawConfig {
     notify: Option<RawNotify>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    retention: RawRetention,
     #[serde(default)]
     slos: Vec<RawSlo>,
     budget_policy: Option<Vec<RawPolicyRow>>,
@@ -93,6 +98,12 @@ struct RawNotify {
 struct RawLimits {
     global: Option<String>,
     storm_brake: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    executions: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +212,9 @@ pub struct Config {
     pub notify_url: Option<String>,
     pub global_limit: Option<Rate>,
     pub storm_brake: Option<u32>,
+    /// Ended executions (and their steps) older than this are pruned in the
+    /// background; `None` keeps them forever. The audit log is never pruned.
+    pub retention: Option<Duration>,
     pub slos: Vec<Slo>,
     pub budget_policy: Vec<PolicyRow>,
     pub redactor: Redactor,
@@ -445,6 +459,11 @@ impl Config {
             notify_url,
             global_limit,
             storm_brake,
+            retention: match raw.retention.executions {
+                None => Some(DEFAULT_RETENTION),
+                Some(Duration::ZERO) => None,
+                Some(d) => Some(d),
+            },
             slos,
             budget_policy,
             redactor: Redactor::new(secrets),

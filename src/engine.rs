@@ -432,6 +432,30 @@ impl Engine {
         }
     }
 
+    /// Prunes ended executions older than `retention.executions`, in small
+    /// writes (each rides in a group commit with intake, so the webhook never
+    /// waits behind a long delete), and their artifact folders. Returns how
+    /// many were pruned. The audit log is never pruned.
+    pub async fn prune_history(&self) -> Result<usize, StoreError> {
+        /// Executions per write: a few milliseconds of the writer.
+        const BATCH: usize = 256;
+        let Some(retention) = self.config().retention else { return Ok(0) };
+        let before = self.store.now() - chrono::Duration::milliseconds(retention.as_millis() as i64);
+        let mut total = 0;
+        loop {
+            let pruned = self.store.prune(before, BATCH).await?;
+            total += pruned.ids.len();
+            for id in &pruned.ids {
+                // Most runs have no folder (only runs that wrote something do).
+                let _ = std::fs::remove_dir_all(artifact_dir(&self.config().state_dir, id));
+            }
+            if !pruned.more {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Waits until the ends of runs workers finished are recorded.
     pub async fn settle(&self) {
         self.finishing.close();

@@ -232,7 +232,9 @@ impl Action for Exec {
         ]);
         env.extend(extra);
         let cwd = cx.artifact_dir()?;
-        let done = run_process(&command, &env, &cwd, None, timeout.unwrap_or(DEFAULT_TIMEOUT)).await?;
+        let done = run_process(&command, &env, &cwd, None, timeout.unwrap_or(DEFAULT_TIMEOUT)).await;
+        cx.drop_empty_artifact_dir();
+        let done = done?;
         let output = json!({
             "exit_code": done.exit_code,
             "stdout": String::from_utf8_lossy(&done.stdout),

@@ -312,6 +312,13 @@ impl ActionContext<'_> {
         Ok(self.artifacts.clone())
     }
 
+    /// Removes the artifact folder again if nothing was written to it: a
+    /// command runs in it, but most write nothing, and thousands of empty
+    /// folders are clutter (and inodes) for nobody.
+    pub fn drop_empty_artifact_dir(&self) {
+        let _ = std::fs::remove_dir(&self.artifacts);
+    }
+
     /// Creates the artifact folder and returns the path for `name` in it.
     pub fn artifact_path(&self, name: &str) -> Result<PathBuf, ActionError> {
         Ok(self.artifact_dir()?.join(sanitize_file_name(name)))

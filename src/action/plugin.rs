@@ -186,11 +186,15 @@ impl Action for Plugin {
         }
         let cwd = cx.artifact_dir()?;
         let stdin = serde_json::to_vec(&request).map_err(|e| ActionError::Failed(e.to_string()))?;
-        let done = run_process(&command, &env, &cwd, Some(stdin), self.manifest.timeout).await?;
-        if !done.stderr.is_empty() {
+        let done = run_process(&command, &env, &cwd, Some(stdin), self.manifest.timeout).await;
+        if let Ok(done) = &done
+            && !done.stderr.is_empty()
+        {
             let path = cx.artifact_path(&format!("{}.plugin.{}.stderr", cx.step, self.manifest.name))?;
             std::fs::write(&path, &done.stderr).map_err(|e| ActionError::Failed(format!("saving plugin stderr: {e}")))?;
         }
+        cx.drop_empty_artifact_dir();
+        let done = done?;
         let name = &self.spec.name;
         if done.exit_code != Some(0) {
             let code = done.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "a signal".into());

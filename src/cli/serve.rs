@@ -80,10 +80,12 @@ async fn signal() {
     }
 }
 
-/// Approval timeouts, recovery of work abandoned by dead CLI runs, budgets.
+/// Approval timeouts, recovery of work abandoned by dead CLI runs, budgets,
+/// history retention.
 async fn background(engine: Arc<crate::engine::Engine>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut budget_due = tokio::time::Instant::now();
+    let mut prune_due = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         match engine.store.expire_approvals().await {
@@ -103,6 +105,14 @@ async fn background(engine: Arc<crate::engine::Engine>) {
                 engine.metrics.budget(&b.slo, b.remaining);
             }
             budget_due = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        }
+        if tokio::time::Instant::now() >= prune_due {
+            match engine.prune_history().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(executions = n, "pruned ended executions past retention"),
+                Err(e) => tracing::error!(error = %e, "cannot prune history"),
+            }
+            prune_due = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         }
     }
 }

@@ -382,6 +382,14 @@ pub struct Recovery {
     pub unknown: Vec<String>,
 }
 
+/// What one [`Store::prune`] call removed.
+#[derive(Debug, Clone, Default)]
+pub struct Pruned {
+    pub ids: Vec<String>,
+    /// Older executions may remain: call again.
+    pub more: bool,
+}
+
 /// Tells whether the worker named in a claim is still alive.
 pub type Liveness = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -450,6 +458,12 @@ pub trait Store: Send + Sync {
     /// Whether this notification (fingerprint, status, startsAt) was already
     /// recorded: `match` says so, as intake would.
     async fn seen(&self, alert: &Alert) -> Result<bool, StoreError>;
+
+    /// Deletes up to `limit` ended executions (and their steps) that
+    /// finished before `before`, oldest first, in one short write; returns
+    /// their ids and whether older ones may remain (call again). The audit
+    /// log keeps every record: history leaves only the state tables.
+    async fn prune(&self, before: DateTime<Utc>, limit: usize) -> Result<Pruned, StoreError>;
 
     /// Counts by state, for metrics and readiness.
     async fn queue_depth(&self) -> Result<u64, StoreError>;

@@ -386,6 +386,9 @@ pub struct SqliteStore {
     waiting: Arc<AtomicUsize>,
     readers: Mutex<Vec<Connection>>,
     clock: Arc<dyn Clock>,
+    /// Where the last `prune` stopped (a rowid), so a pass walks the oldest
+    /// executions once; 0 starts a new pass.
+    prune_cursor: Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -440,6 +443,7 @@ impl SqliteStore {
             waiting,
             readers: Mutex::new(Vec::new()),
             clock,
+            prune_cursor: Arc::default(),
         })
     }
 
@@ -1745,6 +1749,48 @@ impl Store for SqliteStore {
 
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    async fn prune(&self, before: DateTime<Utc>, limit: usize) -> Result<Pruned, StoreError> {
+        let cursor = self.prune_cursor.clone();
+        let before_ms = before.timestamp_millis();
+        let storm_cutoff = self.clock.now().timestamp_millis() - STORM_WINDOW.as_millis() as i64;
+        self.write(move |t| {
+            // Executions are stored in time order, so the oldest are at the
+            // lowest rowids: walk from where the last call stopped, stop at
+            // the first one created after the cutoff. An old run still active
+            // is stepped over (and looked at again on the next pass).
+            let from = cursor.load(Ordering::Relaxed);
+            let mut stmt = t.conn.prepare_cached("SELECT rowid, id, state, finished_ms, created_ms FROM executions WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?;
+            let rows: Vec<(i64, String, String, Option<i64>, i64)> = stmt
+                .query_map(params![from, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .collect::<Result<_, _>>()?;
+            drop(stmt);
+            let mut pruned = Pruned::default();
+            let mut last = from;
+            for (rowid, id, state, finished_ms, created_ms) in &rows {
+                if *created_ms >= before_ms {
+                    break;
+                }
+                last = *rowid;
+                let ended = State::parse(state).is_some_and(State::is_final);
+                if ended && finished_ms.is_some_and(|f| f < before_ms) {
+                    run_sql(t.conn, "DELETE FROM steps WHERE execution_id = ?1", [id])?;
+                    run_sql(t.conn, "DELETE FROM executions WHERE rowid = ?1", [rowid])?;
+                    pruned.ids.push(id.clone());
+                }
+            }
+            pruned.more = rows.len() == limit && last == rows.last().map_or(from, |r| r.0);
+            cursor.store(if pruned.more { last } else { 0 }, Ordering::Relaxed);
+            // Targets that stopped alerting matter to no storm any more.
+            run_sql(
+                t.conn,
+                "DELETE FROM target_alerts WHERE target IN (SELECT target FROM target_alerts INDEXED BY target_alerts_ms WHERE ms < ?1 LIMIT ?2)",
+                params![storm_cutoff, limit as i64],
+            )?;
+            Ok(pruned)
+        })
+        .await
     }
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {

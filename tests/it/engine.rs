@@ -209,6 +209,9 @@ impl Store for Flaky {
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         self.inner.queue_depth().await
     }
+    async fn prune(&self, before: chrono::DateTime<chrono::Utc>, limit: usize) -> Result<pitcrew::store::Pruned, StoreError> {
+        self.inner.prune(before, limit).await
+    }
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.inner.now()
     }
@@ -612,4 +615,28 @@ async fn a_failed_last_write_never_reruns_a_step_that_is_not_idempotent() {
     assert_eq!(starts_of(&records, &exec.id, "make"), 1, "mkdir ran once");
     assert_eq!(starts_of(&records, &exec.id, "page"), 1, "on_failure escalated");
     assert_eq!(h.store().verify_audit().await.unwrap(), Ok(records.len() as u64));
+}
+
+#[tokio::test]
+async fn an_artifact_folder_is_left_only_when_a_step_wrote_something() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: art
+trigger: {alertname: Art}
+target: "{{alert.labels.n}}"
+steps:
+  - name: quiet
+    action: exec
+    with: {command: ["true"]}
+  - name: writes
+    action: exec
+    when: "{{alert.labels.write}}"
+    with: {command: ["sh", "-c", "echo kept > out.txt"]}
+"#;
+    let h = Harness::new(rb, "");
+    let quiet = one_run(&h, &[("alertname", "Art"), ("n", "a"), ("write", "")]).await;
+    let wrote = one_run(&h, &[("alertname", "Art"), ("n", "b"), ("write", "yes")]).await;
+    assert_eq!((quiet.state, wrote.state), (State::Succeeded, State::Succeeded));
+    let folder = |id: &str| h.dir.path().join("state/artifacts").join(id);
+    assert!(!folder(&quiet.id).exists(), "no empty folder for a run that wrote nothing");
+    assert_eq!(std::fs::read_to_string(folder(&wrote.id).join("out.txt")).unwrap(), "kept\n");
 }

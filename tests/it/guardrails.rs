@@ -1070,3 +1070,63 @@ async fn preview_shows_the_current_verdict_and_writes_nothing() {
         Verdict::Run
     );
 }
+
+// ---------------------------------------------------------------- retention
+
+#[tokio::test(start_paused = true)]
+async fn retention_prunes_ended_executions_in_small_writes_and_keeps_the_audit() {
+    let docs = runbooks(&[
+        runbook("fix", "Broken", "low", "cooldown: 1h"),
+        runbook("ask", "Asking", "low", "approval: required, approval_timeout: 60d"),
+    ]);
+    let h = Harness::new(&docs, "retention: {executions: 30d}");
+    let mut old = Vec::new();
+    for instance in ["web-1", "web-2", "web-3"] {
+        old.push(id(&decide(&h, firing(&h, "Broken", instance)).await));
+    }
+    assert_eq!(run_all(&h).await, 3);
+    h.advance("1m");
+    let blocked = decide(&h, firing(&h, "Broken", "web-1")).await;
+    check(&blocked, "blocked", "cooldown");
+    old.push(id(&blocked));
+    let waiting = id(&decide(&h, firing(&h, "Asking", "db-1")).await);
+    let records_before = h.audit().await.len();
+
+    h.advance("31d");
+    let recent = id(&decide(&h, firing(&h, "Broken", "web-9")).await);
+    assert_eq!(run_all(&h).await, 1);
+
+    // One write prunes at most its batch, oldest first.
+    let before = h.store().now() - chrono::Duration::days(30);
+    let first = h.store().prune(before, 2).await.unwrap();
+    assert_eq!((first.ids.as_slice(), first.more), (&old[..2], true));
+    assert_eq!(h.engine.prune_history().await.unwrap(), 2);
+    for gone in &old {
+        assert!(
+            matches!(h.store().execution(gone).await, Err(StoreError::NotFound(_))),
+            "{gone} kept"
+        );
+    }
+    // Still waiting for approval, and recent: kept.
+    assert_eq!(state(&h, &waiting).await, State::PendingApproval);
+    assert_eq!(state(&h, &recent).await, State::Succeeded);
+    let db = rusqlite::Connection::open(h.dir.path().join("state/state.db")).unwrap();
+    let steps: i64 = db.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0)).unwrap();
+    assert_eq!(steps, 1, "only the recent run's step is left");
+    // The audit keeps every record of the pruned runs, and verifies.
+    let audit = h.audit().await;
+    assert!(audit.len() > records_before);
+    assert!(audit.iter().filter(|r| r.execution_id.as_deref() == Some(&old[0])).count() >= 5);
+    assert!(h.store().verify_audit().await.unwrap().is_ok());
+    assert_eq!(h.engine.prune_history().await.unwrap(), 0, "nothing more to prune");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_zero_keeps_history_forever() {
+    let h = Harness::new(&runbook("fix", "Broken", "low", ""), "retention: {executions: 0}");
+    let run = id(&decide(&h, firing(&h, "Broken", "web-1")).await);
+    assert_eq!(run_all(&h).await, 1);
+    h.advance("3650d");
+    assert_eq!(h.engine.prune_history().await.unwrap(), 0);
+    assert_eq!(state(&h, &run).await, State::Succeeded);
+}

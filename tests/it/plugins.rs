@@ -350,10 +350,9 @@ async fn plugins_get_only_the_allowed_environment_and_run_in_the_artifact_folder
             (passed.clone(), value),
         ])
     );
-    assert_eq!(
-        Path::new(out["cwd"].as_str().unwrap()).canonicalize().unwrap(),
-        h.artifacts().canonicalize().unwrap()
-    );
+    // It ran there; the folder is gone again since the plugin wrote nothing.
+    assert_eq!(Path::new(out["cwd"].as_str().unwrap()), h.artifacts());
+    assert!(!h.artifacts().exists());
     let request = &out["request"];
     assert_eq!(request["params"], json!({"n": 7}));
     assert_eq!(request["execution_id"], h.execution_id.as_str());
