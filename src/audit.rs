@@ -16,6 +16,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub mod kind {
     pub const ALERT_RECEIVED: &str = "alert.received";
     pub const ALERT_DUPLICATE: &str = "alert.duplicate";
+    pub const ALERT_RECONSIDERED: &str = "alert.reconsidered";
     pub const RUNBOOK_MATCHED: &str = "runbook.matched";
     pub const GUARDRAIL_DECISION: &str = "guardrail.decision";
     pub const EXECUTION_STARTED: &str = "execution.started";

@@ -43,6 +43,8 @@ struct RawConfig {
     #[serde(default)]
     retention: RawRetention,
     #[serde(default)]
+    intake: RawIntake,
+    #[serde(default)]
     slos: Vec<RawSlo>,
     budget_policy: Option<Vec<RawPolicyRow>>,
 }
@@ -98,6 +100,12 @@ struct RawNotify {
 struct RawLimits {
     global: Option<String>,
     storm_brake: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIntake {
+    reconsider_after: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -215,6 +223,9 @@ pub struct Config {
     /// Ended executions (and their steps) older than this are pruned in the
     /// background; `None` keeps them forever. The audit log is never pruned.
     pub retention: Option<Duration>,
+    /// A re-sent alert blocked only by guardrails that time lifts is decided
+    /// again at most this often.
+    pub reconsider_after: Duration,
     pub slos: Vec<Slo>,
     pub budget_policy: Vec<PolicyRow>,
     pub redactor: Redactor,
@@ -459,6 +470,7 @@ impl Config {
             notify_url,
             global_limit,
             storm_brake,
+            reconsider_after: raw.intake.reconsider_after.unwrap_or(Duration::from_secs(300)),
             retention: match raw.retention.executions {
                 None => Some(DEFAULT_RETENTION),
                 Some(Duration::ZERO) => None,

@@ -177,7 +177,7 @@ async fn webhook(AxumState(state): AxumState<Shared>, headers: HeaderMap, body: 
     let result = engine.intake(delivery.alerts).await.inspect_err(|_| metrics.rejected("store"))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"accepted": result.accepted, "duplicates": result.duplicates})),
+        Json(json!({"accepted": result.accepted, "duplicates": result.duplicates, "reconsidered": result.reconsidered})),
     )
         .into_response())
 }

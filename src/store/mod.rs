@@ -198,6 +198,9 @@ impl IntakeAlert {
 pub struct IntakeResult {
     pub accepted: usize,
     pub duplicates: usize,
+    /// Re-sent alerts decided again: every run of theirs had been blocked
+    /// by a guardrail that time lifts.
+    pub reconsidered: usize,
     /// Executions created, with the decision for each.
     pub executions: Vec<(String, Decision)>,
     /// Queued executions cancelled by resolved notifications.

@@ -30,6 +30,12 @@ macro_rules! active {
     };
 }
 
+macro_rules! alerts_columns {
+    () => {
+        "(id BLOB PRIMARY KEY, received_seq INTEGER, decided_ms INTEGER) WITHOUT ROWID"
+    };
+}
+
 macro_rules! executions_columns {
     () => {
         "(id TEXT PRIMARY KEY, runbook TEXT NOT NULL, target TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
@@ -52,7 +58,12 @@ const SCHEMA: &str = concat!(
 -- Notifications seen, for dedupe: the first 16 bytes of the SHA-256 of
 -- `fingerprint|status|startsAt` (`Alert::dedupe_id`). The alert itself is
 -- stored once, as the data of its `alert.received` record.
-CREATE TABLE IF NOT EXISTS alerts (id BLOB PRIMARY KEY) WITHOUT ROWID;
+-- An alert blocked only by guardrails that time lifts also keeps its
+-- `alert.received` seq and when it was last decided, to be decided again
+-- when sent again (`intake.reconsider_after`); others keep NULLs.
+CREATE TABLE IF NOT EXISTS alerts "#,
+    alerts_columns!(),
+    r#";
 -- `alert_seq` is the `alert.received` record of the alert that started the
 -- run; `alert` holds an alert given to a manual run (`run --alert`), which
 -- has no such record. A blocked run's `reason` is its decision record's.
@@ -184,7 +195,9 @@ fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
              DROP TABLE executions;
              ALTER TABLE executions_upgraded RENAME TO executions;
              ALTER TABLE alerts RENAME TO alerts_unnumbered;
-             CREATE TABLE alerts (id BLOB PRIMARY KEY) WITHOUT ROWID;
+             CREATE TABLE alerts ",
+            alerts_columns!(),
+            ";
              CREATE TABLE audit_names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
              CREATE TABLE audit_upgraded ",
             audit_columns!(),
@@ -938,6 +951,16 @@ fn decide(conn: &Connection, adm: &Admission, config: &Config, now_ms: i64) -> R
     Ok(guard::decide(&request, &f, adm.budget.as_ref(), config))
 }
 
+/// Guardrails whose block time lifts by itself: an alert blocked only by
+/// these is worth deciding again when Alertmanager sends it again. Not
+/// `escalated` (a human must reset it) nor `params` (the alert is wrong).
+fn passes_with_time(decided_by: &str) -> bool {
+    matches!(
+        decided_by,
+        "cooldown" | "rate_limit" | "runbook_rate_limit" | "global_limit" | "concurrency" | "storm_brake" | "budget"
+    )
+}
+
 /// Where the alert that started a run is kept.
 enum AlertRef<'a> {
     /// Delivered by the webhook: the data of its `alert.received` record (seq).
@@ -1273,22 +1296,46 @@ impl Store for SqliteStore {
             let mut result = IntakeResult::default();
             for item in alerts.iter_mut() {
                 let alert = &item.alert;
-                let inserted = run_sql(t.conn, "INSERT OR IGNORE INTO alerts (id) VALUES (?1)", [&item.dedupe_id[..]])?;
-                if inserted == 0 {
-                    result.duplicates += 1;
-                    let data = json!({
-                        "fingerprint": alert.fingerprint, "status": alert.status.as_str(),
-                        "labels": alert.labels, "startsAt": alert.starts_at,
-                    });
-                    t.append(Event::new(kind::ALERT_DUPLICATE, "alertmanager", data))?;
-                    continue;
-                }
-                result.accepted += 1;
-                // The alert is stored once: as its `alert.received` record.
-                let received = t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", std::mem::take(&mut item.body)))?;
-                if alert.status == crate::alert::AlertStatus::Resolved {
-                    result.cancelled += cancel_for_resolved(t, alert)?;
-                }
+                let seen: Option<(Option<i64>, Option<i64>)> = query_row(
+                    t.conn,
+                    "SELECT received_seq, decided_ms FROM alerts WHERE id = ?1",
+                    [&item.dedupe_id[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+                let received = match seen {
+                    None => {
+                        result.accepted += 1;
+                        // The alert is stored once: as its `alert.received` record.
+                        let received = t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", std::mem::take(&mut item.body)))?;
+                        if alert.status == crate::alert::AlertStatus::Resolved {
+                            result.cancelled += cancel_for_resolved(t, alert)?;
+                        }
+                        received
+                    }
+                    Some((Some(received), Some(decided_ms))) if t.now_ms() - decided_ms >= config.reconsider_after.as_millis() as i64 => {
+                        result.reconsidered += 1;
+                        t.append(Event::new(
+                            kind::ALERT_RECONSIDERED,
+                            "alertmanager",
+                            json!({
+                                "fingerprint": alert.fingerprint, "status": alert.status.as_str(), "startsAt": alert.starts_at,
+                                "received_seq": received, "matched": item.body.get("matched"),
+                            }),
+                        ))?;
+                        received as u64
+                    }
+                    Some(_) => {
+                        result.duplicates += 1;
+                        let data = json!({
+                            "fingerprint": alert.fingerprint, "status": alert.status.as_str(),
+                            "labels": alert.labels, "startsAt": alert.starts_at,
+                        });
+                        t.append(Event::new(kind::ALERT_DUPLICATE, "alertmanager", data))?;
+                        continue;
+                    }
+                };
+                let mut only_waited = !item.admissions.is_empty();
                 for adm in &item.admissions {
                     // Alerting targets matter only to the storm brake. (Turned on
                     // later, it counts targets from then on: one window to warm up.)
@@ -1300,8 +1347,23 @@ impl Store for SqliteStore {
                         )?;
                     }
                     let decision = admit_in(t, adm, Some(AlertRef::Received(alert, received)), &config)?;
+                    only_waited &= decision.verdict == Verdict::Blocked && passes_with_time(decision.decided_by);
                     result.executions.push((adm.id.clone(), decision));
                 }
+                // A firing alert whose every run was blocked only by a guardrail
+                // that time lifts is decided again when it is sent again
+                // (`reconsider_after`); any other stays a duplicate.
+                let reconsider = only_waited && alert.status == crate::alert::AlertStatus::Firing;
+                run_sql(
+                    t.conn,
+                    "INSERT INTO alerts (id, received_seq, decided_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(id) DO UPDATE SET received_seq = excluded.received_seq, decided_ms = excluded.decided_ms",
+                    params![
+                        &item.dedupe_id[..],
+                        reconsider.then_some(received as i64),
+                        reconsider.then_some(t.now_ms())
+                    ],
+                )?;
             }
             result.at = t.now;
             result.alerts = alerts;

@@ -151,10 +151,16 @@ async fn the_same_notification_twice_starts_one_execution() {
     let h = Harness::new(&runbook("fix", "Broken", "low", ""), "");
     let a = firing(&h, "Broken", "web-1");
     let (status, body) = h.post(&payload(vec![a.clone()])).await;
-    assert_eq!((status, body), (StatusCode::ACCEPTED, json!({"accepted": 1, "duplicates": 0})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::ACCEPTED, json!({"accepted": 1, "duplicates": 0, "reconsidered": 0}))
+    );
     h.advance("30s");
     let (status, body) = h.post(&payload(vec![a])).await;
-    assert_eq!((status, body), (StatusCode::ACCEPTED, json!({"accepted": 0, "duplicates": 1})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::ACCEPTED, json!({"accepted": 0, "duplicates": 1, "reconsidered": 0}))
+    );
 
     assert_eq!(h.store().executions(ExecutionFilter::default()).await.unwrap().len(), 1);
     assert_eq!(records(&h, "alert.received").await.len(), 1);
@@ -285,6 +291,68 @@ async fn a_run_cancelled_before_it_started_counts_toward_no_limit() {
 
     h.advance("10s");
     check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+}
+
+// ---------------------------------------------------------------- re-sends
+
+/// Posts the same notification again; returns the 202 body.
+async fn resend(h: &Harness, alert: &Value) -> Value {
+    let (status, body) = h.post(&payload(vec![alert.clone()])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    body
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resent_alert_blocked_by_the_cooldown_is_decided_again_until_it_runs() {
+    let h = Harness::new(&runbook("fix", "Broken", "low", "cooldown: 10m"), "");
+    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    assert_eq!(run_all(&h).await, 1);
+    h.advance("1m");
+    // A second episode on the same target, blocked by the cooldown.
+    let again = firing(&h, "Broken", "web-1");
+    let mut again = again;
+    again["labels"]["episode"] = json!("2");
+    check(&decide(&h, again.clone()).await, "blocked", "cooldown");
+
+    // Re-sent within reconsider_after (5m): a plain duplicate.
+    h.advance("2m");
+    assert_eq!(resend(&h, &again).await["duplicates"], 1);
+    // Re-sent after 5m, still inside the cooldown: decided again, blocked again.
+    h.advance("4m");
+    let body = resend(&h, &again).await;
+    assert_eq!((body["reconsidered"].clone(), body["duplicates"].clone()), (json!(1), json!(0)));
+    let decisions = records(&h, "guardrail.decision").await;
+    check(decisions.last().unwrap(), "blocked", "cooldown");
+    // Re-sent once the cooldown is over: it runs.
+    h.advance("5m");
+    assert_eq!(resend(&h, &again).await["reconsidered"], 1);
+    check(records(&h, "guardrail.decision").await.last().unwrap(), "run", "all");
+    assert_eq!(run_all(&h).await, 1);
+    // It ran: from now on a duplicate, however often it is sent.
+    h.advance("30m");
+    assert_eq!(resend(&h, &again).await["duplicates"], 1);
+    let reconsidered = records(&h, "alert.reconsidered").await;
+    assert_eq!(reconsidered.len(), 2);
+    let received = records(&h, "alert.received").await;
+    assert_eq!(
+        reconsidered[0].data["received_seq"], received[1].seq,
+        "names the alert it decides again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resent_alert_blocked_by_the_escalation_breaker_stays_a_duplicate() {
+    let h = Harness::new(
+        &runbook("fix", "Broken", "low", "escalate_after: 1/1h"),
+        "notify: {url: \"http://127.0.0.1:9/\"}",
+    );
+    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    assert_eq!(run_all(&h).await, 1);
+    h.advance("1m");
+    let again = firing(&h, "Broken", "web-1");
+    check(&decide(&h, again.clone()).await, "blocked", "escalated");
+    h.advance("10m");
+    assert_eq!(resend(&h, &again).await["duplicates"], 1, "a human must reset the breaker first");
 }
 
 // ---------------------------------------------------------------- resolves
@@ -933,7 +1001,7 @@ async fn a_flapping_alert_is_remediated_at_most_once_per_cooldown() {
         let (status, body) = h.post(&payload(vec![notification])).await;
         assert_eq!(
             (status, body),
-            (StatusCode::ACCEPTED, json!({"accepted": 1, "duplicates": 0})),
+            (StatusCode::ACCEPTED, json!({"accepted": 1, "duplicates": 0, "reconsidered": 0})),
             "notification {i}"
         );
         // A worker that looks every minute: a run queued just before a
@@ -989,7 +1057,7 @@ async fn a_storm_of_ten_thousand_alerts_is_recorded_and_braked() {
         let (status, body) = h.post(&payload(alerts)).await;
         assert_eq!(
             (status, body),
-            (StatusCode::ACCEPTED, json!({"accepted": 100, "duplicates": 0})),
+            (StatusCode::ACCEPTED, json!({"accepted": 100, "duplicates": 0, "reconsidered": 0})),
             "batch {batch}"
         );
         h.advance("1s");

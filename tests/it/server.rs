@@ -31,11 +31,11 @@ async fn accepted_alerts_are_stored_before_the_202_and_duplicates_are_counted() 
     ]);
     let (status, reply) = h.post(&body).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(reply, json!({"accepted": 2, "duplicates": 0}));
+    assert_eq!(reply, json!({"accepted": 2, "duplicates": 0, "reconsidered": 0}));
     // Alertmanager re-sends whole groups: same fingerprint, status, startsAt = duplicate.
     let (status, reply) = h.post(&body).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(reply, json!({"accepted": 0, "duplicates": 2}));
+    assert_eq!(reply, json!({"accepted": 0, "duplicates": 2, "reconsidered": 0}));
     let kinds = h.kinds().await;
     assert_eq!(kinds.iter().filter(|k| *k == "alert.received").count(), 2);
     assert_eq!(kinds.iter().filter(|k| *k == "alert.duplicate").count(), 2);
