@@ -78,7 +78,7 @@ for i in range(2000):
 time.sleep(1)
 db = sqlite3.connect(dbpath)
 lat = []
-for target, ts_us in db.execute("select target, ts_us from audit where kind = 'step.started'"):
+for target, ts_us in db.execute("select target, ts_us from audit where kind = (select id from audit_names where name = 'step.started')"):
     ts = ts_us / 1e6
     if target in sent:
         lat.append((ts - sent[target]) * 1000)

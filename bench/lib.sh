@@ -4,7 +4,8 @@ command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; e
 cargo build --release --quiet
 BIN=$PWD/target/release/pitcrew
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+SERVERS=()
+trap 'kill $(jobs -p) ${SERVERS[@]+"${SERVERS[@]}"} 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -12,17 +13,38 @@ start() {  # start DIR RUNBOOKS [PLUGINS] -> sets PID, URL, STARTUP (ms to ready
   local dir=$1 runbooks=$2 plugins=${3:-$1/none} port
   port=$(free_port)
   printf 'listen: 127.0.0.1:%s\nstate_dir: %s/state\nrunbooks: [%s]\nplugins: %s\n' "$port" "$dir" "$runbooks" "$plugins" > "$dir/pitcrew.yaml"
-  local t0; t0=$(date +%s.%N)
-  PITCREW_LOG=warn "$BIN" --config "$dir/pitcrew.yaml" serve ${WORKERS:+--workers $WORKERS} >"$dir/serve.log" 2>&1 &
-  PID=$!
   URL="http://127.0.0.1:$port"
-  until curl -sf "$URL/readyz" >/dev/null; do
-    kill -0 $PID 2>/dev/null || { cat "$dir/serve.log" >&2; exit 1; }
-    sleep 0.01
-  done
-  STARTUP=$(python3 -c "print(f'{($(date +%s.%N) - $t0) * 1000:.0f}')")
+  # Spawned and polled from one process, so the time to ready is the
+  # server's, not that of starting curl in a loop.
+  read -r PID STARTUP < <(python3 - "$BIN" "$dir" "$port" ${WORKERS:+--workers $WORKERS} <<'PY'
+import socket, subprocess, sys, time
+binary, d, port, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+log = open(f"{d}/serve.log", "w")
+t0 = time.perf_counter()
+p = subprocess.Popen([binary, "--config", f"{d}/pitcrew.yaml", "serve", *extra], stdout=log, stderr=log,
+                     env={"PITCREW_LOG": "warn", "PATH": "/usr/bin:/bin"}, start_new_session=True)
+request = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+while True:
+    if p.poll() is not None:
+        sys.exit(f"serve exited with {p.returncode}; see {d}/serve.log")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(request)
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                break
+    except OSError:
+        time.sleep(0.0002)
+print(p.pid, f"{(time.perf_counter() - t0) * 1000:.1f}")
+PY
+)
+  [ -n "${PID:-}" ] || { cat "$dir/serve.log" >&2; exit 1; }
+  SERVERS+=("$PID")
 }
-stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+stop() {  # stop PID: SIGTERM, then wait until it is gone
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true  # our own background job (nginx): reap it
+  while kill -0 "$1" 2>/dev/null; do sleep 0.05; done
+}
 rss() { awk '/^VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
 hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
 count() { python3 - "$1" "$2" <<'PY'

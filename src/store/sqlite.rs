@@ -150,6 +150,10 @@ fn prepare_schema(conn: &Connection) -> Result<(), StoreError> {
             "the state database has layout {version}, newer than this pitcrew understands ({LAYOUT}); upgrade pitcrew"
         )));
     }
+    if version == LAYOUT {
+        // Made by this layout: nothing to create (and start-up stays fast).
+        return Ok(());
+    }
     let legacy: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info('audit') WHERE name = 'record'",
         [],
