@@ -178,10 +178,10 @@ async fn verify(store: &dyn crate::store::Store, args: VerifyArgs) -> anyhow::Re
         return Ok(Exit::Done);
     };
     let key = crate::checkpoint::read_verifying_key(&public_key).map_err(|e| Failure::usage(format!("{:#}", anyhow::Error::new(e))))?;
-    let report = crate::checkpoint::verify_dir(&dir, &key, store, end).await.map_err(|e| match e {
-        crate::checkpoint::CheckpointError::Store(_) => anyhow::Error::new(e),
-        other => Failure::usage(format!("{:#}", anyhow::Error::new(other))),
-    })?;
+    // A directory or file that cannot be read is bad input (exit 2), not a verdict on the chain.
+    let report = crate::checkpoint::verify_dir(&dir, &key, store, end)
+        .await
+        .map_err(|e| Failure::usage(format!("{:#}", anyhow::Error::new(e))))?;
     if !report.problems.is_empty() {
         for problem in &report.problems {
             println!("BROKEN: {problem}");
