@@ -47,6 +47,23 @@ struct RawConfig {
     #[serde(default)]
     slos: Vec<RawSlo>,
     budget_policy: Option<Vec<RawPolicyRow>>,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    checkpoint: Option<RawCheckpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheckpoint {
+    every: Option<String>,
+    key_file: String,
+    dir: Option<String>,
+    url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -198,6 +215,26 @@ pub fn default_budget_policy() -> Vec<PolicyRow> {
     ]
 }
 
+/// Signed checkpoints of the audit chain's head, written by `serve`.
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    /// How often the head is checked; a checkpoint is written only when it moved.
+    pub every: Duration,
+    /// The Ed25519 private key. Only the path: the key is read by `serve`
+    /// alone, when it starts, so no other command ever holds it.
+    pub key_file: PathBuf,
+    pub sink: CheckpointSink,
+}
+
+/// Where checkpoints go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointSink {
+    /// One file per checkpoint in this directory (never inside `state_dir`).
+    Dir(PathBuf),
+    /// Each checkpoint POSTed as JSON.
+    Url(String),
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -228,6 +265,7 @@ pub struct Config {
     pub reconsider_after: Duration,
     pub slos: Vec<Slo>,
     pub budget_policy: Vec<PolicyRow>,
+    pub checkpoint: Option<CheckpointConfig>,
     pub redactor: Redactor,
 }
 
@@ -446,6 +484,7 @@ impl Config {
                 out
             }
         };
+        let checkpoint = raw.audit.checkpoint.and_then(|c| cx.checkpoint(c, &state_dir));
         if !cx.problems.is_empty() {
             return Err(ConfigError::Invalid(Diagnostics(cx.problems)));
         }
@@ -478,6 +517,7 @@ impl Config {
             },
             slos,
             budget_policy,
+            checkpoint,
             redactor: Redactor::new(secrets),
         })
     }
@@ -562,6 +602,44 @@ impl Cx<'_> {
         expanded.parse::<T>().map_err(|e| self.problem(at, e.to_string())).ok()
     }
 
+    fn checkpoint(&mut self, raw: RawCheckpoint, state_dir: &Path) -> Option<CheckpointConfig> {
+        const AT: &str = "audit.checkpoint";
+        let every = match raw.every {
+            Some(text) => self.parse::<Duration>(&format!("{AT}.every"), &text)?,
+            None => Duration::from_secs(60),
+        };
+        if every == Duration::ZERO {
+            self.problem(&format!("{AT}.every"), "checkpoint interval must be longer than 0");
+            return None;
+        }
+        let key_file = self.path(&format!("{AT}.key_file"), &raw.key_file);
+        let sink = match (raw.dir, raw.url) {
+            (Some(dir), None) => {
+                let dir = self.path(&format!("{AT}.dir"), &dir);
+                // Whoever can delete the newest records can delete a
+                // checkpoint lying beside them: it would anchor nothing.
+                if within(&dir, state_dir) {
+                    self.problem(
+                        &format!("{AT}.dir"),
+                        format!(
+                            "checkpoint dir {} is inside state_dir {}: a checkpoint next to the state it anchors is no anchor; put it on another volume or host",
+                            dir.display(),
+                            state_dir.display()
+                        ),
+                    );
+                    return None;
+                }
+                CheckpointSink::Dir(dir)
+            }
+            (None, Some(url)) => CheckpointSink::Url(self.url(&format!("{AT}.url"), &url)),
+            _ => {
+                self.problem(AT, "audit.checkpoint needs `dir` or `url` (one of them)");
+                return None;
+            }
+        };
+        Some(CheckpointConfig { every, key_file, sink })
+    }
+
     /// A secret given inline (maybe `${VAR}`) or as `*_file`.
     fn secret(&mut self, at: &str, inline: Option<&str>, file: Option<&str>) -> Option<String> {
         let value = match (inline, file) {
@@ -588,6 +666,45 @@ impl Cx<'_> {
         }
         self.secrets.push(value.clone());
         Some(value)
+    }
+}
+
+/// Whether `path` is `dir` or inside it, after resolving `.`, `..` and
+/// symlinks as far as the paths exist (neither needs to exist yet).
+fn within(path: &Path, dir: &Path) -> bool {
+    resolved(path).starts_with(resolved(dir))
+}
+
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // Lexically first, so `state/../state/x` cannot hide where it points.
+    let mut lexical = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    // Then through symlinks: the longest existing ancestor, canonicalised,
+    // with the rest appended.
+    let mut missing = Vec::new();
+    let mut existing = lexical.as_path();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut out = real;
+            out.extend(missing.iter().rev());
+            return out;
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return lexical,
+        }
     }
 }
 
@@ -656,5 +773,65 @@ budget_policy:
         assert!(shown.contains("p.yaml:1:9: invalid listen address"), "{shown}");
         assert!(shown.contains("p.yaml:2:18: invalid rate"), "{shown}");
         assert!(shown.contains("p.yaml:4:26: invalid percentage"), "{shown}");
+    }
+
+    fn checkpoint_problems(dir: &Path, section: &str) -> String {
+        let text = format!("state_dir: state\naudit:\n  checkpoint:\n{section}");
+        match Config::parse(&dir.join("pitcrew.yaml"), &text) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn checkpoint_section_parses_with_paths_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "state_dir: state\naudit:\n  checkpoint: {every: 30s, key_file: keys/audit.key, dir: anchors}\n";
+        let c = Config::parse(&dir.path().join("pitcrew.yaml"), text).unwrap();
+        let cp = c.checkpoint.unwrap();
+        assert_eq!(cp.every, Duration::from_secs(30));
+        assert_eq!(cp.key_file, dir.path().join("keys/audit.key"));
+        assert_eq!(cp.sink, CheckpointSink::Dir(dir.path().join("anchors")));
+        let text = "audit:\n  checkpoint: {key_file: k, url: \"http://127.0.0.1:1/cp\"}\n";
+        let cp = Config::parse(&dir.path().join("pitcrew.yaml"), text).unwrap().checkpoint.unwrap();
+        assert_eq!(cp.every, Duration::from_secs(60), "every defaults to 1m");
+        assert_eq!(cp.sink, CheckpointSink::Url("http://127.0.0.1:1/cp".into()));
+        assert!(Config::default().checkpoint.is_none());
+    }
+
+    #[test]
+    fn a_checkpoint_dir_inside_state_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for inside in ["state", "state/anchors", "./state/x/../anchors", "other/../state/a"] {
+            let shown = checkpoint_problems(dir.path(), &format!("    {{key_file: k, dir: {inside}}}\n"));
+            assert!(shown.contains("is inside state_dir"), "{inside}: {shown}");
+        }
+        // Through a symlink that points into the state dir.
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("state"), dir.path().join("link")).unwrap();
+        let shown = checkpoint_problems(dir.path(), "    {key_file: k, dir: link/anchors}\n");
+        assert!(shown.contains("is inside state_dir"), "{shown}");
+        // A sibling whose name merely starts the same is outside.
+        assert_eq!(checkpoint_problems(dir.path(), "    {key_file: k, dir: state-anchors}\n"), "");
+    }
+
+    #[test]
+    fn checkpoint_section_rejects_unknown_keys_and_missing_or_double_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let shown = checkpoint_problems(dir.path(), "    {key_file: k, dir: a, evry: 1m}\n");
+        assert!(
+            shown.contains("unknown key `evry`") || shown.contains("unknown field `evry`"),
+            "{shown}"
+        );
+        let shown = checkpoint_problems(dir.path(), "    {key_file: k}\n");
+        assert!(shown.contains("needs `dir` or `url`"), "{shown}");
+        let shown = checkpoint_problems(dir.path(), "    {key_file: k, dir: a, url: \"http://x\"}\n");
+        assert!(shown.contains("needs `dir` or `url`"), "{shown}");
+        let shown = checkpoint_problems(dir.path(), "    {key_file: k, dir: a, every: 0s}\n");
+        assert!(shown.contains("longer than 0"), "{shown}");
+        let shown = checkpoint_problems(dir.path(), "    {dir: a}\n");
+        assert!(shown.contains("key_file"), "{shown}");
+        let shown = checkpoint_problems(dir.path(), "    {key_file: k, dir: a}\n  retention: 1y\n");
+        assert!(shown.contains("retention"), "{shown}");
     }
 }

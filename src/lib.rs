@@ -4,6 +4,7 @@
 pub mod action;
 pub mod audit;
 pub mod budget;
+pub mod checkpoint;
 pub mod store;
 
 pub mod alert;

@@ -1,6 +1,6 @@
-//! `pitcrew audit verify | timeline | export`.
+//! `pitcrew audit verify | timeline | export | keygen`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -13,12 +13,31 @@ use crate::store::AuditFilter;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Check the hash chain; names the first broken record (exit 5)
-    Verify,
+    /// Check the hash chain, and with --checkpoints that no record a
+    /// checkpoint vouches for was deleted or rewritten (exit 5)
+    Verify(VerifyArgs),
     /// A Markdown timeline for a postmortem
     Timeline(TimelineArgs),
     /// Raw records
     Export(ExportArgs),
+    /// Write a new checkpoint signing key pair: DIR/audit.key (mode 0600) and DIR/audit.pub
+    Keygen(KeygenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// Directory of signed checkpoints (audit.checkpoint.dir of `serve`)
+    #[arg(long, value_name = "DIR", requires = "public_key")]
+    pub checkpoints: Option<PathBuf>,
+    /// The checkpoints' public key (audit.pub from `pitcrew audit keygen`)
+    #[arg(long, value_name = "FILE", requires = "checkpoints")]
+    pub public_key: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write audit.key and audit.pub (created if missing)
+    pub dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,19 +90,15 @@ fn filter(
 }
 
 pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit> {
+    // Keygen touches no state: it works without a config or a state dir.
+    if let Command::Keygen(args) = command {
+        return keygen(&args.dir);
+    }
     let (_, store) = super::runtime::store_only(config_path)?;
     let rt = super::runtime::tokio();
     match command {
-        Command::Verify => match rt.block_on(store.verify_audit())? {
-            Ok(n) => {
-                println!("ok: {n} records, hash chain intact");
-                Ok(Exit::Done)
-            }
-            Err(broken) => {
-                println!("BROKEN at seq {}: {}", broken.seq, broken.reason);
-                Ok(Exit::AuditBroken)
-            }
-        },
+        Command::Keygen(_) => unreachable!("handled above"),
+        Command::Verify(args) => rt.block_on(verify(store.as_ref(), args)),
         Command::Export(args) => {
             let records = rt.block_on(store.audit(filter(&args.since, &args.until, args.execution, None)?))?;
             let mut out = String::new();
@@ -129,6 +144,74 @@ pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit>
             Ok(Exit::Done)
         }
     }
+}
+
+fn keygen(dir: &Path) -> anyhow::Result<Exit> {
+    let (key, public) = crate::checkpoint::keygen(dir).map_err(|e| Failure::usage(format!("{:#}", anyhow::Error::new(e))))?;
+    eprintln!(
+        "wrote {} (private, mode 0600: give it to `serve` as audit.checkpoint.key_file, nowhere else) and {} (public: for `audit verify --public-key`)",
+        key.display(),
+        public.display()
+    );
+    Ok(Exit::Done)
+}
+
+/// The chain first, as always; then each checkpoint: signed by the key, and
+/// its record still there with the hash it had.
+async fn verify(store: &dyn crate::store::Store, args: VerifyArgs) -> anyhow::Result<Exit> {
+    let end = match store.verify_audit().await? {
+        Ok(n) => n,
+        Err(broken) => {
+            println!("BROKEN at seq {}: {}", broken.seq, broken.reason);
+            if args.checkpoints.is_some() {
+                eprintln!("note: checkpoints not checked: the chain itself is broken");
+            }
+            return Ok(Exit::AuditBroken);
+        }
+    };
+    let (Some(dir), Some(public_key)) = (args.checkpoints, args.public_key) else {
+        println!("ok: {end} records, hash chain intact");
+        eprintln!(
+            "note: deleting the newest records cannot be detected without checkpoints (what is left is still an intact chain); \
+             configure audit.checkpoint for `serve` and verify with --checkpoints DIR --public-key FILE"
+        );
+        return Ok(Exit::Done);
+    };
+    let key = crate::checkpoint::read_verifying_key(&public_key).map_err(|e| Failure::usage(format!("{:#}", anyhow::Error::new(e))))?;
+    // A directory or file that cannot be read is bad input (exit 2), not a verdict on the chain.
+    let report = crate::checkpoint::verify_dir(&dir, &key, store, end)
+        .await
+        .map_err(|e| Failure::usage(format!("{:#}", anyhow::Error::new(e))))?;
+    if !report.problems.is_empty() {
+        for problem in &report.problems {
+            println!("BROKEN: {problem}");
+        }
+        println!(
+            "hash chain of the {end} records present is intact, but {} of {} in {} do not vouch for it",
+            report.problems.len(),
+            plural(report.files, "checkpoint"),
+            dir.display()
+        );
+        return Ok(Exit::AuditBroken);
+    }
+    match report.newest {
+        Some((file, seq)) => println!(
+            "ok: {end} records, hash chain intact; {} verified, newest {file} at seq {seq}",
+            plural(report.files, "checkpoint")
+        ),
+        None => {
+            println!("ok: {end} records, hash chain intact");
+            eprintln!(
+                "warning: no checkpoints in {}: deleting the newest records cannot be detected",
+                dir.display()
+            );
+        }
+    }
+    Ok(Exit::Done)
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") }
 }
 
 /// The CSV column holding the record's `data` as JSON.

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::{Exit, Failure};
 use crate::audit::{Event, kind};
+use crate::checkpoint::Checkpointer;
 use crate::engine::claimer_alive;
 use crate::server::{AppState, router};
 
@@ -37,6 +38,18 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             "refusing to serve the API on {listen} without auth.tokens (or auth.insecure_allow_remote: true)"
         )));
     }
+    // The key is read before anything starts, so a missing or bad key is a
+    // refusal to start (exit 2), not a server that anchors nothing.
+    let checkpointer = match &config.checkpoint {
+        Some(c) => Some((
+            Arc::new(
+                Checkpointer::from_config(c, engine.store.clone())
+                    .map_err(|e| Failure::usage(format!("audit.checkpoint: {:#}", anyhow::Error::new(e))))?,
+            ),
+            c.every.std(),
+        )),
+        None => None,
+    };
     super::runtime::tokio().block_on(async move {
         let digests: serde_json::Map<String, serde_json::Value> = engine.runbooks.runbooks.iter().map(|r| (r.name.clone(), json!(r.digest))).collect();
         engine
@@ -56,6 +69,10 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         let state = Arc::new(AppState { engine: engine.clone(), draining: AtomicBool::new(false) });
         let workers = tokio::spawn(engine.clone().run_workers(args.workers));
         let background = tokio::spawn(background(engine.clone()));
+        // The first tick is at once: the head now holds `config.loaded`.
+        let checkpoints = checkpointer
+            .as_ref()
+            .map(|(c, every)| tokio::spawn(c.clone().run(*every, engine.shutdown.clone())));
         let drain_state = state.clone();
         let shutdown_engine = engine.clone();
         axum::serve(listener, router(state))
@@ -68,6 +85,15 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             .await?;
         background.abort();
         let _ = workers.await;
+        // After the workers settled, so it covers every record this process wrote.
+        if let (Some((checkpointer, _)), Some(task)) = (&checkpointer, checkpoints) {
+            let _ = task.await;
+            match checkpointer.tick().await {
+                Ok(Some(c)) => tracing::info!(seq = c.seq, "final audit checkpoint written"),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %crate::diag::chain(&e), kind = e.kind(), "final audit checkpoint not written"),
+            }
+        }
         Ok(Exit::Done)
     })
 }

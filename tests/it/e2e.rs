@@ -15,13 +15,13 @@ use crate::realparts::Alertmanager;
 use crate::support::{alert, payload};
 
 /// A `pitcrew serve` child on 127.0.0.1:0; the address comes from its log.
-struct Serve {
-    child: Child,
-    url: String,
+pub(crate) struct Serve {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl Serve {
-    async fn start(config: &Path) -> Serve {
+    pub(crate) async fn start(config: &Path) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pitcrew"))
             .args(["--config", config.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0"])
             .env("NO_COLOR", "1")
@@ -50,12 +50,12 @@ impl Serve {
         }
     }
 
-    async fn kill9(mut self) {
+    pub(crate) async fn kill9(mut self) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
     }
 
-    async fn executions(&self, query: &str) -> Vec<Value> {
+    pub(crate) async fn executions(&self, query: &str) -> Vec<Value> {
         let r = reqwest::get(format!("{}/v1/executions?limit=10000&{query}", self.url))
             .await
             .unwrap();
@@ -76,7 +76,7 @@ impl Serve {
     }
 }
 
-fn setup(runbook: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn setup(runbook: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
     std::fs::create_dir_all(dir.path().join("marks")).unwrap();

@@ -5,6 +5,7 @@ mod actions_http;
 mod actions_prometheus;
 mod audit;
 mod budget_prometheus;
+mod checkpoint;
 mod cli;
 mod e2e;
 mod engine;
