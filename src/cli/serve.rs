@@ -51,20 +51,22 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         None => None,
     };
     super::runtime::tokio().block_on(async move {
+        // Bound first: a serve that cannot listen records nothing.
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e}")))?;
         let digests: serde_json::Map<String, serde_json::Value> = engine.runbooks.runbooks.iter().map(|r| (r.name.clone(), json!(r.digest))).collect();
-        engine
-            .store
-            .record(vec![Event::new(
-                kind::CONFIG_LOADED,
-                "pitcrew",
-                json!({"config": config.file, "runbooks": digests, "plugins": engine.runbooks.registry.iter().filter(|a| a.spec().name.starts_with("plugin.")).map(|a| a.spec().name.clone()).collect::<Vec<_>>(), "pid": std::process::id()}),
-            )])
-            .await?;
-        let recovery = engine.store.recover(Arc::new(claimer_alive)).await?;
+        let loaded = Event::new(
+            kind::CONFIG_LOADED,
+            "pitcrew",
+            json!({"config": config.file, "runbooks": digests, "plugins": engine.runbooks.registry.iter().filter(|a| a.spec().name.starts_with("plugin.")).map(|a| a.spec().name.clone()).collect::<Vec<_>>(), "pid": std::process::id()}),
+        );
+        // Both writes at once ride one group commit: one fsync to ready.
+        // (config.loaded is queued first, so it precedes every later record.)
+        let (recorded, recovery) = tokio::join!(engine.store.record(vec![loaded]), engine.store.recover(Arc::new(claimer_alive)));
+        recorded?;
+        let recovery = recovery?;
         if !recovery.resumed.is_empty() || !recovery.unknown.is_empty() {
             tracing::warn!(resumed = recovery.resumed.len(), unknown = recovery.unknown.len(), "recovered executions interrupted by a crash");
         }
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e}")))?;
         tracing::info!(address = %listener.local_addr()?, runbooks = engine.runbooks.runbooks.len(), "pitcrew listening");
         let state = Arc::new(AppState { engine: engine.clone(), draining: AtomicBool::new(false) });
         let workers = tokio::spawn(engine.clone().run_workers(args.workers));

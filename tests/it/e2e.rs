@@ -337,3 +337,25 @@ steps:
         "the finished step was not run again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_that_cannot_listen_records_nothing() {
+    let rb = "apiVersion: pitcrew/v1\nname: note\nsteps: [{name: a, action: log, with: {message: hi}}]\n";
+    let (dir, config) = setup(rb, "");
+    let first = Serve::start(&config).await;
+    let records = || {
+        let db = rusqlite::Connection::open(dir.path().join("state/state.db")).unwrap();
+        db.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0)).unwrap()
+    };
+    let before = records();
+    let address = first.url.trim_start_matches("http://").to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pitcrew"))
+        .args(["--config", config.to_str().unwrap(), "serve", "--listen", &address])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    assert_eq!(records(), before, "no config.loaded from a serve that never served");
+    first.kill9().await;
+}
