@@ -319,6 +319,7 @@ async fn executions(
             runbook: q.runbook,
             fingerprint: None,
             limit: q.limit.unwrap_or(100),
+            ..Default::default()
         })
         .await?;
     Ok(Json(serde_json::to_value(list).unwrap_or(Value::Null)))
@@ -401,6 +402,7 @@ async fn audit(AxumState(state): AxumState<Shared>, headers: HeaderMap, Query(q)
         until: time(&q.until)?,
         execution: q.execution,
         fingerprint: None,
+        ..Default::default()
     };
     let records = state.engine.store.audit(filter).await?;
     let mut out = String::new();

@@ -67,6 +67,7 @@ fn filter(
         until: time(until)?,
         execution,
         fingerprint,
+        ..Default::default()
     })
 }
 

@@ -1,7 +1,7 @@
 //! The webhook and API: durable intake, dedupe, bad input, auth, audit.
 
 use axum::http::StatusCode;
-use pitcrew::store::{ExecutionFilter, State};
+use pitcrew::store::{AuditFilter, ExecutionFilter, State};
 use serde_json::{Value, json};
 
 use crate::support::{Harness, alert, payload, resolved};
@@ -265,4 +265,31 @@ async fn api_lists_runbooks_executions_and_audit_lines() {
     );
     let (status, _) = h.call("GET", "/v1/audit?since=yesterday", &[], "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_store_pages_audit_records_by_seq_with_its_other_filters_kept() {
+    let h = Harness::new(ECHO, "");
+    h.post(&payload(vec![alert(&[("alertname", "Echo"), ("value", "v"), ("target", "t")])]))
+        .await;
+    h.run_queued().await;
+    let all = h.audit().await;
+    let exec = all.iter().find_map(|r| r.execution_id.clone()).unwrap();
+    let of_exec: Vec<u64> = all
+        .iter()
+        .filter(|r| r.execution_id.as_deref() == Some(&exec))
+        .map(|r| r.seq)
+        .collect();
+    let page = h
+        .store()
+        .audit(AuditFilter {
+            execution: Some(exec),
+            after_seq: Some(of_exec[1]),
+            limit: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), of_exec[2..5]);
+    assert_eq!(page[0].prev_hash, all[of_exec[2] as usize - 2].hash, "prev_hash still read");
 }
