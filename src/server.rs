@@ -1,15 +1,19 @@
 //! `pitcrew serve`'s HTTP side: the Alertmanager webhook, the API and the
 //! probes. Handlers are thin: they check the request, call the engine or the
 //! store, and map errors to statuses (a 4xx says what is wrong, a 5xx body is
-//! generic and the detail goes to the log).
+//! generic and the detail goes to the log). It owns the accept loop, so
+//! that slow or too many clients cannot hold the process (`serve`).
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State as AxumState};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -70,6 +74,74 @@ impl IntoResponse for ApiError {
 
 type Shared = Arc<AppState>;
 
+/// Serves `router(state)` on `listener` until `shutdown` completes, then
+/// stops accepting, lets open requests finish (for at most
+/// `server.request_timeout`) and returns.
+///
+/// Limits from `server:`: a connection must send a complete request head
+/// within `header_timeout` of opening (and of its previous response, when
+/// kept alive), else it is closed; at most `max_connections` are open at
+/// once. Past that limit the loop stops accepting, so new connections wait in
+/// the kernel's listen backlog and are served as others close: a burst (an
+/// Alertmanager re-send after an outage) is delayed, not turned into errors,
+/// and waiting costs no file descriptor or task here. Slow clients cannot
+/// hold the slots for long, as the header and request timeouts close them.
+pub async fn serve(listener: tokio::net::TcpListener, state: Shared, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let limits = state.engine.config().server.clone();
+    let app = router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout.std());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A slot before accepting: past the limit, connections queue in the backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::error!(error = %e, "cannot accept connections");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.request_timeout.std(), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open at shutdown were dropped");
+    }
+    Ok(())
+}
+
+/// Errors that end one connection before it was accepted, not the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
+
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/alerts/alertmanager", post(webhook))
@@ -84,6 +156,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/executions/{id}/deny", post(deny))
         .route("/v1/budget", get(budget))
         .route("/v1/audit", get(audit))
+        // Outermost last: drain, then the deadline.
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(middleware::from_fn_with_state(state.clone(), drain))
         .with_state(state)
 }
@@ -93,6 +167,76 @@ async fn drain(AxumState(state): AxumState<Shared>, req: Request, next: Next) ->
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     next.run(req).await
+}
+
+/// `server.request_timeout` bounds each request from its head to the
+/// response head, body included. When it runs out while the body is still
+/// arriving, the client is too slow: 408, and the connection is closed
+/// (the rest of the body is never read). When it runs out while the handler
+/// works (the store is slow), the fault is ours: a generic 503, which
+/// Alertmanager retries (a 4xx it would drop); intake is idempotent, so a
+/// retry of alerts stored late counts them as duplicates. A streamed
+/// response body (`/v1/audit`) is paced by the client reading it.
+async fn deadline(AxumState(state): AxumState<Shared>, req: Request, next: Next) -> Response {
+    let limit = state.engine.config().server.request_timeout;
+    let progress = Arc::new(AtomicU8::new(BODY_UNTOUCHED));
+    let watched = progress.clone();
+    let req = req.map(move |body| {
+        Body::new(Watched {
+            inner: body,
+            progress: watched,
+        })
+    });
+    match tokio::time::timeout(limit.std(), next.run(req)).await {
+        Ok(response) => response,
+        Err(_) if progress.load(Ordering::SeqCst) == BODY_READING => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within server.request_timeout ({limit})"),
+            )
+            .into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        Err(_) => {
+            tracing::error!(timeout = %limit, "request handler ran past server.request_timeout");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request timed out; retry later").into_response()
+        }
+    }
+}
+
+const BODY_UNTOUCHED: u8 = 0;
+const BODY_READING: u8 = 1;
+const BODY_DONE: u8 = 2;
+
+/// A request body that records whether it is being read, for `deadline`.
+struct Watched {
+    inner: Body,
+    progress: Arc<AtomicU8>,
+}
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let _ = self
+            .progress
+            .compare_exchange(BODY_UNTOUCHED, BODY_READING, Ordering::SeqCst, Ordering::SeqCst);
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.progress.store(BODY_DONE, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{Exit, Failure};
 use crate::audit::{Event, kind};
 use crate::engine::claimer_alive;
-use crate::server::{AppState, router};
+use crate::server::AppState;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -58,14 +58,13 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         let background = tokio::spawn(background(engine.clone()));
         let drain_state = state.clone();
         let shutdown_engine = engine.clone();
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move {
-                signal().await;
-                tracing::info!("shutting down: finishing in-flight steps");
-                drain_state.draining.store(true, Ordering::SeqCst);
-                shutdown_engine.shutdown.cancel();
-            })
-            .await?;
+        crate::server::serve(listener, state, async move {
+            signal().await;
+            tracing::info!("shutting down: finishing in-flight steps");
+            drain_state.draining.store(true, Ordering::SeqCst);
+            shutdown_engine.shutdown.cancel();
+        })
+        .await?;
         background.abort();
         let _ = workers.await;
         Ok(Exit::Done)

@@ -128,6 +128,8 @@ struct Flaky {
     inner: Arc<dyn Store>,
     fail_steps: AtomicBool,
     fail_intake: AtomicBool,
+    /// Intake never answers (a store stuck on a full disk or a lock).
+    stall_intake: AtomicBool,
     /// Fails the next `finish` only.
     fail_finish: AtomicBool,
 }
@@ -137,6 +139,9 @@ impl Store for Flaky {
     async fn intake(&self, alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError> {
         if self.fail_intake.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
+        }
+        if self.stall_intake.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
         }
         self.inner.intake(alerts, config).await
     }
@@ -221,11 +226,31 @@ fn flaky_harness(rb: &str) -> (Harness, Arc<Flaky>) {
         inner: engine.store.clone(),
         fail_steps: AtomicBool::new(false),
         fail_intake: AtomicBool::new(false),
+        stall_intake: AtomicBool::new(false),
         fail_finish: AtomicBool::new(false),
     });
     let Harness { dir, clock, .. } = base;
     let h = Harness::with_store(dir, clock, engine.config().clone(), engine.runbooks.clone(), flaky.clone());
     (h, flaky)
+}
+
+/// A handler still working at `server.request_timeout` is our fault, not
+/// the client's: a generic 503, which Alertmanager retries (a 408 it would
+/// drop).
+#[tokio::test(start_paused = true)]
+async fn a_webhook_stuck_on_the_store_past_request_timeout_answers_503() {
+    let (h, flaky) =
+        flaky_harness("apiVersion: pitcrew/v1\nname: x\ntrigger: {alertname: X}\nsteps: [{name: a, action: log, with: {message: m}}]\n");
+    flaky.stall_intake.store(true, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let (status, body) = h.post(&payload(vec![alert(&[("alertname", "X")])])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, json!({"error": "request timed out; retry later"}));
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(30) && waited < std::time::Duration::from_secs(31),
+        "the default request_timeout: {waited:?}"
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,13 @@
 //! The webhook and API: durable intake, dedupe, bad input, auth, audit.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use pitcrew::store::{AuditFilter, ExecutionFilter, State};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::{Harness, alert, payload, resolved};
 
@@ -292,4 +297,141 @@ async fn the_store_pages_audit_records_by_seq_with_its_other_filters_kept() {
         .unwrap();
     assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), of_exec[2..5]);
     assert_eq!(page[0].prev_hash, all[of_exec[2] as usize - 2].hash, "prev_hash still read");
+}
+
+// ---- The HTTP server: limits, authorisation before the body, browser rules, pages.
+
+/// Reads until the server closes the connection; `None` if `within` (tokio
+/// time) passes first. A reset counts as closed.
+async fn read_to_close(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Reads until `needle` has arrived; `None` if `within` (tokio time) passes
+/// first or the connection closes without it.
+async fn read_until(stream: &mut TcpStream, needle: &str, within: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&out).contains(needle) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(String::from_utf8_lossy(&out).into_owned())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+async fn connect(address: SocketAddr, head: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_without_a_full_request_head_within_header_timeout_is_closed() {
+    let h = Harness::new(ECHO, "server: {header_timeout: 200ms}\n");
+    let address = h.listen().await;
+    let started = tokio::time::Instant::now();
+    let mut slow = connect(address, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n").await;
+    let mut silent = connect(address, "").await;
+    assert!(
+        read_to_close(&mut slow, Duration::from_secs(5)).await.is_some(),
+        "a half-sent head holds the connection open"
+    );
+    assert!(
+        read_to_close(&mut silent, Duration::from_secs(5)).await.is_some(),
+        "a connection that sends nothing stays open"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(1),
+        "{waited:?}"
+    );
+    // A request sent in time is answered as usual.
+    let mut prompt = connect(address, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    let reply = read_to_close(&mut prompt, Duration::from_secs(5)).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_past_max_connections_wait_in_the_backlog_until_one_closes() {
+    let h = Harness::new(ECHO, "server: {max_connections: 1}\n");
+    let address = h.listen().await;
+    let mut first = connect(address, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(read_until(&mut first, "ok\n", Duration::from_secs(5)).await.is_some());
+    // `first` stays open (kept alive, well inside header_timeout's 10s).
+    let mut second = connect(address, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(
+        read_to_close(&mut second, Duration::from_secs(1)).await,
+        None,
+        "a second connection was served while the only slot was taken"
+    );
+    drop(first);
+    let reply = read_to_close(&mut second, Duration::from_secs(5))
+        .await
+        .expect("served once the slot is free");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_not_received_within_request_timeout_gets_408() {
+    let h = Harness::new(ECHO, "server: {request_timeout: 1s}\n");
+    let address = h.listen().await;
+    let mut stream = connect(
+        address,
+        "POST /v1/runbooks/echo/run HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"par",
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    let reply = read_to_close(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("answered and closed");
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("request_timeout (1s)"), "{reply}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(h.store().executions(ExecutionFilter::default()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn on_shutdown_serve_stops_accepting_closes_idle_connections_and_returns() {
+    let h = Harness::new(ECHO, "");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let state = std::sync::Arc::new(pitcrew::server::AppState {
+        engine: h.engine.clone(),
+        draining: std::sync::atomic::AtomicBool::new(false),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(pitcrew::server::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let mut idle = connect(address, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(read_until(&mut idle, "ok\n", Duration::from_secs(10)).await.is_some());
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve returns once its connections are done")
+        .unwrap()
+        .unwrap();
+    assert!(
+        read_to_close(&mut idle, Duration::from_secs(10)).await.is_some(),
+        "the idle connection is closed"
+    );
+    assert!(TcpStream::connect(address).await.is_err(), "no longer accepting");
 }
