@@ -1,18 +1,21 @@
 //! `pitcrew serve`'s HTTP side: the Alertmanager webhook, the API and the
 //! probes. Handlers are thin: they check the request, call the engine or the
 //! store, and map errors to statuses (a 4xx says what is wrong, a 5xx body is
-//! generic and the detail goes to the log). It owns the accept loop, so
-//! that slow or too many clients cannot hold the process (`serve`).
+//! generic and the detail goes to the log). It never reads a request body
+//! before the request is authorised, and owns the accept loop so that slow
+//! or too many clients cannot hold the process (`serve`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State as AxumState};
+use axum::extract::{FromRequestParts, Path, Query, Request, State as AxumState};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,9 +24,10 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Role;
+use crate::config::{Config, Role, normalize_origin};
 use crate::engine::Engine;
 use crate::guard::Verdict;
 use crate::store::{AuditFilter, ExecutionFilter, State, StoreError};
@@ -156,8 +160,9 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/executions/{id}/deny", post(deny))
         .route("/v1/budget", get(budget))
         .route("/v1/audit", get(audit))
-        // Outermost last: drain, then the deadline.
+        // Outermost last: drain, then the browser rules, then the deadline.
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        .layer(middleware::from_fn_with_state(state.clone(), browser_rules))
         .layer(middleware::from_fn_with_state(state.clone(), drain))
         .with_state(state)
 }
@@ -167,6 +172,79 @@ async fn drain(AxumState(state): AxumState<Shared>, req: Request, next: Next) ->
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     next.run(req).await
+}
+
+/// Requests a browser may send on a user's behalf, from any page it shows.
+///
+/// - With no API tokens and remote access not allowed (the API trusts
+///   whoever reaches it on loopback), a `Host` that is not a loopback name or
+///   address is 421: a page whose DNS name was rebound to 127.0.0.1 reaches
+///   this port with its own name in `Host`.
+/// - An `Origin` header (browsers send it on cross-site requests and on every
+///   POST) not listed in `server.allowed_origins` is 403, on every endpoint.
+///   Alertmanager, curl and the CLI send none.
+async fn browser_rules(AxumState(state): AxumState<Shared>, req: Request, next: Next) -> Response {
+    let config = state.engine.config();
+    if config.tokens.is_empty() && !config.insecure_allow_remote {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap_or("(not text)"))
+            .or(req.uri().authority().map(|a| a.as_str()));
+        if let Some(host) = host
+            && !is_loopback_host(host)
+        {
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "host {host:?} is not a loopback name or address: with no auth.tokens configured, only requests to localhost, 127.0.0.1 or [::1] are answered"
+                ),
+            )
+            .into_response();
+        }
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        if !origin_allowed(config, origin) {
+            let shown = origin.to_str().unwrap_or("(not text)");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("origin {shown:?} is not listed in server.allowed_origins"),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn origin_allowed(config: &Config, origin: &HeaderValue) -> bool {
+    let Some(origin) = origin.to_str().ok().and_then(|o| normalize_origin(o).ok()) else {
+        return false; // `null` (sandboxed pages, file: URLs) and garbage
+    };
+    config.server.allowed_origins.contains(&origin)
+}
+
+/// `localhost`, `*.localhost`, 127.0.0.0/8 or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let port_ok = |p: &str| {
+        p.is_empty()
+            || p.strip_prefix(':')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((ip, port)) = rest.split_once(']') else {
+            return false;
+        };
+        return port_ok(port) && ip.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+    }
+    let (name, port) = match host.rfind(':') {
+        Some(i) => host.split_at(i),
+        None => (host, ""),
+    };
+    if !port_ok(port) {
+        return false;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `server.request_timeout` bounds each request from its head to the
@@ -248,8 +326,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn same(a: &str, b: &str) -> bool {
-    a.as_bytes().ct_eq(b.as_bytes()).into()
+/// Token comparison in time independent of where, and of whether the
+/// lengths, differ: both sides are hashed to 32 bytes first, and the digests
+/// compared in constant time (a plain `ct_eq` on the strings returns at once
+/// when the lengths differ, which tells an attacker the token's length).
+pub fn same_token(given: &str, expected: &str) -> bool {
+    let (given, expected) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
+    given.ct_eq(&expected).into()
 }
 
 /// Checks an API token for `need`; returns the actor name.
@@ -263,7 +346,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<String
     // Compare against every token so timing does not tell which one was close.
     let mut found = None;
     for t in tokens {
-        if same(&t.token, given) {
+        if same_token(given, &t.token) {
             found = Some(t);
         }
     }
@@ -277,6 +360,59 @@ fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> Result<String
     Ok(format!("api:{}", token.name))
 }
 
+/// A caller with at least the viewer role (its actor name). Extractors from
+/// the request head run before a handler's body extractor, so a request
+/// without the right token is answered before any of its body is read.
+pub struct Viewer(pub String);
+
+/// A caller with the operator role (its actor name); see [`Viewer`].
+pub struct Operator(pub String);
+
+impl FromRequestParts<Shared> for Viewer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        authorize(state, &parts.headers, Role::Viewer).map(Viewer)
+    }
+}
+
+impl FromRequestParts<Shared> for Operator {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        authorize(state, &parts.headers, Role::Operator).map(Operator)
+    }
+}
+
+/// API writes carry `Content-Type: application/json`, even with no body: a
+/// cross-site form or `no-cors` fetch can only send form or text types, so
+/// this keeps a page in the operator's browser from triggering writes.
+pub struct JsonWrite;
+
+impl<S: Send + Sync> FromRequestParts<S> for JsonWrite {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let content_type = parts.headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+        if content_type.is_some_and(is_json) {
+            return Ok(JsonWrite);
+        }
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            match content_type {
+                Some(ct) => format!("content type {ct:?} is not application/json; API writes need Content-Type: application/json"),
+                None => "no content type; API writes need Content-Type: application/json".into(),
+            },
+        ))
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/json")
+}
+
 async fn webhook(AxumState(state): AxumState<Shared>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let engine = &state.engine;
     let metrics = &engine.metrics;
@@ -286,7 +422,7 @@ async fn webhook(AxumState(state): AxumState<Shared>, headers: HeaderMap, body: 
     };
     if let Some(expected) = &engine.config().webhook_token {
         match bearer(&headers) {
-            Some(given) if same(expected, given) => {}
+            Some(given) if same_token(given, expected) => {}
             _ => {
                 return Err(reject(
                     StatusCode::UNAUTHORIZED,
@@ -297,8 +433,7 @@ async fn webhook(AxumState(state): AxumState<Shared>, headers: HeaderMap, body: 
         }
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
+    if !is_json(content_type) {
         return Err(reject(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "content_type",
@@ -358,8 +493,7 @@ async fn metrics(AxumState(state): AxumState<Shared>) -> Response {
         .into_response()
 }
 
-async fn runbooks(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers, Role::Viewer)?;
+async fn runbooks(AxumState(state): AxumState<Shared>, _: Viewer) -> Result<Json<Value>, ApiError> {
     let list: Vec<Value> = state
         .engine
         .runbooks
@@ -389,11 +523,11 @@ struct RunRequest {
 
 async fn run_runbook(
     AxumState(state): AxumState<Shared>,
+    Operator(actor): Operator,
+    _: JsonWrite,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let actor = authorize(&state, &headers, Role::Operator)?;
     let engine = &state.engine;
     let request: RunRequest = if body.is_empty() {
         RunRequest {
@@ -439,12 +573,7 @@ struct ExecutionQuery {
     limit: Option<usize>,
 }
 
-async fn executions(
-    AxumState(state): AxumState<Shared>,
-    headers: HeaderMap,
-    Query(q): Query<ExecutionQuery>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers, Role::Viewer)?;
+async fn executions(AxumState(state): AxumState<Shared>, _: Viewer, Query(q): Query<ExecutionQuery>) -> Result<Json<Value>, ApiError> {
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(State::parse(s).ok_or_else(|| {
@@ -469,14 +598,17 @@ async fn executions(
     Ok(Json(serde_json::to_value(list).unwrap_or(Value::Null)))
 }
 
-async fn execution(AxumState(state): AxumState<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers, Role::Viewer)?;
+async fn execution(AxumState(state): AxumState<Shared>, _: Viewer, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let exec = state.engine.store.execution(&id).await?;
     Ok(Json(serde_json::to_value(exec).unwrap_or(Value::Null)))
 }
 
-async fn approve(AxumState(state): AxumState<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let actor = authorize(&state, &headers, Role::Operator)?;
+async fn approve(
+    AxumState(state): AxumState<Shared>,
+    Operator(actor): Operator,
+    _: JsonWrite,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let exec = state.engine.store.approve(&id, &actor).await?;
     state.engine.wake.notify_waiters();
     Ok(Json(json!({"execution_id": exec.id, "state": exec.state, "approved_by": actor})))
@@ -489,11 +621,11 @@ struct DenyRequest {
 
 async fn deny(
     AxumState(state): AxumState<Shared>,
-    headers: HeaderMap,
+    Operator(actor): Operator,
+    _: JsonWrite,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let actor = authorize(&state, &headers, Role::Operator)?;
     let request: DenyRequest = if body.is_empty() {
         DenyRequest::default()
     } else {
@@ -503,8 +635,7 @@ async fn deny(
     Ok(Json(json!({"execution_id": exec.id, "state": exec.state, "denied_by": actor})))
 }
 
-async fn budget(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers, Role::Viewer)?;
+async fn budget(AxumState(state): AxumState<Shared>, _: Viewer) -> Result<Json<Value>, ApiError> {
     let mut all = state.engine.budgets.all();
     if all.len() < state.engine.config().slos.len() {
         all = state.engine.budgets.refresh(Utc::now()).await;
@@ -532,8 +663,7 @@ pub fn parse_time(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Strin
         .ok_or_else(|| format!("invalid time {text:?}: too far back"))
 }
 
-async fn audit(AxumState(state): AxumState<Shared>, headers: HeaderMap, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Role::Viewer)?;
+async fn audit(AxumState(state): AxumState<Shared>, _: Viewer, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     let now = Utc::now();
     let time = |t: &Option<String>| {
         t.as_deref()
@@ -555,4 +685,54 @@ async fn audit(AxumState(state): AxumState<Shared>, headers: HeaderMap, Query(q)
         out.push('\n');
     }
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_when_equal_whatever_their_lengths() {
+        assert!(same_token("operator-secret-1", "operator-secret-1"));
+        for given in [
+            "",
+            "operator-secret-",
+            "operator-secret-12",
+            "operator-secret-2",
+            "OPERATOR-SECRET-1",
+        ] {
+            assert!(!same_token(given, "operator-secret-1"), "{given:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:9095",
+            "LocalHost.",
+            "a.b.localhost:1",
+            "127.0.0.1",
+            "127.9.9.9:80",
+            "[::1]",
+            "[::1]:9095",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.1",
+            "[::2]:80",
+            "[::1",
+            "::1",
+            "localhost:",
+            "localhost:x",
+            "0.0.0.0",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

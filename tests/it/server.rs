@@ -408,6 +408,170 @@ async fn a_body_not_received_within_request_timeout_gets_408() {
     assert!(h.store().executions(ExecutionFilter::default()).await.unwrap().is_empty());
 }
 
+/// Config with a webhook token and a viewer and an operator token.
+fn with_tokens(extra: &str) -> String {
+    format!(
+        "auth:\n  webhook_token: hook-secret-1\n  tokens:\n    - {{name: vera, token: viewer-secret-1, role: viewer}}\n    - {{name: olga, token: operator-secret-1, role: operator}}\n{extra}"
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_with_a_bad_token_is_refused_without_reading_its_body() {
+    let h = Harness::new(ECHO, &with_tokens(""));
+    let address = h.listen().await;
+    for (path, token, status) in [
+        ("/v1/runbooks/echo/run", "Bearer wrong-token-123", "401"),
+        ("/v1/runbooks/echo/run", "Bearer viewer-secret-1", "403"),
+        ("/v1/executions/x/deny", "Bearer wrong-token-123", "401"),
+        ("/v1/executions/x/approve", "Bearer wrong", "401"),
+        ("/v1/alerts/alertmanager", "Bearer wrong-token-123", "401"),
+    ] {
+        // Headers promise 2,000,000 bytes; none are sent.
+        let mut stream = connect(
+            address,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+            ),
+        )
+        .await;
+        let reply = read_until(&mut stream, "\r\n\r\n", Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{path} waited for the body before answering"));
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn a_cross_site_text_plain_post_to_run_creates_no_execution() {
+    let runbook = std::fs::read_to_string(crate::support::repo().join("runbooks/manual-rollout-restart.yaml")).unwrap();
+    let h = Harness::new(&runbook, "");
+    let body = json!({"params": {"namespace": "shop", "name": "web", "reason": "drive-by"}}).to_string();
+    let (status, reply) = h
+        .call(
+            "POST",
+            "/v1/runbooks/manual-rollout-restart/run",
+            &[("content-type", "text/plain"), ("origin", "http://evil.example")],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+    assert!(
+        reply.contains("http://evil.example") && reply.contains("server.allowed_origins"),
+        "{reply}"
+    );
+    // Without the Origin (a page cannot drop it, but a non-browser can), the
+    // content type alone still refuses it.
+    let (status, reply) = h
+        .call(
+            "POST",
+            "/v1/runbooks/manual-rollout-restart/run",
+            &[("content-type", "text/plain")],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{reply}");
+    assert!(reply.contains("application/json"), "{reply}");
+    assert!(h.store().executions(ExecutionFilter::default()).await.unwrap().is_empty());
+    let (status, reply) = h
+        .call(
+            "POST",
+            "/v1/runbooks/manual-rollout-restart/run",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+}
+
+#[tokio::test]
+async fn api_writes_need_a_json_content_type() {
+    let h = Harness::new(ECHO, "");
+    for path in ["/v1/runbooks/echo/run", "/v1/executions/x/approve", "/v1/executions/x/deny"] {
+        for headers in [&[][..], &[("content-type", "application/x-www-form-urlencoded")][..]] {
+            let (status, reply) = h.call("POST", path, headers, "").await;
+            assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path}: {reply}");
+        }
+        let (status, reply) = h
+            .call("POST", path, &[("content-type", "application/json; charset=utf-8")], "")
+            .await;
+        assert_ne!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn origins_not_listed_are_refused_on_every_endpoint() {
+    let h = Harness::new(ECHO, &with_tokens("server: {allowed_origins: [\"https://dash.example.com\"]}\n"));
+    let viewer = ("authorization", "Bearer viewer-secret-1");
+    let hook = [("authorization", "Bearer hook-secret-1"), ("content-type", "application/json")];
+    let webhook_body = payload(vec![]).to_string();
+    for origin in [
+        "http://evil.example",
+        "null",
+        "https://dash.example.com.evil.example",
+        "http://dash.example.com",
+    ] {
+        assert_eq!(h.call("GET", "/healthz", &[("origin", origin)], "").await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            h.call("GET", "/v1/executions", &[viewer, ("origin", origin)], "").await.0,
+            StatusCode::FORBIDDEN
+        );
+        let mut headers = hook.to_vec();
+        headers.push(("origin", origin));
+        assert_eq!(
+            h.call("POST", "/v1/alerts/alertmanager", &headers, webhook_body.clone()).await.0,
+            StatusCode::FORBIDDEN,
+            "{origin}"
+        );
+    }
+    let listed = ("origin", "https://DASH.example.com");
+    assert_eq!(h.call("GET", "/v1/executions", &[viewer, listed], "").await.0, StatusCode::OK);
+    assert_eq!(h.call("GET", "/v1/executions", &[viewer], "").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_tokens_only_requests_addressed_to_loopback_are_answered() {
+    let h = Harness::new(ECHO, "");
+    for host in [
+        "evil.example",
+        "evil.example:9095",
+        "127.0.0.1.evil.example",
+        "10.0.0.1:9095",
+        "[2001:db8::1]:9095",
+        "localhost.evil.example",
+    ] {
+        let (status, reply) = h.call("GET", "/v1/executions", &[("host", host)], "").await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{host}: {reply}");
+        assert!(reply.contains("loopback"), "{reply}");
+        assert_eq!(
+            h.call("GET", "/healthz", &[("host", host)], "").await.0,
+            StatusCode::MISDIRECTED_REQUEST
+        );
+    }
+    for host in [
+        "localhost",
+        "LOCALHOST:9095",
+        "127.0.0.1:9095",
+        "127.1.2.3",
+        "[::1]:9095",
+        "[::1]",
+        "dash.localhost:8080",
+    ] {
+        let (status, reply) = h.call("GET", "/v1/executions", &[("host", host)], "").await;
+        assert_eq!(status, StatusCode::OK, "{host}: {reply}");
+    }
+    // With tokens, the token is the guard and any name may be used.
+    let h = Harness::new(ECHO, &with_tokens(""));
+    let (status, _) = h
+        .call(
+            "GET",
+            "/v1/executions",
+            &[("host", "pitcrew.internal:9095"), ("authorization", "Bearer viewer-secret-1")],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn on_shutdown_serve_stops_accepting_closes_idle_connections_and_returns() {
     let h = Harness::new(ECHO, "");
