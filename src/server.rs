@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -566,14 +566,58 @@ async fn run_runbook(
         .into_response())
 }
 
+/// List pages: `limit` (default 100, at most 1,000).
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+fn parse_limit(text: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(Some(n)),
+        Ok(n) if n > MAX_LIMIT => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit {n} is over the maximum of {MAX_LIMIT}; page with the `after` cursor from the Link header"),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid limit {text:?}: expected a whole number from 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+/// `<path?query>; rel="next"`, the query's values percent-encoded.
+fn next_link(path: &str, query: &[(&str, Option<String>)]) -> Option<HeaderValue> {
+    let query: Vec<String> = query
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_ref().map(|v| {
+                format!(
+                    "{k}={}",
+                    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+                )
+            })
+        })
+        .collect();
+    HeaderValue::from_str(&format!("<{path}?{}>; rel=\"next\"", query.join("&"))).ok()
+}
+
 #[derive(Deserialize)]
 struct ExecutionQuery {
     status: Option<String>,
     runbook: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
+    after: Option<String>,
 }
 
-async fn executions(AxumState(state): AxumState<Shared>, _: Viewer, Query(q): Query<ExecutionQuery>) -> Result<Json<Value>, ApiError> {
+/// `GET /v1/executions[?status=&runbook=&limit=&after=]`: newest first, at
+/// most `limit` (default 100, at most 1,000). When a page is full, a
+/// `Link: </v1/executions?...&after=ID>; rel="next"` header gives the next
+/// one: `after` is the id of the page's last execution, and the next page
+/// holds the executions listed after it (created earlier, or at the same
+/// millisecond with a smaller id). Executions created meanwhile sort before
+/// the cursor, so they never shift or repeat a page. An `after` naming no
+/// execution is 400.
+async fn executions(AxumState(state): AxumState<Shared>, _: Viewer, Query(q): Query<ExecutionQuery>) -> Result<Response, ApiError> {
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(State::parse(s).ok_or_else(|| {
@@ -584,18 +628,47 @@ async fn executions(AxumState(state): AxumState<Shared>, _: Viewer, Query(q): Qu
             )
         })?),
     };
+    let limit = parse_limit(q.limit.as_deref())?.unwrap_or(DEFAULT_LIMIT);
+    if let Some(after) = &q.after {
+        match state.engine.store.execution(after).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("after: no execution {after:?} to continue from"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let list = state
         .engine
         .store
         .executions(ExecutionFilter {
             state: status,
-            runbook: q.runbook,
+            runbook: q.runbook.clone(),
             fingerprint: None,
-            limit: q.limit.unwrap_or(100),
-            ..Default::default()
+            limit,
+            after: q.after,
         })
         .await?;
-    Ok(Json(serde_json::to_value(list).unwrap_or(Value::Null)))
+    let next = match list.last() {
+        Some(last) if list.len() == limit => next_link(
+            "/v1/executions",
+            &[
+                ("status", q.status),
+                ("runbook", q.runbook),
+                ("limit", Some(limit.to_string())),
+                ("after", Some(last.id.clone())),
+            ],
+        ),
+        _ => None,
+    };
+    let mut response = Json(serde_json::to_value(list).unwrap_or(Value::Null)).into_response();
+    if let Some(link) = next {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
 }
 
 async fn execution(AxumState(state): AxumState<Shared>, _: Viewer, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -648,6 +721,22 @@ struct AuditQuery {
     since: Option<String>,
     until: Option<String>,
     execution: Option<String>,
+    limit: Option<String>,
+    after: Option<u64>,
+}
+
+/// Records read from the store at a time while streaming `/v1/audit`.
+const AUDIT_PAGE: usize = 1000;
+
+/// Where a `/v1/audit` stream stands.
+enum Pages {
+    /// A page read, to send; the filter asks for the page after it.
+    Ready(Vec<crate::audit::Record>, AuditFilter),
+    /// The next page is to be read.
+    Fetch(AuditFilter),
+    /// The store failed: end the body with an error.
+    Failed,
+    Done,
 }
 
 /// RFC 3339, or a duration meaning "that long ago" (`2h`).
@@ -663,6 +752,16 @@ pub fn parse_time(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Strin
         .ok_or_else(|| format!("invalid time {text:?}: too far back"))
 }
 
+/// `GET /v1/audit[?since=&until=&execution=&limit=&after=]`: JSON lines in
+/// `seq` order, streamed: records are read from the store a page at a time
+/// as the client takes them, so the whole log is never in memory. `after=SEQ`
+/// starts after that record; as `seq` only grows, records appended meanwhile
+/// come after every cursor and never shift a page. Without `limit`, every
+/// matching record is sent. With `limit` (at most 1,000), at most that many,
+/// and when there may be more a `Link: </v1/audit?...&after=SEQ>; rel="next"`
+/// header gives the next page (relative `since`/`until` fixed as RFC 3339 so
+/// the window does not slide between pages). A store error on a later page
+/// cuts the stream (the connection is aborted, not ended as if complete).
 async fn audit(AxumState(state): AxumState<Shared>, _: Viewer, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     let now = Utc::now();
     let time = |t: &Option<String>| {
@@ -671,20 +770,73 @@ async fn audit(AxumState(state): AxumState<Shared>, _: Viewer, Query(q): Query<A
             .transpose()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
     };
+    let limit = parse_limit(q.limit.as_deref())?;
     let filter = AuditFilter {
         since: time(&q.since)?,
         until: time(&q.until)?,
         execution: q.execution,
         fingerprint: None,
-        ..Default::default()
+        after_seq: q.after,
+        limit: Some(limit.unwrap_or(AUDIT_PAGE)),
     };
-    let records = state.engine.store.audit(filter).await?;
-    let mut out = String::new();
-    for r in records {
-        out.push_str(&serde_json::to_string(&r).unwrap_or_default());
-        out.push('\n');
+    let store = state.engine.store.clone();
+    // The first page before the status line: a store that cannot answer is a
+    // 503, not a 200 with an empty body.
+    let first = store.audit(filter.clone()).await?;
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    if let (Some(limit), Some(last)) = (limit, first.last())
+        && first.len() == limit
+    {
+        let rfc3339 = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        if let Some(link) = next_link(
+            "/v1/audit",
+            &[
+                ("since", rfc3339(filter.since)),
+                ("until", rfc3339(filter.until)),
+                ("execution", filter.execution.clone()),
+                ("limit", Some(limit.to_string())),
+                ("after", Some(last.seq.to_string())),
+            ],
+        ) {
+            response_headers.insert(header::LINK, link);
+        }
     }
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+    // With a limit, one page is the whole answer; without, page on to the end.
+    let more = limit.is_none();
+    let pages = futures::stream::unfold(Pages::Ready(first, filter), move |mut at| {
+        let store = store.clone();
+        async move {
+            loop {
+                match at {
+                    Pages::Done => return None,
+                    Pages::Failed => return Some((Err(std::io::Error::other("state store failed")), Pages::Done)),
+                    Pages::Fetch(filter) => {
+                        at = match store.audit(filter.clone()).await {
+                            Ok(page) => Pages::Ready(page, filter),
+                            Err(e) => {
+                                tracing::error!(error = %crate::diag::chain(&e), "audit stream cut: state store failed");
+                                Pages::Failed
+                            }
+                        }
+                    }
+                    Pages::Ready(page, mut filter) => {
+                        let last = page.last()?;
+                        let full = Some(page.len()) == filter.limit;
+                        filter.after_seq = Some(last.seq);
+                        let mut chunk = Vec::with_capacity(page.len() * 512);
+                        for r in &page {
+                            serde_json::to_writer(&mut chunk, r).map_err(std::io::Error::other).ok()?;
+                            chunk.push(b'\n');
+                        }
+                        let next = if more && full { Pages::Fetch(filter) } else { Pages::Done };
+                        return Some((Ok(Bytes::from(chunk)), next));
+                    }
+                }
+            }
+        }
+    });
+    Ok((response_headers, Body::from_stream(pages)).into_response())
 }
 
 #[cfg(test)]

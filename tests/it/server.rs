@@ -3,11 +3,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use pitcrew::audit::{Event, kind};
 use pitcrew::store::{AuditFilter, ExecutionFilter, State};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tower::ServiceExt;
 
 use crate::support::{Harness, alert, payload, resolved};
 
@@ -270,33 +274,6 @@ async fn api_lists_runbooks_executions_and_audit_lines() {
     );
     let (status, _) = h.call("GET", "/v1/audit?since=yesterday", &[], "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-}
-
-#[tokio::test]
-async fn the_store_pages_audit_records_by_seq_with_its_other_filters_kept() {
-    let h = Harness::new(ECHO, "");
-    h.post(&payload(vec![alert(&[("alertname", "Echo"), ("value", "v"), ("target", "t")])]))
-        .await;
-    h.run_queued().await;
-    let all = h.audit().await;
-    let exec = all.iter().find_map(|r| r.execution_id.clone()).unwrap();
-    let of_exec: Vec<u64> = all
-        .iter()
-        .filter(|r| r.execution_id.as_deref() == Some(&exec))
-        .map(|r| r.seq)
-        .collect();
-    let page = h
-        .store()
-        .audit(AuditFilter {
-            execution: Some(exec),
-            after_seq: Some(of_exec[1]),
-            limit: Some(3),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), of_exec[2..5]);
-    assert_eq!(page[0].prev_hash, all[of_exec[2] as usize - 2].hash, "prev_hash still read");
 }
 
 // ---- The HTTP server: limits, authorisation before the body, browser rules, pages.
@@ -570,6 +547,133 @@ async fn without_tokens_only_requests_addressed_to_loopback_are_answered() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+fn next_link(headers: &axum::http::HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().unwrap();
+    let target = link.strip_prefix('<')?.split_once(">; rel=\"next\"")?.0;
+    Some(target.to_string())
+}
+
+#[tokio::test]
+async fn executions_are_listed_in_pages_that_new_executions_do_not_shift() {
+    let h = Harness::new(ECHO, "");
+    let ct = [("content-type", "application/json")];
+    let run = |t: usize| json!({"params": {"value": "v", "target": format!("t{t}")}}).to_string();
+    for t in 0..5 {
+        assert_eq!(h.call("POST", "/v1/runbooks/echo/run", &ct, run(t)).await.0, StatusCode::ACCEPTED);
+        h.advance("1s");
+    }
+    let (status, headers, body) = h.call_with_headers("GET", "/v1/executions?limit=2&runbook=echo", &[], "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let targets = |page: &[Value]| page.iter().map(|e| e["target"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(targets(&page), ["t4", "t3"]);
+    let next = next_link(&headers).expect("a full page links to the next");
+    assert!(next.contains("runbook=echo") && next.contains("limit=2"), "{next}");
+    // A run created between pages lands before the cursor.
+    assert_eq!(h.call("POST", "/v1/runbooks/echo/run", &ct, run(9)).await.0, StatusCode::ACCEPTED);
+    let (_, headers, body) = h.call_with_headers("GET", &next, &[], "").await;
+    let page: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(targets(&page), ["t2", "t1"]);
+    let (_, headers, body) = h.call_with_headers("GET", &next_link(&headers).unwrap(), &[], "").await;
+    let page: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(targets(&page), ["t0"]);
+    assert_eq!(next_link(&headers), None, "the last page links nowhere");
+
+    let (_, _, body) = h.call_with_headers("GET", "/v1/executions", &[], "").await;
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&body).unwrap().len(), 6, "default limit 100");
+    for (query, needle) in [
+        ("limit=1001", "maximum of 1000"),
+        ("limit=0", "from 1 to 1000"),
+        ("limit=ten", "from 1 to 1000"),
+        ("after=nope", "no execution \\\"nope\\\""),
+    ] {
+        let (status, body) = h.call("GET", &format!("/v1/executions?{query}"), &[], "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(body.contains(needle), "{query}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn audit_is_streamed_page_by_page_and_paged_with_after() {
+    let h = Harness::new(ECHO, "");
+    let events: Vec<Event> = (0..2500)
+        .map(|i| Event::new(kind::CONFIG_LOADED, "test", json!({"n": i})))
+        .collect();
+    h.store().record(events).await.unwrap();
+    let response = h
+        .app
+        .clone()
+        .oneshot(Request::get("/v1/audit").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let mut body = response.into_body();
+    let (mut chunks, mut text) = (0, Vec::new());
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            chunks += 1;
+            text.extend_from_slice(&data);
+        }
+    }
+    let seqs: Vec<u64> = String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=2500).collect::<Vec<_>>());
+    assert_eq!(chunks, 3, "read and sent 1,000 records at a time");
+
+    let (status, headers, body) = h.call_with_headers("GET", "/v1/audit?limit=3&since=1000w", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.lines().count(), 3);
+    let next = next_link(&headers).unwrap();
+    assert!(
+        next.contains("after=3") && next.contains("since=20"),
+        "relative times fixed: {next}"
+    );
+    h.store()
+        .record(vec![Event::new(kind::CONFIG_LOADED, "test", json!({"n": "late"}))])
+        .await
+        .unwrap();
+    let (_, _, body) = h.call_with_headers("GET", "/v1/audit?limit=2&after=2499", &[], "").await;
+    let seqs: Vec<u64> = body
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2500, 2501]);
+    let (status, body) = h.call("GET", "/v1/audit?limit=5000", &[], "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("maximum of 1000"), "{body}");
+}
+
+#[tokio::test]
+async fn the_store_pages_audit_records_by_seq_with_its_other_filters_kept() {
+    let h = Harness::new(ECHO, "");
+    h.post(&payload(vec![alert(&[("alertname", "Echo"), ("value", "v"), ("target", "t")])]))
+        .await;
+    h.run_queued().await;
+    let all = h.audit().await;
+    let exec = all.iter().find_map(|r| r.execution_id.clone()).unwrap();
+    let of_exec: Vec<u64> = all
+        .iter()
+        .filter(|r| r.execution_id.as_deref() == Some(&exec))
+        .map(|r| r.seq)
+        .collect();
+    let page = h
+        .store()
+        .audit(AuditFilter {
+            execution: Some(exec),
+            after_seq: Some(of_exec[1]),
+            limit: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), of_exec[2..5]);
+    assert_eq!(page[0].prev_hash, all[of_exec[2] as usize - 2].hash, "prev_hash still read");
 }
 
 #[tokio::test]
