@@ -96,7 +96,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Shared, shutdown: i
     use hyper_util::service::TowerToHyperService;
 
     let limits = state.engine.config().server.clone();
-    let app = router(state);
+    // The request deadline belongs to the connection, like the header
+    // timeout: tests that drive `router` with paused time and a store on
+    // its own threads would otherwise see it fire while the store works.
+    let app = router(state.clone()).layer(middleware::from_fn_with_state(state, deadline));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -160,8 +163,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/executions/{id}/deny", post(deny))
         .route("/v1/budget", get(budget))
         .route("/v1/audit", get(audit))
-        // Outermost last: drain, then the browser rules, then the deadline.
-        .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        // Outermost last: drain, then the browser rules.
         .layer(middleware::from_fn_with_state(state.clone(), browser_rules))
         .layer(middleware::from_fn_with_state(state.clone(), drain))
         .with_state(state)
@@ -247,8 +249,8 @@ pub fn is_loopback_host(host: &str) -> bool {
     name == "localhost" || name.ends_with(".localhost") || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `server.request_timeout` bounds each request from its head to the
-/// response head, body included. When it runs out while the body is still
+/// `server.request_timeout` (applied by `serve`) bounds each request from
+/// its head to the response head, body included. When it runs out while the body is still
 /// arriving, the client is too slow: 408, and the connection is closed
 /// (the rest of the body is never read). When it runs out while the handler
 /// works (the store is slow), the fault is ours: a generic 503, which
