@@ -724,7 +724,7 @@ struct AuditQuery {
     until: Option<String>,
     execution: Option<String>,
     limit: Option<String>,
-    after: Option<u64>,
+    after: Option<String>,
 }
 
 /// Records read from the store at a time while streaming `/v1/audit`.
@@ -773,12 +773,20 @@ async fn audit(AxumState(state): AxumState<Shared>, _: Viewer, Query(q): Query<A
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
     };
     let limit = parse_limit(q.limit.as_deref())?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| {
+            a.parse::<u64>()
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid after {a:?}: expected a record's seq")))
+        })
+        .transpose()?;
     let filter = AuditFilter {
         since: time(&q.since)?,
         until: time(&q.until)?,
         execution: q.execution,
         fingerprint: None,
-        after_seq: q.after,
+        after_seq: after,
         limit: Some(limit.unwrap_or(AUDIT_PAGE)),
     };
     let store = state.engine.store.clone();

@@ -644,9 +644,11 @@ async fn audit_is_streamed_page_by_page_and_paged_with_after() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, [2500, 2501]);
-    let (status, body) = h.call("GET", "/v1/audit?limit=5000", &[], "").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body.contains("maximum of 1000"), "{body}");
+    for (query, needle) in [("limit=5000", "maximum of 1000"), ("after=-1", "expected a record's seq")] {
+        let (status, body) = h.call("GET", &format!("/v1/audit?{query}"), &[], "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(body.contains(needle), "{query}: {body}");
+    }
 }
 
 #[tokio::test]
