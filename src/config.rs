@@ -49,6 +49,8 @@ struct RawConfig {
     budget_policy: Option<Vec<RawPolicyRow>>,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    server: RawServer,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -84,6 +86,17 @@ struct RawToken {
     token: Option<String>,
     token_file: Option<String>,
     role: String,
+}
+
+/// `server:`, the HTTP server's limits and browser rules.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    header_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_connections: Option<usize>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +248,49 @@ pub enum CheckpointSink {
     Url(String),
 }
 
+/// The HTTP server's limits and browser rules (`server:`).
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// `header_timeout` (default 10s): a connection that has not sent a
+    /// complete request head this long after it opened (or after its last
+    /// response, when kept alive) is closed.
+    pub header_timeout: Duration,
+    /// `request_timeout` (default 30s): from the request head to the response
+    /// head, including reading the body. A body still arriving then gets 408;
+    /// a handler still working gets 503 (the client may retry).
+    pub request_timeout: Duration,
+    /// `max_connections` (default 1024): connections open at once. Past it,
+    /// new connections wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// `allowed_origins` (default none): the only `Origin` header values a
+    /// request may carry, as `scheme://host[:port]`, lowercase, no trailing
+    /// slash. A request with any other `Origin` gets 403.
+    pub allowed_origins: Vec<String>,
+}
+
+impl ServerLimits {
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+}
+
+/// `scheme://host[:port]` as browsers send it in `Origin`, lowercased.
+pub fn normalize_origin(text: &str) -> Result<String, String> {
+    let bad = || format!("invalid origin {text:?}: expected scheme://host[:port], e.g. https://dash.example.com");
+    let url = reqwest::Url::parse(text).map_err(|_| bad())?;
+    let host = url.host_str().ok_or_else(bad)?;
+    if !matches!(url.scheme(), "http" | "https") || url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad());
+    }
+    Ok(match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    })
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -266,6 +322,7 @@ pub struct Config {
     pub slos: Vec<Slo>,
     pub budget_policy: Vec<PolicyRow>,
     pub checkpoint: Option<CheckpointConfig>,
+    pub server: ServerLimits,
     pub redactor: Redactor,
 }
 
@@ -485,6 +542,47 @@ impl Config {
             }
         };
         let checkpoint = raw.audit.checkpoint.and_then(|c| cx.checkpoint(c, &state_dir));
+        let server = {
+            let raw = raw.server;
+            let timeout = |cx: &mut Cx, key: &str, text: Option<String>, default: Duration| {
+                let at = format!("server.{key}");
+                match text.and_then(|t| cx.parse::<Duration>(&at, &t)) {
+                    Some(d) if d == Duration::ZERO => {
+                        cx.problem(&at, format!("server.{key} must be longer than 0s"));
+                        default
+                    }
+                    Some(d) => d,
+                    None => default,
+                }
+            };
+            let header_timeout = timeout(&mut cx, "header_timeout", raw.header_timeout, ServerLimits::DEFAULT_HEADER_TIMEOUT);
+            let request_timeout = timeout(
+                &mut cx,
+                "request_timeout",
+                raw.request_timeout,
+                ServerLimits::DEFAULT_REQUEST_TIMEOUT,
+            );
+            let max_connections = raw.max_connections.unwrap_or(ServerLimits::DEFAULT_MAX_CONNECTIONS);
+            if max_connections == 0 {
+                cx.problem("server.max_connections", "server.max_connections must be at least 1");
+            }
+            let allowed_origins = raw
+                .allowed_origins
+                .iter()
+                .enumerate()
+                .filter_map(|(i, o)| {
+                    let at = format!("server.allowed_origins[{i}]");
+                    let text = cx.expand(&at, o);
+                    normalize_origin(&text).map_err(|e| cx.problem(&at, e)).ok()
+                })
+                .collect();
+            ServerLimits {
+                header_timeout,
+                request_timeout,
+                max_connections: max_connections.max(1),
+                allowed_origins,
+            }
+        };
         if !cx.problems.is_empty() {
             return Err(ConfigError::Invalid(Diagnostics(cx.problems)));
         }
@@ -518,6 +616,7 @@ impl Config {
             slos,
             budget_policy,
             checkpoint,
+            server,
             redactor: Redactor::new(secrets),
         })
     }
@@ -833,5 +932,36 @@ budget_policy:
         assert!(shown.contains("key_file"), "{shown}");
         let shown = checkpoint_problems(dir.path(), "    {key_file: k, dir: a}\n  retention: 1y\n");
         assert!(shown.contains("retention"), "{shown}");
+    }
+    #[test]
+    fn the_server_section_has_defaults_and_is_checked() {
+        let c = Config::default();
+        assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.max_connections, 1024);
+        assert!(c.server.allowed_origins.is_empty());
+        let text = "server:\n  header_timeout: 200ms\n  request_timeout: 1m\n  max_connections: 8\n  allowed_origins: [\"https://Dash.Example.com/\", \"http://localhost:3000\"]\n";
+        let c = Config::parse(Path::new("p.yaml"), text).unwrap();
+        assert_eq!(c.server.header_timeout, Duration::from_millis(200));
+        assert_eq!(c.server.request_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 8);
+        assert_eq!(c.server.allowed_origins, ["https://dash.example.com", "http://localhost:3000"]);
+
+        let err = Config::parse(Path::new("p.yaml"), "server:\n  read_timeout: 1s\n").unwrap_err();
+        assert!(err.to_string().contains("p.yaml:2:3: server: unknown key `read_timeout`"), "{err}");
+        let text = "server:\n  header_timeout: 0s\n  request_timeout: soon\n  max_connections: 0\n  allowed_origins: [\"https://a.example/app\", \"*\"]\n";
+        let ConfigError::Invalid(d) = Config::parse(Path::new("p.yaml"), text).unwrap_err() else {
+            panic!()
+        };
+        let shown = d.to_string();
+        for needle in [
+            "p.yaml:2:19: server.header_timeout must be longer than 0s",
+            "p.yaml:3:20: invalid duration",
+            "p.yaml:4:20: server.max_connections must be at least 1",
+            "p.yaml:5:21: invalid origin \"https://a.example/app\"",
+            "invalid origin \"*\"",
+        ] {
+            assert!(shown.contains(needle), "{needle} not in {shown}");
+        }
     }
 }

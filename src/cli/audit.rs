@@ -86,6 +86,7 @@ fn filter(
         until: time(until)?,
         execution,
         fingerprint,
+        ..Default::default()
     })
 }
 

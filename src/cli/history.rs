@@ -41,6 +41,7 @@ pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> 
         runbook: args.runbook,
         fingerprint: None,
         limit: args.limit,
+        ..Default::default()
     }))?;
     match args.output {
         Output::Json => print!("{}", output::json(&list)),

@@ -10,7 +10,7 @@ use super::{Exit, Failure};
 use crate::audit::{Event, kind};
 use crate::checkpoint::Checkpointer;
 use crate::engine::claimer_alive;
-use crate::server::{AppState, router};
+use crate::server::AppState;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -77,14 +77,13 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             .map(|(c, every)| tokio::spawn(c.clone().run(*every, engine.shutdown.clone())));
         let drain_state = state.clone();
         let shutdown_engine = engine.clone();
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move {
-                signal().await;
-                tracing::info!("shutting down: finishing in-flight steps");
-                drain_state.draining.store(true, Ordering::SeqCst);
-                shutdown_engine.shutdown.cancel();
-            })
-            .await?;
+        crate::server::serve(listener, state, async move {
+            signal().await;
+            tracing::info!("shutting down: finishing in-flight steps");
+            drain_state.draining.store(true, Ordering::SeqCst);
+            shutdown_engine.shutdown.cancel();
+        })
+        .await?;
         background.abort();
         let _ = workers.await;
         // After the workers settled, so it covers every record this process wrote.

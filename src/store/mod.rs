@@ -293,7 +293,11 @@ pub struct ExecutionFilter {
     pub state: Option<State>,
     pub runbook: Option<String>,
     pub fingerprint: Option<String>,
+    /// At most this many, newest first (0: 1,000).
     pub limit: usize,
+    /// Only executions listed after this one (an execution id) in that
+    /// order: the next page. Executions created since do not shift it.
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -304,6 +308,10 @@ pub struct AuditFilter {
     /// Records of executions started by alerts with this fingerprint, and the
     /// alert's own records.
     pub fingerprint: Option<String>,
+    /// Only records after this `seq`: the next page.
+    pub after_seq: Option<u64>,
+    /// At most this many records (oldest first).
+    pub limit: Option<usize>,
 }
 
 /// A step about to run.

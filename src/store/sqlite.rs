@@ -1722,6 +1722,14 @@ impl Store for SqliteStore {
                 args.push(f.clone());
                 sql.push_str(&format!(" AND e.fingerprint = ?{}", args.len()));
             }
+            if let Some(after) = &filter.after {
+                // Keyset paging in list order; an unknown id matches nothing.
+                args.push(after.clone());
+                sql.push_str(&format!(
+                    " AND (e.created_ms, e.id) < (SELECT p.created_ms, p.id FROM executions p WHERE p.id = ?{})",
+                    args.len()
+                ));
+            }
             let limit = if filter.limit == 0 { 1000 } else { filter.limit };
             sql.push_str(&format!(" ORDER BY e.created_ms DESC, e.id DESC LIMIT {limit}"));
             let mut stmt = conn.prepare(&sql)?;
@@ -1756,7 +1764,15 @@ impl Store for SqliteStore {
                      OR (k.name LIKE 'alert.%' AND json_extract(a.data, '$.fingerprint') = ?{n}))"
                 ));
             }
+            if let Some(after) = filter.after_seq {
+                args.push((after.min(i64::MAX as u64) as i64).into());
+                sql.push_str(&format!(" AND a.seq > ?{}", args.len()));
+            }
             sql.push_str(" ORDER BY a.seq");
+            if let Some(limit) = filter.limit {
+                args.push((limit.min(i64::MAX as usize) as i64).into());
+                sql.push_str(&format!(" LIMIT ?{}", args.len()));
+            }
             let mut stmt = conn.prepare(&sql)?;
             let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
             let mut out = Vec::new();

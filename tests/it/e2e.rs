@@ -56,7 +56,7 @@ impl Serve {
     }
 
     pub(crate) async fn executions(&self, query: &str) -> Vec<Value> {
-        let r = reqwest::get(format!("{}/v1/executions?limit=10000&{query}", self.url))
+        let r = reqwest::get(format!("{}/v1/executions?limit=1000&{query}", self.url))
             .await
             .unwrap();
         r.json::<Vec<Value>>().await.unwrap()

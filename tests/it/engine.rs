@@ -128,6 +128,8 @@ struct Flaky {
     inner: Arc<dyn Store>,
     fail_steps: AtomicBool,
     fail_intake: AtomicBool,
+    /// Intake never answers (a store stuck on a full disk or a lock).
+    stall_intake: AtomicBool,
     /// Fails the next `finish` only.
     fail_finish: AtomicBool,
 }
@@ -137,6 +139,9 @@ impl Store for Flaky {
     async fn intake(&self, alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError> {
         if self.fail_intake.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
+        }
+        if self.stall_intake.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
         }
         self.inner.intake(alerts, config).await
     }
@@ -224,11 +229,47 @@ fn flaky_harness(rb: &str) -> (Harness, Arc<Flaky>) {
         inner: engine.store.clone(),
         fail_steps: AtomicBool::new(false),
         fail_intake: AtomicBool::new(false),
+        stall_intake: AtomicBool::new(false),
         fail_finish: AtomicBool::new(false),
     });
     let Harness { dir, clock, .. } = base;
     let h = Harness::with_store(dir, clock, engine.config().clone(), engine.runbooks.clone(), flaky.clone());
     (h, flaky)
+}
+
+/// A handler still working at `server.request_timeout` is our fault, not
+/// the client's: a generic 503, which Alertmanager retries (a 408 it would
+/// drop). The deadline is the server's (`serve`), so this goes over a socket.
+#[tokio::test(start_paused = true)]
+async fn a_webhook_stuck_on_the_store_past_request_timeout_answers_503() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (h, flaky) =
+        flaky_harness("apiVersion: pitcrew/v1\nname: x\ntrigger: {alertname: X}\nsteps: [{name: a, action: log, with: {message: m}}]\n");
+    flaky.stall_intake.store(true, Ordering::SeqCst);
+    let address = h.listen().await;
+    let body = payload(vec![alert(&[("alertname", "X")])]).to_string();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "POST /v1/alerts/alertmanager HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut reply = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(60), stream.read_to_string(&mut reply))
+        .await
+        .expect("answered within a minute")
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(
+        reply.ends_with(r#"{"error":"request timed out; retry later"}"#),
+        "5xx bodies stay generic: {reply}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(30) && waited < std::time::Duration::from_secs(31),
+        "the default request_timeout: {waited:?}"
+    );
 }
 
 #[tokio::test]

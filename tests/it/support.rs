@@ -98,6 +98,37 @@ impl Harness {
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Like `call`, with the response headers.
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let response = self.app.clone().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Serves this harness's engine on a real socket (127.0.0.1:0) through
+    /// the accept loop `pitcrew serve` runs, until the test ends.
+    pub async fn listen(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let state = Arc::new(AppState {
+            engine: self.engine.clone(),
+            draining: AtomicBool::new(false),
+        });
+        tokio::spawn(pitcrew::server::serve(listener, state, std::future::pending()));
+        address
+    }
+
     /// Posts a webhook payload; returns status and JSON body.
     pub async fn post(&self, payload: &Value) -> (StatusCode, Value) {
         let (status, body) = self
