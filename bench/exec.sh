@@ -38,12 +38,12 @@ PY
 )
 echo "spawn ceiling: $ceiling spawns/s"
 
-echo "== exec end to end, wrk -t1 -c16 -d${DURATION}s, one alert per request"
+echo "== exec end to end, wrk -t1 -c${CONNS:-16} -d${DURATION}s, one alert per request"
 start "$WORK/x" "$WORK/runbooks"
 db="$WORK/x/state/state.db"
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 cpu0=$(cpu $PID)
-ALERTNAME=BenchExec RUN=exec wrk -t1 -c16 -d"${DURATION}s" -s bench/alerts.lua "$URL/v1/alerts/alertmanager" > "$WORK/wrk.txt"
+ALERTNAME=BenchExec RUN=exec wrk -t1 -c${CONNS:-16} -d"${DURATION}s" -s bench/alerts.lua "$URL/v1/alerts/alertmanager" > "$WORK/wrk.txt"
 until [ "$(count "$db" "select count(*) from executions where state in ('queued', 'running')")" = 0 ]; do sleep 0.2; done
 cpu1=$(cpu $PID)
 rate=$(python3 - "$db" "$cpu0" "$cpu1" "$(getconf CLK_TCK)" <<'PY'
