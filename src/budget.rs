@@ -55,7 +55,12 @@ pub async fn evaluate(deps: &Deps, slo: &Slo, now: DateTime<Utc>) -> BudgetStatu
             }
         },
     };
-    let (tier_name, auto, approve) = tier(remaining, &config.budget_policy);
+    status(slo, remaining, error, &config.budget_policy)
+}
+
+/// An SLO's status for a remaining budget (`None` = unknown, with `error`).
+fn status(slo: &Slo, remaining: Option<f64>, error: Option<String>, policy: &[crate::config::PolicyRow]) -> BudgetStatus {
+    let (tier_name, auto, approve) = tier(remaining, policy);
     let budget_minutes = slo.window.as_millis() as f64 / 60_000.0 * (1.0 - slo.objective.0);
     BudgetStatus {
         slo: slo.name.clone(),
@@ -76,6 +81,8 @@ pub async fn evaluate(deps: &Deps, slo: &Slo, now: DateTime<Utc>) -> BudgetStatu
 pub struct Budgets {
     deps: Arc<Deps>,
     cache: RwLock<HashMap<String, BudgetStatus>>,
+    /// SLOs being evaluated in the background for `cached_or_unknown`.
+    evaluating: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Budgets {
@@ -83,6 +90,7 @@ impl Budgets {
         Budgets {
             deps,
             cache: RwLock::new(HashMap::new()),
+            evaluating: Default::default(),
         }
     }
 
@@ -113,6 +121,34 @@ impl Budgets {
         let b = evaluate(&self.deps, def, now).await;
         self.cache.write().expect("budget cache lock").insert(slo.to_string(), b.clone());
         Some(b)
+    }
+
+    /// For the webhook, which must never wait on Prometheus: the cached
+    /// status, or a static SLO's (no IO), or else `unknown` at once (which
+    /// the policy treats as a freeze) while one evaluation runs in the
+    /// background and fills the cache for the alerts after it.
+    pub fn cached_or_unknown(self: &Arc<Self>, slo: &str, now: DateTime<Utc>) -> Option<BudgetStatus> {
+        if let Some(b) = self.get(slo) {
+            return Some(b);
+        }
+        let def = self.deps.config.slo(slo)?;
+        let policy = &self.deps.config.budget_policy;
+        if let Sli::Static(r) = &def.sli {
+            // No IO: as good as cached.
+            return Some(status(def, Some(r.0), None, policy));
+        }
+        if self.evaluating.lock().expect("budget evaluating lock").insert(slo.to_string()) {
+            let (budgets, name) = (self.clone(), slo.to_string());
+            tokio::spawn(async move {
+                if let Some(def) = budgets.deps.config.slo(&name) {
+                    let b = evaluate(&budgets.deps, def, now).await;
+                    budgets.cache.write().expect("budget cache lock").insert(name.clone(), b);
+                }
+                budgets.evaluating.lock().expect("budget evaluating lock").remove(&name);
+            });
+        }
+        let why = "not evaluated yet (evaluating in the background; the webhook never waits on Prometheus)";
+        Some(status(def, None, Some(why.into()), policy))
     }
 
     pub fn all(&self) -> Vec<BudgetStatus> {

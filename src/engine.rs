@@ -247,7 +247,12 @@ impl Engine {
                 automated: true,
                 dry_run: false,
                 force: None,
-                budget: self.budget_for(rb).await,
+                // The webhook never waits on Prometheus: cached or unknown.
+                budget: rb
+                    .guardrails
+                    .slo
+                    .as_deref()
+                    .and_then(|slo| self.budgets.cached_or_unknown(slo, Utc::now())),
                 invalid,
             });
         }

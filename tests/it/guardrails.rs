@@ -706,6 +706,27 @@ async fn budget_decisions(h: &Harness) -> BTreeMap<String, Record> {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_webhook_never_waits_on_prometheus_for_a_budget_not_yet_known() {
+    // A Prometheus that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = format!(
+        "prometheus: {{url: \"http://{}\"}}\nslos:\n  - name: api\n    objective: 99.9%\n    window: 30d\n    \
+         good: 'sum(rate(ok[{{{{window}}}}]))'\n    total: 'sum(rate(all[{{{{window}}}}]))'\n",
+        silent.local_addr().unwrap()
+    );
+    let h = Harness::new(&runbook("fix", "Broken", "medium", "slo: api"), &config);
+    let d = decide(&h, firing(&h, "Broken", "web-1")).await;
+    // Not evaluated on the webhook's path: unknown, so medium risk waits for a human.
+    check(&d, "pending_approval", "budget");
+    assert_eq!(d.data["budget"]["tier"], "unknown");
+    assert!(
+        d.data["budget"]["error"].as_str().unwrap().contains("not evaluated yet"),
+        "{:#}",
+        d.data["budget"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn budget_tiers_decide_which_risks_run_unattended() {
     let h = Harness::new(
         &budget_runbooks(&["healthy-slo", "caution-slo", "freeze-slo", "spent-slo"]),
