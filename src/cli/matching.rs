@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{Exit, Failure, Output, output};
 use crate::budget::Budgets;
 use crate::guard::{self, Facts, Request};
-use crate::store::Admission;
+use crate::store::{Admission, Seen};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -72,11 +72,14 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                 Err(e) => json!({"runbook": rb.name, "risk": rb.risk, "error": e.to_string()}),
             });
         }
-        let duplicate = match &store {
-            Some(store) => rt.block_on(store.seen(alert))?,
-            None => false,
+        let seen = match &store {
+            Some(store) => rt.block_on(store.seen(alert, config.clone()))?,
+            None => Seen::New,
         };
-        report.push(json!({"alert": alert.name(), "status": alert.status.as_str(), "fingerprint": alert.fingerprint, "labels": alert.labels, "duplicate": duplicate, "matches": matches}));
+        report.push(
+            json!({"alert": alert.name(), "status": alert.status.as_str(), "fingerprint": alert.fingerprint, "labels": alert.labels,
+                           "seen": seen, "duplicate": seen == Seen::Duplicate, "matches": matches}),
+        );
     }
     match args.output {
         Output::Json => print!("{}", output::json(&report)),
@@ -88,8 +91,14 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                     output::visible(a["status"].as_str().unwrap_or("")),
                     output::visible(a["fingerprint"].as_str().unwrap_or(""))
                 );
-                if a["duplicate"] == Value::Bool(true) {
-                    println!("  already recorded: serve would treat this notification as a duplicate and start nothing");
+                match a["seen"].as_str() {
+                    Some("duplicate") => {
+                        println!("  already recorded: serve would treat this notification as a duplicate and start nothing")
+                    }
+                    Some("reconsidered") => println!(
+                        "  already recorded, every run blocked by a guardrail that time lifts: serve would decide it again (as below)"
+                    ),
+                    _ => {}
                 }
                 let matches = a["matches"].as_array().cloned().unwrap_or_default();
                 if matches.is_empty() {

@@ -393,6 +393,19 @@ pub struct Recovery {
     pub unknown: Vec<String>,
 }
 
+/// A notification as intake would see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seen {
+    /// Not recorded yet: decided.
+    New,
+    /// Recorded: starts nothing.
+    Duplicate,
+    /// Recorded, but every run of it was blocked by a guardrail that time
+    /// lifts, and `intake.reconsider_after` has passed: decided again.
+    Reconsidered,
+}
+
 /// What one [`Store::prune`] call removed.
 #[derive(Debug, Clone, Default)]
 pub struct Pruned {
@@ -466,9 +479,9 @@ pub trait Store: Send + Sync {
     /// Walks the whole chain.
     async fn verify_audit(&self) -> Result<Result<u64, Broken>, StoreError>;
 
-    /// Whether this notification (fingerprint, status, startsAt) was already
-    /// recorded: `match` says so, as intake would.
-    async fn seen(&self, alert: &Alert) -> Result<bool, StoreError>;
+    /// What intake would do with this notification (fingerprint, status,
+    /// startsAt) now: `match` says so.
+    async fn seen(&self, alert: &Alert, config: Arc<Config>) -> Result<Seen, StoreError>;
 
     /// Deletes up to `limit` ended executions (and their steps) that
     /// finished before `before`, oldest first, in one short write; returns

@@ -955,6 +955,33 @@ fn decide(conn: &Connection, adm: &Admission, config: &Config, now_ms: i64) -> R
     Ok(guard::decide(&request, &f, adm.budget.as_ref(), config))
 }
 
+/// A notification against the dedupe set.
+enum Dedupe {
+    New,
+    Duplicate,
+    /// Decided again: its `alert.received` record's seq.
+    Reconsider(u64),
+}
+
+/// The dedupe rule, for intake and for `seen`: a notification recorded before
+/// is a duplicate, unless its every run was blocked by a guardrail that time
+/// lifts (then intake kept its record's seq and when it last decided) and
+/// `intake.reconsider_after` has passed since.
+fn dedupe(conn: &Connection, id: &[u8; 16], now_ms: i64, config: &Config) -> Result<Dedupe, StoreError> {
+    let row: Option<(Option<i64>, Option<i64>)> =
+        query_row(conn, "SELECT received_seq, decided_ms FROM alerts WHERE id = ?1", [&id[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    Ok(match row {
+        None => Dedupe::New,
+        Some((Some(seq), Some(decided_ms))) if now_ms - decided_ms >= config.reconsider_after.as_millis() as i64 => {
+            Dedupe::Reconsider(seq as u64)
+        }
+        Some(_) => Dedupe::Duplicate,
+    })
+}
+
 /// Guardrails whose block time lifts by itself: an alert blocked only by
 /// these is worth deciding again when Alertmanager sends it again. Not
 /// `escalated` (a human must reset it) nor `params` (the alert is wrong).
@@ -1300,15 +1327,9 @@ impl Store for SqliteStore {
             let mut result = IntakeResult::default();
             for item in alerts.iter_mut() {
                 let alert = &item.alert;
-                let seen: Option<(Option<i64>, Option<i64>)> = query_row(
-                    t.conn,
-                    "SELECT received_seq, decided_ms FROM alerts WHERE id = ?1",
-                    [&item.dedupe_id[..]],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-                let received = match seen {
-                    None => {
+                let now_ms = t.now_ms();
+                let received = match dedupe(t.conn, &item.dedupe_id, now_ms, &config)? {
+                    Dedupe::New => {
                         result.accepted += 1;
                         // The alert is stored once: as its `alert.received` record.
                         let received = t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", std::mem::take(&mut item.body)))?;
@@ -1317,7 +1338,7 @@ impl Store for SqliteStore {
                         }
                         received
                     }
-                    Some((Some(received), Some(decided_ms))) if t.now_ms() - decided_ms >= config.reconsider_after.as_millis() as i64 => {
+                    Dedupe::Reconsider(received) => {
                         result.reconsidered += 1;
                         t.append(Event::new(
                             kind::ALERT_RECONSIDERED,
@@ -1327,9 +1348,9 @@ impl Store for SqliteStore {
                                 "received_seq": received, "matched": item.body.get("matched"),
                             }),
                         ))?;
-                        received as u64
+                        received
                     }
-                    Some(_) => {
+                    Dedupe::Duplicate => {
                         result.duplicates += 1;
                         let data = json!({
                             "fingerprint": alert.fingerprint, "status": alert.status.as_str(),
@@ -1823,10 +1844,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn seen(&self, alert: &Alert) -> Result<bool, StoreError> {
+    async fn seen(&self, alert: &Alert, config: Arc<Config>) -> Result<Seen, StoreError> {
         let id = alert.dedupe_id();
-        self.read(move |conn| Ok(query_row(conn, "SELECT COUNT(*) FROM alerts WHERE id = ?1", [&id[..]], |r| r.get::<_, i64>(0))? > 0))
-            .await
+        let now_ms = self.clock.now().timestamp_millis();
+        self.read(move |conn| {
+            Ok(match dedupe(conn, &id, now_ms, &config)? {
+                Dedupe::New => Seen::New,
+                Dedupe::Duplicate => Seen::Duplicate,
+                Dedupe::Reconsider(_) => Seen::Reconsidered,
+            })
+        })
+        .await
     }
 
     fn now(&self) -> DateTime<Utc> {

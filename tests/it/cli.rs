@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::repo;
 
@@ -315,12 +315,20 @@ async fn match_says_when_an_alert_is_already_recorded() {
         serde_json::from_slice(&pitcrew(&args).stdout).unwrap()
     };
     assert_eq!(explain(&seen)[0]["duplicate"], true);
+    assert_eq!(explain(&seen)[0]["seen"], "duplicate", "it ran (is queued): never decided again");
     // The same alert with a new startsAt is a new notification.
     let mut later = seen;
     later["startsAt"] = "2026-11-27T12:30:00Z".into();
     let report = explain(&later);
-    assert_eq!(report[0]["duplicate"], false);
+    assert_eq!(
+        (report[0]["duplicate"].clone(), report[0]["seen"].clone()),
+        (json!(false), json!("new"))
+    );
     // The first run is still queued: the lock would block a second one now.
     assert_eq!(report[0]["matches"][0]["verdict"], "blocked");
     assert_eq!(report[0]["matches"][0]["decided_by"], "concurrency");
+    // Delivered and blocked by that lock, it would be decided again when
+    // re-sent (the CLI's clock is days past the harness's).
+    h.post(&crate::support::payload(vec![later.clone()])).await;
+    assert_eq!(explain(&later)[0]["seen"], "reconsidered");
 }

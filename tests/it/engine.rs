@@ -208,8 +208,8 @@ impl Store for Flaky {
     async fn verify_audit(&self) -> Result<Result<u64, pitcrew::audit::Broken>, StoreError> {
         self.inner.verify_audit().await
     }
-    async fn seen(&self, a: &pitcrew::alert::Alert) -> Result<bool, StoreError> {
-        self.inner.seen(a).await
+    async fn seen(&self, a: &pitcrew::alert::Alert, c: Arc<Config>) -> Result<Seen, StoreError> {
+        self.inner.seen(a, c).await
     }
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         self.inner.queue_depth().await
