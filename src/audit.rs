@@ -25,6 +25,8 @@ pub mod kind {
     pub const EXECUTION_FINISHED: &str = "execution.finished";
     pub const APPROVAL_GRANTED: &str = "approval.granted";
     pub const APPROVAL_DENIED: &str = "approval.denied";
+    /// An approval refused by the two-person rule; the execution stays pending.
+    pub const APPROVAL_REFUSED: &str = "approval.refused";
     pub const CONFIG_LOADED: &str = "config.loaded";
     pub const OVERRIDE: &str = "override";
     pub const EXECUTION_RECOVERED: &str = "execution.recovered";

@@ -123,6 +123,7 @@ struct RawHttp {
 struct RawNotify {
     url: Option<String>,
     url_file: Option<String>,
+    on: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -311,6 +312,8 @@ pub struct Config {
     pub kubernetes_context: Option<String>,
     pub allowed_hosts: Vec<AllowedHost>,
     pub notify_url: Option<String>,
+    /// Which events send a notice (`notify.on`).
+    pub notify_on: Vec<NoticeEvent>,
     pub global_limit: Option<Rate>,
     pub storm_brake: Option<u32>,
     /// Ended executions (and their steps) older than this are pruned in the
@@ -329,6 +332,46 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config::from_raw(RawConfig::default(), Path::new("."), None, &Positions::default()).expect("defaults are valid")
+    }
+}
+
+/// An event that can send a notice (`notify.on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeEvent {
+    /// A run waits for approval.
+    PendingApproval,
+    /// A run ended `failed`.
+    Failed,
+    /// A run ended `unknown` (a non-idempotent step was interrupted).
+    Unknown,
+    /// An `escalate_after` breaker tripped.
+    Escalated,
+    /// The storm brake engaged.
+    Storm,
+}
+
+impl NoticeEvent {
+    /// Every event, in the order `notify.on` lists them by default.
+    pub const ALL: [NoticeEvent; 5] = [
+        NoticeEvent::PendingApproval,
+        NoticeEvent::Failed,
+        NoticeEvent::Unknown,
+        NoticeEvent::Escalated,
+        NoticeEvent::Storm,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeEvent::PendingApproval => "pending_approval",
+            NoticeEvent::Failed => "failed",
+            NoticeEvent::Unknown => "unknown",
+            NoticeEvent::Escalated => "escalated",
+            NoticeEvent::Storm => "storm",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<NoticeEvent> {
+        NoticeEvent::ALL.into_iter().find(|e| e.as_str() == name)
     }
 }
 
@@ -453,6 +496,24 @@ impl Config {
                 AllowedHost::parse(&text).map_err(|e| cx.problem(&at, e)).ok()
             })
             .collect();
+        let notify_on = match raw.notify.as_ref().and_then(|n| n.on.as_ref()) {
+            None => NoticeEvent::ALL.to_vec(),
+            Some(names) => names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    NoticeEvent::parse(name)
+                        .ok_or_else(|| {
+                            let known: Vec<&str> = NoticeEvent::ALL.iter().map(|e| e.as_str()).collect();
+                            cx.problem(
+                                &format!("notify.on[{i}]"),
+                                format!("unknown notice event `{name}`; expected one of {}", known.join(", ")),
+                            )
+                        })
+                        .ok()
+                })
+                .collect(),
+        };
         let notify_url = raw.notify.and_then(|n| {
             let url = cx.secret("notify.url", n.url.as_deref(), n.url_file.as_deref())?;
             // The webhook URL is itself the credential (Slack-style).
@@ -605,6 +666,7 @@ impl Config {
             kubernetes_context,
             allowed_hosts,
             notify_url,
+            notify_on,
             global_limit,
             storm_brake,
             reconsider_after: raw.intake.reconsider_after.unwrap_or(Duration::from_secs(300)),
@@ -963,5 +1025,18 @@ budget_policy:
         ] {
             assert!(shown.contains(needle), "{needle} not in {shown}");
         }
+    }
+
+    #[test]
+    fn notify_on_defaults_to_every_event_and_refuses_unknown_ones() {
+        assert_eq!(Config::default().notify_on, NoticeEvent::ALL);
+        let c = Config::parse(Path::new("p.yaml"), "notify:\n  on: [failed, storm]\n").unwrap();
+        assert_eq!(c.notify_on, [NoticeEvent::Failed, NoticeEvent::Storm]);
+        let c = Config::parse(Path::new("p.yaml"), "notify: {on: []}\n").unwrap();
+        assert!(c.notify_on.is_empty());
+        let err = Config::parse(Path::new("p.yaml"), "notify:\n  on: [failed, failure]\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("p.yaml:2:16: unknown notice event `failure`"), "{shown}");
+        assert!(shown.contains("pending_approval, failed, unknown, escalated, storm"), "{shown}");
     }
 }

@@ -15,7 +15,7 @@ use crate::action::{ActionContext, ActionError, Deps, DryRun, artifact_dir};
 use crate::alert::Alert;
 use crate::audit::{Event, kind};
 use crate::budget::Budgets;
-use crate::config::Config;
+use crate::config::{Config, NoticeEvent};
 use crate::dispatch::Dispatch;
 use crate::guard::{Decision, Verdict};
 use crate::metrics::Metrics;
@@ -72,21 +72,125 @@ pub struct Engine {
     dispatch: Dispatch,
     /// Ends of runs being recorded after their worker moved on.
     finishing: tokio_util::task::TaskTracker,
+    /// Notices being delivered (and recorded) in the background.
+    notices: tokio_util::task::TaskTracker,
     /// `pid:starttime`, so recovery can tell a dead worker from a live one.
     pub worker_id: String,
     /// Stops workers between steps.
     pub shutdown: CancellationToken,
 }
 
-async fn record_notice(store: &dyn Store, text: &str, outcome: Result<(), String>) {
-    let event = Event::new(
-        kind::NOTIFICATION,
-        "pitcrew",
-        json!({"text": text, "delivered": outcome.is_ok(), "error": outcome.err()}),
-    );
-    if let Err(e) = store.record(vec![event]).await {
-        tracing::error!(error = %e, "cannot record a notification");
+/// What a notice is about.
+struct Notice {
+    event: NoticeEvent,
+    text: String,
+    /// The run it tells of (execution id, runbook, target), if any.
+    execution: Option<(String, String, String)>,
+    /// The runbook's own `notify.url`, which wins over the config's.
+    runbook_url: Option<String>,
+}
+
+/// Sends notices in the background; cheap to clone into the tasks that
+/// record a run's end.
+#[derive(Clone)]
+struct Notifier {
+    store: Arc<dyn Store>,
+    deps: Arc<Deps>,
+    runbooks: Arc<RunbookSet>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Notifier {
+    /// Delivery and its audit record run in the background: the state the
+    /// notice tells of is already durable, and a slow chat webhook must hold
+    /// up neither the 202 Alertmanager waits for nor a worker.
+    fn send(&self, notice: Notice) {
+        if !self.deps.config.notify_on.contains(&notice.event) {
+            return;
+        }
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let outcome = this.deliver(&notice).await;
+            if let Err(e) = &outcome {
+                tracing::warn!(event = notice.event.as_str(), error = %e, "notice not delivered");
+            }
+            this.record(&notice, outcome).await;
+        });
     }
+
+    async fn deliver(&self, notice: &Notice) -> Result<(), String> {
+        let config = &self.deps.config;
+        match (&notice.runbook_url, &config.notify_url) {
+            // A runbook's URL is checked like a `notify` step's own URL;
+            // the config's is trusted.
+            (Some(url), _) => crate::action::notify::post_checked(config, url, &notice.text)
+                .await
+                .map_err(|e| e.to_string()),
+            (None, Some(url)) => crate::action::notify::post(self.deps.http(), url, &notice.text)
+                .await
+                .map_err(|e| e.to_string()),
+            (None, None) => Err("no notify.url in config".into()),
+        }
+    }
+
+    async fn record(&self, notice: &Notice, outcome: Result<(), String>) {
+        let route = if notice.runbook_url.is_some() { "runbook" } else { "config" };
+        let mut event = Event::new(
+            kind::NOTIFICATION,
+            "pitcrew",
+            json!({"event": notice.event.as_str(), "text": notice.text, "route": route, "delivered": outcome.is_ok(), "error": outcome.err()}),
+        );
+        if let Some((id, runbook, target)) = &notice.execution {
+            event = event.execution(id, runbook, target);
+        }
+        if let Err(e) = self.store.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot record a notification");
+        }
+    }
+
+    fn runbook_url(&self, runbook: &str) -> Option<String> {
+        self.runbooks.get(runbook).and_then(|r| r.notify_url.clone())
+    }
+
+    /// A run's end is durable: failed and unknown runs are announced (in
+    /// the log and by notice), as nobody may be watching them.
+    fn run_ended(&self, exec: &Execution, state: State, reason: Option<&str>) {
+        let event = match state {
+            State::Failed => NoticeEvent::Failed,
+            State::Unknown => NoticeEvent::Unknown,
+            _ => return,
+        };
+        let reason = reason.unwrap_or("no reason recorded");
+        tracing::warn!(execution = %exec.id, runbook = %exec.runbook, target = %exec.target, state = %state, reason, "run ended {state}");
+        let text = match state {
+            State::Unknown => format!(
+                "pitcrew: {} on {} ended unknown (a step may or may not have taken effect; check the target): {reason}. Execution {}.",
+                exec.runbook, exec.target, exec.id
+            ),
+            _ => format!(
+                "pitcrew: {} on {} failed: {reason}. Execution {}.",
+                exec.runbook, exec.target, exec.id
+            ),
+        };
+        self.send(Notice {
+            event,
+            text,
+            execution: Some((exec.id.clone(), exec.runbook.clone(), exec.target.clone())),
+            runbook_url: self.runbook_url(&exec.runbook),
+        });
+    }
+}
+
+/// Whether a decision sends a notice (approval wait, escalation, storm).
+fn needs_notice(d: &Decision) -> bool {
+    d.verdict == Verdict::PendingApproval || d.notify.is_some() || d.storm_notice
+}
+
+/// The run a decision was made for, for its notices.
+struct Decided<'a> {
+    id: &'a str,
+    runbook: &'a str,
+    target: &'a str,
 }
 
 /// The executions an intake queued, as a worker would load them.
@@ -132,10 +236,17 @@ struct Ending {
     outcome: Outcome,
 }
 
-async fn record_end(store: &dyn Store, metrics: &Metrics, exec: &Execution, ending: Ending) -> Result<Outcome, EngineError> {
+async fn record_end(
+    store: &dyn Store,
+    metrics: &Metrics,
+    notifier: &Notifier,
+    exec: &Execution,
+    ending: Ending,
+) -> Result<Outcome, EngineError> {
     let Ending { pending, outcome } = ending;
     store.finish(exec, pending, outcome.state, outcome.reason.clone()).await?;
     metrics.execution(outcome.state.as_str());
+    notifier.run_ended(exec, outcome.state, outcome.reason.as_deref());
     Ok(outcome)
 }
 
@@ -216,6 +327,7 @@ impl Engine {
             wake: Arc::new(Notify::new()),
             dispatch: Dispatch::default(),
             finishing: tokio_util::task::TaskTracker::new(),
+            notices: tokio_util::task::TaskTracker::new(),
             worker_id: worker_id(),
             shutdown: CancellationToken::new(),
         }
@@ -296,10 +408,31 @@ impl Engine {
             items.push(IntakeAlert::new(alert, admissions));
         }
         let mut result = self.store.intake(items, self.config().clone()).await?;
+        // Before the queued runs take the alerts back: notices name their run.
+        // Looked up only when some decision sends one (most send none).
+        let runs: std::collections::HashMap<&str, &Admission> = if result.executions.iter().any(|(_, d)| needs_notice(d)) {
+            result
+                .alerts
+                .iter()
+                .flat_map(|a| a.admissions.iter())
+                .map(|a| (a.id.as_str(), a))
+                .collect()
+        } else {
+            std::collections::HashMap::new()
+        };
+        self.after_decisions(result.executions.iter().map(|(id, d)| {
+            let admission = runs.get(id.as_str());
+            let decided = Decided {
+                id,
+                runbook: admission.map(|a| a.runbook.name.as_str()).unwrap_or_default(),
+                target: admission.map(|a| a.target.as_str()).unwrap_or_default(),
+            };
+            (decided, d)
+        }));
+        drop(runs);
         self.dispatch.offer(queued_executions(&mut result));
         self.metrics.alerts_received.inc_by(result.accepted as u64);
         self.metrics.alerts_duplicate.inc_by(result.duplicates as u64);
-        self.after_decisions(result.executions.iter().map(|(_, d)| d)).await;
         if result.executions.iter().any(|(_, d)| d.verdict == Verdict::Run) {
             self.wake.notify_waiters();
         }
@@ -308,49 +441,72 @@ impl Engine {
 
     /// Manual or API run: the same guardrails, the same store.
     pub async fn admit(&self, admission: Admission, alert: Option<Alert>) -> Result<Decision, StoreError> {
+        let (id, runbook, target) = (admission.id.clone(), admission.runbook.name.clone(), admission.target.clone());
         let decision = self.store.admit(admission, alert, self.config().clone()).await?;
-        self.after_decisions(std::iter::once(&decision)).await;
+        let decided = Decided {
+            id: &id,
+            runbook: &runbook,
+            target: &target,
+        };
+        self.after_decisions(std::iter::once((decided, &decision)));
         if decision.verdict == Verdict::Run {
             self.wake.notify_waiters();
         }
         Ok(decision)
     }
 
-    /// Escalation and storm notices go out once, after the decision is durable.
-    async fn after_decisions(&self, decisions: impl Iterator<Item = &Decision>) {
-        for d in decisions {
+    /// Notices for decisions already durable: a run waiting for approval,
+    /// a tripped escalation breaker, a storm. Each goes out once, in the
+    /// background (see [`Notifier::send`]).
+    fn after_decisions<'a>(&self, decisions: impl Iterator<Item = (Decided<'a>, &'a Decision)>) {
+        for (run, d) in decisions {
             if d.verdict == Verdict::Blocked {
                 self.metrics.execution("blocked");
             }
-            let text = match (&d.notify, d.storm_notice) {
-                (Some(text), _) => text.clone(),
-                (None, true) => format!(
-                    "pitcrew storm brake: {}. Medium and high risk automation is paused; low risk continues.",
-                    d.reason
-                ),
-                (None, false) => continue,
-            };
-            self.send_notice(&text).await;
+            if !needs_notice(d) {
+                continue;
+            }
+            let execution = Some((run.id.to_string(), run.runbook.to_string(), run.target.to_string()));
+            if d.verdict == Verdict::PendingApproval {
+                // Nobody watches a run that waits: say so where operators look.
+                tracing::info!(execution = %run.id, runbook = %run.runbook, target = %run.target, reason = %d.reason, "run waits for approval");
+                self.send_notice(Notice {
+                    event: NoticeEvent::PendingApproval,
+                    text: format!(
+                        "pitcrew: {} on {} waits for approval ({}). Approve: pitcrew approve {id}; deny: pitcrew deny {id}",
+                        run.runbook,
+                        run.target,
+                        d.reason,
+                        id = run.id
+                    ),
+                    execution: execution.clone(),
+                    runbook_url: self.notifier().runbook_url(run.runbook),
+                });
+            }
+            if let Some(text) = &d.notify {
+                self.send_notice(Notice {
+                    event: NoticeEvent::Escalated,
+                    text: text.clone(),
+                    execution,
+                    runbook_url: self.notifier().runbook_url(run.runbook),
+                });
+            } else if d.storm_notice {
+                // A storm is about every runbook: the config's channel.
+                self.send_notice(Notice {
+                    event: NoticeEvent::Storm,
+                    text: format!(
+                        "pitcrew storm brake: {}. Medium and high risk automation is paused; low risk continues.",
+                        d.reason
+                    ),
+                    execution: None,
+                    runbook_url: None,
+                });
+            }
         }
     }
 
-    /// Delivery runs in the background: the decision is already durable, and
-    /// a slow chat webhook must not hold up the 202 Alertmanager waits for.
-    async fn send_notice(&self, text: &str) {
-        let store = self.store.clone();
-        let Some(url) = self.config().notify_url.clone() else {
-            tracing::warn!("escalation notice not delivered: no notify.url in config");
-            record_notice(&*store, text, Err("no notify.url in config".into())).await;
-            return;
-        };
-        let (http, text) = (self.deps.http().clone(), text.to_string());
-        tokio::spawn(async move {
-            let outcome = crate::action::notify::post(&http, &url, &text).await.map_err(|e| e.to_string());
-            if let Err(e) = &outcome {
-                tracing::warn!(error = %e, "escalation notice not delivered");
-            }
-            record_notice(&*store, &text, outcome).await;
-        });
+    fn send_notice(&self, notice: Notice) {
+        self.notifier().send(notice);
     }
 
     /// Runs workers until `shutdown` fires; each claims and runs executions.
@@ -425,9 +581,9 @@ impl Engine {
             Ok(ending) => {
                 // The worker is free once the run's last action is over;
                 // recording its end (and the fsync) happens meanwhile.
-                let (store, metrics) = (self.store.clone(), self.metrics.clone());
+                let (store, metrics, notifier) = (self.store.clone(), self.metrics.clone(), self.notifier());
                 self.finishing.spawn(async move {
-                    if let Err(e) = record_end(&*store, &metrics, &exec, ending).await {
+                    if let Err(e) = record_end(&*store, &metrics, &notifier, &exec, ending).await {
                         let _ = stopped(&*store, &exec, e).await;
                     }
                 });
@@ -461,17 +617,37 @@ impl Engine {
         }
     }
 
-    /// Waits until the ends of runs workers finished are recorded.
+    /// Waits until the ends of runs workers finished are recorded, then
+    /// until the notices sent so far are delivered and recorded (a CLI
+    /// process waits for them before it exits).
     pub async fn settle(&self) {
         self.finishing.close();
         self.finishing.wait().await;
         self.finishing.reopen();
+        self.notices.close();
+        self.notices.wait().await;
+        self.notices.reopen();
+    }
+
+    fn notifier(&self) -> Notifier {
+        Notifier {
+            store: self.store.clone(),
+            deps: self.deps.clone(),
+            runbooks: self.runbooks.clone(),
+            tasks: self.notices.clone(),
+        }
+    }
+
+    /// A run ended outside a worker (`pitcrew run` interrupted): the same
+    /// log line and notice as any other end.
+    pub fn run_ended(&self, exec: &Execution, state: State, reason: Option<&str>) {
+        self.notifier().run_ended(exec, state, reason);
     }
 
     /// Runs an execution claimed from the store to its end.
     pub async fn execute(&self, exec: Execution, progress: Option<ProgressFn>) -> Result<Outcome, EngineError> {
         let ending = self.run(&exec, None, progress).await?;
-        record_end(&*self.store, &self.metrics, &exec, ending).await
+        record_end(&*self.store, &self.metrics, &self.notifier(), &exec, ending).await
     }
 
     /// Runs an execution to its end; `claim` when it still has to be
@@ -482,6 +658,7 @@ impl Engine {
             let reason = format!("runbook `{}` is not loaded", exec.runbook);
             self.store.finish(exec, pending, State::Failed, Some(reason.clone())).await?;
             self.metrics.execution("failed");
+            self.notifier().run_ended(exec, State::Failed, Some(&reason));
             return Err(EngineError::UnknownRunbook(exec.runbook.clone()));
         };
         let resolved = crate::runbook::Resolved {

@@ -14,6 +14,8 @@ pub const MIN_SECRET_LEN: usize = 4;
 #[derive(Clone, Default)]
 pub struct Redactor {
     matcher: Option<Arc<AhoCorasick>>,
+    /// The secrets `matcher` was built from, so [`Redactor::with`] can add more.
+    secrets: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -44,7 +46,22 @@ impl Redactor {
             .expect("literal patterns always build");
         Redactor {
             matcher: Some(Arc::new(matcher)),
+            secrets: list.into(),
         }
+    }
+
+    /// These secrets and `more` (secrets found after the config, such as a
+    /// runbook's own notice URL).
+    pub fn with<I, S>(&self, more: I) -> Redactor
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let more: Vec<String> = more.into_iter().map(|s| s.as_ref().to_string()).collect();
+        if more.is_empty() {
+            return self.clone();
+        }
+        Redactor::new(self.secrets.iter().cloned().chain(more))
     }
 
     pub fn text(&self, s: &str) -> String {

@@ -62,6 +62,7 @@ impl From<StoreError> for ApiError {
             StoreError::WrongState { id, state } => {
                 ApiError::new(StatusCode::CONFLICT, format!("execution {id} is {state}, not pending_approval"))
             }
+            e @ StoreError::SelfApproval { .. } => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
             other => {
                 tracing::error!(error = %crate::diag::chain(&other), "state store failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state store unavailable; retry later")
@@ -684,7 +685,11 @@ async fn approve(
     _: JsonWrite,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let exec = state.engine.store.approve(&id, &actor).await?;
+    let exec = state
+        .engine
+        .store
+        .approve(&id, &actor, state.engine.runbooks.may_self_approve())
+        .await?;
     state.engine.wake.notify_waiters();
     Ok(Json(json!({"execution_id": exec.id, "state": exec.state, "approved_by": actor})))
 }

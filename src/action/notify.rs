@@ -63,6 +63,14 @@ pub async fn post(client: &reqwest::Client, url: &str, text: &str) -> Result<(),
     }
 }
 
+/// Posts to a URL a runbook gave (a step's `url`, or a runbook's own
+/// `notify.url`): it must pass the allowed-hosts check, and is sent over a
+/// client pinned to the checked addresses.
+pub async fn post_checked(config: &crate::config::Config, url: &str, text: &str) -> Result<(), ActionError> {
+    let checked = crate::action::http_guard::check_url(config, url).await?;
+    post(&checked.client(TIMEOUT)?, url, text).await
+}
+
 #[async_trait::async_trait]
 impl Action for Notify {
     fn spec(&self) -> &Spec {
@@ -76,12 +84,7 @@ impl Action for Notify {
     async fn run(&self, input_value: &Value, cx: &ActionContext<'_>) -> Result<Value, ActionError> {
         let Input { text, url } = input(input_value)?;
         match url {
-            // A runbook's own URL passes the allowed-hosts check and is sent
-            // over a client pinned to the checked addresses.
-            Some(url) => {
-                let checked = crate::action::http_guard::check_url(&cx.deps.config, &url).await?;
-                post(&checked.client(TIMEOUT)?, &url, &text).await?;
-            }
+            Some(url) => post_checked(&cx.deps.config, &url, &text).await?,
             // The config's own URL is trusted.
             None => {
                 let url = cx

@@ -11,8 +11,6 @@ pub struct ApproveArgs {
     /// Only approve; let `serve` run it
     #[arg(long)]
     pub detach: bool,
-    #[arg(long = "as", value_name = "USER")]
-    pub as_user: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -20,37 +18,48 @@ pub struct DenyArgs {
     pub id: String,
     #[arg(long)]
     pub reason: Option<String>,
-    #[arg(long = "as", value_name = "USER")]
-    pub as_user: Option<String>,
 }
 
 fn explain(e: StoreError) -> anyhow::Error {
     match e {
         StoreError::NotFound(id) => Failure::usage(format!("no execution {id}")),
         StoreError::WrongState { id, state } => Failure::usage(format!("execution {id} is {state}, not pending_approval")),
+        // A guardrail said no: exit 3, like any other blocked request.
+        e @ StoreError::SelfApproval { .. } => Failure {
+            exit: Exit::Blocked,
+            message: e.to_string(),
+        }
+        .into(),
         other => other.into(),
     }
 }
 
 pub fn approve(config_path: Option<&Path>, args: ApproveArgs) -> anyhow::Result<Exit> {
     let engine = super::runtime::engine(config_path)?;
-    let actor = super::runtime::user_actor(args.as_user.as_deref());
+    let actor = super::runtime::user_actor();
     super::runtime::tokio().block_on(async move {
-        engine.store.approve(&args.id, &actor).await.map_err(explain)?;
+        engine
+            .store
+            .approve(&args.id, &actor, engine.runbooks.may_self_approve())
+            .await
+            .map_err(explain)?;
         eprintln!("approved {} as {actor}", args.id);
         if args.detach {
             return Ok(Exit::Done);
         }
-        super::run::run_claimed(&engine, &args.id).await
+        let exit = super::run::run_claimed(&engine, &args.id).await;
+        // A failure notice goes out in the background: wait for it before exiting.
+        engine.settle().await;
+        exit
     })
 }
 
 pub fn deny(config_path: Option<&Path>, args: DenyArgs) -> anyhow::Result<Exit> {
     let (_, store) = super::runtime::store_only(config_path)?;
-    let actor = super::runtime::user_actor(args.as_user.as_deref());
+    let actor = super::runtime::user_actor();
     super::runtime::tokio()
         .block_on(store.deny(&args.id, &actor, args.reason))
         .map_err(explain)?;
-    eprintln!("denied {}", args.id);
+    eprintln!("denied {} as {actor}", args.id);
     Ok(Exit::Done)
 }

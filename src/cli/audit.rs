@@ -311,7 +311,8 @@ fn describe(r: &Record) -> (String, String) {
             )
         }
         "execution.finished" => ("Execution finished".into(), format!("**{}** {}", s(&d["state"]), s(&d["reason"]))),
-        "approval.granted" => ("Approved".into(), format!("by {}", r.actor)),
+        "approval.granted" => ("Approved".into(), format!("by {} (requested by {})", r.actor, s(&d["requester"]))),
+        "approval.refused" => ("Approval refused".into(), format!("{}: {}", r.actor, s(&d["reason"]))),
         "approval.denied" => ("Denied".into(), format!("by {}: {}", r.actor, s(&d["reason"]))),
         "override" => (
             "Override".into(),

@@ -14,8 +14,6 @@ pub struct ListArgs {
 pub struct ResetArgs {
     pub runbook: String,
     pub target: String,
-    #[arg(long = "as", value_name = "USER")]
-    pub as_user: Option<String>,
 }
 
 pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> {
@@ -36,7 +34,7 @@ pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> 
 
 pub fn reset(config_path: Option<&Path>, args: ResetArgs) -> anyhow::Result<Exit> {
     let (_, store) = super::runtime::store_only(config_path)?;
-    let actor = super::runtime::user_actor(args.as_user.as_deref());
+    let actor = super::runtime::user_actor();
     let reset = super::runtime::tokio().block_on(store.reset_breaker(&args.runbook, &args.target, &actor))?;
     if !reset {
         return Err(Failure::usage(format!(

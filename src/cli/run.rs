@@ -26,9 +26,6 @@ pub struct Args {
     /// Decide and record everything, touch nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Who is running it (default: $USER)
-    #[arg(long = "as", value_name = "USER")]
-    pub as_user: Option<String>,
     /// Skip cooldown, rate limits, budget, storm brake and escalation (needs --reason)
     #[arg(long)]
     pub force: bool,
@@ -72,30 +69,45 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         .runbooks
         .resolve(&rb, alert.as_ref(), &overrides)
         .map_err(|e| Failure::usage(format!("{}: {e}", rb.name)))?;
-    let actor = super::runtime::user_actor(args.as_user.as_deref());
+    let actor = super::runtime::user_actor();
     super::runtime::tokio().block_on(async move {
-        let force = args.force.then(|| args.reason.clone().unwrap_or_default());
-        let admission = engine.manual_admission(&rb, resolved, actor, args.dry_run, force).await;
-        let id = admission.id.clone();
-        let decision = engine.admit(admission, alert).await?;
-        print_decision(&decision);
-        match decision.verdict {
-            Verdict::Blocked => {
-                eprintln!("blocked ({}): {}", decision.decided_by, visible(&decision.reason));
-                println!("{id}");
-                Ok(Exit::Blocked)
-            }
-            Verdict::PendingApproval => {
-                eprintln!(
-                    "waiting for approval: {}\n  pitcrew approve {id}   |   pitcrew deny {id} --reason ...",
-                    decision.reason
-                );
-                println!("{id}");
-                Ok(Exit::PendingApproval)
-            }
-            Verdict::Run => run_claimed(&engine, &id).await,
-        }
+        let exit = admit_and_run(&engine, rb, resolved, actor, alert, args).await;
+        // Notices (approval wait, failure) go out in the background; this
+        // process must not exit before they are delivered and recorded.
+        engine.settle().await;
+        exit
     })
+}
+
+async fn admit_and_run(
+    engine: &Arc<Engine>,
+    rb: Arc<crate::runbook::Runbook>,
+    resolved: crate::runbook::Resolved,
+    actor: String,
+    alert: Option<crate::alert::Alert>,
+    args: Args,
+) -> anyhow::Result<Exit> {
+    let force = args.force.then(|| args.reason.clone().unwrap_or_default());
+    let admission = engine.manual_admission(&rb, resolved, actor, args.dry_run, force).await;
+    let id = admission.id.clone();
+    let decision = engine.admit(admission, alert).await?;
+    print_decision(&decision);
+    match decision.verdict {
+        Verdict::Blocked => {
+            eprintln!("blocked ({}): {}", decision.decided_by, visible(&decision.reason));
+            println!("{id}");
+            Ok(Exit::Blocked)
+        }
+        Verdict::PendingApproval => {
+            eprintln!(
+                "waiting for approval: {}\n  pitcrew approve {id}   |   pitcrew deny {id} --reason ...",
+                decision.reason
+            );
+            println!("{id}");
+            Ok(Exit::PendingApproval)
+        }
+        Verdict::Run => run_claimed(engine, &id).await,
+    }
 }
 
 fn print_decision(d: &Decision) {
@@ -167,6 +179,7 @@ pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit>
                 format!("interrupted by the user (SIGINT) during step {during}; its outcome is unknown")
             };
             engine.store.finish(&claimed, Pending::default(), state, Some(reason.clone())).await?;
+            engine.run_ended(&claimed, state, Some(&reason));
             eprintln!("{state}: {reason}");
             println!("{id}");
             return Ok(Exit::StepFailed);

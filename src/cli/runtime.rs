@@ -21,8 +21,14 @@ pub fn open_store(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Stor
 
 /// Loads config and runbooks, opens the store, builds the engine.
 pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
-    let config = Arc::new(super::load_config(config_path)?);
+    let mut config = super::load_config(config_path)?;
     let runbooks = Arc::new(super::load_runbooks(&config, &[])?);
+    // A runbook's own notice URL is a credential like `notify.url`: the store
+    // and the clients redact it too.
+    config.redactor = config
+        .redactor
+        .with(runbooks.runbooks.iter().filter_map(|r| r.notify_url.as_deref()));
+    let config = Arc::new(config);
     let store = open_store(&config)?;
     Ok(Arc::new(Engine::new(config, runbooks, store)))
 }
@@ -41,11 +47,15 @@ pub fn tokio() -> tokio::runtime::Runtime {
         .expect("a tokio runtime builds")
 }
 
-/// `user:NAME` from `--as`, else $USER.
-pub fn user_actor(as_user: Option<&str>) -> String {
-    let name = as_user
-        .map(String::from)
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".into());
+/// Who runs this command: `user:NAME` for the operating-system user of the
+/// process by real uid (`uid:N` without a passwd entry). Never `$USER` or a
+/// flag: anyone can set those, and the two-person rule and the audit trust
+/// this name.
+pub fn user_actor() -> String {
+    let uid = nix::unistd::getuid();
+    let name = match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid:{uid}"),
+    };
     format!("user:{name}")
 }

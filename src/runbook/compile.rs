@@ -316,6 +316,7 @@ impl Cx<'_> {
             .collect();
         let target = raw.target.as_deref().and_then(|t| self.template("target", t, TARGET_ROOTS));
         let guardrails = self.guardrails(&raw.guardrails);
+        let notify_url = raw.notify.as_ref().and_then(|n| self.notify_url(&n.url));
         let raw_step_names: HashSet<&str> = raw.steps.iter().chain(raw.on_failure.iter()).map(|s| s.name.as_str()).collect();
         let mut names = HashSet::new();
         let steps = self.steps("steps", &raw.steps, STEP_ROOTS, &mut names);
@@ -402,6 +403,7 @@ impl Cx<'_> {
             target,
             risk,
             guardrails,
+            notify_url,
             steps,
             on_failure,
             tests,
@@ -507,7 +509,25 @@ impl Cx<'_> {
             out.slo = Some(slo.clone());
         }
         out.dry_run = g.dry_run;
+        out.self_approval = g.self_approval;
         out
+    }
+
+    /// A runbook's own notice URL: literal (no alert data decides where
+    /// notices go), http or https, with a host.
+    fn notify_url(&mut self, url: &str) -> Option<String> {
+        if url.contains("{{") {
+            self.problem("notify.url", "notify.url must be a literal URL, not a template");
+            return None;
+        }
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(url.to_string()),
+            // The URL is a secret: say what is wrong without showing it.
+            _ => {
+                self.problem("notify.url", "notify.url must be an http or https URL with a host");
+                None
+            }
+        }
     }
 
     fn steps(&mut self, key: &str, raw: &[RawStep], roots: &[&str], names: &mut HashSet<String>) -> Vec<Step> {

@@ -68,6 +68,9 @@ pub struct Guardrails {
     pub approval: Approval,
     pub approval_timeout: Duration,
     pub dry_run: bool,
+    /// Whether the person who asked for a run may approve it themselves
+    /// (off: the two-person rule).
+    pub self_approval: bool,
 }
 
 impl Default for Guardrails {
@@ -82,6 +85,7 @@ impl Default for Guardrails {
             approval: Approval::Auto,
             approval_timeout: Duration::from_secs(3600),
             dry_run: false,
+            self_approval: false,
         }
     }
 }
@@ -121,6 +125,10 @@ pub struct Runbook {
     pub target: Option<Tpl>,
     pub risk: Risk,
     pub guardrails: Guardrails,
+    /// Where this runbook's notices (approval waits, failures) go instead of
+    /// the config's `notify.url`. A secret, like `notify.url`: the URL is
+    /// the webhook's credential.
+    pub notify_url: Option<String>,
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
     pub tests: Vec<selftest::RunbookTest>,
@@ -178,6 +186,14 @@ impl RunbookSet {
             registry,
             index,
         }
+    }
+
+    /// Which runbooks let the requester of a run approve it, for
+    /// `Store::approve`. A runbook no longer loaded does not: the rule stays
+    /// on unless a loaded runbook turns it off.
+    pub fn may_self_approve(self: &Arc<Self>) -> crate::store::MaySelfApprove {
+        let set = self.clone();
+        Arc::new(move |name: &str| set.get(name).is_some_and(|r| r.guardrails.self_approval))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Runbook>> {

@@ -27,6 +27,8 @@ pub struct RawRunbook {
     pub risk: Option<String>,
     #[serde(default)]
     pub guardrails: RawGuardrails,
+    #[serde(default)]
+    pub notify: Option<RawRunbookNotify>,
     pub steps: Vec<RawStep>,
     #[serde(default)]
     pub on_failure: Vec<RawStep>,
@@ -103,6 +105,15 @@ pub struct RawGuardrails {
     pub approval_timeout: Option<Scalar>,
     #[serde(default)]
     pub dry_run: bool,
+    #[serde(default)]
+    pub self_approval: bool,
+}
+
+/// Where this runbook's own notices go (`notify: {url}`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRunbookNotify {
+    pub url: String,
 }
 
 /// A YAML scalar as text (`30` and `"30"` alike).

@@ -57,6 +57,12 @@ pub enum StoreError {
     /// Too many writes are waiting; the caller should retry later.
     #[error("state writer overloaded")]
     Busy,
+    /// The two-person rule: the approver asked for this run, and its runbook
+    /// does not allow self-approval.
+    #[error(
+        "{approver} requested execution {id} and may not approve it too (requester {requester}, approver {approver}): another person must approve it, or the runbook sets guardrails.self_approval: true"
+    )]
+    SelfApproval { id: String, requester: String, approver: String },
     /// The execution is not in the state the operation needs.
     #[error("execution {id} is {state}")]
     WrongState { id: String, state: String },
@@ -89,6 +95,7 @@ impl StoreError {
             StoreError::NotStarted => "not_started",
             StoreError::NotFound(_) => "not_found",
             StoreError::WrongState { .. } => "wrong_state",
+            StoreError::SelfApproval { .. } => "self_approval",
             StoreError::Corrupt(_) => "corrupt",
             StoreError::Open { .. } => "open",
         }
@@ -414,6 +421,10 @@ pub struct Pruned {
     pub more: bool,
 }
 
+/// Tells whether a runbook (by name) lets the requester of a run approve it
+/// (`guardrails.self_approval`).
+pub type MaySelfApprove = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Tells whether the worker named in a claim is still alive.
 pub type Liveness = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -456,8 +467,14 @@ pub trait Store: Send + Sync {
     /// Executions left `running` by a dead worker: resume, or mark unknown.
     async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError>;
 
-    async fn approve(&self, id: &str, actor: &str) -> Result<Execution, StoreError>;
+    /// Puts a pending execution back in the queue, approved by `approver`.
+    /// Refuses with [`StoreError::SelfApproval`] when `approver` is the
+    /// execution's requester (its actor) and `may_self_approve` says no for
+    /// its runbook; the refusal is audited and the execution stays pending.
+    async fn approve(&self, id: &str, approver: &str, may_self_approve: MaySelfApprove) -> Result<Execution, StoreError>;
 
+    /// Cancels a pending execution. Anyone, the requester included, may
+    /// deny: withdrawing a request needs no second person.
     async fn deny(&self, id: &str, actor: &str, reason: Option<String>) -> Result<Execution, StoreError>;
 
     /// Pending approvals past their deadline are denied by `system:timeout`.

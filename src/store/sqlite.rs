@@ -1581,9 +1581,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn approve(&self, id: &str, actor: &str) -> Result<Execution, StoreError> {
-        let (id, actor) = (id.to_string(), actor.to_string());
-        // The inner result lets a refusal keep what it wrote (the expiry).
+    async fn approve(&self, id: &str, approver: &str, may_self_approve: MaySelfApprove) -> Result<Execution, StoreError> {
+        let (id, approver) = (id.to_string(), approver.to_string());
+        // The inner result lets a refusal keep what it wrote (the expiry, or
+        // the refused self-approval).
         self.write(move |t| {
             let exec = load_execution(t.conn, &id)?;
             if exec.state != State::PendingApproval {
@@ -1601,17 +1602,39 @@ impl Store for SqliteStore {
                     state: State::Cancelled.to_string(),
                 }));
             }
+            // The two-person rule. Decided here, in the transaction, against
+            // the stored requester, so no caller can skip it. The refusal is
+            // audited: an attempt to approve one's own run is what a reviewer
+            // of the log wants to see, and the identities are authenticated
+            // (real uid or API token), so nobody outside can fill the log.
+            let requester = exec.actor.clone();
+            if requester == approver && !may_self_approve(&exec.runbook) {
+                t.append(
+                    Event::new(
+                        kind::APPROVAL_REFUSED,
+                        &approver,
+                        json!({
+                            "requester": requester,
+                            "approver": approver,
+                            "reason": "two-person rule: the requester may not approve their own run",
+                        }),
+                    )
+                    .execution(&exec.id, &exec.runbook, &exec.target),
+                )?;
+                return Ok(Err(StoreError::SelfApproval { id, requester, approver }));
+            }
             run_sql(
                 t.conn,
                 "UPDATE executions SET state = 'queued', admitted_ms = CASE WHEN dry_run = 0 THEN ?2 END, reason = NULL WHERE id = ?1",
                 params![id, t.now_ms()],
             )?;
             t.append(
-                Event::new(kind::APPROVAL_GRANTED, &actor, json!({"pending_reason": exec.reason})).execution(
-                    &exec.id,
-                    &exec.runbook,
-                    &exec.target,
-                ),
+                Event::new(
+                    kind::APPROVAL_GRANTED,
+                    &approver,
+                    json!({"pending_reason": exec.reason, "requester": requester, "approver": approver}),
+                )
+                .execution(&exec.id, &exec.runbook, &exec.target),
             )?;
             load_execution(t.conn, &id).map(Ok)
         })
@@ -1637,11 +1660,14 @@ impl Store for SqliteStore {
                 "UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1",
                 params![id, why, t.now_ms()],
             )?;
-            t.append(Event::new(kind::APPROVAL_DENIED, &actor, json!({"reason": reason})).execution(
-                &exec.id,
-                &exec.runbook,
-                &exec.target,
-            ))?;
+            t.append(
+                Event::new(
+                    kind::APPROVAL_DENIED,
+                    &actor,
+                    json!({"reason": reason, "requester": exec.actor, "approver": actor}),
+                )
+                .execution(&exec.id, &exec.runbook, &exec.target),
+            )?;
             t.append(
                 Event::new(kind::EXECUTION_FINISHED, &actor, json!({"state": "cancelled", "reason": why})).execution(
                     &exec.id,

@@ -178,8 +178,8 @@ impl Store for Flaky {
     async fn recover(&self, l: Liveness) -> Result<Recovery, StoreError> {
         self.inner.recover(l).await
     }
-    async fn approve(&self, id: &str, a: &str) -> Result<Execution, StoreError> {
-        self.inner.approve(id, a).await
+    async fn approve(&self, id: &str, a: &str, m: MaySelfApprove) -> Result<Execution, StoreError> {
+        self.inner.approve(id, a, m).await
     }
     async fn deny(&self, id: &str, a: &str, r: Option<String>) -> Result<Execution, StoreError> {
         self.inner.deny(id, a, r).await

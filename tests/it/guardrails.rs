@@ -135,7 +135,9 @@ fn id(d: &Record) -> String {
     d.execution_id.clone().expect("decision names its execution")
 }
 
+/// Records of `kind`, once the notices sent so far are recorded.
 async fn records(h: &Harness, kind: &str) -> Vec<Record> {
+    h.engine.settle().await;
     h.audit().await.into_iter().filter(|r| r.kind == kind).collect()
 }
 
@@ -597,7 +599,11 @@ async fn approvals_grant_deny_and_time_out() {
     assert_eq!(state(&h, &a).await, State::PendingApproval);
     assert_eq!(run_all(&h).await, 0, "nothing runs before the approval");
 
-    let approved = h.store().approve(&a, "user:alice").await.unwrap();
+    let approved = h
+        .store()
+        .approve(&a, "user:alice", h.engine.runbooks.may_self_approve())
+        .await
+        .unwrap();
     assert_eq!(approved.state, State::Queued);
     assert_eq!(run_all(&h).await, 1);
     assert_eq!(state(&h, &a).await, State::Succeeded);
@@ -619,7 +625,7 @@ async fn approvals_grant_deny_and_time_out() {
     assert_eq!(run_all(&h).await, 0);
 
     for (exec, was) in [(&a, "succeeded"), (&b, "cancelled")] {
-        match h.store().approve(exec, "user:alice").await {
+        match h.store().approve(exec, "user:alice", h.engine.runbooks.may_self_approve()).await {
             Err(StoreError::WrongState { state, .. }) => assert_eq!(state, was),
             other => panic!("approving a {was} execution: {other:?}"),
         }
@@ -642,7 +648,7 @@ async fn approvals_grant_deny_and_time_out() {
         .unwrap();
     assert_eq!(timeout.actor, "system:timeout");
     assert!(matches!(
-        h.store().approve(&c, "user:alice").await,
+        h.store().approve(&c, "user:alice", h.engine.runbooks.may_self_approve()).await,
         Err(StoreError::WrongState { .. })
     ));
 }
@@ -654,7 +660,7 @@ async fn an_approval_after_the_timeout_is_refused_even_before_the_sweep() {
     let h = Harness::new(&runbook("fix", "Broken", "low", "approval: required, approval_timeout: 10m"), "");
     let a = id(&decide(&h, firing(&h, "Broken", "a")).await);
     h.advance("10m");
-    match h.store().approve(&a, "user:alice").await {
+    match h.store().approve(&a, "user:alice", h.engine.runbooks.may_self_approve()).await {
         Err(StoreError::WrongState { state, .. }) => assert_eq!(state, "cancelled"),
         other => panic!("late approval: {other:?}"),
     }
@@ -672,7 +678,10 @@ async fn an_approved_run_starts_the_cooldown_when_approved() {
     let h = Harness::new(&runbook("fix", "Broken", "low", "approval: required, cooldown: 5m"), "");
     let a = id(&decide(&h, firing(&h, "Broken", "web-1")).await);
     h.advance("20m");
-    h.store().approve(&a, "user:alice").await.unwrap();
+    h.store()
+        .approve(&a, "user:alice", h.engine.runbooks.may_self_approve())
+        .await
+        .unwrap();
     run_all(&h).await;
     h.advance("1m");
     check(&decide(&h, firing(&h, "Broken", "web-1")).await, "blocked", "cooldown");
@@ -834,7 +843,10 @@ async fn force_skips_limits_budget_and_escalation_with_an_audited_override() {
     let first = with_budget(manual(&h, "fix", "web-1"));
     let first_id = first.id.clone();
     assert_eq!(h.engine.admit(first, None).await.unwrap().verdict, Verdict::PendingApproval);
-    h.store().approve(&first_id, "user:bob").await.unwrap();
+    h.store()
+        .approve(&first_id, "user:bob", h.engine.runbooks.may_self_approve())
+        .await
+        .unwrap();
     assert_eq!(run_all(&h).await, 1);
 
     h.advance("1m");

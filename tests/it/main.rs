@@ -3,6 +3,7 @@
 mod actions_alertmanager;
 mod actions_http;
 mod actions_prometheus;
+mod approvals;
 mod audit;
 mod budget_prometheus;
 mod checkpoint;
