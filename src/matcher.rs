@@ -117,17 +117,32 @@ fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
     shared_regex(&format!("^(?:{pattern})$"))
 }
 
-/// One compiled `Regex` per distinct pattern, for the whole process.
+/// One compiled `Regex` per distinct pattern, for the whole process, up to
+/// [`REGEX_CACHE_MAX`] patterns: past that the cache starts over, so runbook
+/// sets loaded one after another cannot grow it forever (regexes already
+/// handed out live on with the runbooks that hold them).
 pub fn shared_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
+    let cache = regex_cache();
     if let Some(re) = cache.lock().expect("regex cache lock").get(pattern) {
         return Ok(re.clone());
     }
     let re = Regex::new(pattern)?;
-    cache.lock().expect("regex cache lock").insert(pattern.to_string(), re.clone());
+    let mut cache = cache.lock().expect("regex cache lock");
+    if cache.len() >= REGEX_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(pattern.to_string(), re.clone());
     Ok(re)
 }
+
+fn regex_cache() -> &'static Mutex<HashMap<String, Regex>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Distinct patterns shared at most (runbooks repeat a few; 10,000 runbooks
+/// of the benchmark use far fewer).
+pub const REGEX_CACHE_MAX: usize = 4096;
 
 fn unquote(s: &str) -> Option<String> {
     let Some(inner) = s.strip_prefix('"') else {
@@ -250,6 +265,12 @@ mod tests {
     #[test]
     fn bad_matchers_say_why() {
         assert!(matches!(Matcher::parse("l=~\"(\""), Err(MatcherError::Regex { .. })));
+        // The shared cache stays bounded however many patterns pass through.
+        for i in 0..REGEX_CACHE_MAX + 10 {
+            shared_regex(&format!("p{i}")).unwrap();
+        }
+        assert!(shared_regex("p0").unwrap().is_match("p0"));
+        assert!(regex_cache().lock().unwrap().len() <= REGEX_CACHE_MAX);
         assert!(matches!(Matcher::parse("l~\"a\""), Err(MatcherError::Syntax(_))));
         assert!(matches!(Matcher::parse("=a"), Err(MatcherError::LabelName(_))));
         assert!(matches!(Matcher::parse("l=\"a"), Err(MatcherError::Syntax(_))));

@@ -1020,6 +1020,41 @@ async fn logs_by_selector_saves_each_pod_log_as_an_artifact() {
 }
 
 #[tokio::test]
+async fn logs_read_at_most_max_pods_and_say_how_many_were_left() {
+    let h = Harness::new().await;
+    three_pods(&h);
+    let out = h
+        .run(
+            "kubernetes.logs",
+            json!({"namespace": "shop", "selector": "app=web", "max_pods": 2}),
+        )
+        .await
+        .unwrap();
+    let requests = h.server.requests();
+    let logs: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.path.ends_with("/log"))
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(
+        logs,
+        [
+            "/api/v1/namespaces/shop/pods/web-crashing/log",
+            "/api/v1/namespaces/shop/pods/web-new/log"
+        ]
+    );
+    assert_eq!((out["pods"].clone(), out["skipped"].clone()), (json!(3), json!(1)));
+    let err = h
+        .run(
+            "kubernetes.logs",
+            json!({"namespace": "shop", "selector": "app=web", "max_pods": 0}),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_pods"), "{err}");
+}
+
+#[tokio::test]
 async fn logs_of_one_pod_pass_container_and_since() {
     let h = Harness::new().await;
     h.server.insert(ready_pod("web-1", "2024-01-01T00:00:00Z"));

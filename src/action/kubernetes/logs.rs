@@ -36,6 +36,11 @@ impl Logs {
         .param("container", ParamType::String, "container name (default: all)")
         .param("tail", ParamType::Integer, "lines from the end of each log")
         .param("since", ParamType::Duration, "only logs newer than this, e.g. 10m")
+        .param(
+            "max_pods",
+            ParamType::Integer,
+            "read at most this many pods' logs, by name (default 20, at most 200)",
+        )
         .rbac("", &["pods"], &["list", "get"])
         .rbac("", &["pods/log"], &["get"])
         .example("namespace: shop\nselector: app=checkout\ntail: 200\n");
@@ -72,7 +77,15 @@ impl Action for Logs {
             container,
             tail,
             since,
+            max_pods,
         } = input(input_value)?;
+        // A selector matching a whole fleet must not read every log into
+        // the artifacts in one step.
+        let max_pods = match max_pods {
+            None => DEFAULT_MAX_PODS,
+            Some(n @ 1..=MAX_PODS) => n as usize,
+            Some(n) => return Err(ActionError::input("max_pods", format!("must be 1 to {MAX_PODS}, got {n}"))),
+        };
         check_namespace("namespace", &namespace)?;
         if let Some(c) = &container {
             check_namespace("container", c)?;
@@ -126,6 +139,10 @@ impl Action for Logs {
             }
         };
 
+        let mut pods = pods;
+        pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let matched = pods.len();
+        pods.truncate(max_pods);
         let mut saved = Vec::new();
         for pod in &pods {
             let Some(pod_name) = pod.metadata.name.as_deref() else { continue };
@@ -168,11 +185,15 @@ impl Action for Logs {
             let first = saved[0]["error"].as_str().unwrap_or_default().to_string();
             return Err(ActionError::Failed(format!("no log could be read: {first}")));
         }
-        Ok(json!({
+        let mut out = json!({
             "namespace": namespace,
-            "pods": pods.len(),
+            "pods": matched,
             "logs": saved,
-        }))
+        });
+        if matched > pods.len() {
+            out["skipped"] = json!(matched - pods.len());
+        }
+        Ok(out)
     }
 }
 
@@ -191,7 +212,12 @@ struct Input {
     tail: Option<i64>,
     #[serde(default, deserialize_with = "lenient::opt_duration")]
     since: Option<Duration>,
+    #[serde(default, deserialize_with = "lenient::opt_int")]
+    max_pods: Option<i64>,
 }
+
+const DEFAULT_MAX_PODS: usize = 20;
+const MAX_PODS: i64 = 200;
 
 fn opt_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     lenient::string(d).map(Some)
