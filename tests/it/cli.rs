@@ -332,3 +332,40 @@ async fn match_says_when_an_alert_is_already_recorded() {
     h.post(&crate::support::payload(vec![later.clone()])).await;
     assert_eq!(explain(&later)[0]["seen"], "reconsidered");
 }
+
+#[test]
+fn a_json_patch_that_appends_moves_or_removes_is_not_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let step = |ops: &str| {
+        format!(
+            "apiVersion: pitcrew/v1\nname: p\nsteps:\n  - name: s\n    action: kubernetes.patch\n    retries: 1\n    with:\n      \
+             api_version: v1\n      kind: ConfigMap\n      namespace: shop\n      name: c\n      patch_type: json\n      patch: {ops}\n"
+        )
+    };
+    let validate = |ops: &str| {
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, step(ops)).unwrap();
+        let out = pitcrew(&["validate", file.to_str().unwrap()]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    for ok in [
+        r#"[{op: replace, path: /data/a, value: "1"}]"#,
+        r#"[{op: test, path: /data/a, value: "1"}, {op: add, path: /data/b, value: "2"}]"#,
+    ] {
+        let (code, out) = validate(ok);
+        assert_eq!(code, Some(0), "{ok}: {out}");
+    }
+    for not in [
+        r#"[{op: add, path: /spec/items/-, value: 1}]"#,
+        r#"[{op: move, from: /data/a, path: /data/b}]"#,
+        r#"[{op: copy, from: /data/a, path: /data/b}]"#,
+        r#"[{op: remove, path: /data/a}]"#,
+    ] {
+        let (code, out) = validate(not);
+        assert_eq!(code, Some(2), "{not}: {out}");
+        assert!(out.contains("non-idempotent"), "{not}: {out}");
+    }
+}

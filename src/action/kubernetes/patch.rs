@@ -7,8 +7,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{api_error, check_name, check_namespace, patch_params, plural, resource_name};
-use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, input, lenient};
+use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, StaticWith, input, lenient};
 use crate::runbook::Risk;
+use crate::runbook::template::Tpl;
 
 const JSON_PATCH: &str = "application/json-patch+json";
 
@@ -54,6 +55,28 @@ impl Action for Patch {
 
     fn dry_run(&self, _input: &Value) -> DryRun {
         DryRun::Simulate
+    }
+
+    /// A merge patch sets fields: applying it twice is applying it once. A
+    /// JSON patch is only when every operation is: `replace`, `test`, or an
+    /// `add` to a named member. Appending (`add` to `…/-`), `move`, `copy` and
+    /// `remove` (the second fails) are not, nor is a patch whose operations
+    /// are templated (unknown until run).
+    fn step_idempotent(&self, with: StaticWith<'_>) -> bool {
+        let json = with.get("patch_type").and_then(|t| t.literal()).is_some_and(|t| t == "json");
+        if !json {
+            return true;
+        }
+        let Some(Tpl::List(ops)) = with.get("patch") else { return false };
+        ops.iter().all(|op| {
+            let Tpl::Map(op) = op else { return false };
+            let field = |k: &str| op.get(k).and_then(Tpl::literal);
+            match (field("op"), field("path")) {
+                (Some(o), _) if o == "replace" || o == "test" => true,
+                (Some(o), Some(Value::String(path))) if o == "add" => !path.ends_with("/-"),
+                _ => false,
+            }
+        })
     }
 
     async fn run(&self, input_value: &Value, cx: &ActionContext<'_>) -> Result<Value, ActionError> {
