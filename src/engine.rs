@@ -160,7 +160,9 @@ impl Notifier {
             State::Unknown => NoticeEvent::Unknown,
             _ => return,
         };
-        let reason = reason.unwrap_or("no reason recorded");
+        // The log line and the notice leave pitcrew: redacted like the audit.
+        let reason = self.deps.config.redactor.text(reason.unwrap_or("no reason recorded"));
+        let reason = reason.as_str();
         tracing::warn!(execution = %exec.id, runbook = %exec.runbook, target = %exec.target, state = %state, reason, "run ended {state}");
         let text = match state {
             State::Unknown => format!(
@@ -740,8 +742,13 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn report(&self, p: Progress) {
+    /// Progress for a person watching (`pitcrew run`): redacted like the
+    /// audit, since a step's error or output may quote a secret.
+    fn report(&self, mut p: Progress) {
         if let Some(f) = &self.progress {
+            if let Progress::StepFinished { detail, .. } = &mut p {
+                *detail = self.engine.config().redactor.text(detail);
+            }
             f(&p);
         }
     }

@@ -185,7 +185,8 @@ pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit>
             return Ok(Exit::StepFailed);
         }
     };
-    eprintln!("{} {}", outcome.state, visible(outcome.reason.as_deref().unwrap_or("")));
+    let reason = engine.config().redactor.text(outcome.reason.as_deref().unwrap_or(""));
+    eprintln!("{} {}", outcome.state, visible(&reason));
     println!("{id}");
     Ok(exit_for(outcome.state))
 }

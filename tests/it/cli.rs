@@ -369,3 +369,27 @@ fn a_json_patch_that_appends_moves_or_removes_is_not_idempotent() {
         assert!(out.contains("non-idempotent"), "{not}: {out}");
     }
 }
+
+#[test]
+fn run_shows_step_errors_redacted_like_the_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
+    std::fs::write(dir.path().join("hook"), "http://127.0.0.1:9/hook-s3cr3t-value\n").unwrap();
+    std::fs::write(
+        dir.path().join("runbooks/leak.yaml"),
+        "apiVersion: pitcrew/v1\nname: leak\nsteps:\n  - name: say\n    action: exec\n    \
+         with: {command: [sh, -c, 'echo the hook is http://127.0.0.1:9/hook-s3cr3t-value >&2; exit 1']}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("pitcrew.yaml");
+    std::fs::write(
+        &config,
+        "state_dir: state\nrunbooks: [runbooks]\nplugins: plugins\nnotify: {url_file: hook}\n",
+    )
+    .unwrap();
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "run", "leak"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("s3cr3t") && !stdout.contains("s3cr3t"), "{stderr}");
+    assert!(stderr.contains("[REDACTED]"), "{stderr}");
+}
