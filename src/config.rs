@@ -725,11 +725,11 @@ impl Cx<'_> {
                 return text.to_string();
             };
             let name = &after[..end];
+            // Not a secret by itself: a context name or a path from the
+            // environment is data the audit should show. Secret-bearing keys
+            // register their values (`secret`, `url`).
             match std::env::var(name) {
-                Ok(v) => {
-                    self.secrets.push(v.clone());
-                    out.push_str(&v);
-                }
+                Ok(v) => out.push_str(&v),
                 Err(_) => self.problem(at, format!("environment variable {name} is not set")),
             }
             rest = &after[end + 1..];
@@ -747,10 +747,21 @@ impl Cx<'_> {
         }
     }
 
+    /// A URL; the credentials in it (a password, query values such as
+    /// `?token=`) are secrets.
     fn url(&mut self, at: &str, text: &str) -> String {
         let u = self.expand(at, text);
-        if reqwest::Url::parse(&u).is_err() {
-            self.problem(at, format!("invalid URL {u:?}"));
+        match reqwest::Url::parse(&u) {
+            Ok(parsed) => {
+                let password = parsed
+                    .password()
+                    .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned());
+                let credentials = password.into_iter().chain(parsed.query_pairs().map(|(_, v)| v.into_owned()));
+                for secret in credentials.filter(|s| s.len() >= MIN_SECRET_LEN) {
+                    self.secrets.push(secret);
+                }
+            }
+            Err(_) => self.problem(at, format!("invalid URL {u:?}")),
         }
         u.trim_end_matches('/').to_string()
     }

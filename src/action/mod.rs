@@ -379,6 +379,13 @@ pub trait Action: Send + Sync {
         Ok(())
     }
 
+    /// Names of variables of pitcrew's environment the action hands to what
+    /// it runs (a plugin manifest's `env`): credentials, as a rule, so their
+    /// values are redacted like config secrets.
+    fn passes_env(&self) -> &[String] {
+        &[]
+    }
+
     fn dry_run(&self, _input: &Value) -> DryRun {
         DryRun::Run
     }

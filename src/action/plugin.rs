@@ -155,6 +155,10 @@ impl Action for Plugin {
         &self.spec
     }
 
+    fn passes_env(&self) -> &[String] {
+        &self.manifest.env
+    }
+
     fn dry_run(&self, _input: &Value) -> DryRun {
         if self.manifest.dry_run { DryRun::Simulate } else { DryRun::Skip }
     }

@@ -23,11 +23,19 @@ pub fn open_store(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Stor
 pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
     let mut config = super::load_config(config_path)?;
     let runbooks = Arc::new(super::load_runbooks(&config, &[])?);
-    // A runbook's own notice URL is a credential like `notify.url`: the store
-    // and the clients redact it too.
+    // A runbook's own notice URL is a credential like `notify.url`, and so
+    // are the values plugins are handed from our environment: the store and
+    // the clients redact them too.
+    let passed: Vec<String> = runbooks
+        .registry
+        .iter()
+        .flat_map(|a| a.passes_env())
+        .filter_map(|name| std::env::var(name).ok())
+        .collect();
     config.redactor = config
         .redactor
-        .with(runbooks.runbooks.iter().filter_map(|r| r.notify_url.as_deref()));
+        .with(runbooks.runbooks.iter().filter_map(|r| r.notify_url.as_deref()))
+        .with(passed.iter().map(String::as_str));
     let config = Arc::new(config);
     let store = open_store(&config)?;
     Ok(Arc::new(Engine::new(config, runbooks, store)))

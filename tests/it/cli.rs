@@ -393,3 +393,58 @@ fn run_shows_step_errors_redacted_like_the_audit() {
     assert!(!stderr.contains("s3cr3t") && !stdout.contains("s3cr3t"), "{stderr}");
     assert!(stderr.contains("[REDACTED]"), "{stderr}");
 }
+
+#[test]
+fn only_credentials_from_the_environment_are_redacted_not_every_expansion() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["runbooks", "plugins/echo"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("plugins/echo/plugin.yaml"),
+        "name: echo\ndescription: says what it was given\ncommand: [echo.sh]\nrisk: low\nidempotent: true\n\
+         timeout: 10s\nenv: [PITCREW_TEST_PLUGIN_KEY]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("plugins/echo/echo.sh"),
+        "#!/bin/sh\ncat > /dev/null; printf '{\"ok\": true, \"output\": {\"key\": \"%s\"}}' \"$PITCREW_TEST_PLUGIN_KEY\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path().join("plugins/echo/echo.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("runbooks/say.yaml"),
+        "apiVersion: pitcrew/v1\nname: say\nsteps:\n  - name: plain\n    action: exec\n    \
+         with: {command: [/bin/echo, context prod-eu-west-1 password pr0m-reader-pw]}\n  \
+         - name: plugin\n    action: plugin.echo\n",
+    )
+    .unwrap();
+    let config = dir.path().join("pitcrew.yaml");
+    std::fs::write(
+        &config,
+        "state_dir: state\nrunbooks: [runbooks]\nplugins: plugins\nkubernetes: {context: \"${PITCREW_TEST_CONTEXT}\"}\n\
+         prometheus: {url: \"http://reader:${PITCREW_TEST_PROM_PW}@127.0.0.1:9\"}\n",
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pitcrew"))
+            .args(["--config", config.to_str().unwrap()])
+            .args(args)
+            .env("PITCREW_TEST_CONTEXT", "prod-eu-west-1")
+            .env("PITCREW_TEST_PROM_PW", "pr0m-reader-pw")
+            .env("PITCREW_TEST_PLUGIN_KEY", "plugin-key-0123456")
+            .output()
+            .unwrap()
+    };
+    let run = cli(&["run", "say"]);
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    let audit = String::from_utf8_lossy(&cli(&["audit", "export"]).stdout).into_owned();
+    assert!(audit.contains("context prod-eu-west-1"), "a context name is data, not a secret");
+    assert!(!audit.contains("pr0m-reader-pw"), "a password in a URL is a secret");
+    assert!(
+        !audit.contains("plugin-key-0123456"),
+        "what a plugin is handed from our environment is a secret"
+    );
+    assert!(audit.contains("[REDACTED]"));
+}
