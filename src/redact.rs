@@ -71,6 +71,15 @@ impl Redactor {
         }
     }
 
+    /// [`Redactor::text`] for bytes that need not be UTF-8 (logs, stderr),
+    /// kept byte for byte where no secret is.
+    pub fn bytes(&self, b: &[u8]) -> Vec<u8> {
+        match &self.matcher {
+            Some(m) if m.is_match(b) => m.replace_all_bytes(b, &vec![REDACTED.as_bytes(); m.patterns_len()]),
+            _ => b.to_vec(),
+        }
+    }
+
     /// Redacts every string inside a JSON value, keys included.
     pub fn value(&self, v: &serde_json::Value) -> serde_json::Value {
         let mut copy = v.clone();
@@ -164,5 +173,7 @@ mod tests {
             serde_json::json!({"out": ["x [REDACTED]"], "u": "https://h/[REDACTED]"})
         );
         assert_eq!(Redactor::new(["ab"]).text("ab"), "ab");
+        // Bytes that are not UTF-8 are kept as they are around a secret.
+        assert_eq!(r.bytes(b"\xff s3cr3t-token \xfe"), b"\xff [REDACTED] \xfe".to_vec());
     }
 }

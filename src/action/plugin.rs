@@ -195,7 +195,9 @@ impl Action for Plugin {
             && !done.stderr.is_empty()
         {
             let path = cx.artifact_path(&format!("{}.plugin.{}.stderr", cx.step, self.manifest.name))?;
-            std::fs::write(&path, &done.stderr).map_err(|e| ActionError::Failed(format!("saving plugin stderr: {e}")))?;
+            // Artifacts are read like the audit: no secrets.
+            let stderr = cx.deps.redactor.bytes(&done.stderr);
+            std::fs::write(&path, stderr).map_err(|e| ActionError::Failed(format!("saving plugin stderr: {e}")))?;
         }
         cx.drop_empty_artifact_dir();
         let done = done?;

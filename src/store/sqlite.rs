@@ -406,6 +406,8 @@ pub struct SqliteStore {
     /// Where the last `prune` stopped (a rowid), so a pass walks the oldest
     /// executions once; 0 starts a new pass.
     prune_cursor: Arc<std::sync::atomic::AtomicI64>,
+    /// For executions as shown to people (`execution`, `executions`).
+    redactor: Redactor,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -451,6 +453,7 @@ impl SqliteStore {
             .spawn({
                 let clock = clock.clone();
                 let waiting = waiting.clone();
+                let redactor = redactor.clone();
                 move || write_loop(writer, (receiver, waiting), redactor, clock, to_sync)
             })
             .map_err(spawn_error)?;
@@ -461,6 +464,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             clock,
             prune_cursor: Arc::default(),
+            redactor,
         })
     }
 
@@ -780,6 +784,22 @@ fn stored_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<audit::Stored> {
         data: r.get(7)?,
         hash: r.get(8)?,
     })
+}
+
+/// An execution as people see it (API, CLI): its params and alert redacted
+/// like the audit. Runs themselves read the stored values (`load_execution`).
+fn shown(mut exec: Execution, redactor: &Redactor) -> Execution {
+    let mut params = Value::Object(std::mem::take(&mut exec.params));
+    redactor.in_place(&mut params);
+    if let Value::Object(p) = params {
+        exec.params = p;
+    }
+    if let Some(alert) = &mut exec.alert {
+        for v in alert.labels.values_mut().chain(alert.annotations.values_mut()) {
+            *v = redactor.text(v);
+        }
+    }
+    exec
 }
 
 fn load_execution(conn: &Connection, id: &str) -> Result<Execution, StoreError> {
@@ -1750,10 +1770,12 @@ impl Store for SqliteStore {
 
     async fn execution(&self, id: &str) -> Result<Execution, StoreError> {
         let id = id.to_string();
-        self.read(move |conn| load_execution(conn, &id)).await
+        let redactor = self.redactor.clone();
+        self.read(move |conn| Ok(shown(load_execution(conn, &id)?, &redactor))).await
     }
 
     async fn executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let redactor = self.redactor.clone();
         self.read(move |conn| {
             let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e WHERE 1=1");
             let mut args: Vec<String> = Vec::new();
@@ -1781,7 +1803,8 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" ORDER BY e.created_ms DESC, e.id DESC LIMIT {limit}"));
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), execution_from_row)?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let rows: Vec<Execution> = rows.collect::<Result<_, _>>()?;
+            Ok(rows.into_iter().map(|e| shown(e, &redactor)).collect())
         })
         .await
     }

@@ -100,6 +100,8 @@ async fn secrets_are_redacted_from_step_input_output_and_errors() {
     let rb = r#"apiVersion: pitcrew/v1
 name: leaky
 trigger: {alertname: Leak}
+params:
+  x: {default: "{{alert.labels.x}}"}
 steps:
   - name: print
     action: exec
@@ -121,6 +123,13 @@ steps:
     let all: String = h.audit().await.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
     assert!(!all.contains("s3cret-token-value"), "secret leaked into the audit");
     assert!(all.contains("token=[REDACTED]"));
+    // Nor does the API show it, in the alert or the params of the run.
+    let (status, listed) = h
+        .call("GET", "/v1/executions", &[("authorization", "Bearer s3cret-token-value")], "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert!(!listed.contains("s3cret-token-value"), "{listed}");
+    assert!(listed.contains("token=[REDACTED]"), "{listed}");
 }
 
 /// A store that can be told to fail, to prove the engine fails closed.

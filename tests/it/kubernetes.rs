@@ -1020,6 +1020,19 @@ async fn logs_by_selector_saves_each_pod_log_as_an_artifact() {
 }
 
 #[tokio::test]
+async fn logs_are_saved_with_secrets_redacted() {
+    let mut h = Harness::new().await;
+    h.deps.redactor = pitcrew::redact::Redactor::new(["db-pass-0123456"]);
+    three_pods(&h);
+    h.server.set_log("shop", "web-old", "connecting with db-pass-0123456\n");
+    h.run("kubernetes.logs", json!({"namespace": "shop", "pod": "web-old"}))
+        .await
+        .unwrap();
+    let saved = std::fs::read_to_string(h.artifacts().join("step-web-old.log")).unwrap();
+    assert_eq!(saved, "connecting with [REDACTED]\n");
+}
+
+#[tokio::test]
 async fn logs_read_at_most_max_pods_and_say_how_many_were_left() {
     let h = Harness::new().await;
     three_pods(&h);

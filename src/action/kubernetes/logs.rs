@@ -163,6 +163,8 @@ impl Action for Logs {
                 }
                 match read_log(&api, pod_name, &params).await {
                     Ok((text, truncated)) => {
+                        // Artifacts are served and read like the audit: no secrets.
+                        let text = cx.deps.redactor.bytes(&text);
                         let path = cx.artifact_path(&file_name)?;
                         tokio::fs::write(&path, &text)
                             .await
