@@ -50,6 +50,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         )),
         None => None,
     };
+    raise_open_files(config.server.max_connections);
     super::runtime::tokio().block_on(async move {
         // Bound first: a serve that cannot listen records nothing.
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e}")))?;
@@ -97,6 +98,30 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         }
         Ok(Exit::Done)
     })
+}
+
+/// `server.max_connections` open sockets need as many file descriptors, plus
+/// the store's, the pipes of running steps and the clients': a common soft
+/// limit of 1024 would make the default of 1024 connections fail to accept.
+/// The soft limit is raised toward the hard one (never above it).
+fn raise_open_files(connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = connections as u64 + 1024;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < wanted => {
+            let to = wanted.min(hard);
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, to, hard) {
+                tracing::warn!(error = %e, soft, "cannot raise the open-files limit");
+            } else if to < wanted {
+                tracing::warn!(
+                    limit = to,
+                    connections,
+                    "the open-files limit is below what server.max_connections needs"
+                );
+            }
+        }
+        _ => {}
+    }
 }
 
 async fn signal() {

@@ -359,3 +359,30 @@ async fn a_second_serve_that_cannot_listen_records_nothing() {
     assert_eq!(records(), before, "no config.loaded from a serve that never served");
     first.kill9().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_do_not_hold_up_alertmanager() {
+    let rb = "apiVersion: pitcrew/v1\nname: note\ntrigger: {alertname: Idle}\nsteps: [{name: a, action: log, with: {message: hi}}]\n";
+    // Idle connections are cut only after a minute: any wait behind them
+    // would show as a POST that does not come back within the deadline.
+    let (_dir, config) = setup(rb, "server: {header_timeout: 60s}\n");
+    let serve = Serve::start(&config).await;
+    let address = serve.url.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let body = serde_json::json!({"version": "4", "status": "firing", "alerts": [
+        {"status": "firing", "labels": {"alertname": "Idle"}, "startsAt": "2026-11-27T10:00:00Z"}]});
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let answer = client
+        .post(format!("{}/v1/alerts/alertmanager", serve.url))
+        .header("user-agent", "Alertmanager/0.25.0")
+        .json(&body)
+        .send()
+        .await
+        .expect("answered while 1,000 connections sit idle");
+    assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+    drop(idle);
+    serve.kill9().await;
+}
