@@ -11,16 +11,7 @@ STEP_SECONDS=${STEP_SECONDS:-15}
 RATES=${RATES:-"1000 2000 4000 8000 16000 24000"}
 source bench/lib.sh
 mkdir -p "$WORK/runbooks" "$WORK/c"
-cat > "$WORK/runbooks/bench.yaml" <<'YAML'
-apiVersion: pitcrew/v1
-name: bench-log
-trigger: {alertname: BenchLog}
-target: "{{alert.labels.n}}"
-steps:
-  - name: note
-    action: log
-    with: {message: "remediated {{alert.labels.n}}"}
-YAML
+cp bench/runbooks/bench-log.yaml "$WORK/runbooks/"
 start "$WORK/c" "$WORK/runbooks"
 db="$WORK/c/state/state.db"
 printf "%8s %9s %9s %8s %9s %9s %10s %10s\n" offered achieved backlog started "POST p50" "POST p99" "start p50" "start p99"

@@ -9,16 +9,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}
 source bench/lib.sh
 mkdir -p "$WORK/runbooks" "$WORK/x" "$WORK/l"
-cat > "$WORK/runbooks/exec.yaml" <<'YAML'
-apiVersion: pitcrew/v1
-name: bench-exec
-trigger: {alertname: BenchExec}
-target: "{{alert.labels.n}}"
-steps:
-  - name: true
-    action: exec
-    with: {command: ["/bin/true"]}
-YAML
+cp bench/runbooks/bench-exec.yaml "$WORK/runbooks/"
 
 echo "== spawn ceiling: 2 processes, posix_spawn + waitpid of /bin/true for 3 s"
 ceiling=$(python3 - <<'PY'
@@ -63,26 +54,6 @@ stop $PID
 
 echo "== POST -> step.started for exec at a paced 200 alerts/s for 10 s"
 start "$WORK/l" "$WORK/runbooks"
-python3 - "$URL" "$WORK/l/state/state.db" <<'PY'
-import json, sqlite3, sys, time, urllib.request
-url, dbpath = sys.argv[1], sys.argv[2]
-sent = {}
-start = time.time()
-for i in range(2000):
-    due = start + i / 200.0
-    while time.time() < due:
-        time.sleep(max(0, due - time.time()))
-    fp = f"lat-{i}"
-    body = json.dumps({"version": "4", "status": "firing", "alerts": [{"status": "firing", "labels": {"alertname": "BenchExec", "n": fp},
-                       "startsAt": "2026-11-27T10:00:00Z", "fingerprint": fp}]}).encode()
-    req = urllib.request.Request(url + "/v1/alerts/alertmanager", data=body, headers={"Content-Type": "application/json"})
-    sent[fp] = time.time()
-    urllib.request.urlopen(req).read()
-time.sleep(1)
-db = sqlite3.connect(dbpath)
-lat = sorted((ts / 1e6 - sent[t]) * 1000 for t, ts in db.execute(
-    "select target, ts_us from audit where kind = (select id from audit_names where name = 'step.started')") if t in sent)
-print(f"{len(lat)} alerts: POST->step.started p50 {lat[len(lat)//2]:.2f} ms, p99 {lat[int(len(lat)*0.99)]:.2f} ms, max {lat[-1]:.2f} ms")
-PY
+DB="$WORK/l/state/state.db" paced_latency BenchExec
 stop $PID
 echo "== summary: exec end to end $rate/s vs spawn ceiling $ceiling/s = $(ratio "$rate" "$ceiling")   (target >= 0.8)"

@@ -6,16 +6,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 source bench/lib.sh
 mkdir -p "$WORK/runbooks"
-cat > "$WORK/runbooks/bench.yaml" <<'YAML'
-apiVersion: pitcrew/v1
-name: bench-log
-trigger: {alertname: BenchLog}
-target: "{{alert.labels.n}}"
-steps:
-  - name: note
-    action: log
-    with: {message: "remediated {{alert.labels.n}}"}
-YAML
+cp bench/runbooks/bench-log.yaml "$WORK/runbooks/"
 echo "== startup with the example runbooks"
 mkdir -p "$WORK/ex"
 start "$WORK/ex" "$PWD/runbooks" "$PWD/plugins"
@@ -60,29 +51,5 @@ stop $PID
 echo "== POST -> step start latency at a fixed 200 alerts/s for 10 s"
 mkdir -p "$WORK/lat"
 start "$WORK/lat" "$WORK/runbooks"
-python3 - "$URL" "$WORK/lat/state/state.db" <<'PY'
-import json, sqlite3, sys, time, urllib.request
-url, dbpath = sys.argv[1], sys.argv[2]
-sent = {}
-start = time.time()
-for i in range(2000):
-    due = start + i / 200.0
-    while time.time() < due:
-        time.sleep(max(0, due - time.time()))
-    fp = f"lat-{i}"
-    body = json.dumps({"version": "4", "status": "firing", "alerts": [{"status": "firing", "labels": {"alertname": "BenchLog", "n": fp},
-                       "startsAt": "2026-11-27T10:00:00Z", "fingerprint": fp}]}).encode()
-    req = urllib.request.Request(url + "/v1/alerts/alertmanager", data=body, headers={"Content-Type": "application/json"})
-    sent[fp] = time.time()
-    urllib.request.urlopen(req).read()
-time.sleep(1)
-db = sqlite3.connect(dbpath)
-lat = []
-for target, ts_us in db.execute("select target, ts_us from audit where kind = (select id from audit_names where name = 'step.started')"):
-    ts = ts_us / 1e6
-    if target in sent:
-        lat.append((ts - sent[target]) * 1000)
-lat.sort()
-print(f"{len(lat)} alerts: POST->step.started p50 {lat[len(lat)//2]:.2f} ms, p99 {lat[int(len(lat)*0.99)]:.2f} ms, max {lat[-1]:.2f} ms")
-PY
+DB="$WORK/lat/state/state.db" paced_latency BenchLog
 stop $PID

@@ -54,3 +54,28 @@ print(db.execute(sys.argv[2]).fetchone()[0])
 PY
 }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+
+# paced_latency ALERTNAME: 2,000 alerts at a paced 200/s, one per request, to
+# the server at $URL (state in $DB); prints POST -> step.started percentiles.
+paced_latency() { python3 - "$URL" "$DB" "$1" <<'PY'
+import json, sqlite3, sys, time, urllib.request
+url, dbpath, name = sys.argv[1], sys.argv[2], sys.argv[3]
+sent = {}
+start = time.time()
+for i in range(2000):
+    due = start + i / 200.0
+    while time.time() < due:
+        time.sleep(max(0, due - time.time()))
+    fp = f"lat-{i}"
+    body = json.dumps({"version": "4", "status": "firing", "alerts": [{"status": "firing", "labels": {"alertname": name, "n": fp},
+                       "startsAt": "2026-11-27T10:00:00Z", "fingerprint": fp}]}).encode()
+    req = urllib.request.Request(url + "/v1/alerts/alertmanager", data=body, headers={"Content-Type": "application/json"})
+    sent[fp] = time.time()
+    urllib.request.urlopen(req).read()
+time.sleep(1)
+db = sqlite3.connect(dbpath)
+lat = sorted((ts / 1e6 - sent[t]) * 1000 for t, ts in db.execute(
+    "select target, ts_us from audit where kind = (select id from audit_names where name = 'step.started')") if t in sent)
+print(f"{len(lat)} alerts: POST->step.started p50 {lat[len(lat)//2]:.2f} ms, p99 {lat[int(len(lat)*0.99)]:.2f} ms, max {lat[-1]:.2f} ms")
+PY
+}

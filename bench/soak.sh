@@ -9,17 +9,7 @@ SECONDS_TOTAL=${SOAK_SECONDS:-60}
 TARGETS=${TARGETS:-3000}
 source bench/lib.sh
 mkdir -p "$WORK/runbooks" "$WORK/s"
-cat > "$WORK/runbooks/soak.yaml" <<'YAML'
-apiVersion: pitcrew/v1
-name: soak-log
-trigger: {alertname: BenchSoak}
-target: "{{alert.labels.service}}"
-guardrails: {cooldown: 1m}
-steps:
-  - name: note
-    action: log
-    with: {message: "remediated {{target}}"}
-YAML
+cp bench/runbooks/soak-log.yaml "$WORK/runbooks/"
 start "$WORK/s" "$WORK/runbooks"
 db="$WORK/s/state/state.db"
 conns=32

@@ -11,17 +11,7 @@ DURATION=${DURATION:-8}           # seconds per measured wrk run
 HISTORY=${HISTORY:-100000}        # stored executions on the target before the second measurement
 source bench/lib.sh
 mkdir -p "$WORK/runbooks"
-cat > "$WORK/runbooks/storm.yaml" <<'YAML'
-apiVersion: pitcrew/v1
-name: storm-log
-trigger: {alertname: BenchStorm}
-target: "{{alert.labels.service}}"
-guardrails: {cooldown: 10m, rate_limit: 3/1h}
-steps:
-  - name: note
-    action: log
-    with: {message: "remediated {{target}}"}
-YAML
+cp bench/runbooks/storm-log.yaml "$WORK/runbooks/"
 
 # wrk_rate NAME RUN DB -> alerts acknowledged durably per second (stored alerts / wrk's time)
 wrk_rate() {
