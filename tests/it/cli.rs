@@ -271,6 +271,19 @@ fn bad_usage_exits_2() {
 }
 
 #[test]
+fn docs_actions_md_is_generated_from_the_registry() {
+    let out = pitcrew(&["actions", "--docs"]);
+    assert_eq!(out.status.code(), Some(0));
+    let generated = String::from_utf8_lossy(&out.stdout);
+    let shipped = std::fs::read_to_string(repo().join("docs/actions.md")).unwrap();
+    assert_eq!(
+        shipped, generated,
+        "docs/actions.md is stale: run `pitcrew actions --docs > docs/actions.md`"
+    );
+    assert!(generated.contains("## kubernetes.rollout_restart") && generated.contains("| `selector` |"));
+}
+
+#[test]
 fn deploy_rbac_yaml_is_generated_from_the_registry() {
     let out = pitcrew(&["actions", "--rbac"]);
     assert_eq!(out.status.code(), Some(0));

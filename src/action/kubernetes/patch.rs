@@ -33,7 +33,7 @@ impl Patch {
         .param(
             "patch_type",
             ParamType::OneOf(&["merge", "strategic", "json"]),
-            "merge (default), strategic or json",
+            "merge (default), strategic or json (a json patch that appends, moves, copies or removes is not idempotent)",
         )
         .rbac("*", &["*"], &["get", "patch"])
         .example("api_version: v1\nkind: ConfigMap\nnamespace: shop\nname: pgbouncer\npatch: {data: {max_client_conn: \"400\"}}\n");
