@@ -9,6 +9,7 @@ mod checkpoint;
 mod cli;
 mod e2e;
 mod engine;
+mod faults;
 mod guardrails;
 mod hostile;
 mod k8s_server;
