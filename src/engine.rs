@@ -826,6 +826,8 @@ impl Run<'_> {
                     },
                 )
                 .await?;
+            // The start is durable, the action not yet run.
+            crate::failpoint::crash("engine.step_started");
             self.report(Progress::StepStarted {
                 name: step.name.clone(),
                 action: action_name.clone(),
@@ -858,6 +860,8 @@ impl Run<'_> {
                     Err(_) => Err(ActionError::Timeout(limit)),
                 }
             };
+            // The action ran, its end not yet recorded.
+            crate::failpoint::crash("engine.step_ran");
             let seconds = started.elapsed().as_secs_f64();
             self.engine.metrics.step(&action_name, seconds);
             let ms = (seconds * 1000.0) as u64;

@@ -626,6 +626,7 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>, health: SharedHealth) 
         groups.extend(unsynced.try_iter());
         if failed.is_none() {
             let synced = match &file {
+                _ if crate::failpoint::fail("store.fsync") => Err(std::io::Error::other("failpoint store.fsync")),
                 Some(f) => f.sync_data(),
                 // The WAL exists once the writer has committed: open it on first use.
                 None => std::fs::File::open(&wal).and_then(|f| f.sync_data().map(|()| f)).map(|f| {
@@ -639,6 +640,8 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>, health: SharedHealth) 
                 failed = Some(why);
             }
         }
+        // Durable, nobody answered yet: a crash here loses no 202.
+        crate::failpoint::crash("store.synced");
         for group in groups {
             let outcome = match &failed {
                 Some(e) => Err(Uncommitted::Failed(e.clone())),

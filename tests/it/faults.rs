@@ -265,7 +265,8 @@ async fn a_full_disk_answers_503_and_every_accepted_alert_survives_a_restart() {
     assert_eq!(
         ready(&serve.url).await,
         reqwest::StatusCode::SERVICE_UNAVAILABLE,
-        "/readyz says the store cannot write"
+        "/readyz says the store cannot write; log:\n{}",
+        serve.log.lock().unwrap()
     );
 
     // Space comes back: the store notices without a restart.

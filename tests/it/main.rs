@@ -9,6 +9,8 @@ mod checkpoint;
 mod cli;
 mod e2e;
 mod engine;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod faults;
 mod guardrails;
 mod hostile;
