@@ -21,4 +21,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-cargo test --locked --all-targets "$@"
+# failpoints: the fault-injection tests crash a real `pitcrew serve` at
+# named places (src/failpoint.rs); the feature is for tests only.
+cargo test --locked --all-targets --features failpoints "$@"

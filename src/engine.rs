@@ -2,11 +2,13 @@
 //! the guardrails (in the store), then workers run queued executions step by
 //! step, writing `step.started` durably before each action runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::Utc;
+use futures::FutureExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +23,8 @@ use crate::guard::{Decision, Verdict};
 use crate::metrics::Metrics;
 use crate::runbook::{Runbook, RunbookSet, Step};
 use crate::store::{
-    Admission, Claim, Execution, IntakeAlert, IntakeResult, Pending, Phase, State, StepEnd, StepStart, StepState, Store, StoreError, new_id,
+    Admission, Claim, Execution, IntakeAlert, IntakeResult, Liveness, Pending, Phase, Recovery, State, StepEnd, StepStart, StepState,
+    Store, StoreError, new_id,
 };
 
 /// Something the engine could not do.
@@ -76,6 +79,13 @@ pub struct Engine {
     notices: tokio_util::task::TaskTracker,
     /// `pid:starttime`, so recovery can tell a dead worker from a live one.
     pub worker_id: String,
+    /// Numbers this process's claims (`pid:starttime/N`), so one claim can
+    /// be given up without giving up the others.
+    claims: AtomicU64,
+    /// Claims this process gave up: their runs could not be written twice
+    /// in a row, so they go to the next recovery pass although this
+    /// process lives (see [`Engine::recover`]).
+    abandoned: Abandoned,
     /// Stops workers between steps.
     pub shutdown: CancellationToken,
 }
@@ -252,9 +262,33 @@ async fn record_end(
     Ok(outcome)
 }
 
+/// Claims (`pid:starttime/N`) this process gave up on.
+type Abandoned = Arc<Mutex<HashSet<String>>>;
+
+/// Gives up a run's claim: the store could not take it back (the release
+/// failed too), so rather than leave it `running` under a live claim, with
+/// its target locked until a restart, the next recovery pass treats the
+/// claim as a dead worker's.
+fn abandon(abandoned: &Abandoned, exec: &Execution) {
+    if let Some(claim) = &exec.claimed_by {
+        abandoned.lock().expect("abandoned lock").insert(claim.clone());
+        tracing::error!(execution = %exec.id, claim = %claim, "run handed to recovery: its state could not be written");
+    }
+}
+
+/// The message a panic carried, for the log.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
 /// A worker's run stopped on an error: says why and, where the run may
-/// still hold its claim, hands it back to the queue by the recovery rule.
-async fn stopped(store: &dyn Store, exec: &Execution, error: EngineError) -> Result<(), EngineError> {
+/// still hold its claim, hands it back to the queue by the recovery rule;
+/// when even that cannot be written, to the next recovery pass.
+async fn stopped(store: &dyn Store, abandoned: &Abandoned, exec: &Execution, error: EngineError) -> Result<(), EngineError> {
     match error {
         EngineError::ShuttingDown => return Err(EngineError::ShuttingDown),
         EngineError::Store(StoreError::Taken(id)) => {
@@ -271,7 +305,10 @@ async fn stopped(store: &dyn Store, exec: &Execution, error: EngineError) -> Res
             match store.release(exec).await {
                 // Never claimed in the store (its first write failed): still queued there.
                 Ok(()) | Err(StoreError::ClaimLost(_)) => {}
-                Err(e) => tracing::error!(execution = %exec.id, error = %crate::diag::chain(&e), "cannot requeue"),
+                Err(e) => {
+                    tracing::error!(execution = %exec.id, error = %crate::diag::chain(&e), "cannot requeue");
+                    abandon(abandoned, exec);
+                }
             }
         }
     }
@@ -292,11 +329,13 @@ fn process_start(pid: u32) -> Option<String> {
     after_name.split_whitespace().nth(19).map(String::from)
 }
 
-/// Whether the process that claimed an execution still runs.
+/// Whether the process that claimed an execution still runs. A claim is
+/// `pid:starttime`, and a worker's adds `/N` (which of its claims).
 pub fn claimer_alive(claimer: &str) -> bool {
     let Some((pid, start)) = claimer.split_once(':') else {
         return true;
     };
+    let start = start.split_once('/').map_or(start, |(start, _)| start);
     let Ok(pid) = pid.parse::<u32>() else {
         return true;
     };
@@ -331,6 +370,8 @@ impl Engine {
             finishing: tokio_util::task::TaskTracker::new(),
             notices: tokio_util::task::TaskTracker::new(),
             worker_id: worker_id(),
+            claims: AtomicU64::new(0),
+            abandoned: Arc::default(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -512,17 +553,53 @@ impl Engine {
     }
 
     /// Runs workers until `shutdown` fires; each claims and runs executions.
+    /// A worker that ends before shutdown (a panic outside any action) is
+    /// logged and replaced: the pool never shrinks silently.
     pub async fn run_workers(self: Arc<Self>, count: usize) {
-        let mut handles = Vec::new();
+        let mut workers = tokio::task::JoinSet::new();
         for _ in 0..count {
             let engine = self.clone();
             let shutdown = self.shutdown.clone();
-            handles.push(tokio::spawn(async move { engine.worker(shutdown).await }));
+            workers.spawn(async move { engine.worker(shutdown).await });
         }
-        for h in handles {
-            let _ = h.await;
+        while let Some(ended) = workers.join_next().await {
+            if let Err(e) = &ended {
+                tracing::error!(error = %e, "a worker panicked");
+            }
+            if self.shutdown.is_cancelled() {
+                continue;
+            }
+            tracing::error!("a worker ended before shutdown; starting another");
+            let engine = self.clone();
+            let shutdown = self.shutdown.clone();
+            workers.spawn(async move {
+                // Not at once: a worker that fails on every turn must not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                engine.worker(shutdown).await
+            });
         }
         self.settle().await;
+    }
+
+    /// Tells live claims from dead ones for [`Store::recover`]: a claim of a
+    /// process that is gone, or one this process gave up.
+    pub fn liveness(&self) -> Liveness {
+        let abandoned = self.abandoned.clone();
+        Arc::new(move |claimer: &str| !abandoned.lock().expect("abandoned lock").contains(claimer) && claimer_alive(claimer))
+    }
+
+    /// Hands runs of dead workers, and runs this process gave up, back to
+    /// the queue (or to `unknown`) by the recovery rule.
+    pub async fn recover(&self) -> Result<Recovery, StoreError> {
+        let given_up: Vec<String> = self.abandoned.lock().expect("abandoned lock").iter().cloned().collect();
+        let report = self.store.recover(self.liveness()).await?;
+        // The pass requeued every one of them that was still running; a
+        // claim number never comes back, so they need not be kept.
+        let mut abandoned = self.abandoned.lock().expect("abandoned lock");
+        for claim in given_up {
+            abandoned.remove(&claim);
+        }
+        Ok(report)
     }
 
     async fn worker(&self, shutdown: CancellationToken) {
@@ -570,28 +647,39 @@ impl Engine {
         };
         // Claimed in the transaction of its first record (see `Pending`).
         let started_at = exec.started_at.unwrap_or_else(|| crate::store::truncate_ms(self.store.now()));
+        let worker = format!("{}/{}", self.worker_id, self.claims.fetch_add(1, Ordering::Relaxed));
         exec.state = State::Running;
-        exec.claimed_by = Some(self.worker_id.clone());
+        exec.claimed_by = Some(worker.clone());
         exec.started_at = Some(started_at);
-        let claim = Claim {
-            worker: self.worker_id.clone(),
-            started_at,
-        };
-        let result = self.run(&exec, Some(claim), None).await;
+        let claim = Claim { worker, started_at };
+        // A panic in an action fails its step (`run_step`); one anywhere else
+        // in the run ends it here, and recovery takes the run over.
+        let result = std::panic::AssertUnwindSafe(self.run(&exec, Some(claim), None))
+            .catch_unwind()
+            .await;
         self.dispatch.done(&exec.id);
+        let result = match result {
+            Ok(result) => result,
+            Err(panic) => {
+                tracing::error!(execution = %exec.id, panic = panic_message(&*panic), "a run panicked");
+                abandon(&self.abandoned, &exec);
+                return Ok(true);
+            }
+        };
         match result {
             Ok(ending) => {
                 // The worker is free once the run's last action is over;
                 // recording its end (and the fsync) happens meanwhile.
-                let (store, metrics, notifier) = (self.store.clone(), self.metrics.clone(), self.notifier());
+                let (store, metrics, notifier, abandoned) =
+                    (self.store.clone(), self.metrics.clone(), self.notifier(), self.abandoned.clone());
                 self.finishing.spawn(async move {
                     if let Err(e) = record_end(&*store, &metrics, &notifier, &exec, ending).await {
-                        let _ = stopped(&*store, &exec, e).await;
+                        let _ = stopped(&*store, &abandoned, &exec, e).await;
                     }
                 });
                 Ok(true)
             }
-            Err(e) => stopped(&*self.store, &exec, e).await.map(|()| true),
+            Err(e) => stopped(&*self.store, &self.abandoned, &exec, e).await.map(|()| true),
         }
     }
 
@@ -928,6 +1016,8 @@ impl Run<'_> {
                     },
                 )
                 .await?;
+            // The start is durable, the action not yet run.
+            crate::failpoint::crash("engine.step_started");
             self.report(Progress::StepStarted {
                 name: step.name.clone(),
                 action: action_name.clone(),
@@ -948,11 +1038,20 @@ impl Run<'_> {
                     deps: &self.engine.deps,
                 };
                 let limit = step.timeout.unwrap_or(crate::units::Duration::from_secs(600));
-                match tokio::time::timeout(limit.std(), action.run(input, &cx)).await {
-                    Ok(r) => r,
+                // A panic is the action's bug: it fails this step, and the
+                // worker carries on.
+                let running = std::panic::AssertUnwindSafe(action.run(input, &cx)).catch_unwind();
+                match tokio::time::timeout(limit.std(), running).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(panic)) => {
+                        tracing::error!(execution = %self.exec.id, step = %step.name, action = %action_name, panic = panic_message(&*panic), "an action panicked; the step fails");
+                        Err(ActionError::Internal)
+                    }
                     Err(_) => Err(ActionError::Timeout(limit)),
                 }
             };
+            // The action ran, its end not yet recorded.
+            crate::failpoint::crash("engine.step_ran");
             let seconds = started.elapsed().as_secs_f64();
             self.engine.metrics.step(&action_name, seconds);
             let ms = (seconds * 1000.0) as u64;

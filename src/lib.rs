@@ -20,6 +20,7 @@ pub mod server;
 
 pub mod clock;
 pub mod diag;
+pub mod failpoint;
 pub mod promql;
 pub mod redact;
 pub mod units;

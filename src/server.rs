@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{Config, Role, normalize_origin};
 use crate::engine::Engine;
 use crate::guard::Verdict;
-use crate::store::{AuditFilter, ExecutionFilter, State, StoreError};
+use crate::store::{AuditFilter, ExecutionFilter, Health, State, StoreError};
 
 /// Shared by all handlers.
 pub struct AppState {
@@ -465,6 +465,14 @@ async fn webhook(AxumState(state): AxumState<Shared>, headers: HeaderMap, body: 
 }
 
 async fn readyz(AxumState(state): AxumState<Shared>) -> Response {
+    // Reads may still work on a store that cannot write: ask about writes.
+    match state.engine.store.health().await {
+        Health::Writable => {}
+        Health::Failing(why) | Health::Stopped(why) => {
+            tracing::error!(reason = %why, "not ready: the state store cannot write");
+            return (StatusCode::SERVICE_UNAVAILABLE, "state store cannot write\n").into_response();
+        }
+    }
     match state.engine.store.queue_depth().await {
         Ok(depth) => {
             state.engine.metrics.queue_depth.set(depth as i64);

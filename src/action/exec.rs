@@ -104,10 +104,20 @@ pub async fn run_process(
     let stdout = tokio::spawn(read_capped(child.stdout.take().expect("stdout is piped")));
     let stderr = tokio::spawn(read_capped(child.stderr.take().expect("stderr is piped")));
     let group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(nix::unistd::Pid::from_raw);
+    // The step's own timeout (or a shutdown) drops this future while the
+    // program runs: `kill_on_drop` would kill only the program itself, and
+    // what it started would live on. Declared after `child`, so it is
+    // dropped first, while the leader is not yet reaped and the group id
+    // cannot have been reused.
+    let mut guard = GroupGuard(group);
     let status = match tokio::time::timeout(timeout.std(), child.wait()).await {
-        Ok(status) => status.map_err(|e| ActionError::Failed(format!("waiting for {program:?}: {e}")))?,
+        Ok(status) => {
+            // Reaped: the group id may be reused from now on.
+            guard.0 = None;
+            status.map_err(|e| ActionError::Failed(format!("waiting for {program:?}: {e}")))?
+        }
         Err(_) => {
-            kill_group(group);
+            kill_group(guard.0.take());
             let _ = child.kill().await;
             return Err(ActionError::Timeout(timeout));
         }
@@ -138,6 +148,15 @@ pub async fn run_process(
 }
 
 /// SIGKILL to the whole process group a timed-out command started.
+/// Kills a process group when dropped, unless disarmed (`None`).
+struct GroupGuard(Option<nix::unistd::Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0.take());
+    }
+}
+
 fn kill_group(group: Option<nix::unistd::Pid>) {
     if let Some(pgid) = group {
         let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);

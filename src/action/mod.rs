@@ -51,6 +51,10 @@ pub enum ActionError {
     /// Something the action needs is not reachable or not configured.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The action panicked: a bug, not the target's fault. The panic's
+    /// message goes to the log; the audit says only this.
+    #[error("internal error")]
+    Internal,
 }
 
 impl ActionError {
@@ -61,6 +65,7 @@ impl ActionError {
             ActionError::Failed(_) => "failed",
             ActionError::Timeout(_) => "timeout",
             ActionError::Unavailable(_) => "unavailable",
+            ActionError::Internal => "internal",
         }
     }
 
@@ -505,6 +510,12 @@ impl Registry {
             registry.actions.push(Arc::new(plugin::Plugin::new(manifest)));
         }
         registry
+    }
+
+    /// Adds an action after the others (embedders and tests bring their own).
+    pub fn with(mut self, action: Arc<dyn Action>) -> Registry {
+        self.actions.push(action);
+        self
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Action>> {

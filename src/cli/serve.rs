@@ -9,8 +9,8 @@ use serde_json::json;
 use super::{Exit, Failure};
 use crate::audit::{Event, kind};
 use crate::checkpoint::Checkpointer;
-use crate::engine::claimer_alive;
 use crate::server::AppState;
+use crate::store::Health;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -62,7 +62,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         );
         // Both writes at once ride one group commit: one fsync to ready.
         // (config.loaded is queued first, so it precedes every later record.)
-        let (recorded, recovery) = tokio::join!(engine.store.record(vec![loaded]), engine.store.recover(Arc::new(claimer_alive)));
+        let (recorded, recovery) = tokio::join!(engine.store.record(vec![loaded]), engine.recover());
         recorded?;
         let recovery = recovery?;
         if !recovery.resumed.is_empty() || !recovery.unknown.is_empty() {
@@ -78,14 +78,28 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             .map(|(c, every)| tokio::spawn(c.clone().run(*every, engine.shutdown.clone())));
         let drain_state = state.clone();
         let shutdown_engine = engine.clone();
+        let store_stopped: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let stopped_reason = store_stopped.clone();
         crate::server::serve(listener, state, async move {
-            signal().await;
-            tracing::info!("shutting down: finishing in-flight steps");
+            tokio::select! {
+                () = signal() => tracing::info!("shutting down: finishing in-flight steps"),
+                why = stopped(&shutdown_engine) => {
+                    tracing::error!(reason = %why, "the state store stopped and cannot continue; exiting so that the supervisor restarts pitcrew");
+                    *stopped_reason.lock().expect("reason lock") = Some(why);
+                }
+            }
             drain_state.draining.store(true, Ordering::SeqCst);
             shutdown_engine.shutdown.cancel();
         })
         .await?;
         background.abort();
+        let store_stopped = store_stopped.lock().expect("reason lock").take();
+        if let Some(why) = store_stopped {
+            // Nothing can be recorded any more: do not wait out long steps
+            // (their ends are lost either way; the restart recovers them).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), workers).await;
+            return Err(anyhow::anyhow!("the state store stopped: {why}"));
+        }
         let _ = workers.await;
         // After the workers settled, so it covers every record this process wrote.
         if let (Some((checkpointer, _)), Some(task)) = (&checkpointer, checkpoints) {
@@ -124,6 +138,17 @@ fn raise_open_files(connections: usize) {
     }
 }
 
+/// Resolves when the store stopped for good, with why.
+async fn stopped(engine: &crate::engine::Engine) -> String {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Health::Stopped(why) = engine.store.health().await {
+            return why;
+        }
+    }
+}
+
 async fn signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {
@@ -145,7 +170,7 @@ async fn background(engine: Arc<crate::engine::Engine>) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cannot expire approvals"),
         }
-        match engine.store.recover(Arc::new(claimer_alive)).await {
+        match engine.recover().await {
             Ok(r) if !r.resumed.is_empty() || !r.unknown.is_empty() => {
                 engine.wake.notify_waiters();
             }

@@ -425,6 +425,20 @@ pub struct Pruned {
 /// (`guardrails.self_approval`).
 pub type MaySelfApprove = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Whether the store can write, for readiness and for the process to tell
+/// a passing failure from one it cannot recover from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Writes commit.
+    Writable,
+    /// The last write failed on the disk (full, I/O error); a later one may
+    /// succeed once the disk recovers.
+    Failing(String),
+    /// The store stopped for good (a failed fsync, the writer gone): only a
+    /// restart, which recovers from what is on disk, brings it back.
+    Stopped(String),
+}
+
 /// Tells whether the worker named in a claim is still alive.
 pub type Liveness = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -508,6 +522,12 @@ pub trait Store: Send + Sync {
 
     /// Counts by state, for metrics and readiness.
     async fn queue_depth(&self) -> Result<u64, StoreError>;
+
+    /// Whether writes go through now. A store that is failing may try a
+    /// small write to find out whether the disk came back.
+    async fn health(&self) -> Health {
+        Health::Writable
+    }
 
     /// The store's clock, so times the engine writes agree with the store's
     /// (and tests control both).

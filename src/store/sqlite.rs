@@ -324,6 +324,8 @@ pub struct Tx<'c> {
     now_text: String,
     /// A job failed after writing: the transaction will be rolled back.
     failed: Option<String>,
+    /// A job failed on the disk (full, I/O error): the store is failing.
+    disk: Option<String>,
 }
 
 impl Tx<'_> {
@@ -396,8 +398,40 @@ impl Tx<'_> {
     }
 }
 
+/// The store's [`Health`], set by the writer and sync threads.
+type SharedHealth = Arc<Mutex<Health>>;
+
+/// Sets the health unless the store already stopped for good.
+fn set_health(health: &SharedHealth, to: Health) {
+    let mut now = health.lock().expect("health lock");
+    if !matches!(*now, Health::Stopped(_)) {
+        *now = to;
+    }
+}
+
+/// Free space a failing store wants on its disk before it tries writing
+/// again: a webhook's worth of alerts many times over.
+const MIN_ROOM: u64 = 16 << 20;
+
+/// An error that says the disk, not the data, is the problem.
+fn disk_error(e: &StoreError) -> Option<String> {
+    use rusqlite::ErrorCode::*;
+    match e {
+        StoreError::Sqlite(inner)
+            if matches!(
+                inner.sqlite_error_code(),
+                Some(DiskFull | SystemIoFailure | ReadOnly | CannotOpen | OutOfMemory)
+            ) =>
+        {
+            Some(inner.to_string())
+        }
+        _ => None,
+    }
+}
+
 pub struct SqliteStore {
     path: PathBuf,
+    health: SharedHealth,
     sender: Sender<Job>,
     /// Jobs sent and not yet taken by the writer.
     waiting: Arc<AtomicUsize>,
@@ -442,9 +476,13 @@ impl SqliteStore {
         };
         // Unbounded: it holds at most the groups committed during one fsync.
         let (to_sync, unsynced) = channel::<Committed>();
+        let health: SharedHealth = Arc::new(Mutex::new(Health::Writable));
         std::thread::Builder::new()
             .name("pitcrew-store-sync".into())
-            .spawn(move || sync_loop(wal, unsynced))
+            .spawn({
+                let health = health.clone();
+                move || sync_loop(wal, unsynced, health)
+            })
             .map_err(spawn_error)?;
         let (sender, receiver) = channel::<Job>();
         let waiting = Arc::new(AtomicUsize::new(0));
@@ -454,11 +492,13 @@ impl SqliteStore {
                 let clock = clock.clone();
                 let waiting = waiting.clone();
                 let redactor = redactor.clone();
-                move || write_loop(writer, (receiver, waiting), redactor, clock, to_sync)
+                let health = health.clone();
+                move || write_loop(writer, (receiver, waiting), redactor, clock, to_sync, health)
             })
             .map_err(spawn_error)?;
         Ok(SqliteStore {
             path,
+            health,
             sender,
             waiting,
             readers: Mutex::new(Vec::new()),
@@ -527,11 +567,20 @@ where
         } else {
             let before = t.conn.total_changes();
             let r = f(t);
-            if let Err(e) = &r
-                && t.conn.total_changes() != before
-            {
-                // It failed half way: the whole group is rolled back.
-                t.failed = Some(e.to_string());
+            if let Err(e) = &r {
+                if let Some(why) = disk_error(e) {
+                    t.disk.get_or_insert(why);
+                }
+                if t.conn.is_autocommit() {
+                    // SQLite itself rolled the whole transaction back (it may
+                    // on SQLITE_FULL or an I/O error): the jobs before this
+                    // one are gone too, and the ones after must not run
+                    // outside a transaction, each committing on its own.
+                    t.failed = Some(format!("the database rolled the transaction back: {}", crate::diag::chain(e)));
+                } else if t.conn.total_changes() != before {
+                    // It failed half way: the whole group is rolled back.
+                    t.failed = Some(e.to_string());
+                }
             }
             r
         };
@@ -573,7 +622,7 @@ struct Committed {
 /// could not write, so a retry could report success for lost data: the
 /// store stops (every later write fails closed) and the process must be
 /// restarted to recover from the WAL on disk.
-fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
+fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>, health: SharedHealth) {
     let mut file: Option<std::fs::File> = None;
     let mut failed: Option<String> = None;
     while let Ok(first) = unsynced.recv() {
@@ -581,6 +630,7 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
         groups.extend(unsynced.try_iter());
         if failed.is_none() {
             let synced = match &file {
+                _ if crate::failpoint::fail("store.fsync") => Err(std::io::Error::other("failpoint store.fsync")),
                 Some(f) => f.sync_data(),
                 // The WAL exists once the writer has committed: open it on first use.
                 None => std::fs::File::open(&wal).and_then(|f| f.sync_data().map(|()| f)).map(|f| {
@@ -589,9 +639,13 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
             };
             if let Err(e) = synced {
                 tracing::error!(error = %e, wal = %wal.display(), "fsync of the state WAL failed; the store stops accepting writes, restart pitcrew");
-                failed = Some(format!("fsync of the WAL failed: {e}"));
+                let why = format!("fsync of the WAL failed: {e}");
+                *health.lock().expect("health lock") = Health::Stopped(why.clone());
+                failed = Some(why);
             }
         }
+        // Durable, nobody answered yet: a crash here loses no 202.
+        crate::failpoint::crash("store.synced");
         for group in groups {
             let outcome = match &failed {
                 Some(e) => Err(Uncommitted::Failed(e.clone())),
@@ -612,7 +666,15 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>) {
 /// (they cost a statement pair and a page copy per job): one that fails
 /// before writing fails alone, one that fails after writing rolls the whole
 /// group back, and the others learn they were not kept.
-fn run_group(conn: &Connection, batch: Vec<Job>, redactor: &Redactor, now: DateTime<Utc>, names: &mut Names) -> Committed {
+fn run_group(
+    conn: &Connection,
+    batch: Vec<Job>,
+    redactor: &Redactor,
+    now: DateTime<Utc>,
+    names: &mut Names,
+    health: &SharedHealth,
+) -> Committed {
+    let changes_before = conn.total_changes();
     // Records keep microseconds (`ts_us`): the stored time and the hashed text agree.
     let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
     let mut tx = Tx {
@@ -622,13 +684,16 @@ fn run_group(conn: &Connection, batch: Vec<Job>, redactor: &Redactor, now: DateT
         now,
         now_text: audit::format_ts(now),
         failed: None,
+        disk: None,
         names,
     };
     let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut tx)).collect();
     let committed = match tx.failed {
         Some(why) => {
             tracing::error!(error = %why, "a state write failed half way; its group is rolled back");
-            let _ = conn.execute_batch("ROLLBACK");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
             Err(Uncommitted::RolledBack(why))
         }
         None => conn.execute_batch("COMMIT").map_err(|e| {
@@ -640,6 +705,12 @@ fn run_group(conn: &Connection, batch: Vec<Job>, redactor: &Redactor, now: DateT
     if committed.is_err() {
         // Names this group added are gone with it.
         tx.names.clear();
+    }
+    match (&committed, tx.disk.as_ref()) {
+        (Err(Uncommitted::Failed(why)), _) | (_, Some(why)) => set_health(health, Health::Failing(why.clone())),
+        // Only a commit that wrote something shows the disk takes writes.
+        (Ok(()), None) if conn.total_changes() != changes_before => set_health(health, Health::Writable),
+        _ => {}
     }
     Committed {
         outcome: committed,
@@ -653,7 +724,17 @@ fn write_loop(
     redactor: Redactor,
     clock: Arc<dyn Clock>,
     to_sync: Sender<Committed>,
+    health: SharedHealth,
 ) {
+    /// Whatever ends the writer (a panic in a job included), the store
+    /// cannot write any more: say so, so the process can end.
+    struct Stopped(SharedHealth);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            set_health(&self.0, Health::Stopped("the state writer stopped".into()));
+        }
+    }
+    let _stopped = Stopped(health.clone());
     let mut names = Names::new();
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
@@ -667,9 +748,10 @@ fn write_loop(
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Dropping the jobs unanswered fails each caller (503 at the webhook).
             tracing::error!(error = %e, jobs = batch.len(), "cannot begin a state transaction");
+            set_health(&health, Health::Failing(format!("cannot begin a transaction: {e}")));
             continue;
         }
-        let group = run_group(&conn, batch, &redactor, clock.now(), &mut names);
+        let group = run_group(&conn, batch, &redactor, clock.now(), &mut names, &health);
         if to_sync.send(group).is_err() {
             // The syncer stopped after a failed fsync: fail closed from now on.
             return;
@@ -1906,6 +1988,34 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn health(&self) -> Health {
+        let now = self.health.lock().expect("health lock").clone();
+        if let Health::Failing(why) = now {
+            // A small write fits in the room the WAL file already holds on
+            // a full disk, while a webhook's does not: look for room first.
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let room = nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available().saturating_mul(s.fragment_size()));
+            if room.is_ok_and(|r| r < MIN_ROOM) {
+                return Health::Failing(why);
+            }
+            // Nothing else may be writing (a readiness probe keeps the
+            // process out of service): rewrite one row as it is, which
+            // takes a page in the WAL, to learn whether the disk is back.
+            let _ = self
+                .write(|t| {
+                    run_sql(
+                        t.conn,
+                        "UPDATE audit_names SET name = name WHERE id = (SELECT MIN(id) FROM audit_names)",
+                        [],
+                    )?;
+                    Ok(())
+                })
+                .await;
+            return self.health.lock().expect("health lock").clone();
+        }
+        now
+    }
+
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
@@ -2186,9 +2296,10 @@ mod tests {
         conn.execute_batch(SCHEMA).unwrap();
         let insert = |t: &mut Tx<'_>| run_sql(t.conn, "INSERT INTO notices (kind, ms) VALUES ('t', 1)", []).map_err(StoreError::from);
         let now = Utc::now();
+        let health: SharedHealth = Arc::new(Mutex::new(Health::Writable));
         let finish = |jobs: Vec<Job>| {
             conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-            let group = run_group(&conn, jobs, &Redactor::default(), now, &mut Names::new());
+            let group = run_group(&conn, jobs, &Redactor::default(), now, &mut Names::new(), &health);
             for done in group.completions {
                 done(group.outcome.clone());
             }
@@ -2220,5 +2331,24 @@ mod tests {
             "a job after the failure does not run"
         );
         assert_eq!(counted(&conn), 2, "nothing of the failed group was kept");
+
+        // SQLite may roll the whole transaction back itself on SQLITE_FULL
+        // or an I/O error, even for a statement that changed nothing: the
+        // jobs before are gone, and the jobs after must not run, each
+        // committing on its own outside the transaction.
+        let (ok, ok_rx) = job(move |t| insert(t));
+        let (full, full_rx) = job(|t| {
+            t.conn.execute_batch("ROLLBACK")?;
+            Err::<(), _>(StoreError::Corrupt("database or disk is full".into()))
+        });
+        let (after, after_rx) = job(move |t| insert(t));
+        finish(vec![ok, full, after]);
+        assert!(matches!(ok_rx.await.unwrap(), Err(StoreError::RolledBack(_))));
+        assert!(matches!(full_rx.await.unwrap(), Err(StoreError::Corrupt(_))));
+        assert!(
+            matches!(after_rx.await.unwrap(), Err(StoreError::RolledBack(_))),
+            "not run outside the transaction"
+        );
+        assert_eq!(counted(&conn), 2, "nothing of the rolled back group was kept, nothing after it ran");
     }
 }

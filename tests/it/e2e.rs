@@ -18,12 +18,20 @@ use crate::support::{alert, payload};
 pub(crate) struct Serve {
     pub(crate) child: Child,
     pub(crate) url: String,
+    /// Its log so far.
+    pub(crate) log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Serve {
     pub(crate) async fn start(config: &Path) -> Serve {
+        Serve::start_with(config, &[]).await
+    }
+
+    /// With these extra environment variables.
+    pub(crate) async fn start_with(config: &Path, env: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pitcrew"))
             .args(["--config", config.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("PITCREW_LOG", "info")
             .stdout(Stdio::null())
@@ -32,8 +40,10 @@ impl Serve {
             .spawn()
             .expect("pitcrew starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let address = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push_str(&format!("{line}\n"));
                 if let Some(rest) = line.split("address=").nth(1) {
                     return rest.split_whitespace().next().unwrap().to_string();
                 }
@@ -43,10 +53,16 @@ impl Serve {
         .await
         .expect("pitcrew listens within 30s");
         // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
         Serve {
             child,
             url: format!("http://{address}"),
+            log,
         }
     }
 
@@ -63,7 +79,7 @@ impl Serve {
     }
 
     /// Polls until no execution is queued or running.
-    async fn settle(&self, within: Duration) {
+    pub(crate) async fn settle(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let busy = self.executions("status=queued").await.len() + self.executions("status=running").await.len();

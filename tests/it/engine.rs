@@ -1,7 +1,7 @@
 //! Step semantics, fail-closed writes, and recovery after a crash.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::http::StatusCode;
 use pitcrew::audit::{Event, Record};
@@ -141,6 +141,21 @@ struct Flaky {
     stall_intake: AtomicBool,
     /// Fails the next `finish` only.
     fail_finish: AtomicBool,
+    /// Lets this many run writes (step starts, pending ends, finishes,
+    /// releases) through, then fails the next `fail_writes`.
+    pass_writes: AtomicUsize,
+    fail_writes: AtomicUsize,
+}
+
+impl Flaky {
+    /// Whether this run write fails (see `pass_writes`).
+    fn write_fails(&self) -> bool {
+        let take = |n: &AtomicUsize| n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if self.fail_writes.load(Ordering::SeqCst) == 0 || take(&self.pass_writes) {
+            return false;
+        }
+        take(&self.fail_writes)
+    }
 }
 
 #[async_trait::async_trait]
@@ -167,21 +182,27 @@ impl Store for Flaky {
         self.inner.queued(l, x).await
     }
     async fn step_started(&self, e: &Execution, p: Pending, s: StepStart) -> Result<(), StoreError> {
-        if self.fail_steps.load(Ordering::SeqCst) {
+        if self.fail_steps.load(Ordering::SeqCst) || self.write_fails() {
             return Err(StoreError::Closed);
         }
         self.inner.step_started(e, p, s).await
     }
     async fn record_pending(&self, e: &Execution, p: Pending) -> Result<(), StoreError> {
+        if self.write_fails() {
+            return Err(StoreError::Closed);
+        }
         self.inner.record_pending(e, p).await
     }
     async fn finish(&self, e: &Execution, p: Pending, s: State, r: Option<String>) -> Result<(), StoreError> {
-        if self.fail_finish.swap(false, Ordering::SeqCst) {
+        if self.fail_finish.swap(false, Ordering::SeqCst) || self.write_fails() {
             return Err(StoreError::Closed);
         }
         self.inner.finish(e, p, s, r).await
     }
     async fn release(&self, e: &Execution) -> Result<(), StoreError> {
+        if self.write_fails() {
+            return Err(StoreError::Closed);
+        }
         self.inner.release(e).await
     }
     async fn recover(&self, l: Liveness) -> Result<Recovery, StoreError> {
@@ -240,6 +261,8 @@ fn flaky_harness(rb: &str) -> (Harness, Arc<Flaky>) {
         fail_intake: AtomicBool::new(false),
         stall_intake: AtomicBool::new(false),
         fail_finish: AtomicBool::new(false),
+        pass_writes: AtomicUsize::new(0),
+        fail_writes: AtomicUsize::new(0),
     });
     let Harness { dir, clock, .. } = base;
     let h = Harness::with_store(dir, clock, engine.config().clone(), engine.runbooks.clone(), flaky.clone());
@@ -689,4 +712,40 @@ steps:
     let folder = |id: &str| h.dir.path().join("state/artifacts").join(id);
     assert!(!folder(&quiet.id).exists(), "no empty folder for a run that wrote nothing");
     assert_eq!(std::fs::read_to_string(folder(&wrote.id).join("out.txt")).unwrap(), "kept\n");
+}
+
+/// A run whose state cannot be written twice in a row (its next step's
+/// start, then its release) must not stay `running` under this live
+/// process's claim, its target locked until a restart: the next recovery
+/// pass (`serve` runs one every second) takes it over.
+#[tokio::test]
+async fn a_run_whose_state_cannot_be_written_twice_in_a_row_goes_to_recovery() {
+    let rb = "apiVersion: pitcrew/v1\nname: two\ntrigger: {alertname: Two}\nsteps:\n  - {name: a, action: log, with: {message: a}}\n  - {name: b, action: log, with: {message: b}}\n";
+    let (h, flaky) = flaky_harness(rb);
+    let (status, _) = h.post(&payload(vec![alert(&[("alertname", "Two")])])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // The claim with `a`'s start goes through; `b`'s start fails, and so
+    // does the release after it.
+    flaky.pass_writes.store(1, Ordering::SeqCst);
+    flaky.fail_writes.store(2, Ordering::SeqCst);
+    assert!(h.engine.turn().await.unwrap());
+    h.engine.settle().await;
+    let id = h.store().executions(ExecutionFilter::default()).await.unwrap()[0].id.clone();
+    assert_eq!(
+        h.store().execution(&id).await.unwrap().state,
+        State::Running,
+        "the store still says running"
+    );
+
+    let report = h.engine.recover().await.unwrap();
+    assert_eq!(
+        report.resumed,
+        vec![id.clone()],
+        "the run given up is recovered although this process lives"
+    );
+    let outcomes = h.run_queued().await;
+    assert_eq!(outcomes.len(), 1);
+    let exec = h.store().execution(&id).await.unwrap();
+    assert_eq!(exec.state, State::Succeeded, "{exec:?}");
+    assert!(h.engine.recover().await.unwrap().resumed.is_empty(), "recovered once");
 }

@@ -10,6 +10,9 @@ mod checkpoint;
 mod cli;
 mod e2e;
 mod engine;
+#[cfg(feature = "failpoints")]
+mod failpoints;
+mod faults;
 mod guardrails;
 mod hostile;
 mod k8s_server;
