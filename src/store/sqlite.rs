@@ -1430,7 +1430,16 @@ impl Store for SqliteStore {
             for item in alerts.iter_mut() {
                 let alert = &item.alert;
                 let now_ms = t.now_ms();
-                let received = match dedupe(t.conn, &item.dedupe_id, now_ms, &config)? {
+                // One statement for a new notification (the common case); the
+                // dedupe rule is read only for one seen before.
+                let new = run_sql(t.conn, "INSERT OR IGNORE INTO alerts (id) VALUES (?1)", [&item.dedupe_id[..]])? > 0;
+                let seen = if new {
+                    Dedupe::New
+                } else {
+                    dedupe(t.conn, &item.dedupe_id, now_ms, &config)?
+                };
+                let was_reconsidered = matches!(seen, Dedupe::Reconsider(_));
+                let received = match seen {
                     Dedupe::New => {
                         result.accepted += 1;
                         // The alert is stored once: as its `alert.received` record.
@@ -1481,16 +1490,17 @@ impl Store for SqliteStore {
                 // that time lifts is decided again when it is sent again
                 // (`reconsider_after`); any other stays a duplicate.
                 let reconsider = only_waited && alert.status == crate::alert::AlertStatus::Firing;
-                run_sql(
-                    t.conn,
-                    "INSERT INTO alerts (id, received_seq, decided_ms) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT(id) DO UPDATE SET received_seq = excluded.received_seq, decided_ms = excluded.decided_ms",
-                    params![
-                        &item.dedupe_id[..],
-                        reconsider.then_some(received as i64),
-                        reconsider.then_some(t.now_ms())
-                    ],
-                )?;
+                if reconsider || was_reconsidered {
+                    run_sql(
+                        t.conn,
+                        "UPDATE alerts SET received_seq = ?2, decided_ms = ?3 WHERE id = ?1",
+                        params![
+                            &item.dedupe_id[..],
+                            reconsider.then_some(received as i64),
+                            reconsider.then_some(now_ms)
+                        ],
+                    )?;
+                }
             }
             result.at = t.now;
             result.alerts = alerts;
