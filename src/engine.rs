@@ -324,7 +324,11 @@ pub fn worker_id() -> String {
 /// Field 22 of /proc/PID/stat: start time in clock ticks since boot. The pair
 /// (pid, start) names a process uniquely, even after pid reuse.
 fn process_start(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    start_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The start time field of a `/proc/PID/stat` line.
+fn start_of(stat: &str) -> Option<String> {
     let after_name = &stat[stat.rfind(')')? + 2..];
     after_name.split_whitespace().nth(19).map(String::from)
 }
@@ -343,7 +347,14 @@ pub fn claimer_alive(claimer: &str) -> bool {
         // Without /proc we cannot tell: never steal a claim.
         return true;
     }
-    process_start(pid).is_some_and(|s| s == start)
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Gone, or the pid reused by a process that started later: dead.
+        Ok(stat) => start_of(&stat).is_some_and(|s| s == start),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        // Hidden from us (hidepid, another namespace): we cannot tell, and a
+        // claim taken from a live worker would run its steps twice.
+        Err(_) => true,
+    }
 }
 
 /// The outcome of one execution.
@@ -1105,5 +1116,25 @@ fn short(v: &Value) -> String {
         format!("{}…", s.chars().take(120).collect::<String>())
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_is_dead_only_when_its_process_is_gone_or_restarted() {
+        let me = worker_id();
+        assert!(claimer_alive(&me));
+        assert!(claimer_alive(&format!("{me}/7")), "a worker's numbered claim");
+        let (pid, _) = me.split_once(':').unwrap();
+        assert!(!claimer_alive(&format!("{pid}:1")), "the pid reused by a later process");
+        assert!(!claimer_alive("4194303999:1"), "no such process");
+        assert!(claimer_alive("not-a-claim"), "unparsable: never stolen");
+        assert_eq!(
+            start_of("1 (a) b) S 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21").as_deref(),
+            Some("20")
+        );
     }
 }

@@ -1648,6 +1648,11 @@ impl Store for SqliteStore {
     async fn finish(&self, execution: &Execution, pending: Pending, state: State, reason: Option<String>) -> Result<(), StoreError> {
         let held = execution.clone();
         self.write(move |t| {
+            // Fencing, as for a step's start: a run recovered from under this
+            // worker is the new claimer's to end.
+            if pending.claim.is_none() {
+                check_claim(t.conn, &held)?;
+            }
             record_pending(t, &held, pending)?;
             let reason = reason.map(|r| t.redactor.text(&r));
             run_sql(

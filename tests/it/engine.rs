@@ -749,3 +749,30 @@ async fn a_run_whose_state_cannot_be_written_twice_in_a_row_goes_to_recovery() {
     assert_eq!(exec.state, State::Succeeded, "{exec:?}");
     assert!(h.engine.recover().await.unwrap().resumed.is_empty(), "recovered once");
 }
+
+#[tokio::test]
+async fn a_worker_that_lost_its_claim_cannot_end_the_run() {
+    let h = Harness::new(
+        "apiVersion: pitcrew/v1\nname: r\ntrigger: {alertname: R}\nsteps: [{name: a, action: log, with: {message: m}}]\n",
+        "",
+    );
+    h.post(&payload(vec![alert(&[("alertname", "R")])])).await;
+    let first = h.store().claim("first:1", None).await.unwrap().expect("queued");
+    // The first worker is taken for dead; the run is recovered and claimed again.
+    h.store().recover(Arc::new(|_: &str| false)).await.unwrap();
+    let second = h
+        .store()
+        .claim("second:1", Some(first.id.clone()))
+        .await
+        .unwrap()
+        .expect("requeued");
+    assert_eq!(second.claimed_by.as_deref(), Some("second:1"));
+
+    let late = h
+        .store()
+        .finish(&first, Pending::default(), State::Failed, Some("late".into()))
+        .await;
+    assert!(matches!(late, Err(StoreError::ClaimLost(_))), "{late:?}");
+    let now = h.store().execution(&first.id).await.unwrap();
+    assert_eq!((now.state, now.claimed_by.as_deref()), (State::Running, Some("second:1")));
+}
