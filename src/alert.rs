@@ -124,6 +124,16 @@ impl Alert {
         self.labels.get(name).map(String::as_str).unwrap_or("")
     }
 
+    /// This alert with its labels and annotations redacted, as the audit
+    /// keeps it (and so as every run sees it, whichever way it was started).
+    pub fn redacted(&self, redactor: &crate::redact::Redactor) -> Alert {
+        let mut alert = self.clone();
+        for v in alert.labels.values_mut().chain(alert.annotations.values_mut()) {
+            *v = redactor.text(v);
+        }
+        alert
+    }
+
     /// The key the intake deduplicates on.
     pub fn dedupe_key(&self) -> String {
         self.episode_key(self.status)

@@ -206,7 +206,10 @@ struct Decided<'a> {
 }
 
 /// The executions an intake queued, as a worker would load them.
-fn queued_executions(result: &mut IntakeResult) -> Vec<Execution> {
+/// The runs intake queued, for the in-memory dispatch. Their alert is the one
+/// the store keeps (redacted), so a run renders the same whether it starts
+/// from here or is read back from the store (after approval or a restart).
+fn queued_executions(result: &mut IntakeResult, redactor: &crate::redact::Redactor) -> Vec<Execution> {
     let run: std::collections::HashMap<&str, bool> = result
         .executions
         .iter()
@@ -224,7 +227,7 @@ fn queued_executions(result: &mut IntakeResult) -> Vec<Execution> {
                 state: State::Queued,
                 reason: None,
                 actor: adm.actor.clone(),
-                alert: Some(item.alert.clone()),
+                alert: Some(item.alert.redacted(redactor)),
                 params: adm.params.clone(),
                 dry_run,
                 automated: adm.automated,
@@ -484,7 +487,7 @@ impl Engine {
             (decided, d)
         }));
         drop(runs);
-        self.dispatch.offer(queued_executions(&mut result));
+        self.dispatch.offer(queued_executions(&mut result, &self.config().redactor));
         self.metrics.alerts_received.inc_by(result.accepted as u64);
         self.metrics.alerts_duplicate.inc_by(result.duplicates as u64);
         if result.executions.iter().any(|(_, d)| d.verdict == Verdict::Run) {

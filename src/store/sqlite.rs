@@ -168,8 +168,8 @@ fn prepare_schema(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Upgrades a state file from before numbered layouts: the audit chain from
-/// one JSON text per record to columns (every hash is checked to come out
-/// the same), alerts kept once (the dedupe set as hashed keys, the bodies of
+/// one JSON text per record to columns (every record is checked to read back
+/// the same, so its hash does), alerts kept once (the dedupe set as hashed keys, the bodies of
 /// old alerts beside their executions), the guardrail indexes of `fact_sql`, and
 /// `admitted_ms` cleared where a run never counted (dry runs, runs
 /// cancelled before they started).
@@ -178,6 +178,15 @@ fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
     // Old executions reference `alerts(id)`; the tables are rebuilt without.
     conn.execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE;")?;
     let upgraded = (|| -> Result<(), StoreError> {
+        // Another process may have upgraded it while we waited for the lock.
+        let still: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('audit') WHERE name = 'record'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !still {
+            return Ok(());
+        }
         // New tables are made beside the old ones and renamed into place.
         conn.execute_batch(concat!(
             "DROP INDEX IF EXISTS executions_state; DROP INDEX IF EXISTS executions_target;
@@ -221,6 +230,7 @@ fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
         drop(keys);
         conn.execute_batch("DROP TABLE alerts_unnumbered;")?;
         let mut names = Names::new();
+        let (mut last_ts_us, mut out_of_order) = (None::<i64>, 0u64);
         let mut read = conn.prepare("SELECT record FROM audit ORDER BY seq")?;
         let mut rows = read.query([])?;
         while let Some(row) = rows.next()? {
@@ -238,6 +248,31 @@ fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
             }
             let hash =
                 hex::decode(&record.hash).map_err(|e| StoreError::Corrupt(format!("audit record {} has a bad hash: {e}", record.seq)))?;
+            let data = audit::canonical_json(&record.data);
+            // Lossless, whatever the chain's state: the record rebuilt from
+            // its columns is the record as it was (so its hash is too).
+            let stored = audit::Stored {
+                seq: record.seq,
+                ts_us,
+                kind: record.kind.clone(),
+                actor: record.actor.clone(),
+                execution_id: record.execution_id.clone(),
+                runbook: record.runbook.clone(),
+                target: record.target.clone(),
+                data: data.clone(),
+                hash: hash.clone(),
+            };
+            let prev = hex::decode(&record.prev_hash).ok();
+            if Record::from_stored(stored, prev.as_deref()).ok().as_ref() != Some(&record) {
+                return Err(StoreError::Corrupt(format!(
+                    "audit record {} would not read back the same after the upgrade",
+                    record.seq
+                )));
+            }
+            if last_ts_us.is_some_and(|last| ts_us < last) {
+                out_of_order += 1;
+            }
+            last_ts_us = Some(ts_us);
             run_sql(
                 conn,
                 "INSERT INTO audit_upgraded (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) \
@@ -250,13 +285,21 @@ fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
                     record.execution_id,
                     record.runbook,
                     record.target,
-                    audit::canonical_json(&record.data),
+                    data,
                     hash
                 ],
             )?;
         }
         drop(rows);
         drop(read);
+        if out_of_order > 0 {
+            // Records are in time order from now on; older ones written while
+            // a clock stepped back may be missed by --since/--until near them.
+            tracing::warn!(
+                records = out_of_order,
+                "audit records earlier than the record before them (a clock stepped back)"
+            );
+        }
         conn.execute_batch("DROP TABLE audit; ALTER TABLE audit_upgraded RENAME TO audit;")?;
         Ok(())
     })();
@@ -876,11 +919,7 @@ fn shown(mut exec: Execution, redactor: &Redactor) -> Execution {
     if let Value::Object(p) = params {
         exec.params = p;
     }
-    if let Some(alert) = &mut exec.alert {
-        for v in alert.labels.values_mut().chain(alert.annotations.values_mut()) {
-            *v = redactor.text(v);
-        }
-    }
+    exec.alert = exec.alert.map(|a| a.redacted(redactor));
     exec
 }
 
@@ -1266,10 +1305,13 @@ fn cancel_for_resolved(t: &mut Tx<'_>, resolved: &Alert) -> Result<usize, StoreE
     let starts_at = serde_json::to_value(resolved.starts_at).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut stmt = t.conn.prepare_cached(concat!(
         "SELECT e.id, e.runbook, e.target, e.state FROM executions e INDEXED BY active_by_fingerprint \
-         JOIN audit r ON r.seq = e.alert_seq \
+         LEFT JOIN audit r ON r.seq = e.alert_seq \
          WHERE e.fingerprint = ?1 AND ",
         active!(),
-        " AND e.state <> 'running' AND e.started_ms IS NULL AND json_extract(r.data, '$.startsAt') = ?2"
+        // Runs stored before alerts lived in the audit keep theirs in `alert`
+        // (a manual run's own alert is no delivery and is never cancelled).
+        " AND e.state <> 'running' AND e.started_ms IS NULL AND COALESCE(json_extract(r.data, '$.startsAt'), \
+         CASE WHEN e.automated = 1 THEN json_extract(e.alert, '$.startsAt') END) = ?2"
     ))?;
     let victims: Vec<(String, String, String, String)> = stmt
         .query_map(params![resolved.fingerprint, starts_at.as_str()], |r| {
@@ -1629,7 +1671,14 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let held = execution.clone();
-        self.write(move |t| record_pending(t, &held, pending)).await
+        self.write(move |t| {
+            // Fenced like every write of a run (checked before writing).
+            if pending.claim.is_none() {
+                check_claim(t.conn, &held)?;
+            }
+            record_pending(t, &held, pending)
+        })
+        .await
     }
 
     async fn release(&self, execution: &Execution) -> Result<(), StoreError> {
@@ -2119,6 +2168,12 @@ mod tests {
                         ('real', 'rb', 'web-1', 'succeeded', 'alertmanager', 1, 'fp', '{}', 0, 1, 'low', 2, 2);",
             )
             .unwrap();
+            conn.execute(
+                "INSERT INTO executions (id, runbook, target, state, actor, alert_id, fingerprint, params, dry_run, automated, risk, created_ms, admitted_ms)
+                 VALUES ('waiting', 'rb', 'web-1', 'queued', 'alertmanager', 1, ?1, '{}', 0, 1, 'low', 3, 3)",
+                [&alert.fingerprint],
+            )
+            .unwrap();
             let mut prev = audit::GENESIS.to_string();
             for (seq, data) in [
                 (1u64, json!({"a": null, "n": 1.5})),
@@ -2140,7 +2195,7 @@ mod tests {
         let store = SqliteStore::open(dir.path(), Redactor::default(), Arc::new(crate::clock::SystemClock)).unwrap();
         assert_eq!(store.verify_audit().await.unwrap(), Ok(3));
         assert_eq!(store.audit(AuditFilter::default()).await.unwrap(), records);
-        assert_eq!(store.execution("real").await.unwrap().alert, Some(alert));
+        assert_eq!(store.execution("real").await.unwrap().alert, Some(alert.clone()));
         store
             .record(vec![Event::new(kind::NOTIFICATION, "pitcrew", json!({"text": "after"}))])
             .await
@@ -2154,12 +2209,24 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(admitted, vec![("dry".to_string(), None), ("real".to_string(), Some(2))]);
+        assert_eq!(
+            admitted,
+            vec![
+                ("dry".to_string(), None),
+                ("real".to_string(), Some(2)),
+                ("waiting".to_string(), Some(3))
+            ]
+        );
         let version: i64 = store
             .read(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
             .await
             .unwrap();
         assert_eq!(version, LAYOUT);
+        // A run queued before the upgrade is still its alert's: the resolve cancels it.
+        let resolved = IntakeAlert::new(alert.clone().resolved(), Vec::new());
+        let result = store.intake(vec![resolved], Arc::new(Config::default())).await.unwrap();
+        assert_eq!(result.cancelled, 1);
+        assert_eq!(store.execution("waiting").await.unwrap().state, State::Cancelled);
     }
 
     /// Records are in time order even when the clock steps back, and a
