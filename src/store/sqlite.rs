@@ -2085,15 +2085,14 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, before: DateTime<Utc>, limit: usize) -> Result<Pruned, StoreError> {
-        let cursor = self.prune_cursor.clone();
+        let from = self.prune_cursor.load(Ordering::Relaxed);
         let before_ms = before.timestamp_millis();
         let storm_cutoff = self.clock.now().timestamp_millis() - STORM_WINDOW.as_millis() as i64;
-        self.write(move |t| {
+        let (pruned, last) = self.write(move |t| {
             // Executions are stored in time order, so the oldest are at the
             // lowest rowids: walk from where the last call stopped, stop at
             // the first one created after the cutoff. An old run still active
             // is stepped over (and looked at again on the next pass).
-            let from = cursor.load(Ordering::Relaxed);
             let mut stmt = t.conn.prepare_cached("SELECT rowid, id, state, finished_ms, created_ms FROM executions WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?;
             let rows: Vec<(i64, String, String, Option<i64>, i64)> = stmt
                 .query_map(params![from, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
@@ -2114,16 +2113,19 @@ impl Store for SqliteStore {
                 }
             }
             pruned.more = rows.len() == limit && last == rows.last().map_or(from, |r| r.0);
-            cursor.store(if pruned.more { last } else { 0 }, Ordering::Relaxed);
             // Targets that stopped alerting matter to no storm any more.
             run_sql(
                 t.conn,
                 "DELETE FROM target_alerts WHERE target IN (SELECT target FROM target_alerts INDEXED BY target_alerts_ms WHERE ms < ?1 LIMIT ?2)",
                 params![storm_cutoff, limit as i64],
             )?;
-            Ok(pruned)
+            Ok((pruned, last))
         })
-        .await
+        .await?;
+        // Moved only once the deletes are committed: a batch rolled back with
+        // its group is walked again.
+        self.prune_cursor.store(if pruned.more { last } else { 0 }, Ordering::Relaxed);
+        Ok(pruned)
     }
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {
