@@ -136,23 +136,17 @@ impl Alert {
 
     /// The key the intake deduplicates on.
     pub fn dedupe_key(&self) -> String {
-        self.episode_key(self.status)
+        format!(
+            "{}|{}|{}",
+            self.fingerprint,
+            self.status.as_str(),
+            self.starts_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
     }
 
     /// The dedupe key as the store keeps it (see [`dedupe_id`]).
     pub fn dedupe_id(&self) -> [u8; 16] {
         dedupe_id(&self.dedupe_key())
-    }
-
-    /// The dedupe key of this alert's episode (fingerprint and startsAt)
-    /// as a notification with `status` would have it.
-    pub fn episode_key(&self, status: AlertStatus) -> String {
-        format!(
-            "{}|{}|{}",
-            self.fingerprint,
-            status.as_str(),
-            self.starts_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        )
     }
 
     /// Normalises a wire alert. `now` fills a missing `startsAt`.

@@ -46,6 +46,12 @@ macro_rules! executions_columns {
     };
 }
 
+macro_rules! audit_names_columns {
+    () => {
+        "(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)"
+    };
+}
+
 macro_rules! audit_columns {
     () => {
         "(seq INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, kind INTEGER NOT NULL, actor INTEGER NOT NULL, \
@@ -127,7 +133,9 @@ CREATE TABLE IF NOT EXISTS breaker_resets (
 -- stored again; `kind` and `actor` are ids of `audit_names` (a few dozen
 -- names written millions of times). `audit::Record::from_stored` puts a
 -- record back together.
-CREATE TABLE IF NOT EXISTS audit_names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS audit_names "#,
+    audit_names_columns!(),
+    r#";
 CREATE TABLE IF NOT EXISTS audit "#,
     audit_columns!(),
     r#";
@@ -211,7 +219,9 @@ fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
              CREATE TABLE alerts ",
             alerts_columns!(),
             ";
-             CREATE TABLE audit_names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+             CREATE TABLE audit_names ",
+            audit_names_columns!(),
+            ";
              CREATE TABLE audit_upgraded ",
             audit_columns!(),
             ";"
