@@ -373,6 +373,7 @@ impl Engine {
         let deps = Arc::new(Deps::new(config.clone()));
         let budgets = Arc::new(Budgets::new(deps.clone()));
         drop(config);
+        let worker_id = store.worker_id();
         Engine {
             store,
             runbooks,
@@ -383,7 +384,7 @@ impl Engine {
             dispatch: Dispatch::default(),
             finishing: tokio_util::task::TaskTracker::new(),
             notices: tokio_util::task::TaskTracker::new(),
-            worker_id: worker_id(),
+            worker_id,
             claims: AtomicU64::new(0),
             abandoned: Arc::default(),
             shutdown: CancellationToken::new(),

@@ -16,7 +16,11 @@
 //! were allowed to start (automated or manual, not dry runs); a run cancelled
 //! before it started stops counting.
 
+pub mod backend;
+pub mod postgres;
+pub mod rules;
 pub mod sqlite;
+mod writer;
 
 use std::sync::Arc;
 
@@ -33,9 +37,11 @@ use crate::runbook::{Risk, Runbook};
 /// The store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed; nothing of the operation was kept.
-    #[error("state database error")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database failed; nothing of the operation was kept. `disk`: the
+    /// failure is the disk's or the database server's (full, I/O error,
+    /// connection lost), not the data's, so a later write may succeed.
+    #[error("state database error: {message}")]
+    Database { message: String, disk: bool },
     /// The writer is gone (shutting down or crashed).
     #[error("state store is closed")]
     Closed,
@@ -86,7 +92,7 @@ pub enum StoreError {
 impl StoreError {
     pub fn kind(&self) -> &'static str {
         match self {
-            StoreError::Sqlite(_) => "database",
+            StoreError::Database { .. } => "database",
             StoreError::Closed => "closed",
             StoreError::ClaimLost(_) => "claim_lost",
             StoreError::Taken(_) => "taken",
@@ -532,6 +538,18 @@ pub trait Store: Send + Sync {
     /// The store's clock, so times the engine writes agree with the store's
     /// (and tests control both).
     fn now(&self) -> DateTime<Utc>;
+
+    /// This process as its claims name it: what tells a live claimer from a
+    /// dead one (a process on this host for SQLite, a replica's lease in
+    /// the database for PostgreSQL).
+    fn worker_id(&self) -> String;
+
+    /// Whether this process may run the background chores (approval
+    /// timeouts, budget refresh, checkpoints, retention) now: where several
+    /// replicas share a store, one at a time.
+    async fn lead_chores(&self) -> bool {
+        true
+    }
 }
 
 /// `t` to the millisecond, as the store keeps times.

@@ -1,25 +1,28 @@
-//! The embedded SQLite backend (WAL mode, one file per state dir).
+//! The embedded SQLite backend (WAL mode, one file per state dir): the
+//! SQL behind [`super::backend`]'s traits, the file's layout and its
+//! upgrades, and the fsync off the writer thread (`sync_loop`).
 //!
-//! One writer thread owns the write connection and commits jobs in groups:
-//! every job waiting when a transaction starts rides in it, and all of them
-//! learn the outcome after the single fsync. That is what lets durable intake
-//! run far above the disk's fsync rate. Other processes (the CLI) may write
-//! the same file; SQLite's lock serialises us, and the audit chain cursor is
-//! re-read at the start of every transaction.
+//! The writer thread (`super::writer`) commits jobs in groups. Other
+//! processes (the CLI) may write the same file; SQLite's lock serialises
+//! us, and the audit chain's head is re-read at the start of every
+//! transaction.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::backend::{AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim};
+use super::rules::{Backend, Ledger};
+use super::writer::{Committed, SharedHealth, WriteQueue, write_loop};
 use super::*;
-use crate::audit::{self, Event, kind};
+use crate::audit;
 use crate::clock::Clock;
-use crate::guard::{self, Facts, Request, STORM_WINDOW, Verdict, Windows};
+use crate::guard::{Facts, STORM_WINDOW, Windows};
 use crate::redact::Redactor;
 
 /// The condition of the `executions_active` partial index; SQLite uses the
@@ -323,25 +326,6 @@ fn upgrade_unnumbered(conn: &Connection) -> Result<(), StoreError> {
     Ok(ended?)
 }
 
-/// Jobs waiting beyond this are refused (503) instead of queueing forever.
-/// (Counted, not a bounded channel: those allocate and touch every slot up
-/// front, megabytes of idle memory for a queue that is nearly always short.)
-const WRITE_QUEUE: usize = 65_536;
-/// Most jobs per group commit; bounds one transaction's latency.
-const GROUP_MAX: usize = 2_048;
-
-type Completion = Box<dyn FnOnce(Result<(), Uncommitted>) + Send>;
-
-/// Why a group's jobs were not kept.
-#[derive(Debug, Clone)]
-enum Uncommitted {
-    /// A job failed half way; the others did nothing wrong.
-    RolledBack(String),
-    /// COMMIT or the fsync after it failed.
-    Failed(String),
-}
-type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Completion + Send>;
-
 /// Ids of `audit_names` this connection has seen. Kept across transactions
 /// (a name's id never changes once committed) and cleared when a group is
 /// rolled back, which may have taken new names with it.
@@ -357,145 +341,23 @@ fn name_id(conn: &Connection, names: &mut Names, name: &str) -> Result<i64, Stor
     Ok(id)
 }
 
-/// The last record of the audit chain.
-struct Head {
-    seq: u64,
-    /// Hex, as the next record's `prev_hash`.
-    hash: String,
-    ts_us: i64,
-}
-
-/// The transaction a job runs in.
-pub struct Tx<'c> {
-    conn: &'c Connection,
-    /// The audit chain's head within this transaction, once read.
-    cursor: Option<Head>,
-    names: &'c mut Names,
-    redactor: &'c Redactor,
-    now: DateTime<Utc>,
-    /// `now` as audit records write it, formatted once per transaction.
-    now_text: String,
-    /// A job failed after writing: the transaction will be rolled back.
-    failed: Option<String>,
-    /// A job failed on the disk (full, I/O error): the store is failing.
-    disk: Option<String>,
-}
-
-impl Tx<'_> {
-    fn now_ms(&self) -> i64 {
-        self.now.timestamp_millis()
-    }
-
-    /// Reads the chain's head once per transaction.
-    fn load_head(&mut self) -> Result<(), StoreError> {
-        if self.cursor.is_none() {
-            let last = query_row(self.conn, "SELECT seq, hash, ts_us FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok(Head {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    hash: hex::encode(r.get::<_, Vec<u8>>(1)?),
-                    ts_us: r.get(2)?,
-                })
-            })
-            .optional()?;
-            self.cursor = Some(last.unwrap_or(Head {
-                seq: 0,
-                hash: audit::GENESIS.to_string(),
-                ts_us: i64::MIN,
-            }));
-        }
-        Ok(())
-    }
-
-    /// Appends one audit record, chained to the last one. Its time never
-    /// goes back before the last record's (a clock stepped back, or another
-    /// process's clock): the chain is in time order, which is what lets
-    /// `audit` find a time range without an index (`seq_from`).
-    fn append(&mut self, mut event: Event) -> Result<u64, StoreError> {
-        let now_us = self.now.timestamp_micros();
-        self.load_head()?;
-        let head = self.cursor.as_ref().expect("loaded above");
-        let (seq, ts_us) = (head.seq + 1, head.ts_us.max(now_us));
-        let ts = if ts_us == now_us {
-            std::borrow::Cow::Borrowed(self.now_text.as_str())
-        } else {
-            std::borrow::Cow::Owned(audit::format_ts(DateTime::from_timestamp_micros(ts_us).unwrap_or(self.now)))
-        };
-        self.redactor.in_place(&mut event.data);
-        audit::without_nulls(&mut event.data);
-        let (data, hash) = event.seal_stored(seq, &ts, &head.hash);
-        let (kind, actor) = (
-            name_id(self.conn, self.names, event.kind)?,
-            name_id(self.conn, self.names, &event.actor)?,
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode::*;
+        let disk = matches!(
+            e.sqlite_error_code(),
+            Some(DiskFull | SystemIoFailure | ReadOnly | CannotOpen | OutOfMemory)
         );
-        run_sql(
-            self.conn,
-            "INSERT INTO audit (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                seq as i64,
-                ts_us,
-                kind,
-                actor,
-                event.execution_id,
-                event.runbook,
-                event.target,
-                data,
-                &hash[..]
-            ],
-        )?;
-        self.cursor = Some(Head {
-            seq,
-            hash: hex::encode(hash),
-            ts_us,
-        });
-        Ok(seq)
-    }
-}
-
-/// The store's [`Health`], set by the writer and sync threads.
-type SharedHealth = Arc<Mutex<Health>>;
-
-/// Sets the health unless the store already stopped for good.
-fn set_health(health: &SharedHealth, to: Health) {
-    let mut now = health.lock().expect("health lock");
-    if !matches!(*now, Health::Stopped(_)) {
-        *now = to;
+        StoreError::Database {
+            message: e.to_string(),
+            disk,
+        }
     }
 }
 
 /// Free space a failing store wants on its disk before it tries writing
 /// again: a webhook's worth of alerts many times over.
 const MIN_ROOM: u64 = 16 << 20;
-
-/// An error that says the disk, not the data, is the problem.
-fn disk_error(e: &StoreError) -> Option<String> {
-    use rusqlite::ErrorCode::*;
-    match e {
-        StoreError::Sqlite(inner)
-            if matches!(
-                inner.sqlite_error_code(),
-                Some(DiskFull | SystemIoFailure | ReadOnly | CannotOpen | OutOfMemory)
-            ) =>
-        {
-            Some(inner.to_string())
-        }
-        _ => None,
-    }
-}
-
-pub struct SqliteStore {
-    path: PathBuf,
-    health: SharedHealth,
-    sender: Sender<Job>,
-    /// Jobs sent and not yet taken by the writer.
-    waiting: Arc<AtomicUsize>,
-    readers: Mutex<Vec<Connection>>,
-    clock: Arc<dyn Clock>,
-    /// Where the last `prune` stopped (a rowid), so a pass walks the oldest
-    /// executions once; 0 starts a new pass.
-    prune_cursor: Arc<std::sync::atomic::AtomicI64>,
-    /// For executions as shown to people (`execution`, `executions`).
-    redactor: Redactor,
-}
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
@@ -509,7 +371,53 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-impl SqliteStore {
+/// A connection to the state file, for the writer or for reads.
+pub struct SqliteConn {
+    conn: Connection,
+    names: Names,
+}
+
+impl SqliteConn {
+    fn open(path: &Path) -> Result<SqliteConn, StoreError> {
+        Ok(SqliteConn {
+            conn: open_connection(path)?,
+            names: Names::new(),
+        })
+    }
+}
+
+/// The embedded store's backend: the state file's place.
+pub struct Sqlite {
+    path: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl Backend for Sqlite {
+    type Reader = SqliteConn;
+
+    fn reader(&self) -> Result<SqliteConn, StoreError> {
+        SqliteConn::open(&self.path)
+    }
+
+    /// A small write fits in the room the WAL file already holds on a full
+    /// disk, while a webhook's does not: look for room first.
+    fn may_probe(&self) -> bool {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let room = nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available().saturating_mul(s.fragment_size()));
+        !room.is_ok_and(|r| r < MIN_ROOM)
+    }
+
+    /// A process on this host: `pid:starttime`, which `/proc` tells alive
+    /// or gone (processes sharing a state file share a host).
+    fn worker_id(&self) -> String {
+        crate::engine::worker_id()
+    }
+}
+
+/// The embedded store.
+pub type SqliteStore = Ledger<Sqlite>;
+
+impl Ledger<Sqlite> {
     /// Opens (creating if needed) `state_dir/state.db`.
     pub fn open(state_dir: &Path, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Open {
@@ -517,11 +425,11 @@ impl SqliteStore {
             source,
         })?;
         let path = state_dir.join("state.db");
-        let writer = open_connection(&path)?;
-        prepare_schema(&writer)?;
+        let writer = SqliteConn::open(&path)?;
+        prepare_schema(&writer.conn)?;
         // Commits write the WAL without waiting for the disk; the syncer
         // thread fsyncs it and only then answers the jobs (see `sync_loop`).
-        writer.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        writer.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let spawn_error = |source| StoreError::Open {
             path: path.display().to_string(),
@@ -537,124 +445,21 @@ impl SqliteStore {
                 move || sync_loop(wal, unsynced, health)
             })
             .map_err(spawn_error)?;
-        let (sender, receiver) = channel::<Job>();
-        let waiting = Arc::new(AtomicUsize::new(0));
+        let (queue, inbox) = WriteQueue::new();
         std::thread::Builder::new()
             .name("pitcrew-store-writer".into())
             .spawn({
-                let clock = clock.clone();
-                let waiting = waiting.clone();
-                let redactor = redactor.clone();
-                let health = health.clone();
-                move || write_loop(writer, (receiver, waiting), redactor, clock, to_sync, health)
+                let (clock, redactor, health) = (clock.clone(), redactor.clone(), health.clone());
+                // The syncer stopped after a failed fsync: fail closed from now on.
+                move || write_loop(writer, inbox, redactor, clock, health, move |group| to_sync.send(group).is_ok())
             })
             .map_err(spawn_error)?;
-        Ok(SqliteStore {
-            path,
-            health,
-            sender,
-            waiting,
-            readers: Mutex::new(Vec::new()),
-            clock,
-            prune_cursor: Arc::default(),
-            redactor,
-        })
+        Ok(Ledger::new(Sqlite { path }, queue, health, clock, redactor))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.backend.path
     }
-
-    /// Runs `f` in the next group commit; resolves after the commit.
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (job, rx) = job(f);
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= WRITE_QUEUE {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(StoreError::Busy);
-        }
-        if self.sender.send(job).is_err() {
-            return Err(StoreError::Closed);
-        }
-        // A dropped completion means the writer could not begin the transaction.
-        rx.await.map_err(|_| StoreError::NotStarted)?
-    }
-
-    /// Runs `f` on a read connection in the blocking pool.
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let conn = match self.readers.lock().expect("reader pool lock").pop() {
-            Some(c) => c,
-            None => open_connection(&self.path)?,
-        };
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let r = f(&conn);
-            (conn, r)
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?;
-        let mut pool = self.readers.lock().expect("reader pool lock");
-        if pool.len() < 4 {
-            pool.push(conn);
-        }
-        result
-    }
-}
-
-/// Wraps `f` as a job for the writer, and the receiver of its outcome.
-fn job<T, F>(f: F) -> (Job, tokio::sync::oneshot::Receiver<Result<T, StoreError>>)
-where
-    T: Send + 'static,
-    F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move |t: &mut Tx<'_>| {
-        let result = if let Some(why) = &t.failed {
-            Err(StoreError::RolledBack(why.clone()))
-        } else {
-            let before = t.conn.total_changes();
-            let r = f(t);
-            if let Err(e) = &r {
-                if let Some(why) = disk_error(e) {
-                    t.disk.get_or_insert(why);
-                }
-                if t.conn.is_autocommit() {
-                    // SQLite itself rolled the whole transaction back (it may
-                    // on SQLITE_FULL or an I/O error): the jobs before this
-                    // one are gone too, and the ones after must not run
-                    // outside a transaction, each committing on its own.
-                    t.failed = Some(format!("the database rolled the transaction back: {}", crate::diag::chain(e)));
-                } else if t.conn.total_changes() != before {
-                    // It failed half way: the whole group is rolled back.
-                    t.failed = Some(e.to_string());
-                }
-            }
-            r
-        };
-        Box::new(move |committed: Result<(), Uncommitted>| {
-            let outcome = match committed {
-                Ok(()) => result,
-                // The job that failed keeps its own error.
-                Err(Uncommitted::RolledBack(_)) if result.is_err() => result,
-                Err(Uncommitted::RolledBack(why)) => Err(StoreError::RolledBack(why)),
-                Err(Uncommitted::Failed(e)) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
-            };
-            let _ = tx.send(outcome);
-        })
-    });
-    (job, rx)
-}
-
-/// A committed group: its jobs' answers, held until the WAL is on disk.
-struct Committed {
-    outcome: Result<(), Uncommitted>,
-    completions: Vec<Completion>,
 }
 
 /// Makes commits durable off the writer thread.
@@ -700,13 +505,7 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>, health: SharedHealth) 
         // Durable, nobody answered yet: a crash here loses no 202.
         crate::failpoint::crash("store.synced");
         for group in groups {
-            let outcome = match &failed {
-                Some(e) => Err(Uncommitted::Failed(e.clone())),
-                None => group.outcome,
-            };
-            for done in group.completions {
-                done(outcome.clone());
-            }
+            group.answer(failed.as_deref());
         }
         if failed.is_some() {
             // Dropping the receiver makes the writer stop.
@@ -715,105 +514,6 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>, health: SharedHealth) 
     }
 }
 
-/// Runs one group of jobs in one transaction. Jobs run without savepoints
-/// (they cost a statement pair and a page copy per job): one that fails
-/// before writing fails alone, one that fails after writing rolls the whole
-/// group back, and the others learn they were not kept.
-fn run_group(
-    conn: &Connection,
-    batch: Vec<Job>,
-    redactor: &Redactor,
-    now: DateTime<Utc>,
-    names: &mut Names,
-    health: &SharedHealth,
-) -> Committed {
-    let changes_before = conn.total_changes();
-    // Records keep microseconds (`ts_us`): the stored time and the hashed text agree.
-    let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-    let mut tx = Tx {
-        conn,
-        cursor: None,
-        redactor,
-        now,
-        now_text: audit::format_ts(now),
-        failed: None,
-        disk: None,
-        names,
-    };
-    let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut tx)).collect();
-    let committed = match tx.failed {
-        Some(why) => {
-            tracing::error!(error = %why, "a state write failed half way; its group is rolled back");
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            Err(Uncommitted::RolledBack(why))
-        }
-        None => conn.execute_batch("COMMIT").map_err(|e| {
-            tracing::error!(error = %e, "state commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
-            Uncommitted::Failed(e.to_string())
-        }),
-    };
-    if committed.is_err() {
-        // Names this group added are gone with it.
-        tx.names.clear();
-    }
-    match (&committed, tx.disk.as_ref()) {
-        (Err(Uncommitted::Failed(why)), _) | (_, Some(why)) => set_health(health, Health::Failing(why.clone())),
-        // Only a commit that wrote something shows the disk takes writes.
-        (Ok(()), None) if conn.total_changes() != changes_before => set_health(health, Health::Writable),
-        _ => {}
-    }
-    Committed {
-        outcome: committed,
-        completions,
-    }
-}
-
-fn write_loop(
-    conn: Connection,
-    (receiver, waiting): (Receiver<Job>, Arc<AtomicUsize>),
-    redactor: Redactor,
-    clock: Arc<dyn Clock>,
-    to_sync: Sender<Committed>,
-    health: SharedHealth,
-) {
-    /// Whatever ends the writer (a panic in a job included), the store
-    /// cannot write any more: say so, so the process can end.
-    struct Stopped(SharedHealth);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            set_health(&self.0, Health::Stopped("the state writer stopped".into()));
-        }
-    }
-    let _stopped = Stopped(health.clone());
-    let mut names = Names::new();
-    while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_MAX {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        waiting.fetch_sub(batch.len(), Ordering::Relaxed);
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            // Dropping the jobs unanswered fails each caller (503 at the webhook).
-            tracing::error!(error = %e, jobs = batch.len(), "cannot begin a state transaction");
-            set_health(&health, Health::Failing(format!("cannot begin a transaction: {e}")));
-            continue;
-        }
-        let group = run_group(&conn, batch, &redactor, clock.now(), &mut names, &health);
-        if to_sync.send(group).is_err() {
-            // The syncer stopped after a failed fsync: fail closed from now on.
-            return;
-        }
-    }
-}
-
-/// `execute` through the statement cache: the hot paths run the same few
-/// statements thousands of times a second.
 fn run_sql(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
 }
@@ -921,18 +621,6 @@ fn stored_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<audit::Stored> {
     })
 }
 
-/// An execution as people see it (API, CLI): its params and alert redacted
-/// like the audit. Runs themselves read the stored values (`load_execution`).
-fn shown(mut exec: Execution, redactor: &Redactor) -> Execution {
-    let mut params = Value::Object(std::mem::take(&mut exec.params));
-    redactor.in_place(&mut params);
-    if let Value::Object(p) = params {
-        exec.params = p;
-    }
-    exec.alert = exec.alert.map(|a| a.redacted(redactor));
-    exec
-}
-
 fn load_execution(conn: &Connection, id: &str) -> Result<Execution, StoreError> {
     let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e WHERE e.id = ?1");
     let mut exec = query_row(conn, &sql, [id], execution_from_row)
@@ -974,21 +662,6 @@ fn load_steps(conn: &Connection, id: &str) -> Result<Vec<StepRecord>, StoreError
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Fencing: a worker may write steps only while it still holds the claim.
-fn check_claim(conn: &Connection, execution: &Execution) -> Result<(), StoreError> {
-    let held: Option<(String, Option<String>)> = query_row(
-        conn,
-        "SELECT state, claimed_by FROM executions WHERE id = ?1",
-        [&execution.id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()?;
-    match held {
-        Some((state, claimer)) if state == "running" && claimer == execution.claimed_by => Ok(()),
-        _ => Err(StoreError::ClaimLost(execution.id.clone())),
-    }
 }
 
 fn phase_str(p: Phase) -> &'static str {
@@ -1090,1070 +763,541 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
     })
 }
 
-/// The guardrails' decision for an admission at `now_ms`, from the facts
-/// stored now (inside the deciding transaction, or on a read for `preview`).
-fn decide(conn: &Connection, adm: &Admission, config: &Config, now_ms: i64) -> Result<Decision, StoreError> {
-    let rb = &adm.runbook;
-    let f = facts(conn, &rb.name, &adm.target, Windows::for_runbook(rb, config), now_ms)?;
-    let request = Request {
-        runbook: rb,
-        target: &adm.target,
-        automated: adm.automated,
-        dry_run: adm.dry_run,
-        force: adm.force.as_deref(),
-        now_ms,
-    };
-    Ok(guard::decide(&request, &f, adm.budget.as_ref(), config))
-}
+impl Read for SqliteConn {
+    fn facts(&mut self, runbook: &str, target: &str, windows: Windows, now_ms: i64) -> Result<Facts, StoreError> {
+        facts(&self.conn, runbook, target, windows, now_ms)
+    }
 
-/// A notification against the dedupe set.
-enum Dedupe {
-    New,
-    Duplicate,
-    /// Decided again: its `alert.received` record's seq.
-    Reconsider(u64),
-}
-
-/// The dedupe rule, for intake and for `seen`: a notification recorded before
-/// is a duplicate, unless its every run was blocked by a guardrail that time
-/// lifts (then intake kept its record's seq and when it last decided) and
-/// `intake.reconsider_after` has passed since.
-fn dedupe(conn: &Connection, id: &[u8; 16], now_ms: i64, config: &Config) -> Result<Dedupe, StoreError> {
-    let row: Option<(Option<i64>, Option<i64>)> =
-        query_row(conn, "SELECT received_seq, decided_ms FROM alerts WHERE id = ?1", [&id[..]], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    Ok(match row {
-        None => Dedupe::New,
-        Some((Some(seq), Some(decided_ms))) if now_ms - decided_ms >= config.reconsider_after.as_millis() as i64 => {
-            Dedupe::Reconsider(seq as u64)
-        }
-        Some(_) => Dedupe::Duplicate,
-    })
-}
-
-/// Guardrails whose block time lifts by itself: an alert blocked only by
-/// these is worth deciding again when Alertmanager sends it again. Not
-/// `escalated` (a human must reset it) nor `params` (the alert is wrong).
-fn passes_with_time(decided_by: &str) -> bool {
-    matches!(
-        decided_by,
-        "cooldown" | "rate_limit" | "runbook_rate_limit" | "global_limit" | "concurrency" | "storm_brake" | "budget"
-    )
-}
-
-/// Where the alert that started a run is kept.
-enum AlertRef<'a> {
-    /// Delivered by the webhook: the data of its `alert.received` record (seq).
-    Received(&'a Alert, u64),
-    /// Given to a manual run (`run --alert`): kept with the execution, as JSON.
-    Given(&'a Alert, String),
-}
-
-impl AlertRef<'_> {
-    fn alert(&self) -> &Alert {
-        match self {
-            AlertRef::Received(a, _) | AlertRef::Given(a, _) => a,
+    fn execution(&mut self, id: &str) -> Result<Option<Execution>, StoreError> {
+        match load_execution(&self.conn, id) {
+            Ok(e) => Ok(Some(e)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
         }
     }
-}
 
-/// Decides and records one admission. Shared by alert intake and manual runs.
-fn admit_in(t: &mut Tx<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, config: &Config) -> Result<Decision, StoreError> {
-    let rb = &adm.runbook;
-    let now_ms = t.now_ms();
-    let exec_event = |kind: &'static str, actor: &str, data: Value| Event::new(kind, actor, data).execution(&adm.id, &rb.name, &adm.target);
-    if let Some(alert) = alert.as_ref().map(AlertRef::alert) {
-        t.append(exec_event(
-            kind::RUNBOOK_MATCHED,
-            &adm.actor,
-            json!({"fingerprint": alert.fingerprint, "params": adm.params, "owner": rb.owner, "digest": rb.digest}),
-        ))?;
-    }
-    let decision = if let Some(invalid) = &adm.invalid {
-        crate::guard::Decision {
-            verdict: Verdict::Blocked,
-            decided_by: "params",
-            reason: invalid.clone(),
-            dry_run: adm.dry_run,
-            checks: vec![],
-            trip_breaker: false,
-            notify: None,
-            storm_notice: false,
-        }
-    } else {
-        decide(t.conn, adm, config, now_ms)?
-    };
-    let state = match decision.verdict {
-        Verdict::Run => State::Queued,
-        Verdict::PendingApproval => State::PendingApproval,
-        Verdict::Blocked => State::Blocked,
-    };
-    // Only real runs count toward limits and cooldowns (see `fact_sql`).
-    let admitted_ms = (state == State::Queued && !decision.dry_run).then_some(now_ms);
-    let deadline = (state == State::PendingApproval).then(|| now_ms + rb.guardrails.approval_timeout.as_millis() as i64);
-    let finished_ms = (state == State::Blocked).then_some(now_ms);
-    // A blocked run keeps its reason only in its decision record (`EXECUTION_COLUMNS`).
-    let reason = (decision.verdict == Verdict::PendingApproval).then(|| format!("{}: {}", decision.decided_by, decision.reason));
-    let (alert_seq, given) = match &alert {
-        Some(AlertRef::Received(_, seq)) => (Some(*seq as i64), None),
-        Some(AlertRef::Given(_, body)) => (None, Some(body.as_str())),
-        None => (None, None),
-    };
-    run_sql(
-        t.conn,
-        "INSERT INTO executions (id, runbook, target, state, reason, actor, alert_seq, alert, fingerprint, params, dry_run, automated, \
-         risk, created_ms, admitted_ms, finished_ms, approval_deadline_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        params![
-            adm.id,
-            rb.name,
-            adm.target,
-            state.as_str(),
-            reason,
-            adm.actor,
-            alert_seq,
-            given,
-            alert.as_ref().map(|a| a.alert().fingerprint.as_str()),
-            Value::Object(adm.params.clone()).to_string(),
-            decision.dry_run,
-            adm.automated,
-            rb.risk.as_str(),
-            now_ms,
-            admitted_ms,
-            finished_ms,
-            deadline,
-        ],
-    )?;
-    t.append(exec_event(
-        kind::GUARDRAIL_DECISION,
-        &adm.actor,
-        json!({
-            "verdict": decision.verdict, "decided_by": decision.decided_by, "reason": decision.reason,
-            "dry_run": decision.dry_run.then_some(true), "risk": rb.risk, "checks": checks_record(&decision),
-            "budget": adm.budget, "approval_deadline": deadline.map(ts),
-        }),
-    ))?;
-    if let Some(reason) = &adm.force {
-        t.append(exec_event(
-            kind::OVERRIDE,
-            &adm.actor,
-            json!({"reason": reason, "skipped": decision.checks.iter().filter(|c| c.verdict == crate::guard::CheckVerdict::Forced).map(|c| c.guardrail).collect::<Vec<_>>()}),
-        ))?;
-    }
-    if state == State::Blocked {
-        // The reason in full is the decision's, one record before.
-        t.append(exec_event(
-            kind::EXECUTION_FINISHED,
-            "system:guardrails",
-            json!({"state": "blocked", "reason": decision.decided_by}),
-        ))?;
-    }
-    if decision.trip_breaker {
-        run_sql(
-            t.conn,
-            "INSERT OR REPLACE INTO breakers (runbook, target, tripped_ms, reason) VALUES (?1, ?2, ?3, ?4)",
-            params![rb.name, adm.target, now_ms, decision.reason],
-        )?;
-    }
-    if decision.decided_by == "storm_brake" {
-        // One notice per storm however long it lasts: the row says when the
-        // brake last held, and `facts` looks for it within the storm window,
-        // so a storm ends only after a whole window without the brake.
-        run_sql(t.conn, "DELETE FROM notices WHERE kind = 'storm'", [])?;
-        run_sql(t.conn, "INSERT INTO notices (kind, ms) VALUES ('storm', ?1)", params![now_ms])?;
-    }
-    Ok(decision)
-}
-
-/// The checks as the decision record keeps them: by guardrail name (the
-/// order they are checked in is fixed), and without a detail that is the
-/// decision's `reason` (it would be the same text twice).
-fn checks_record(decision: &Decision) -> Value {
-    decision
-        .checks
-        .iter()
-        .map(|c| {
-            let mut check = json!({ "verdict": c.verdict });
-            if c.detail != decision.reason {
-                check["detail"] = Value::from(c.detail.as_str());
-            }
-            (c.guardrail.to_string(), check)
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into()
-}
-
-/// A pending approval past its deadline: cancelled, denied by `system:timeout`.
-fn expire_approval(t: &mut Tx<'_>, id: &str, runbook: &str, target: &str) -> Result<(), StoreError> {
-    let why = "approval timed out";
-    run_sql(
-        t.conn,
-        "UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1",
-        params![id, why, t.now_ms()],
-    )?;
-    t.append(Event::new(kind::APPROVAL_DENIED, "system:timeout", json!({"reason": why})).execution(id, runbook, target))?;
-    t.append(
-        Event::new(
-            kind::EXECUTION_FINISHED,
-            "system:timeout",
-            json!({"state": "cancelled", "reason": why}),
+    fn alert_row(&mut self, id: &[u8; 16]) -> Result<Option<AlertRow>, StoreError> {
+        Ok(query_row(
+            &self.conn,
+            "SELECT received_seq, decided_ms FROM alerts WHERE id = ?1",
+            [&id[..]],
+            |r| Ok((r.get::<_, Option<i64>>(0)?.map(|s| s as u64), r.get(1)?)),
         )
-        .execution(id, runbook, target),
-    )?;
-    Ok(())
-}
-
-/// A resolved notification cancels the runs of its own episode (the firing
-/// notification with the same fingerprint and startsAt) that never started.
-/// A late resolve of an older episode finds no run of its episode: a newer
-/// episode's run is not its to cancel. A recovered run waiting to resume
-/// (maybe with an unknown step to escalate) is not cancelled either.
-fn cancel_for_resolved(t: &mut Tx<'_>, resolved: &Alert) -> Result<usize, StoreError> {
-    // The episode's start as alert records write it (the same serialisation).
-    let starts_at = serde_json::to_value(resolved.starts_at).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let mut stmt = t.conn.prepare_cached(concat!(
-        "SELECT e.id, e.runbook, e.target, e.state FROM executions e INDEXED BY active_by_fingerprint \
-         LEFT JOIN audit r ON r.seq = e.alert_seq \
-         WHERE e.fingerprint = ?1 AND ",
-        active!(),
-        // Runs stored before alerts lived in the audit keep theirs in `alert`
-        // (a manual run's own alert is no delivery and is never cancelled).
-        " AND e.state <> 'running' AND e.started_ms IS NULL AND COALESCE(json_extract(r.data, '$.startsAt'), \
-         CASE WHEN e.automated = 1 THEN json_extract(e.alert, '$.startsAt') END) = ?2"
-    ))?;
-    let victims: Vec<(String, String, String, String)> = stmt
-        .query_map(params![resolved.fingerprint, starts_at.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    drop(stmt);
-    let now_ms = t.now_ms();
-    for (id, runbook, target, was) in &victims {
-        run_sql(
-            t.conn,
-            // Cleared `admitted_ms`: a run that never started counts toward no limit.
-            "UPDATE executions SET state = 'cancelled', reason = 'alert resolved before it ran', finished_ms = ?2, admitted_ms = NULL WHERE id = ?1",
-            params![id, now_ms],
-        )?;
-        t.append(
-            Event::new(
-                kind::EXECUTION_FINISHED,
-                "alertmanager",
-                json!({"state": "cancelled", "reason": "alert resolved before it ran", "was": was}),
-            )
-            .execution(id, runbook, target),
-        )?;
+        .optional()?)
     }
-    Ok(victims.len())
+
+    fn queued_ids(&mut self, limit: usize, exclude: &HashSet<String>) -> Result<(Vec<String>, bool), StoreError> {
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT id FROM executions WHERE state = 'queued' AND ",
+            active!(),
+            " ORDER BY created_ms, rowid"
+        ))?;
+        let mut rows = stmt.query([])?;
+        let mut ids = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            if exclude.contains(&id) {
+                continue;
+            }
+            if ids.len() == limit {
+                return Ok((ids, false));
+            }
+            ids.push(id);
+        }
+        Ok((ids, true))
+    }
+
+    fn executions(&mut self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e WHERE 1=1");
+        let mut args: Vec<String> = Vec::new();
+        if let Some(s) = filter.state {
+            args.push(s.as_str().to_string());
+            sql.push_str(&format!(" AND e.state = ?{}", args.len()));
+        }
+        if let Some(r) = &filter.runbook {
+            args.push(r.clone());
+            sql.push_str(&format!(" AND e.runbook = ?{}", args.len()));
+        }
+        if let Some(f) = &filter.fingerprint {
+            args.push(f.clone());
+            sql.push_str(&format!(" AND e.fingerprint = ?{}", args.len()));
+        }
+        if let Some(after) = &filter.after {
+            // Keyset paging in list order; an unknown id matches nothing.
+            args.push(after.clone());
+            sql.push_str(&format!(
+                " AND (e.created_ms, e.id) < (SELECT p.created_ms, p.id FROM executions p WHERE p.id = ?{})",
+                args.len()
+            ));
+        }
+        let limit = if filter.limit == 0 { 1000 } else { filter.limit };
+        sql.push_str(&format!(" ORDER BY e.created_ms DESC, e.id DESC LIMIT {limit}"));
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), execution_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<StoredWithPrev>, StoreError> {
+        let conn = &self.conn;
+        let mut sql = format!("SELECT {AUDIT_COLUMNS}, (SELECT p.hash FROM audit p WHERE p.seq = a.seq - 1) FROM {AUDIT_FROM} WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(since) = filter.since {
+            args.push((seq_from(conn, since.timestamp_micros())? as i64).into());
+            sql.push_str(&format!(" AND a.seq >= ?{}", args.len()));
+        }
+        if let Some(until) = filter.until {
+            args.push((seq_from(conn, until.timestamp_micros().saturating_add(1))? as i64).into());
+            sql.push_str(&format!(" AND a.seq < ?{}", args.len()));
+        }
+        if let Some(e) = &filter.execution {
+            args.push(e.clone().into());
+            sql.push_str(&format!(" AND a.execution_id = ?{}", args.len()));
+        }
+        if let Some(fp) = &filter.fingerprint {
+            args.push(fp.clone().into());
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (a.execution_id IN (SELECT id FROM executions WHERE fingerprint = ?{n}) \
+                 OR (k.name LIKE 'alert.%' AND json_extract(a.data, '$.fingerprint') = ?{n}))"
+            ));
+        }
+        if let Some(after) = filter.after_seq {
+            args.push((after.min(i64::MAX as u64) as i64).into());
+            sql.push_str(&format!(" AND a.seq > ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY a.seq");
+        if let Some(limit) = filter.limit {
+            args.push((limit.min(i64::MAX as usize) as i64).into());
+            sql.push_str(&format!(" LIMIT ?{}", args.len()));
+        }
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push((stored_from_row(row)?, row.get(9)?));
+        }
+        Ok(out)
+    }
+
+    fn audit_walk(&mut self, visit: &mut dyn FnMut(audit::Stored) -> bool) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {AUDIT_COLUMNS} FROM {AUDIT_FROM} ORDER BY a.seq"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            if !visit(stored_from_row(row)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn breakers(&mut self) -> Result<Vec<Breaker>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT runbook, target, tripped_ms, reason FROM breakers ORDER BY tripped_ms")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Breaker {
+                runbook: r.get(0)?,
+                target: r.get(1)?,
+                tripped_at: ts(r.get(2)?),
+                reason: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn queue_depth(&mut self) -> Result<u64, StoreError> {
+        Ok(query_row(
+            &self.conn,
+            concat!("SELECT COUNT(*) FROM executions WHERE state = 'queued' AND ", active!()),
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
 }
 
-/// Puts a run that stopped part way back in the queue, by the recovery rule:
-/// a step that started and has no end is re-run only if it is idempotent;
-/// otherwise it is recorded `unknown` and the run resumes only to escalate
-/// (`on_failure`). Returns whether it was unknown.
-fn requeue(t: &mut Tx<'_>, exec: &Execution, actor: &str, cause: &str) -> Result<bool, StoreError> {
-    let interrupted: Vec<&StepRecord> = exec.steps.iter().filter(|s| s.state == StepState::Started).collect();
-    let event = |data: Value| Event::new(kind::EXECUTION_RECOVERED, actor, data).execution(&exec.id, &exec.runbook, &exec.target);
-    if let Some(step) = interrupted.iter().find(|s| !s.idempotent) {
-        let msg = format!(
-            "step `{}` ({}) {cause}; it is not idempotent, so its outcome is unknown and it was not run again",
-            step.name, step.action
+impl Tx for SqliteConn {
+    fn changes(&self) -> u64 {
+        self.conn.total_changes()
+    }
+
+    fn aborted(&self) -> bool {
+        // Inside a group, autocommit means SQLite rolled the transaction back itself.
+        self.conn.is_autocommit()
+    }
+
+    fn chain_head(&mut self) -> Result<Option<ChainHead>, StoreError> {
+        Ok(query_row(
+            &self.conn,
+            "SELECT seq, hash, ts_us FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(ChainHead {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                    ts_us: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+    }
+
+    fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), StoreError> {
+        let (kind, actor) = (
+            name_id(&self.conn, &mut self.names, row.kind)?,
+            name_id(&self.conn, &mut self.names, row.actor)?,
         );
         run_sql(
-            t.conn,
-            "UPDATE steps SET state = 'unknown', error = ?5, finished_ms = ?6 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
-            params![exec.id, phase_str(step.phase), step.index, step.attempt, msg, t.now_ms()],
-        )?;
-        t.append(
-            Event::new(
-                kind::STEP_FINISHED,
-                actor,
-                json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": "unknown", "error": msg}),
-            )
-            .execution(&exec.id, &exec.runbook, &exec.target),
-        )?;
-        run_sql(
-            t.conn,
-            "UPDATE executions SET state = 'queued', claimed_by = NULL, resume_error = ?2 WHERE id = ?1",
-            params![exec.id, msg],
-        )?;
-        t.append(event(json!({"action": "escalate", "reason": msg})))?;
-        Ok(true)
-    } else {
-        let rerun: Vec<&str> = interrupted.iter().map(|s| s.name.as_str()).collect();
-        run_sql(
-            t.conn,
-            "UPDATE executions SET state = 'queued', claimed_by = NULL WHERE id = ?1",
-            params![exec.id],
-        )?;
-        t.append(event(json!({"action": "resume", "rerun_idempotent_steps": rerun})))?;
-        Ok(false)
-    }
-}
-
-/// Whether a run being claimed already has steps behind it.
-fn resumed(exec: &Execution) -> bool {
-    exec.steps.iter().any(|s| s.state != StepState::Started)
-}
-
-fn started_event(exec: &Execution, worker: &str, resumed: bool) -> Event {
-    Event::new(
-        kind::EXECUTION_STARTED,
-        &exec.actor,
-        json!({"worker": worker, "dry_run": exec.dry_run, "resumed": resumed, "params": exec.params}),
-    )
-    .execution(&exec.id, &exec.runbook, &exec.target)
-}
-
-/// Writes what a worker did since its last write (see [`Pending`]): first
-/// its claim, which fails the whole job when the execution is no longer
-/// queued, then the ends of its steps.
-fn record_pending(t: &mut Tx<'_>, exec: &Execution, pending: Pending) -> Result<(), StoreError> {
-    if let Some(claim) = &pending.claim {
-        let claimed = run_sql(
-            t.conn,
-            "UPDATE executions SET state = 'running', claimed_by = ?2, started_ms = COALESCE(started_ms, ?3) WHERE id = ?1 AND state = 'queued'",
-            params![exec.id, claim.worker, claim.started_at.timestamp_millis()],
-        )?;
-        if claimed == 0 {
-            return Err(StoreError::Taken(exec.id.clone()));
-        }
-        t.append(started_event(exec, &claim.worker, resumed(exec)))?;
-    }
-    for step in pending.ended {
-        let output = step.output.map(|mut o| {
-            t.redactor.in_place(&mut o);
-            o
-        });
-        let output_text = output.as_ref().map(|o| o.to_string());
-        let error = step.error.as_ref().map(|e| t.redactor.text(e));
-        let updated = run_sql(
-            t.conn,
-            "UPDATE steps SET state = ?5, output = ?6, error = ?7, finished_ms = ?8 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
+            &self.conn,
+            "INSERT INTO audit (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
-                exec.id,
-                phase_str(step.phase),
-                step.index,
-                step.attempt,
-                step.state.as_str(),
-                output_text,
-                error,
-                t.now_ms()
+                row.seq as i64,
+                row.ts_us,
+                kind,
+                actor,
+                row.execution_id,
+                row.runbook,
+                row.target,
+                row.data,
+                &row.hash[..]
             ],
         )?;
-        if updated == 0 {
-            // A step skipped before it started (`when` false) has no row yet.
+        Ok(())
+    }
+
+    fn alert_insert(&mut self, id: &[u8; 16]) -> Result<bool, StoreError> {
+        Ok(run_sql(&self.conn, "INSERT OR IGNORE INTO alerts (id) VALUES (?1)", [&id[..]])? > 0)
+    }
+
+    fn alert_mark(&mut self, id: &[u8; 16], received_seq: Option<u64>, decided_ms: Option<i64>) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "UPDATE alerts SET received_seq = ?2, decided_ms = ?3 WHERE id = ?1",
+            params![&id[..], received_seq.map(|s| s as i64), decided_ms],
+        )?;
+        Ok(())
+    }
+
+    fn target_alerting(&mut self, target: &str, ms: i64) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "INSERT INTO target_alerts (target, ms) VALUES (?1, ?2) ON CONFLICT(target) DO UPDATE SET ms = excluded.ms",
+            params![target, ms],
+        )?;
+        Ok(())
+    }
+
+    fn execution_insert(&mut self, e: NewExecution<'_>) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "INSERT INTO executions (id, runbook, target, state, reason, actor, alert_seq, alert, fingerprint, params, dry_run, automated, \
+             risk, created_ms, admitted_ms, finished_ms, approval_deadline_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            params![
+                e.id,
+                e.runbook,
+                e.target,
+                e.state.as_str(),
+                e.reason,
+                e.actor,
+                e.alert_seq.map(|s| s as i64),
+                e.alert,
+                e.fingerprint,
+                e.params,
+                e.dry_run,
+                e.automated,
+                e.risk,
+                e.created_ms,
+                e.admitted_ms,
+                e.finished_ms,
+                e.approval_deadline_ms,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn claim_held(&mut self, id: &str, claim: Option<&str>) -> Result<bool, StoreError> {
+        let held: Option<(String, Option<String>)> =
+            query_row(&self.conn, "SELECT state, claimed_by FROM executions WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        Ok(matches!(held, Some((state, claimer)) if state == "running" && claimer.as_deref() == claim))
+    }
+
+    fn claim(&mut self, id: &str, worker: &str, started_ms: i64) -> Result<bool, StoreError> {
+        Ok(run_sql(
+            &self.conn,
+            "UPDATE executions SET state = 'running', claimed_by = ?2, started_ms = COALESCE(started_ms, ?3) WHERE id = ?1 AND state = 'queued'",
+            params![id, worker, started_ms],
+        )? > 0)
+    }
+
+    fn oldest_queued(&mut self, id: Option<&str>) -> Result<Option<String>, StoreError> {
+        Ok(match id {
+            Some(id) => query_row(
+                &self.conn,
+                concat!("SELECT id FROM executions WHERE id = ?1 AND state = 'queued' AND ", active!()),
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?,
+            None => query_row(
+                &self.conn,
+                concat!(
+                    "SELECT id FROM executions WHERE state = 'queued' AND ",
+                    active!(),
+                    " ORDER BY created_ms, rowid LIMIT 1"
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .optional()?,
+        })
+    }
+
+    fn requeue(&mut self, id: &str, resume_error: Option<&str>) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "UPDATE executions SET state = 'queued', claimed_by = NULL, resume_error = COALESCE(?2, resume_error) WHERE id = ?1",
+            params![id, resume_error],
+        )?;
+        Ok(())
+    }
+
+    fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "UPDATE executions SET state = ?2, reason = ?3, finished_ms = ?4, \
+             admitted_ms = CASE WHEN ?5 THEN NULL ELSE admitted_ms END, \
+             claimed_by = CASE WHEN ?6 THEN NULL ELSE claimed_by END WHERE id = ?1",
+            params![
+                id,
+                ending.state.as_str(),
+                ending.reason,
+                ending.finished_ms,
+                ending.uncount,
+                ending.release_claim
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "UPDATE executions SET state = 'queued', admitted_ms = CASE WHEN dry_run = 0 THEN ?2 END, reason = NULL WHERE id = ?1",
+            params![id, admitted_ms],
+        )?;
+        Ok(())
+    }
+
+    fn running(&mut self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let mut stmt = self.conn.prepare(concat!(
+            "SELECT id, claimed_by FROM executions WHERE state = 'running' AND ",
+            active!()
+        ))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn expired_approvals(&mut self, now_ms: i64) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare(concat!(
+            "SELECT id, runbook, target FROM executions WHERE state = 'pending_approval' AND ",
+            active!(),
+            " AND approval_deadline_ms <= ?1"
+        ))?;
+        let rows = stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn unstarted_of_episode(&mut self, fingerprint: &str, starts_at: &str) -> Result<Vec<Victim>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT e.id, e.runbook, e.target, e.state FROM executions e INDEXED BY active_by_fingerprint \
+             LEFT JOIN audit r ON r.seq = e.alert_seq \
+             WHERE e.fingerprint = ?1 AND ",
+            active!(),
+            // Runs stored before alerts lived in the audit keep theirs in `alert`
+            // (a manual run's own alert is no delivery and is never cancelled).
+            " AND e.state <> 'running' AND e.started_ms IS NULL AND COALESCE(json_extract(r.data, '$.startsAt'), \
+             CASE WHEN e.automated = 1 THEN json_extract(e.alert, '$.startsAt') END) = ?2"
+        ))?;
+        let rows = stmt.query_map(params![fingerprint, starts_at], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn step_start(&mut self, key: StepKey<'_>, name: &str, action: &str, idempotent: bool, input: &str, ms: i64) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "INSERT OR REPLACE INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'started', ?8, ?9)",
+            params![
+                key.execution_id,
+                phase_str(key.phase),
+                key.index,
+                key.attempt,
+                name,
+                action,
+                idempotent,
+                input,
+                ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn step_end(&mut self, key: StepKey<'_>, end: StepRow<'_>) -> Result<bool, StoreError> {
+        Ok(run_sql(
+            &self.conn,
+            "UPDATE steps SET state = ?5, output = ?6, error = ?7, finished_ms = ?8 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
+            params![
+                key.execution_id,
+                phase_str(key.phase),
+                key.index,
+                key.attempt,
+                end.state.as_str(),
+                end.output,
+                end.error,
+                end.finished_ms
+            ],
+        )? > 0)
+    }
+
+    fn step_insert_ended(&mut self, key: StepKey<'_>, name: &str, end: StepRow<'_>) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, output, error, started_ms, finished_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, '', 1, ?6, 'null', ?7, ?8, ?9, ?9)",
+            params![
+                key.execution_id,
+                phase_str(key.phase),
+                key.index,
+                key.attempt,
+                name,
+                end.state.as_str(),
+                end.output,
+                end.error,
+                end.finished_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn breaker_trip(&mut self, runbook: &str, target: &str, ms: i64, reason: &str) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "INSERT OR REPLACE INTO breakers (runbook, target, tripped_ms, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![runbook, target, ms, reason],
+        )?;
+        Ok(())
+    }
+
+    fn breaker_reset(&mut self, runbook: &str, target: &str, ms: i64) -> Result<bool, StoreError> {
+        let n = run_sql(
+            &self.conn,
+            "DELETE FROM breakers WHERE runbook = ?1 AND target = ?2",
+            params![runbook, target],
+        )?;
+        if n > 0 {
             run_sql(
-                t.conn,
-                "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, output, error, started_ms, finished_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, '', 1, ?6, 'null', ?7, ?8, ?9, ?9)",
-                params![
-                    exec.id,
-                    phase_str(step.phase),
-                    step.index,
-                    step.attempt,
-                    step.name,
-                    step.state.as_str(),
-                    output_text,
-                    error,
-                    t.now_ms()
-                ],
+                &self.conn,
+                "INSERT OR REPLACE INTO breaker_resets (runbook, target, ms) VALUES (?1, ?2, ?3)",
+                params![runbook, target, ms],
             )?;
         }
-        t.append(
-            Event::new(
-                kind::STEP_FINISHED,
-                "pitcrew",
-                json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": step.state.as_str(), "output": output, "error": error, "error_kind": step.error_kind, "duration_ms": step.duration_ms}),
-            )
-            .execution(&exec.id, &exec.runbook, &exec.target),
-        )?;
+        Ok(n > 0)
     }
-    Ok(())
+
+    fn storm_held(&mut self, ms: i64) -> Result<(), StoreError> {
+        run_sql(&self.conn, "DELETE FROM notices WHERE kind = 'storm'", [])?;
+        run_sql(&self.conn, "INSERT INTO notices (kind, ms) VALUES ('storm', ?1)", params![ms])?;
+        Ok(())
+    }
+
+    fn prune(&mut self, from: i64, limit: usize, before_ms: i64, storm_cutoff_ms: i64) -> Result<(Pruned, i64), StoreError> {
+        // Executions are stored in time order, so the oldest are at the
+        // lowest rowids: walk from where the last call stopped, stop at the
+        // first one created after the cutoff. An old run still active is
+        // stepped over (and looked at again on the next pass).
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT rowid, id, state, finished_ms, created_ms FROM executions WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?;
+        let rows: Vec<(i64, String, String, Option<i64>, i64)> = stmt
+            .query_map(params![from, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        let mut pruned = Pruned::default();
+        let mut last = from;
+        for (rowid, id, state, finished_ms, created_ms) in &rows {
+            if *created_ms >= before_ms {
+                break;
+            }
+            last = *rowid;
+            let ended = State::parse(state).is_some_and(State::is_final);
+            if ended && finished_ms.is_some_and(|f| f < before_ms) {
+                run_sql(&self.conn, "DELETE FROM steps WHERE execution_id = ?1", [id])?;
+                run_sql(&self.conn, "DELETE FROM executions WHERE rowid = ?1", [rowid])?;
+                pruned.ids.push(id.clone());
+            }
+        }
+        pruned.more = rows.len() == limit && last == rows.last().map_or(from, |r| r.0);
+        // Targets that stopped alerting matter to no storm any more.
+        run_sql(
+            &self.conn,
+            "DELETE FROM target_alerts WHERE target IN (SELECT target FROM target_alerts INDEXED BY target_alerts_ms WHERE ms < ?1 LIMIT ?2)",
+            params![storm_cutoff_ms, limit as i64],
+        )?;
+        Ok((pruned, last))
+    }
+
+    #[cfg(test)]
+    fn raw(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch(sql)?)
+    }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        // Rewrites one row as it is, which takes a page in the WAL.
+        run_sql(
+            &self.conn,
+            "UPDATE audit_names SET name = name WHERE id = (SELECT MIN(id) FROM audit_names)",
+            [],
+        )?;
+        Ok(())
+    }
 }
 
-#[async_trait::async_trait]
-impl Store for SqliteStore {
-    async fn intake(&self, mut alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError> {
-        self.write(move |t| {
-            let mut result = IntakeResult::default();
-            for item in alerts.iter_mut() {
-                let alert = &item.alert;
-                let now_ms = t.now_ms();
-                // One statement for a new notification (the common case); the
-                // dedupe rule is read only for one seen before.
-                let new = run_sql(t.conn, "INSERT OR IGNORE INTO alerts (id) VALUES (?1)", [&item.dedupe_id[..]])? > 0;
-                let seen = if new {
-                    Dedupe::New
-                } else {
-                    dedupe(t.conn, &item.dedupe_id, now_ms, &config)?
-                };
-                let was_reconsidered = matches!(seen, Dedupe::Reconsider(_));
-                let received = match seen {
-                    Dedupe::New => {
-                        result.accepted += 1;
-                        // The alert is stored once: as its `alert.received` record.
-                        let received = t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", std::mem::take(&mut item.body)))?;
-                        if alert.status == crate::alert::AlertStatus::Resolved {
-                            result.cancelled += cancel_for_resolved(t, alert)?;
-                        }
-                        received
-                    }
-                    Dedupe::Reconsider(received) => {
-                        result.reconsidered += 1;
-                        t.append(Event::new(
-                            kind::ALERT_RECONSIDERED,
-                            "alertmanager",
-                            json!({
-                                "fingerprint": alert.fingerprint, "status": alert.status.as_str(), "startsAt": alert.starts_at,
-                                "received_seq": received, "matched": item.body.get("matched"),
-                            }),
-                        ))?;
-                        received
-                    }
-                    Dedupe::Duplicate => {
-                        result.duplicates += 1;
-                        let data = json!({
-                            "fingerprint": alert.fingerprint, "status": alert.status.as_str(),
-                            "labels": alert.labels, "startsAt": alert.starts_at,
-                        });
-                        t.append(Event::new(kind::ALERT_DUPLICATE, "alertmanager", data))?;
-                        continue;
-                    }
-                };
-                let mut only_waited = !item.admissions.is_empty();
-                for adm in &item.admissions {
-                    // Alerting targets matter only to the storm brake. (Turned on
-                    // later, it counts targets from then on: one window to warm up.)
-                    if config.storm_brake.is_some() && alert.status == crate::alert::AlertStatus::Firing && adm.invalid.is_none() {
-                        run_sql(
-                            t.conn,
-                            "INSERT INTO target_alerts (target, ms) VALUES (?1, ?2) ON CONFLICT(target) DO UPDATE SET ms = excluded.ms",
-                            params![adm.target, t.now_ms()],
-                        )?;
-                    }
-                    let decision = admit_in(t, adm, Some(AlertRef::Received(alert, received)), &config)?;
-                    only_waited &= decision.verdict == Verdict::Blocked && passes_with_time(decision.decided_by);
-                    result.executions.push((adm.id.clone(), decision));
-                }
-                // A firing alert whose every run was blocked only by a guardrail
-                // that time lifts is decided again when it is sent again
-                // (`reconsider_after`); any other stays a duplicate.
-                let reconsider = only_waited && alert.status == crate::alert::AlertStatus::Firing;
-                if reconsider || was_reconsidered {
-                    run_sql(
-                        t.conn,
-                        "UPDATE alerts SET received_seq = ?2, decided_ms = ?3 WHERE id = ?1",
-                        params![
-                            &item.dedupe_id[..],
-                            reconsider.then_some(received as i64),
-                            reconsider.then_some(now_ms)
-                        ],
-                    )?;
-                }
-            }
-            result.at = t.now;
-            result.alerts = alerts;
-            Ok(result)
-        })
-        .await
+impl Conn for SqliteConn {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
     }
 
-    async fn admit(&self, admission: Admission, alert: Option<Alert>, config: Arc<Config>) -> Result<Decision, StoreError> {
-        self.write(move |t| {
-            // A manual run given an alert keeps it for templates and the timeline;
-            // it is no delivery, so it never counts as one for dedupe.
-            let given = match &alert {
-                Some(a) => Some(AlertRef::Given(
-                    a,
-                    serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                )),
-                None => None,
-            };
-            admit_in(t, &admission, given, &config)
-        })
-        .await
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
     }
 
-    async fn preview(&self, adm: Admission, config: Arc<Config>) -> Result<Decision, StoreError> {
-        let now_ms = self.clock.now().timestamp_millis();
-        self.read(move |conn| decide(conn, &adm, &config, now_ms)).await
-    }
-
-    async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError> {
-        let worker = worker.to_string();
-        self.write(move |t| {
-            let now_ms = t.now_ms();
-            let picked: Option<String> = match &id {
-                Some(id) => query_row(
-                    t.conn,
-                    concat!("SELECT id FROM executions WHERE id = ?1 AND state = 'queued' AND ", active!()),
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()?,
-                None => query_row(
-                    t.conn,
-                    concat!(
-                        "SELECT id FROM executions WHERE state = 'queued' AND ",
-                        active!(),
-                        " ORDER BY created_ms, rowid LIMIT 1"
-                    ),
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?,
-            };
-            let Some(id) = picked else { return Ok(None) };
-            run_sql(
-                t.conn,
-                "UPDATE executions SET state = 'running', claimed_by = ?2, started_ms = COALESCE(started_ms, ?3) WHERE id = ?1",
-                params![id, worker, now_ms],
-            )?;
-            let exec = load_execution(t.conn, &id)?;
-            t.append(started_event(&exec, &worker, resumed(&exec)))?;
-            Ok(Some(exec))
-        })
-        .await
-    }
-
-    async fn queued(&self, limit: usize, exclude: std::collections::HashSet<String>) -> Result<(Vec<Execution>, bool), StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(concat!(
-                "SELECT id FROM executions WHERE state = 'queued' AND ",
-                active!(),
-                " ORDER BY created_ms, rowid"
-            ))?;
-            let mut rows = stmt.query([])?;
-            let mut ids = Vec::new();
-            let mut exhausted = true;
-            while let Some(row) = rows.next()? {
-                let id: String = row.get(0)?;
-                if exclude.contains(&id) {
-                    continue;
-                }
-                if ids.len() == limit {
-                    exhausted = false;
-                    break;
-                }
-                ids.push(id);
-            }
-            drop(rows);
-            let found = ids.iter().map(|id| load_execution(conn, id)).collect::<Result<_, _>>()?;
-            Ok((found, exhausted))
-        })
-        .await
-    }
-
-    async fn step_started(&self, execution: &Execution, pending: Pending, step: StepStart) -> Result<(), StoreError> {
-        let held = execution.clone();
-        self.write(move |t| {
-            // Checks before writes: a job that fails after writing sinks its whole group.
-            if pending.claim.is_none() {
-                check_claim(t.conn, &held)?;
-            }
-            record_pending(t, &held, pending)?;
-            let (id, runbook, target) = (&held.id, &held.runbook, &held.target);
-            let mut input = step.input;
-            t.redactor.in_place(&mut input);
-            run_sql(t.conn,
-                "INSERT OR REPLACE INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'started', ?8, ?9)",
-                params![id, phase_str(step.phase), step.index, step.attempt, step.name, step.action, step.idempotent, input.to_string(), t.now_ms()],
-            )?;
-            t.append(
-                Event::new(
-                    kind::STEP_STARTED,
-                    "pitcrew",
-                    json!({"step": step.name, "action": step.action, "phase": step.phase, "attempt": step.attempt, "idempotent": step.idempotent, "dry_run": step.dry_run, "input": input}),
-                )
-                .execution(id, runbook, target),
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn record_pending(&self, execution: &Execution, pending: Pending) -> Result<(), StoreError> {
-        if pending.is_empty() {
-            return Ok(());
+    fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
-        let held = execution.clone();
-        self.write(move |t| {
-            // Fenced like every write of a run (checked before writing).
-            if pending.claim.is_none() {
-                check_claim(t.conn, &held)?;
-            }
-            record_pending(t, &held, pending)
-        })
-        .await
-    }
-
-    async fn release(&self, execution: &Execution) -> Result<(), StoreError> {
-        let held = execution.clone();
-        self.write(move |t| {
-            check_claim(t.conn, &held)?;
-            // Its steps' records may be behind what ran (the failed write may
-            // have carried a step's end): the same rule as after a crash.
-            let exec = load_execution(t.conn, &held.id)?;
-            requeue(t, &exec, "pitcrew", "had no recorded end when a state write failed")?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn finish(&self, execution: &Execution, pending: Pending, state: State, reason: Option<String>) -> Result<(), StoreError> {
-        let held = execution.clone();
-        self.write(move |t| {
-            // Fencing, as for a step's start: a run recovered from under this
-            // worker is the new claimer's to end.
-            if pending.claim.is_none() {
-                check_claim(t.conn, &held)?;
-            }
-            record_pending(t, &held, pending)?;
-            let reason = reason.map(|r| t.redactor.text(&r));
-            run_sql(
-                t.conn,
-                "UPDATE executions SET state = ?2, reason = ?3, finished_ms = ?4, claimed_by = NULL WHERE id = ?1",
-                params![held.id, state.as_str(), reason, t.now_ms()],
-            )?;
-            t.append(
-                Event::new(kind::EXECUTION_FINISHED, &held.actor, json!({"state": state, "reason": reason})).execution(
-                    &held.id,
-                    &held.runbook,
-                    &held.target,
-                ),
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError> {
-        self.write(move |t| {
-            let mut stmt = t.conn.prepare(concat!(
-                "SELECT id, claimed_by FROM executions WHERE state = 'running' AND ",
-                active!()
-            ))?;
-            let running: Vec<(String, Option<String>)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-            drop(stmt);
-            let mut report = Recovery::default();
-            for (id, claimer) in running {
-                if claimer.as_deref().is_some_and(|c| is_alive(c)) {
-                    continue;
-                }
-                let exec = load_execution(t.conn, &id)?;
-                let cause = "was interrupted by a crash";
-                if requeue(t, &exec, "system:recovery", cause)? {
-                    report.unknown.push(exec.id);
-                } else {
-                    report.resumed.push(exec.id);
-                }
-            }
-            Ok(report)
-        })
-        .await
-    }
-
-    async fn approve(&self, id: &str, approver: &str, may_self_approve: MaySelfApprove) -> Result<Execution, StoreError> {
-        let (id, approver) = (id.to_string(), approver.to_string());
-        // The inner result lets a refusal keep what it wrote (the expiry, or
-        // the refused self-approval).
-        self.write(move |t| {
-            let exec = load_execution(t.conn, &id)?;
-            if exec.state != State::PendingApproval {
-                return Ok(Err(StoreError::WrongState {
-                    id,
-                    state: exec.state.to_string(),
-                }));
-            }
-            if exec.approval_deadline.is_some_and(|d| d.timestamp_millis() <= t.now_ms()) {
-                // Past its deadline but not swept yet (no `serve` running):
-                // it expired, whoever answers now.
-                expire_approval(t, &exec.id, &exec.runbook, &exec.target)?;
-                return Ok(Err(StoreError::WrongState {
-                    id,
-                    state: State::Cancelled.to_string(),
-                }));
-            }
-            // The two-person rule. Decided here, in the transaction, against
-            // the stored requester, so no caller can skip it. The refusal is
-            // audited: an attempt to approve one's own run is what a reviewer
-            // of the log wants to see, and the identities are authenticated
-            // (real uid or API token), so nobody outside can fill the log.
-            let requester = exec.actor.clone();
-            if requester == approver && !may_self_approve(&exec.runbook) {
-                t.append(
-                    Event::new(
-                        kind::APPROVAL_REFUSED,
-                        &approver,
-                        json!({
-                            "requester": requester,
-                            "approver": approver,
-                            "reason": "two-person rule: the requester may not approve their own run",
-                        }),
-                    )
-                    .execution(&exec.id, &exec.runbook, &exec.target),
-                )?;
-                return Ok(Err(StoreError::SelfApproval { id, requester, approver }));
-            }
-            run_sql(
-                t.conn,
-                "UPDATE executions SET state = 'queued', admitted_ms = CASE WHEN dry_run = 0 THEN ?2 END, reason = NULL WHERE id = ?1",
-                params![id, t.now_ms()],
-            )?;
-            t.append(
-                Event::new(
-                    kind::APPROVAL_GRANTED,
-                    &approver,
-                    json!({"pending_reason": exec.reason, "requester": requester, "approver": approver}),
-                )
-                .execution(&exec.id, &exec.runbook, &exec.target),
-            )?;
-            load_execution(t.conn, &id).map(Ok)
-        })
-        .await?
-    }
-
-    async fn deny(&self, id: &str, actor: &str, reason: Option<String>) -> Result<Execution, StoreError> {
-        let (id, actor) = (id.to_string(), actor.to_string());
-        self.write(move |t| {
-            let exec = load_execution(t.conn, &id)?;
-            if exec.state != State::PendingApproval {
-                return Err(StoreError::WrongState {
-                    id,
-                    state: exec.state.to_string(),
-                });
-            }
-            let why = format!(
-                "denied by {actor}{}",
-                reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
-            );
-            run_sql(
-                t.conn,
-                "UPDATE executions SET state = 'cancelled', reason = ?2, finished_ms = ?3 WHERE id = ?1",
-                params![id, why, t.now_ms()],
-            )?;
-            t.append(
-                Event::new(
-                    kind::APPROVAL_DENIED,
-                    &actor,
-                    json!({"reason": reason, "requester": exec.actor, "approver": actor}),
-                )
-                .execution(&exec.id, &exec.runbook, &exec.target),
-            )?;
-            t.append(
-                Event::new(kind::EXECUTION_FINISHED, &actor, json!({"state": "cancelled", "reason": why})).execution(
-                    &exec.id,
-                    &exec.runbook,
-                    &exec.target,
-                ),
-            )?;
-            load_execution(t.conn, &id)
-        })
-        .await
-    }
-
-    async fn expire_approvals(&self) -> Result<Vec<String>, StoreError> {
-        self.write(move |t| {
-            let now_ms = t.now_ms();
-            let mut stmt = t.conn.prepare(concat!(
-                "SELECT id, runbook, target FROM executions WHERE state = 'pending_approval' AND ",
-                active!(),
-                " AND approval_deadline_ms <= ?1"
-            ))?;
-            let expired: Vec<(String, String, String)> = stmt
-                .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?;
-            drop(stmt);
-            for (id, runbook, target) in &expired {
-                expire_approval(t, id, runbook, target)?;
-            }
-            Ok(expired.into_iter().map(|(id, _, _)| id).collect())
-        })
-        .await
-    }
-
-    async fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare("SELECT runbook, target, tripped_ms, reason FROM breakers ORDER BY tripped_ms")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(Breaker {
-                    runbook: r.get(0)?,
-                    target: r.get(1)?,
-                    tripped_at: ts(r.get(2)?),
-                    reason: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
-    }
-
-    async fn reset_breaker(&self, runbook: &str, target: &str, actor: &str) -> Result<bool, StoreError> {
-        let (runbook, target, actor) = (runbook.to_string(), target.to_string(), actor.to_string());
-        self.write(move |t| {
-            let n = run_sql(
-                t.conn,
-                "DELETE FROM breakers WHERE runbook = ?1 AND target = ?2",
-                params![runbook, target],
-            )?;
-            if n > 0 {
-                // Runs before the reset no longer count toward escalate_after.
-                run_sql(
-                    t.conn,
-                    "INSERT OR REPLACE INTO breaker_resets (runbook, target, ms) VALUES (?1, ?2, ?3)",
-                    params![runbook, target, t.now_ms()],
-                )?;
-                t.append(Event::new(kind::ESCALATION_RESET, &actor, json!({})).runbook(&runbook, &target))?;
-            }
-            Ok(n > 0)
-        })
-        .await
-    }
-
-    async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        self.write(move |t| {
-            for e in events {
-                t.append(e)?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn execution(&self, id: &str) -> Result<Execution, StoreError> {
-        let id = id.to_string();
-        let redactor = self.redactor.clone();
-        self.read(move |conn| Ok(shown(load_execution(conn, &id)?, &redactor))).await
-    }
-
-    async fn executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
-        let redactor = self.redactor.clone();
-        self.read(move |conn| {
-            let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e WHERE 1=1");
-            let mut args: Vec<String> = Vec::new();
-            if let Some(s) = filter.state {
-                args.push(s.as_str().to_string());
-                sql.push_str(&format!(" AND e.state = ?{}", args.len()));
-            }
-            if let Some(r) = &filter.runbook {
-                args.push(r.clone());
-                sql.push_str(&format!(" AND e.runbook = ?{}", args.len()));
-            }
-            if let Some(f) = &filter.fingerprint {
-                args.push(f.clone());
-                sql.push_str(&format!(" AND e.fingerprint = ?{}", args.len()));
-            }
-            if let Some(after) = &filter.after {
-                // Keyset paging in list order; an unknown id matches nothing.
-                args.push(after.clone());
-                sql.push_str(&format!(
-                    " AND (e.created_ms, e.id) < (SELECT p.created_ms, p.id FROM executions p WHERE p.id = ?{})",
-                    args.len()
-                ));
-            }
-            let limit = if filter.limit == 0 { 1000 } else { filter.limit };
-            sql.push_str(&format!(" ORDER BY e.created_ms DESC, e.id DESC LIMIT {limit}"));
-            let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), execution_from_row)?;
-            let rows: Vec<Execution> = rows.collect::<Result<_, _>>()?;
-            Ok(rows.into_iter().map(|e| shown(e, &redactor)).collect())
-        })
-        .await
-    }
-
-    async fn audit(&self, filter: AuditFilter) -> Result<Vec<Record>, StoreError> {
-        self.read(move |conn| {
-            let mut sql =
-                format!("SELECT {AUDIT_COLUMNS}, (SELECT p.hash FROM audit p WHERE p.seq = a.seq - 1) FROM {AUDIT_FROM} WHERE 1=1");
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if let Some(since) = filter.since {
-                args.push((seq_from(conn, since.timestamp_micros())? as i64).into());
-                sql.push_str(&format!(" AND a.seq >= ?{}", args.len()));
-            }
-            if let Some(until) = filter.until {
-                args.push((seq_from(conn, until.timestamp_micros().saturating_add(1))? as i64).into());
-                sql.push_str(&format!(" AND a.seq < ?{}", args.len()));
-            }
-            if let Some(e) = &filter.execution {
-                args.push(e.clone().into());
-                sql.push_str(&format!(" AND a.execution_id = ?{}", args.len()));
-            }
-            if let Some(fp) = &filter.fingerprint {
-                args.push(fp.clone().into());
-                let n = args.len();
-                sql.push_str(&format!(
-                    " AND (a.execution_id IN (SELECT id FROM executions WHERE fingerprint = ?{n}) \
-                     OR (k.name LIKE 'alert.%' AND json_extract(a.data, '$.fingerprint') = ?{n}))"
-                ));
-            }
-            if let Some(after) = filter.after_seq {
-                args.push((after.min(i64::MAX as u64) as i64).into());
-                sql.push_str(&format!(" AND a.seq > ?{}", args.len()));
-            }
-            sql.push_str(" ORDER BY a.seq");
-            if let Some(limit) = filter.limit {
-                args.push((limit.min(i64::MAX as usize) as i64).into());
-                sql.push_str(&format!(" LIMIT ?{}", args.len()));
-            }
-            let mut stmt = conn.prepare(&sql)?;
-            let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                let prev: Option<Vec<u8>> = row.get(9)?;
-                out.push(
-                    Record::from_stored(stored_from_row(row)?, prev.as_deref())
-                        .map_err(|e| StoreError::Corrupt(format!("audit record data does not parse: {e}")))?,
-                );
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn verify_audit(&self) -> Result<Result<u64, crate::audit::Broken>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM {AUDIT_FROM} ORDER BY a.seq"))?;
-            let mut rows = stmt.query([])?;
-            // Walked in order, one record at a time: the whole log never sits
-            // in memory, and each record's `prev_hash` is the hash before it.
-            let mut prev = audit::GENESIS.to_string();
-            let mut expected = 1u64;
-            while let Some(row) = rows.next()? {
-                let stored = stored_from_row(row)?;
-                let seq = stored.seq;
-                let hash = hex::encode(&stored.hash);
-                let record = match Record::from_stored(stored, None) {
-                    Ok(r) => Record {
-                        prev_hash: prev.clone(),
-                        ..r
-                    },
-                    Err(e) => {
-                        return Ok(Err(crate::audit::Broken {
-                            seq,
-                            reason: format!("record data is not valid JSON: {e}"),
-                        }));
-                    }
-                };
-                if let Err(b) = audit::verify_from(&record, expected, &prev) {
-                    return Ok(Err(b));
-                }
-                prev = hash;
-                expected += 1;
-            }
-            Ok(Ok(expected - 1))
-        })
-        .await
-    }
-
-    async fn seen(&self, alert: &Alert, config: Arc<Config>) -> Result<Seen, StoreError> {
-        let id = alert.dedupe_id();
-        let now_ms = self.clock.now().timestamp_millis();
-        self.read(move |conn| {
-            Ok(match dedupe(conn, &id, now_ms, &config)? {
-                Dedupe::New => Seen::New,
-                Dedupe::Duplicate => Seen::Duplicate,
-                Dedupe::Reconsider(_) => Seen::Reconsidered,
-            })
-        })
-        .await
-    }
-
-    async fn health(&self) -> Health {
-        let now = self.health.lock().expect("health lock").clone();
-        if let Health::Failing(why) = now {
-            // A small write fits in the room the WAL file already holds on
-            // a full disk, while a webhook's does not: look for room first.
-            let dir = self.path.parent().unwrap_or(Path::new("."));
-            let room = nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available().saturating_mul(s.fragment_size()));
-            if room.is_ok_and(|r| r < MIN_ROOM) {
-                return Health::Failing(why);
-            }
-            // Nothing else may be writing (a readiness probe keeps the
-            // process out of service): rewrite one row as it is, which
-            // takes a page in the WAL, to learn whether the disk is back.
-            let _ = self
-                .write(|t| {
-                    run_sql(
-                        t.conn,
-                        "UPDATE audit_names SET name = name WHERE id = (SELECT MIN(id) FROM audit_names)",
-                        [],
-                    )?;
-                    Ok(())
-                })
-                .await;
-            return self.health.lock().expect("health lock").clone();
-        }
-        now
-    }
-
-    fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
-    }
-
-    async fn prune(&self, before: DateTime<Utc>, limit: usize) -> Result<Pruned, StoreError> {
-        let from = self.prune_cursor.load(Ordering::Relaxed);
-        let before_ms = before.timestamp_millis();
-        let storm_cutoff = self.clock.now().timestamp_millis() - STORM_WINDOW.as_millis() as i64;
-        let (pruned, last) = self.write(move |t| {
-            // Executions are stored in time order, so the oldest are at the
-            // lowest rowids: walk from where the last call stopped, stop at
-            // the first one created after the cutoff. An old run still active
-            // is stepped over (and looked at again on the next pass).
-            let mut stmt = t.conn.prepare_cached("SELECT rowid, id, state, finished_ms, created_ms FROM executions WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?;
-            let rows: Vec<(i64, String, String, Option<i64>, i64)> = stmt
-                .query_map(params![from, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                .collect::<Result<_, _>>()?;
-            drop(stmt);
-            let mut pruned = Pruned::default();
-            let mut last = from;
-            for (rowid, id, state, finished_ms, created_ms) in &rows {
-                if *created_ms >= before_ms {
-                    break;
-                }
-                last = *rowid;
-                let ended = State::parse(state).is_some_and(State::is_final);
-                if ended && finished_ms.is_some_and(|f| f < before_ms) {
-                    run_sql(t.conn, "DELETE FROM steps WHERE execution_id = ?1", [id])?;
-                    run_sql(t.conn, "DELETE FROM executions WHERE rowid = ?1", [rowid])?;
-                    pruned.ids.push(id.clone());
-                }
-            }
-            pruned.more = rows.len() == limit && last == rows.last().map_or(from, |r| r.0);
-            // Targets that stopped alerting matter to no storm any more.
-            run_sql(
-                t.conn,
-                "DELETE FROM target_alerts WHERE target IN (SELECT target FROM target_alerts INDEXED BY target_alerts_ms WHERE ms < ?1 LIMIT ?2)",
-                params![storm_cutoff, limit as i64],
-            )?;
-            Ok((pruned, last))
-        })
-        .await?;
-        // Moved only once the deletes are committed: a batch rolled back with
-        // its group is walked again.
-        self.prune_cursor.store(if pruned.more { last } else { 0 }, Ordering::Relaxed);
-        Ok(pruned)
-    }
-
-    async fn queue_depth(&self) -> Result<u64, StoreError> {
-        self.read(|conn| {
-            Ok(query_row(
-                conn,
-                concat!("SELECT COUNT(*) FROM executions WHERE state = 'queued' AND ", active!()),
-                [],
-                |r| r.get::<_, i64>(0),
-            )? as u64)
-        })
-        .await
+        // Names this group added are gone with it.
+        self.names.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::{Event, kind};
+    use crate::store::rules::Txn;
+    use crate::store::writer::{Job, job, run_group};
+    use serde_json::json;
 
     /// A state file from before numbered layouts is upgraded in place: the
     /// audit chain keeps every hash (verify passes, records read back the
@@ -2215,7 +1359,7 @@ mod tests {
         assert_eq!(store.verify_audit().await.unwrap(), Ok(4));
         let admitted: Vec<(String, Option<i64>)> = store
             .read(|conn| {
-                let mut stmt = conn.prepare("SELECT id, admitted_ms FROM executions ORDER BY id")?;
+                let mut stmt = conn.conn.prepare("SELECT id, admitted_ms FROM executions ORDER BY id")?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 Ok(rows.collect::<Result<_, _>>()?)
             })
@@ -2230,7 +1374,7 @@ mod tests {
             ]
         );
         let version: i64 = store
-            .read(|conn| Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .read(|conn| Ok(conn.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
             .await
             .unwrap();
         assert_eq!(version, LAYOUT);
@@ -2376,27 +1520,30 @@ mod tests {
         }
     }
 
-    fn counted(conn: &Connection) -> i64 {
-        conn.query_row("SELECT COUNT(*) FROM notices", [], |r| r.get(0)).unwrap()
-    }
-
     /// Without savepoints, a job that fails after writing must take its whole
     /// group down with it (nothing half done is committed), while a job that
     /// fails before writing fails alone.
     #[tokio::test]
     async fn a_job_failing_half_way_rolls_back_its_group_and_one_failing_early_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open_connection(&dir.path().join("state.db")).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        let insert = |t: &mut Tx<'_>| run_sql(t.conn, "INSERT INTO notices (kind, ms) VALUES ('t', 1)", []).map_err(StoreError::from);
-        let now = Utc::now();
+        let path = dir.path().join("state.db");
+        let mut conn = SqliteConn::open(&path).unwrap();
+        conn.conn.execute_batch(SCHEMA).unwrap();
+        // Through the backend's own interface: each job adds one row.
+        static ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let insert = |t: &mut Txn<'_>| {
+            let n = ROWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            t.tx.target_alerting(&format!("t{n}"), 1)
+        };
+        let clock = crate::clock::SystemClock;
         let health: SharedHealth = Arc::new(Mutex::new(Health::Writable));
-        let finish = |jobs: Vec<Job>| {
-            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-            let group = run_group(&conn, jobs, &Redactor::default(), now, &mut Names::new(), &health);
-            for done in group.completions {
-                done(group.outcome.clone());
-            }
+        let mut finish = |jobs: Vec<Job>| {
+            conn.begin().unwrap();
+            run_group(&mut conn, jobs, &Redactor::default(), &clock, &health).answer(None);
+        };
+        let counted = || -> i64 {
+            let conn = open_connection(&path).unwrap();
+            conn.query_row("SELECT COUNT(*) FROM target_alerts", [], |r| r.get(0)).unwrap()
         };
 
         let (ok, ok_rx) = job(move |t| insert(t));
@@ -2406,7 +1553,7 @@ mod tests {
         assert!(ok_rx.await.unwrap().is_ok());
         assert!(matches!(early_rx.await.unwrap(), Err(StoreError::Taken(_))));
         assert!(after_rx.await.unwrap().is_ok());
-        assert_eq!(counted(&conn), 2);
+        assert_eq!(counted(), 2);
 
         let (ok, ok_rx) = job(move |t| insert(t));
         let (half, half_rx) = job(move |t| {
@@ -2424,7 +1571,7 @@ mod tests {
             matches!(after_rx.await.unwrap(), Err(StoreError::RolledBack(_))),
             "a job after the failure does not run"
         );
-        assert_eq!(counted(&conn), 2, "nothing of the failed group was kept");
+        assert_eq!(counted(), 2, "nothing of the failed group was kept");
 
         // SQLite may roll the whole transaction back itself on SQLITE_FULL
         // or an I/O error, even for a statement that changed nothing: the
@@ -2432,7 +1579,7 @@ mod tests {
         // committing on its own outside the transaction.
         let (ok, ok_rx) = job(move |t| insert(t));
         let (full, full_rx) = job(|t| {
-            t.conn.execute_batch("ROLLBACK")?;
+            t.tx.raw("ROLLBACK")?;
             Err::<(), _>(StoreError::Corrupt("database or disk is full".into()))
         });
         let (after, after_rx) = job(move |t| insert(t));
@@ -2443,6 +1590,6 @@ mod tests {
             matches!(after_rx.await.unwrap(), Err(StoreError::RolledBack(_))),
             "not run outside the transaction"
         );
-        assert_eq!(counted(&conn), 2, "nothing of the rolled back group was kept, nothing after it ran");
+        assert_eq!(counted(), 2, "nothing of the rolled back group was kept, nothing after it ran");
     }
 }

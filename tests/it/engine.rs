@@ -250,6 +250,9 @@ impl Store for Flaky {
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.inner.now()
     }
+    fn worker_id(&self) -> String {
+        self.inner.worker_id()
+    }
 }
 
 fn flaky_harness(rb: &str) -> (Harness, Arc<Flaky>) {

@@ -1,0 +1,193 @@
+//! The narrow interface a database implements to be a pitcrew store: rows
+//! in, rows out, nothing decided. What the rows mean (which audit records a
+//! decision writes, verdict → state, the recovery rule, fencing) lives once,
+//! in [`super::rules`], over these traits; the SQLite and PostgreSQL
+//! backends only say how each read and write is done in their SQL.
+//!
+//! Every method runs inside the transaction (or read) its caller opened.
+//! Writes never commit on their own.
+
+use super::*;
+use crate::audit;
+use crate::guard::{Facts, Windows};
+
+/// An execution as first written by a decision.
+pub struct NewExecution<'a> {
+    pub id: &'a str,
+    pub runbook: &'a str,
+    pub target: &'a str,
+    pub state: State,
+    pub reason: Option<&'a str>,
+    pub actor: &'a str,
+    /// The `alert.received` record of the alert that started it.
+    pub alert_seq: Option<u64>,
+    /// An alert given to a manual run, as JSON.
+    pub alert: Option<&'a str>,
+    pub fingerprint: Option<&'a str>,
+    pub params: &'a str,
+    pub dry_run: bool,
+    pub automated: bool,
+    pub risk: &'a str,
+    pub created_ms: i64,
+    /// Set only for real runs allowed to start: what windows count.
+    pub admitted_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub approval_deadline_ms: Option<i64>,
+}
+
+/// How an execution leaves the active set.
+pub struct Ending<'a> {
+    pub state: State,
+    pub reason: Option<&'a str>,
+    pub finished_ms: i64,
+    /// It never started: it stops counting toward limits and cooldowns.
+    pub uncount: bool,
+    /// Its claim ends with it.
+    pub release_claim: bool,
+}
+
+/// One row of the audit chain as written.
+pub struct AuditRow<'a> {
+    pub seq: u64,
+    pub ts_us: i64,
+    pub kind: &'a str,
+    pub actor: &'a str,
+    pub execution_id: Option<&'a str>,
+    pub runbook: Option<&'a str>,
+    pub target: Option<&'a str>,
+    /// Canonical JSON.
+    pub data: &'a str,
+    pub hash: &'a [u8; 32],
+}
+
+/// The last record of the chain.
+#[derive(Debug, Clone)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub hash: Vec<u8>,
+    pub ts_us: i64,
+}
+
+/// A step row's key.
+#[derive(Debug, Clone, Copy)]
+pub struct StepKey<'a> {
+    pub execution_id: &'a str,
+    pub phase: Phase,
+    pub index: u32,
+    pub attempt: u32,
+}
+
+/// A step's end as written.
+pub struct StepRow<'a> {
+    pub state: StepState,
+    pub output: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub finished_ms: i64,
+}
+
+/// A run that a resolve may cancel: (id, runbook, target, state).
+pub type Victim = (String, String, String, String);
+
+/// A notification's dedupe row: the `alert.received` seq and the last
+/// decision time kept for reconsidering it (both unset otherwise).
+pub type AlertRow = (Option<u64>, Option<i64>);
+
+/// An audit record as stored, with the hash of the record before it.
+pub type StoredWithPrev = (audit::Stored, Option<Vec<u8>>);
+
+/// Reads, inside a write transaction or on their own.
+pub trait Read {
+    /// What the guardrails need for one runbook and target at `now_ms`,
+    /// under the store contract's rule: index searches only (see `store`).
+    fn facts(&mut self, runbook: &str, target: &str, windows: Windows, now_ms: i64) -> Result<Facts, StoreError>;
+    /// An execution with its steps.
+    fn execution(&mut self, id: &str) -> Result<Option<Execution>, StoreError>;
+    /// The dedupe row of a notification: `None` if never seen.
+    fn alert_row(&mut self, id: &[u8; 16]) -> Result<Option<AlertRow>, StoreError>;
+    /// Ids of queued executions, oldest first, up to `limit` not in `exclude`,
+    /// and whether none remain beyond them.
+    fn queued_ids(&mut self, limit: usize, exclude: &HashSet<String>) -> Result<(Vec<String>, bool), StoreError>;
+    fn executions(&mut self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
+    /// Audit records as stored, with the hash of the record before each.
+    fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<StoredWithPrev>, StoreError>;
+    /// Every audit record in order, one at a time; `visit` says whether to go on.
+    fn audit_walk(&mut self, visit: &mut dyn FnMut(audit::Stored) -> bool) -> Result<(), StoreError>;
+    fn breakers(&mut self) -> Result<Vec<Breaker>, StoreError>;
+    fn queue_depth(&mut self) -> Result<u64, StoreError>;
+}
+
+/// Writes, inside a transaction the writer opened. A backend counts the
+/// rows it changed ([`Tx::changes`]): a job that fails after changing any
+/// sinks its whole group.
+pub trait Tx: Read {
+    /// Rows changed in this transaction so far.
+    fn changes(&self) -> u64;
+    /// The database ended the transaction itself (after an error): nothing
+    /// more may run in it.
+    fn aborted(&self) -> bool;
+
+    fn chain_head(&mut self) -> Result<Option<ChainHead>, StoreError>;
+    fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), StoreError>;
+
+    /// Adds a notification to the dedupe set; false when it was there.
+    fn alert_insert(&mut self, id: &[u8; 16]) -> Result<bool, StoreError>;
+    /// Keeps (or clears) what reconsidering the notification needs.
+    fn alert_mark(&mut self, id: &[u8; 16], received_seq: Option<u64>, decided_ms: Option<i64>) -> Result<(), StoreError>;
+    /// The target is alerting now (for the storm brake).
+    fn target_alerting(&mut self, target: &str, ms: i64) -> Result<(), StoreError>;
+
+    fn execution_insert(&mut self, e: NewExecution<'_>) -> Result<(), StoreError>;
+    /// Whether the execution is running under this claim (fencing).
+    fn claim_held(&mut self, id: &str, claim: Option<&str>) -> Result<bool, StoreError>;
+    /// Queued → running under `worker`; false when it was not queued.
+    fn claim(&mut self, id: &str, worker: &str, started_ms: i64) -> Result<bool, StoreError>;
+    /// The oldest queued execution (or `id`, if it is queued).
+    fn oldest_queued(&mut self, id: Option<&str>) -> Result<Option<String>, StoreError>;
+    /// Back to the queue, unclaimed (with the error a resumed run must escalate).
+    fn requeue(&mut self, id: &str, resume_error: Option<&str>) -> Result<(), StoreError>;
+    fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<(), StoreError>;
+    /// Pending approval → queued, counted from `admitted_ms` if not a dry run.
+    fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError>;
+    /// Running executions and their claims.
+    fn running(&mut self) -> Result<Vec<(String, Option<String>)>, StoreError>;
+    /// Pending approvals past their deadline: (id, runbook, target).
+    fn expired_approvals(&mut self, now_ms: i64) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Runs of the episode (fingerprint, startsAt as alert records write it)
+    /// that never started.
+    fn unstarted_of_episode(&mut self, fingerprint: &str, starts_at: &str) -> Result<Vec<Victim>, StoreError>;
+
+    /// A step about to run (input already redacted, as JSON).
+    fn step_start(&mut self, key: StepKey<'_>, name: &str, action: &str, idempotent: bool, input: &str, ms: i64) -> Result<(), StoreError>;
+    /// A step's end; false when the step has no row (skipped before it started).
+    fn step_end(&mut self, key: StepKey<'_>, end: StepRow<'_>) -> Result<bool, StoreError>;
+    /// A step that ended without starting (skipped).
+    fn step_insert_ended(&mut self, key: StepKey<'_>, name: &str, end: StepRow<'_>) -> Result<(), StoreError>;
+
+    fn breaker_trip(&mut self, runbook: &str, target: &str, ms: i64, reason: &str) -> Result<(), StoreError>;
+    /// Resets a tripped breaker; false when none was tripped.
+    fn breaker_reset(&mut self, runbook: &str, target: &str, ms: i64) -> Result<bool, StoreError>;
+    /// The storm brake held at `ms`.
+    fn storm_held(&mut self, ms: i64) -> Result<(), StoreError>;
+
+    /// Deletes up to `limit` ended executions (and their steps) finished
+    /// before `before_ms`, walking from `cursor` (the backend's own position,
+    /// 0 to start); forgets targets that stopped alerting before
+    /// `storm_cutoff_ms`. Returns what went and where to go on from.
+    fn prune(&mut self, cursor: i64, limit: usize, before_ms: i64, storm_cutoff_ms: i64) -> Result<(Pruned, i64), StoreError>;
+
+    /// A write that changes nothing but takes room (a failing disk's probe).
+    fn probe(&mut self) -> Result<(), StoreError>;
+
+    /// Runs SQL as it is: for tests that play the database's part.
+    #[cfg(test)]
+    fn raw(&mut self, sql: &str) -> Result<(), StoreError>;
+}
+
+/// A connection the writer owns: transactions on top of [`Tx`].
+pub trait Conn: Tx + Send {
+    fn begin(&mut self) -> Result<(), StoreError>;
+    fn commit(&mut self) -> Result<(), StoreError>;
+    fn rollback(&mut self);
+}
+
+use std::collections::HashSet;

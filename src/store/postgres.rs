@@ -1,0 +1,1 @@
+//! The PostgreSQL backend (in progress).

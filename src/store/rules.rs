@@ -1,0 +1,1088 @@
+//! What every store does the same, whatever the database: which audit
+//! records each state change writes, verdict → state, the dedupe and
+//! reconsider rules, cancelling on resolve, the recovery rule, fencing of a
+//! run's writes by its claim, the two-person rule. Written once over the
+//! narrow [`Tx`]/[`Read`] interface of [`super::backend`]; [`Ledger`] is the
+//! [`Store`] every backend gets from it.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::backend::{AuditRow, Ending, NewExecution, Read, StepKey, StepRow, Tx};
+use super::writer::{SharedHealth, WriteQueue};
+use super::*;
+use crate::audit::{self, Event, kind};
+use crate::clock::Clock;
+use crate::guard::{self, Request, STORM_WINDOW, Verdict, Windows};
+use crate::redact::Redactor;
+
+/// The last record of the audit chain, as the next record needs it.
+struct Head {
+    seq: u64,
+    /// Hex, as the next record's `prev_hash`.
+    hash: String,
+    ts_us: i64,
+}
+
+/// The transaction a write job runs in: the backend's [`Tx`], the chain's
+/// head once read, and the time every record of the group shares.
+pub struct Txn<'a> {
+    pub(super) tx: &'a mut dyn Tx,
+    cursor: Option<Head>,
+    pub(super) redactor: &'a Redactor,
+    pub(super) now: DateTime<Utc>,
+    /// `now` as audit records write it, formatted once per transaction.
+    now_text: String,
+    /// A job failed after writing: the transaction will be rolled back.
+    pub(super) failed: Option<String>,
+    /// A job failed on the disk or the database server: the store is failing.
+    pub(super) disk: Option<String>,
+}
+
+impl<'a> Txn<'a> {
+    pub(super) fn new(tx: &'a mut dyn Tx, redactor: &'a Redactor, now: DateTime<Utc>) -> Txn<'a> {
+        // Records keep microseconds (`ts_us`): the stored time and the hashed text agree.
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        Txn {
+            tx,
+            cursor: None,
+            redactor,
+            now,
+            now_text: audit::format_ts(now),
+            failed: None,
+            disk: None,
+        }
+    }
+
+    pub(super) fn now_ms(&self) -> i64 {
+        self.now.timestamp_millis()
+    }
+
+    /// Appends one audit record, chained to the last one. Its time never
+    /// goes back before the last record's (a clock stepped back, or another
+    /// process's or replica's clock): the chain is in time order, which is
+    /// what lets `audit` find a time range without an index.
+    pub(super) fn append(&mut self, mut event: Event) -> Result<u64, StoreError> {
+        let now_us = self.now.timestamp_micros();
+        if self.cursor.is_none() {
+            self.cursor = Some(match self.tx.chain_head()? {
+                Some(h) => Head {
+                    seq: h.seq,
+                    hash: hex::encode(h.hash),
+                    ts_us: h.ts_us,
+                },
+                None => Head {
+                    seq: 0,
+                    hash: audit::GENESIS.to_string(),
+                    ts_us: i64::MIN,
+                },
+            });
+        }
+        let head = self.cursor.as_ref().expect("loaded above");
+        let (seq, ts_us) = (head.seq + 1, head.ts_us.max(now_us));
+        let ts = if ts_us == now_us {
+            std::borrow::Cow::Borrowed(self.now_text.as_str())
+        } else {
+            std::borrow::Cow::Owned(audit::format_ts(DateTime::from_timestamp_micros(ts_us).unwrap_or(self.now)))
+        };
+        self.redactor.in_place(&mut event.data);
+        audit::without_nulls(&mut event.data);
+        let (data, hash) = event.seal_stored(seq, &ts, &head.hash);
+        self.tx.append_audit(AuditRow {
+            seq,
+            ts_us,
+            kind: event.kind,
+            actor: &event.actor,
+            execution_id: event.execution_id.as_deref(),
+            runbook: event.runbook.as_deref(),
+            target: event.target.as_deref(),
+            data: &data,
+            hash: &hash,
+        })?;
+        self.cursor = Some(Head {
+            seq,
+            hash: hex::encode(hash),
+            ts_us,
+        });
+        Ok(seq)
+    }
+
+    fn load(&mut self, id: &str) -> Result<Execution, StoreError> {
+        self.tx.execution(id)?.ok_or_else(|| StoreError::NotFound(id.to_string()))
+    }
+}
+
+/// An execution as people see it (API, CLI): its params and alert redacted
+/// like the audit. Runs themselves read the stored values.
+pub(super) fn shown(mut exec: Execution, redactor: &Redactor) -> Execution {
+    let mut params = Value::Object(std::mem::take(&mut exec.params));
+    redactor.in_place(&mut params);
+    if let Value::Object(p) = params {
+        exec.params = p;
+    }
+    exec.alert = exec.alert.map(|a| a.redacted(redactor));
+    exec
+}
+
+/// The guardrails' decision for an admission at `now_ms`, from the facts
+/// stored now (inside the deciding transaction, or on a read for `preview`).
+fn decide(read: &mut dyn Read, adm: &Admission, config: &Config, now_ms: i64) -> Result<Decision, StoreError> {
+    let rb = &adm.runbook;
+    let f = read.facts(&rb.name, &adm.target, Windows::for_runbook(rb, config), now_ms)?;
+    let request = Request {
+        runbook: rb,
+        target: &adm.target,
+        automated: adm.automated,
+        dry_run: adm.dry_run,
+        force: adm.force.as_deref(),
+        now_ms,
+    };
+    Ok(guard::decide(&request, &f, adm.budget.as_ref(), config))
+}
+
+/// A notification against the dedupe set.
+enum Dedupe {
+    New,
+    Duplicate,
+    /// Decided again: its `alert.received` record's seq.
+    Reconsider(u64),
+}
+
+/// The dedupe rule, for intake and for `seen`: a notification recorded before
+/// is a duplicate, unless its every run was blocked by a guardrail that time
+/// lifts (then intake kept its record's seq and when it last decided) and
+/// `intake.reconsider_after` has passed since.
+fn dedupe(read: &mut dyn Read, id: &[u8; 16], now_ms: i64, config: &Config) -> Result<Dedupe, StoreError> {
+    Ok(match read.alert_row(id)? {
+        None => Dedupe::New,
+        Some((Some(seq), Some(decided_ms))) if now_ms - decided_ms >= config.reconsider_after.as_millis() as i64 => Dedupe::Reconsider(seq),
+        Some(_) => Dedupe::Duplicate,
+    })
+}
+
+/// Guardrails whose block time lifts by itself: an alert blocked only by
+/// these is worth deciding again when Alertmanager sends it again. Not
+/// `escalated` (a human must reset it) nor `params` (the alert is wrong).
+fn passes_with_time(decided_by: &str) -> bool {
+    matches!(
+        decided_by,
+        "cooldown" | "rate_limit" | "runbook_rate_limit" | "global_limit" | "concurrency" | "storm_brake" | "budget"
+    )
+}
+
+/// Where the alert that started a run is kept.
+enum AlertRef<'a> {
+    /// Delivered by the webhook: the data of its `alert.received` record (seq).
+    Received(&'a Alert, u64),
+    /// Given to a manual run (`run --alert`): kept with the execution, as JSON.
+    Given(&'a Alert, String),
+}
+
+impl AlertRef<'_> {
+    fn alert(&self) -> &Alert {
+        match self {
+            AlertRef::Received(a, _) | AlertRef::Given(a, _) => a,
+        }
+    }
+}
+
+/// Stores a webhook delivery: each notification deduplicated, each new one
+/// recorded and its runs decided.
+fn intake(t: &mut Txn<'_>, mut alerts: Vec<IntakeAlert>, config: &Config) -> Result<IntakeResult, StoreError> {
+    let mut result = IntakeResult::default();
+    for item in alerts.iter_mut() {
+        let alert = &item.alert;
+        let now_ms = t.now_ms();
+        // One statement for a new notification (the common case); the
+        // dedupe rule is read only for one seen before.
+        let seen = if t.tx.alert_insert(&item.dedupe_id)? {
+            Dedupe::New
+        } else {
+            dedupe(t.tx, &item.dedupe_id, now_ms, config)?
+        };
+        let was_reconsidered = matches!(seen, Dedupe::Reconsider(_));
+        let received = match seen {
+            Dedupe::New => {
+                result.accepted += 1;
+                // The alert is stored once: as its `alert.received` record.
+                let received = t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", std::mem::take(&mut item.body)))?;
+                if alert.status == crate::alert::AlertStatus::Resolved {
+                    result.cancelled += cancel_for_resolved(t, alert)?;
+                }
+                received
+            }
+            Dedupe::Reconsider(received) => {
+                result.reconsidered += 1;
+                t.append(Event::new(
+                    kind::ALERT_RECONSIDERED,
+                    "alertmanager",
+                    json!({
+                        "fingerprint": alert.fingerprint, "status": alert.status.as_str(), "startsAt": alert.starts_at,
+                        "received_seq": received, "matched": item.body.get("matched"),
+                    }),
+                ))?;
+                received
+            }
+            Dedupe::Duplicate => {
+                result.duplicates += 1;
+                let data = json!({
+                    "fingerprint": alert.fingerprint, "status": alert.status.as_str(),
+                    "labels": alert.labels, "startsAt": alert.starts_at,
+                });
+                t.append(Event::new(kind::ALERT_DUPLICATE, "alertmanager", data))?;
+                continue;
+            }
+        };
+        let mut only_waited = !item.admissions.is_empty();
+        for adm in &item.admissions {
+            // Alerting targets matter only to the storm brake. (Turned on
+            // later, it counts targets from then on: one window to warm up.)
+            if config.storm_brake.is_some() && alert.status == crate::alert::AlertStatus::Firing && adm.invalid.is_none() {
+                let now_ms = t.now_ms();
+                t.tx.target_alerting(&adm.target, now_ms)?;
+            }
+            let decision = admit_in(t, adm, Some(AlertRef::Received(alert, received)), config)?;
+            only_waited &= decision.verdict == Verdict::Blocked && passes_with_time(decision.decided_by);
+            result.executions.push((adm.id.clone(), decision));
+        }
+        // A firing alert whose every run was blocked only by a guardrail
+        // that time lifts is decided again when it is sent again
+        // (`reconsider_after`); any other stays a duplicate.
+        let reconsider = only_waited && alert.status == crate::alert::AlertStatus::Firing;
+        if reconsider || was_reconsidered {
+            t.tx.alert_mark(&item.dedupe_id, reconsider.then_some(received), reconsider.then_some(now_ms))?;
+        }
+    }
+    result.at = t.now;
+    result.alerts = alerts;
+    Ok(result)
+}
+
+/// Decides and records one admission. Shared by alert intake and manual runs.
+fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, config: &Config) -> Result<Decision, StoreError> {
+    let rb = &adm.runbook;
+    let now_ms = t.now_ms();
+    let exec_event = |kind: &'static str, actor: &str, data: Value| Event::new(kind, actor, data).execution(&adm.id, &rb.name, &adm.target);
+    if let Some(alert) = alert.as_ref().map(AlertRef::alert) {
+        t.append(exec_event(
+            kind::RUNBOOK_MATCHED,
+            &adm.actor,
+            json!({"fingerprint": alert.fingerprint, "params": adm.params, "owner": rb.owner, "digest": rb.digest}),
+        ))?;
+    }
+    let decision = if let Some(invalid) = &adm.invalid {
+        crate::guard::Decision {
+            verdict: Verdict::Blocked,
+            decided_by: "params",
+            reason: invalid.clone(),
+            dry_run: adm.dry_run,
+            checks: vec![],
+            trip_breaker: false,
+            notify: None,
+            storm_notice: false,
+        }
+    } else {
+        decide(t.tx, adm, config, now_ms)?
+    };
+    let state = match decision.verdict {
+        Verdict::Run => State::Queued,
+        Verdict::PendingApproval => State::PendingApproval,
+        Verdict::Blocked => State::Blocked,
+    };
+    // Only real runs count toward limits and cooldowns (the store contract).
+    let admitted_ms = (state == State::Queued && !decision.dry_run).then_some(now_ms);
+    let deadline = (state == State::PendingApproval).then(|| now_ms + rb.guardrails.approval_timeout.as_millis() as i64);
+    // A blocked run keeps its reason only in its decision record (backends
+    // read it from there).
+    let reason = (decision.verdict == Verdict::PendingApproval).then(|| format!("{}: {}", decision.decided_by, decision.reason));
+    let (alert_seq, given) = match &alert {
+        Some(AlertRef::Received(_, seq)) => (Some(*seq), None),
+        Some(AlertRef::Given(_, body)) => (None, Some(body.as_str())),
+        None => (None, None),
+    };
+    let params = Value::Object(adm.params.clone()).to_string();
+    t.tx.execution_insert(NewExecution {
+        id: &adm.id,
+        runbook: &rb.name,
+        target: &adm.target,
+        state,
+        reason: reason.as_deref(),
+        actor: &adm.actor,
+        alert_seq,
+        alert: given,
+        fingerprint: alert.as_ref().map(|a| a.alert().fingerprint.as_str()),
+        params: &params,
+        dry_run: decision.dry_run,
+        automated: adm.automated,
+        risk: rb.risk.as_str(),
+        created_ms: now_ms,
+        admitted_ms,
+        finished_ms: (state == State::Blocked).then_some(now_ms),
+        approval_deadline_ms: deadline,
+    })?;
+    t.append(exec_event(
+        kind::GUARDRAIL_DECISION,
+        &adm.actor,
+        json!({
+            "verdict": decision.verdict, "decided_by": decision.decided_by, "reason": decision.reason,
+            "dry_run": decision.dry_run.then_some(true), "risk": rb.risk, "checks": checks_record(&decision),
+            "budget": adm.budget, "approval_deadline": deadline.map(ts),
+        }),
+    ))?;
+    if let Some(reason) = &adm.force {
+        t.append(exec_event(
+            kind::OVERRIDE,
+            &adm.actor,
+            json!({"reason": reason, "skipped": decision.checks.iter().filter(|c| c.verdict == crate::guard::CheckVerdict::Forced).map(|c| c.guardrail).collect::<Vec<_>>()}),
+        ))?;
+    }
+    if state == State::Blocked {
+        // The reason in full is the decision's, one record before.
+        t.append(exec_event(
+            kind::EXECUTION_FINISHED,
+            "system:guardrails",
+            json!({"state": "blocked", "reason": decision.decided_by}),
+        ))?;
+    }
+    if decision.trip_breaker {
+        t.tx.breaker_trip(&rb.name, &adm.target, now_ms, &decision.reason)?;
+    }
+    if decision.decided_by == "storm_brake" {
+        // One notice per storm however long it lasts: the store keeps when
+        // the brake last held, and facts look for it within the storm
+        // window, so a storm ends only after a whole window without the brake.
+        t.tx.storm_held(now_ms)?;
+    }
+    Ok(decision)
+}
+
+/// Milliseconds to a time.
+pub(super) fn ts(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// The checks as the decision record keeps them: by guardrail name (the
+/// order they are checked in is fixed), and without a detail that is the
+/// decision's `reason` (it would be the same text twice).
+fn checks_record(decision: &Decision) -> Value {
+    decision
+        .checks
+        .iter()
+        .map(|c| {
+            let mut check = json!({ "verdict": c.verdict });
+            if c.detail != decision.reason {
+                check["detail"] = Value::from(c.detail.as_str());
+            }
+            (c.guardrail.to_string(), check)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// A pending approval past its deadline: cancelled, denied by `system:timeout`.
+fn expire_approval(t: &mut Txn<'_>, id: &str, runbook: &str, target: &str) -> Result<(), StoreError> {
+    let why = "approval timed out";
+    let finished_ms = t.now_ms();
+    t.tx.end(
+        id,
+        Ending {
+            state: State::Cancelled,
+            reason: Some(why),
+            finished_ms,
+            uncount: false,
+            release_claim: false,
+        },
+    )?;
+    t.append(Event::new(kind::APPROVAL_DENIED, "system:timeout", json!({"reason": why})).execution(id, runbook, target))?;
+    t.append(
+        Event::new(
+            kind::EXECUTION_FINISHED,
+            "system:timeout",
+            json!({"state": "cancelled", "reason": why}),
+        )
+        .execution(id, runbook, target),
+    )?;
+    Ok(())
+}
+
+/// A resolved notification cancels the runs of its own episode (the firing
+/// notification with the same fingerprint and startsAt) that never started.
+/// A late resolve of an older episode finds no run of its episode: a newer
+/// episode's run is not its to cancel. A recovered run waiting to resume
+/// (maybe with an unknown step to escalate) is not cancelled either.
+fn cancel_for_resolved(t: &mut Txn<'_>, resolved: &Alert) -> Result<usize, StoreError> {
+    // The episode's start as alert records write it (the same serialisation).
+    let starts_at = serde_json::to_value(resolved.starts_at).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let victims =
+        t.tx.unstarted_of_episode(&resolved.fingerprint, starts_at.as_str().unwrap_or_default())?;
+    let now_ms = t.now_ms();
+    let why = "alert resolved before it ran";
+    for (id, runbook, target, was) in &victims {
+        t.tx.end(
+            id,
+            Ending {
+                state: State::Cancelled,
+                reason: Some(why),
+                finished_ms: now_ms,
+                // A run that never started counts toward no limit.
+                uncount: true,
+                release_claim: false,
+            },
+        )?;
+        t.append(
+            Event::new(
+                kind::EXECUTION_FINISHED,
+                "alertmanager",
+                json!({"state": "cancelled", "reason": why, "was": was}),
+            )
+            .execution(id, runbook, target),
+        )?;
+    }
+    Ok(victims.len())
+}
+
+/// Puts a run that stopped part way back in the queue, by the recovery rule:
+/// a step that started and has no end is re-run only if it is idempotent;
+/// otherwise it is recorded `unknown` and the run resumes only to escalate
+/// (`on_failure`). Returns whether it was unknown.
+fn requeue(t: &mut Txn<'_>, exec: &Execution, actor: &str, cause: &str) -> Result<bool, StoreError> {
+    let interrupted: Vec<&StepRecord> = exec.steps.iter().filter(|s| s.state == StepState::Started).collect();
+    let event = |data: Value| Event::new(kind::EXECUTION_RECOVERED, actor, data).execution(&exec.id, &exec.runbook, &exec.target);
+    if let Some(step) = interrupted.iter().find(|s| !s.idempotent) {
+        let msg = format!(
+            "step `{}` ({}) {cause}; it is not idempotent, so its outcome is unknown and it was not run again",
+            step.name, step.action
+        );
+        let finished_ms = t.now_ms();
+        t.tx.step_end(
+            StepKey {
+                execution_id: &exec.id,
+                phase: step.phase,
+                index: step.index,
+                attempt: step.attempt,
+            },
+            StepRow {
+                state: StepState::Unknown,
+                output: None,
+                error: Some(&msg),
+                finished_ms,
+            },
+        )?;
+        t.append(
+            Event::new(
+                kind::STEP_FINISHED,
+                actor,
+                json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": "unknown", "error": msg}),
+            )
+            .execution(&exec.id, &exec.runbook, &exec.target),
+        )?;
+        t.tx.requeue(&exec.id, Some(&msg))?;
+        t.append(event(json!({"action": "escalate", "reason": msg})))?;
+        Ok(true)
+    } else {
+        let rerun: Vec<&str> = interrupted.iter().map(|s| s.name.as_str()).collect();
+        t.tx.requeue(&exec.id, None)?;
+        t.append(event(json!({"action": "resume", "rerun_idempotent_steps": rerun})))?;
+        Ok(false)
+    }
+}
+
+/// Whether a run being claimed already has steps behind it.
+fn resumed(exec: &Execution) -> bool {
+    exec.steps.iter().any(|s| s.state != StepState::Started)
+}
+
+fn started_event(exec: &Execution, worker: &str, resumed: bool) -> Event {
+    Event::new(
+        kind::EXECUTION_STARTED,
+        &exec.actor,
+        json!({"worker": worker, "dry_run": exec.dry_run, "resumed": resumed, "params": exec.params}),
+    )
+    .execution(&exec.id, &exec.runbook, &exec.target)
+}
+
+/// Fencing: a worker may write a run's records only while it still holds
+/// the claim it started with. Checked before writing (a job that fails after
+/// writing sinks its whole group). A claim taken with this very write
+/// (`pending.claim`) is checked by the claim itself.
+fn fence(t: &mut Txn<'_>, exec: &Execution, pending: &Pending) -> Result<(), StoreError> {
+    if pending.claim.is_none() && !t.tx.claim_held(&exec.id, exec.claimed_by.as_deref())? {
+        return Err(StoreError::ClaimLost(exec.id.clone()));
+    }
+    Ok(())
+}
+
+/// Writes what a worker did since its last write (see [`Pending`]): first
+/// its claim, which fails the whole job when the execution is no longer
+/// queued, then the ends of its steps.
+fn record_pending(t: &mut Txn<'_>, exec: &Execution, pending: Pending) -> Result<(), StoreError> {
+    if let Some(claim) = &pending.claim {
+        if !t.tx.claim(&exec.id, &claim.worker, claim.started_at.timestamp_millis())? {
+            return Err(StoreError::Taken(exec.id.clone()));
+        }
+        t.append(started_event(exec, &claim.worker, resumed(exec)))?;
+    }
+    for step in pending.ended {
+        let output = step.output.map(|mut o| {
+            t.redactor.in_place(&mut o);
+            o
+        });
+        let output_text = output.as_ref().map(|o| o.to_string());
+        let error = step.error.as_ref().map(|e| t.redactor.text(e));
+        let key = StepKey {
+            execution_id: &exec.id,
+            phase: step.phase,
+            index: step.index,
+            attempt: step.attempt,
+        };
+        let row = || StepRow {
+            state: step.state,
+            output: output_text.as_deref(),
+            error: error.as_deref(),
+            finished_ms: t.now.timestamp_millis(),
+        };
+        if !t.tx.step_end(key, row())? {
+            // A step skipped before it started (`when` false) has no row yet.
+            let row = row();
+            t.tx.step_insert_ended(key, &step.name, row)?;
+        }
+        t.append(
+            Event::new(
+                kind::STEP_FINISHED,
+                "pitcrew",
+                json!({"step": step.name, "phase": step.phase, "attempt": step.attempt, "outcome": step.state.as_str(), "output": output, "error": error, "error_kind": step.error_kind, "duration_ms": step.duration_ms}),
+            )
+            .execution(&exec.id, &exec.runbook, &exec.target),
+        )?;
+    }
+    Ok(())
+}
+
+/// What a backend gives [`Ledger`] besides transactions.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    type Reader: Read + Send + 'static;
+    /// A new connection for reads.
+    fn reader(&self) -> Result<Self::Reader, StoreError>;
+    /// Whether a failing store should try a small write to see if it
+    /// recovered (a full disk needs room first).
+    fn may_probe(&self) -> bool {
+        true
+    }
+    /// This process as named in claims.
+    fn worker_id(&self) -> String;
+    /// Whether this process may run the background chores now (one
+    /// process at a time where several share the store).
+    async fn lead_chores(&self) -> bool {
+        true
+    }
+}
+
+/// A [`Store`] over any backend: the rules of this module, group-committed
+/// writes through the backend's writer, reads from a small pool.
+pub struct Ledger<B: Backend> {
+    pub(super) backend: B,
+    pub(super) queue: WriteQueue,
+    readers: Mutex<Vec<B::Reader>>,
+    pub(super) health: SharedHealth,
+    pub(super) clock: std::sync::Arc<dyn Clock>,
+    /// Where the last `prune` stopped (the backend's position), so a pass
+    /// walks the oldest executions once; 0 starts a new pass.
+    prune_cursor: AtomicI64,
+    /// For executions as shown to people (`execution`, `executions`).
+    redactor: Redactor,
+}
+
+impl<B: Backend> Ledger<B> {
+    pub(super) fn new(
+        backend: B,
+        queue: WriteQueue,
+        health: SharedHealth,
+        clock: std::sync::Arc<dyn Clock>,
+        redactor: Redactor,
+    ) -> Ledger<B> {
+        Ledger {
+            backend,
+            queue,
+            readers: Mutex::new(Vec::new()),
+            health,
+            clock,
+            prune_cursor: AtomicI64::new(0),
+            redactor,
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Runs `f` in the next group commit; resolves after the commit.
+    pub(super) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queue.write(f).await
+    }
+
+    /// Runs `f` on a read connection in the blocking pool.
+    pub(super) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut B::Reader) -> Result<T, StoreError> + Send + 'static,
+    {
+        let mut conn = match self.readers.lock().expect("reader pool lock").pop() {
+            Some(c) => c,
+            None => self.backend.reader()?,
+        };
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut conn);
+            (conn, r)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        // A connection that failed may be broken: it is not kept.
+        if result.is_ok() {
+            let mut pool = self.readers.lock().expect("reader pool lock");
+            if pool.len() < 4 {
+                pool.push(conn);
+            }
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> Store for Ledger<B> {
+    async fn intake(&self, alerts: Vec<IntakeAlert>, config: std::sync::Arc<Config>) -> Result<IntakeResult, StoreError> {
+        self.write(move |t| intake(t, alerts, &config)).await
+    }
+
+    async fn admit(&self, admission: Admission, alert: Option<Alert>, config: std::sync::Arc<Config>) -> Result<Decision, StoreError> {
+        self.write(move |t| {
+            // A manual run given an alert keeps it for templates and the timeline;
+            // it is no delivery, so it never counts as one for dedupe.
+            let given = match &alert {
+                Some(a) => Some(AlertRef::Given(
+                    a,
+                    serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                )),
+                None => None,
+            };
+            admit_in(t, &admission, given, &config)
+        })
+        .await
+    }
+
+    async fn preview(&self, adm: Admission, config: std::sync::Arc<Config>) -> Result<Decision, StoreError> {
+        let now_ms = self.clock.now().timestamp_millis();
+        self.read(move |conn| decide(conn, &adm, &config, now_ms)).await
+    }
+
+    async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError> {
+        let worker = worker.to_string();
+        self.write(move |t| {
+            let Some(id) = t.tx.oldest_queued(id.as_deref())? else {
+                return Ok(None);
+            };
+            // The same claim as a worker's first record (`record_pending`).
+            let now_ms = t.now_ms();
+            if !t.tx.claim(&id, &worker, now_ms)? {
+                return Ok(None);
+            }
+            let exec = t.load(&id)?;
+            t.append(started_event(&exec, &worker, resumed(&exec)))?;
+            Ok(Some(exec))
+        })
+        .await
+    }
+
+    async fn queued(&self, limit: usize, exclude: HashSet<String>) -> Result<(Vec<Execution>, bool), StoreError> {
+        self.read(move |conn| {
+            let (ids, exhausted) = conn.queued_ids(limit, &exclude)?;
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                // Gone between the two reads (claimed and pruned): skipped.
+                if let Some(e) = conn.execution(&id)? {
+                    found.push(e);
+                }
+            }
+            Ok((found, exhausted))
+        })
+        .await
+    }
+
+    async fn step_started(&self, execution: &Execution, pending: Pending, step: StepStart) -> Result<(), StoreError> {
+        let held = execution.clone();
+        self.write(move |t| {
+            fence(t, &held, &pending)?;
+            record_pending(t, &held, pending)?;
+            let (id, runbook, target) = (&held.id, &held.runbook, &held.target);
+            let mut input = step.input;
+            t.redactor.in_place(&mut input);
+            let key = StepKey {
+                execution_id: id,
+                phase: step.phase,
+                index: step.index,
+                attempt: step.attempt,
+            };
+            let ms = t.now_ms();
+            t.tx.step_start(key, &step.name, &step.action, step.idempotent, &input.to_string(), ms)?;
+            t.append(
+                Event::new(
+                    kind::STEP_STARTED,
+                    "pitcrew",
+                    json!({"step": step.name, "action": step.action, "phase": step.phase, "attempt": step.attempt, "idempotent": step.idempotent, "dry_run": step.dry_run, "input": input}),
+                )
+                .execution(id, runbook, target),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_pending(&self, execution: &Execution, pending: Pending) -> Result<(), StoreError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let held = execution.clone();
+        self.write(move |t| {
+            fence(t, &held, &pending)?;
+            record_pending(t, &held, pending)
+        })
+        .await
+    }
+
+    async fn release(&self, execution: &Execution) -> Result<(), StoreError> {
+        let held = execution.clone();
+        self.write(move |t| {
+            fence(t, &held, &Pending::default())?;
+            // Its steps' records may be behind what ran (the failed write may
+            // have carried a step's end): the same rule as after a crash.
+            let exec = t.load(&held.id)?;
+            requeue(t, &exec, "pitcrew", "had no recorded end when a state write failed")?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish(&self, execution: &Execution, pending: Pending, state: State, reason: Option<String>) -> Result<(), StoreError> {
+        let held = execution.clone();
+        self.write(move |t| {
+            // Fencing, as for a step's start: a run recovered from under this
+            // worker is the new claimer's to end.
+            fence(t, &held, &pending)?;
+            record_pending(t, &held, pending)?;
+            let reason = reason.map(|r| t.redactor.text(&r));
+            let finished_ms = t.now_ms();
+            t.tx.end(
+                &held.id,
+                Ending {
+                    state,
+                    reason: reason.as_deref(),
+                    finished_ms,
+                    uncount: false,
+                    release_claim: true,
+                },
+            )?;
+            t.append(
+                Event::new(kind::EXECUTION_FINISHED, &held.actor, json!({"state": state, "reason": reason})).execution(
+                    &held.id,
+                    &held.runbook,
+                    &held.target,
+                ),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError> {
+        self.write(move |t| {
+            let mut report = Recovery::default();
+            for (id, claimer) in t.tx.running()? {
+                if claimer.as_deref().is_some_and(|c| is_alive(c)) {
+                    continue;
+                }
+                let exec = t.load(&id)?;
+                let cause = "was interrupted by a crash";
+                if requeue(t, &exec, "system:recovery", cause)? {
+                    report.unknown.push(exec.id);
+                } else {
+                    report.resumed.push(exec.id);
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn approve(&self, id: &str, approver: &str, may_self_approve: MaySelfApprove) -> Result<Execution, StoreError> {
+        let (id, approver) = (id.to_string(), approver.to_string());
+        // The inner result lets a refusal keep what it wrote (the expiry, or
+        // the refused self-approval).
+        self.write(move |t| {
+            let exec = t.load(&id)?;
+            if exec.state != State::PendingApproval {
+                return Ok(Err(StoreError::WrongState {
+                    id,
+                    state: exec.state.to_string(),
+                }));
+            }
+            if exec.approval_deadline.is_some_and(|d| d.timestamp_millis() <= t.now_ms()) {
+                // Past its deadline but not swept yet (no `serve` running):
+                // it expired, whoever answers now.
+                expire_approval(t, &exec.id, &exec.runbook, &exec.target)?;
+                return Ok(Err(StoreError::WrongState {
+                    id,
+                    state: State::Cancelled.to_string(),
+                }));
+            }
+            // The two-person rule. Decided here, in the transaction, against
+            // the stored requester, so no caller can skip it. The refusal is
+            // audited: an attempt to approve one's own run is what a reviewer
+            // of the log wants to see, and the identities are authenticated
+            // (real uid or API token), so nobody outside can fill the log.
+            let requester = exec.actor.clone();
+            if requester == approver && !may_self_approve(&exec.runbook) {
+                t.append(
+                    Event::new(
+                        kind::APPROVAL_REFUSED,
+                        &approver,
+                        json!({
+                            "requester": requester,
+                            "approver": approver,
+                            "reason": "two-person rule: the requester may not approve their own run",
+                        }),
+                    )
+                    .execution(&exec.id, &exec.runbook, &exec.target),
+                )?;
+                return Ok(Err(StoreError::SelfApproval { id, requester, approver }));
+            }
+            let now_ms = t.now_ms();
+            t.tx.approved(&id, now_ms)?;
+            t.append(
+                Event::new(
+                    kind::APPROVAL_GRANTED,
+                    &approver,
+                    json!({"pending_reason": exec.reason, "requester": requester, "approver": approver}),
+                )
+                .execution(&exec.id, &exec.runbook, &exec.target),
+            )?;
+            t.load(&id).map(Ok)
+        })
+        .await?
+    }
+
+    async fn deny(&self, id: &str, actor: &str, reason: Option<String>) -> Result<Execution, StoreError> {
+        let (id, actor) = (id.to_string(), actor.to_string());
+        self.write(move |t| {
+            let exec = t.load(&id)?;
+            if exec.state != State::PendingApproval {
+                return Err(StoreError::WrongState {
+                    id,
+                    state: exec.state.to_string(),
+                });
+            }
+            let why = format!(
+                "denied by {actor}{}",
+                reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            );
+            let finished_ms = t.now_ms();
+            t.tx.end(
+                &id,
+                Ending {
+                    state: State::Cancelled,
+                    reason: Some(&why),
+                    finished_ms,
+                    uncount: false,
+                    release_claim: false,
+                },
+            )?;
+            t.append(
+                Event::new(
+                    kind::APPROVAL_DENIED,
+                    &actor,
+                    json!({"reason": reason, "requester": exec.actor, "approver": actor}),
+                )
+                .execution(&exec.id, &exec.runbook, &exec.target),
+            )?;
+            t.append(
+                Event::new(kind::EXECUTION_FINISHED, &actor, json!({"state": "cancelled", "reason": why})).execution(
+                    &exec.id,
+                    &exec.runbook,
+                    &exec.target,
+                ),
+            )?;
+            t.load(&id)
+        })
+        .await
+    }
+
+    async fn expire_approvals(&self) -> Result<Vec<String>, StoreError> {
+        self.write(move |t| {
+            let now_ms = t.now_ms();
+            let expired = t.tx.expired_approvals(now_ms)?;
+            for (id, runbook, target) in &expired {
+                expire_approval(t, id, runbook, target)?;
+            }
+            Ok(expired.into_iter().map(|(id, _, _)| id).collect())
+        })
+        .await
+    }
+
+    async fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
+        self.read(|conn| conn.breakers()).await
+    }
+
+    async fn reset_breaker(&self, runbook: &str, target: &str, actor: &str) -> Result<bool, StoreError> {
+        let (runbook, target, actor) = (runbook.to_string(), target.to_string(), actor.to_string());
+        self.write(move |t| {
+            let now_ms = t.now_ms();
+            // Runs before the reset no longer count toward escalate_after.
+            let reset = t.tx.breaker_reset(&runbook, &target, now_ms)?;
+            if reset {
+                t.append(Event::new(kind::ESCALATION_RESET, &actor, json!({})).runbook(&runbook, &target))?;
+            }
+            Ok(reset)
+        })
+        .await
+    }
+
+    async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        self.write(move |t| {
+            for e in events {
+                t.append(e)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn execution(&self, id: &str) -> Result<Execution, StoreError> {
+        let id = id.to_string();
+        let redactor = self.redactor.clone();
+        self.read(move |conn| {
+            let exec = conn.execution(&id)?.ok_or(StoreError::NotFound(id))?;
+            Ok(shown(exec, &redactor))
+        })
+        .await
+    }
+
+    async fn executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let redactor = self.redactor.clone();
+        self.read(move |conn| Ok(conn.executions(&filter)?.into_iter().map(|e| shown(e, &redactor)).collect()))
+            .await
+    }
+
+    async fn audit(&self, filter: AuditFilter) -> Result<Vec<Record>, StoreError> {
+        self.read(move |conn| {
+            conn.audit(&filter)?
+                .into_iter()
+                .map(|(stored, prev)| {
+                    Record::from_stored(stored, prev.as_deref())
+                        .map_err(|e| StoreError::Corrupt(format!("audit record data does not parse: {e}")))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> Result<Result<u64, crate::audit::Broken>, StoreError> {
+        self.read(move |conn| {
+            // Walked in order, one record at a time: the whole log never sits
+            // in memory, and each record's `prev_hash` is the hash before it.
+            let mut prev = audit::GENESIS.to_string();
+            let mut expected = 1u64;
+            let mut broken = None;
+            conn.audit_walk(&mut |stored| {
+                let seq = stored.seq;
+                let hash = hex::encode(&stored.hash);
+                let record = match Record::from_stored(stored, None) {
+                    Ok(r) => Record {
+                        prev_hash: prev.clone(),
+                        ..r
+                    },
+                    Err(e) => {
+                        broken = Some(crate::audit::Broken {
+                            seq,
+                            reason: format!("record data is not valid JSON: {e}"),
+                        });
+                        return false;
+                    }
+                };
+                if let Err(b) = audit::verify_from(&record, expected, &prev) {
+                    broken = Some(b);
+                    return false;
+                }
+                prev = hash;
+                expected += 1;
+                true
+            })?;
+            Ok(match broken {
+                Some(b) => Err(b),
+                None => Ok(expected - 1),
+            })
+        })
+        .await
+    }
+
+    async fn seen(&self, alert: &Alert, config: std::sync::Arc<Config>) -> Result<Seen, StoreError> {
+        let id = alert.dedupe_id();
+        let now_ms = self.clock.now().timestamp_millis();
+        self.read(move |conn| {
+            Ok(match dedupe(conn, &id, now_ms, &config)? {
+                Dedupe::New => Seen::New,
+                Dedupe::Duplicate => Seen::Duplicate,
+                Dedupe::Reconsider(_) => Seen::Reconsidered,
+            })
+        })
+        .await
+    }
+
+    async fn health(&self) -> Health {
+        let now = self.health.lock().expect("health lock").clone();
+        if let Health::Failing(why) = now {
+            if !self.backend.may_probe() {
+                return Health::Failing(why);
+            }
+            // Nothing else may be writing (a readiness probe keeps the
+            // process out of service): a small write tells whether the
+            // store takes writes again.
+            let _ = self.write(|t| t.tx.probe()).await;
+            return self.health.lock().expect("health lock").clone();
+        }
+        now
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn worker_id(&self) -> String {
+        self.backend.worker_id()
+    }
+
+    async fn lead_chores(&self) -> bool {
+        self.backend.lead_chores().await
+    }
+
+    async fn prune(&self, before: DateTime<Utc>, limit: usize) -> Result<Pruned, StoreError> {
+        let from = self.prune_cursor.load(Ordering::Relaxed);
+        let before_ms = before.timestamp_millis();
+        let storm_cutoff = self.clock.now().timestamp_millis() - STORM_WINDOW.as_millis() as i64;
+        let (pruned, last) = self.write(move |t| t.tx.prune(from, limit, before_ms, storm_cutoff)).await?;
+        // Moved only once the deletes are committed: a batch rolled back with
+        // its group is walked again.
+        self.prune_cursor.store(if pruned.more { last } else { 0 }, Ordering::Relaxed);
+        Ok(pruned)
+    }
+
+    async fn queue_depth(&self) -> Result<u64, StoreError> {
+        self.read(|conn| conn.queue_depth()).await
+    }
+}
