@@ -11,12 +11,20 @@ have prometheus || missing+=(prometheus)
 have pgbouncer || missing+=(pgbouncer)
 have psql || missing+=(postgresql-client)
 have python3 || missing+=(python3)
+# The server binaries are off PATH (/usr/lib/postgresql/<version>/bin).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing test dependencies: ${missing[*]}" >&2
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    # The tests make their own throw-away clusters; a first install would
+    # otherwise create a system one ("main", port 5432) nobody uses.
+    $sudo mkdir -p /etc/postgresql-common/createcluster.d
+    echo 'create_main_cluster = false' | $sudo tee /etc/postgresql-common/createcluster.d/pitcrew-tests.conf >/dev/null
+  fi
   # policy-rc.d: packages must not start their own daemons; tests start them.
   DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

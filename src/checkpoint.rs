@@ -395,6 +395,10 @@ impl Checkpointer {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            // Replicas sharing a store: one signs at a time.
+            if !self.store.lead_chores().await {
+                continue;
+            }
             if let Err(e) = self.tick().await {
                 tracing::warn!(error = %crate::diag::chain(&e), kind = e.kind(), "audit checkpoint not written; trying again next interval");
             }

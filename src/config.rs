@@ -51,6 +51,16 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     server: RawServer,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: String,
+    password: Option<String>,
+    password_file: Option<String>,
+    lease: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -229,6 +239,26 @@ pub fn default_budget_policy() -> Vec<PolicyRow> {
     ]
 }
 
+/// A PostgreSQL store (`store:`), shared by any number of replicas.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// `postgres://USER@HOST:PORT/DB` (no password in it: see `password`).
+    pub url: String,
+    pub password: Option<String>,
+    /// How long a replica's claims outlive its last heartbeat.
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
 /// Signed checkpoints of the audit chain's head, written by `serve`.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
@@ -326,6 +356,8 @@ pub struct Config {
     pub budget_policy: Vec<PolicyRow>,
     pub checkpoint: Option<CheckpointConfig>,
     pub server: ServerLimits,
+    /// PostgreSQL; `None`: the embedded SQLite file under `state_dir`.
+    pub store: Option<StoreConfig>,
     pub redactor: Redactor,
 }
 
@@ -603,6 +635,26 @@ impl Config {
             }
         };
         let checkpoint = raw.audit.checkpoint.and_then(|c| cx.checkpoint(c, &state_dir));
+        let store = raw.store.and_then(|s| {
+            let url = cx.expand("store.url", &s.url);
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                cx.problem(
+                    "store.url",
+                    format!("`{url}` is not a PostgreSQL URL (postgres://USER@HOST:PORT/DB)"),
+                );
+                return None;
+            }
+            if let Err(e) = url.parse::<postgres::Config>() {
+                cx.problem("store.url", format!("`{url}` does not parse: {e}"));
+                return None;
+            }
+            let password = cx.secret("store.password", s.password.as_deref(), s.password_file.as_deref());
+            let lease = s.lease.unwrap_or(Duration::from_secs(15));
+            if lease < Duration::from_secs(1) {
+                cx.problem("store.lease", "a lease shorter than 1s would expire between heartbeats");
+            }
+            Some(StoreConfig { url, password, lease })
+        });
         let server = {
             let raw = raw.server;
             let timeout = |cx: &mut Cx, key: &str, text: Option<String>, default: Duration| {
@@ -679,6 +731,7 @@ impl Config {
             budget_policy,
             checkpoint,
             server,
+            store,
             redactor: Redactor::new(secrets),
         })
     }

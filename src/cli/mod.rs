@@ -15,6 +15,7 @@ mod run;
 mod runtime;
 mod selftest;
 mod serve;
+mod store;
 mod validate;
 
 use std::path::PathBuf;
@@ -104,6 +105,11 @@ pub enum Command {
     Escalations(escalations::ListArgs),
     /// Re-arm a tripped escalation breaker
     Reset(escalations::ResetArgs),
+    /// Bring the PostgreSQL store's schema to this version (serve does it at start)
+    Migrate(store::MigrateArgs),
+    /// The store itself: copy the embedded store into PostgreSQL
+    #[command(subcommand)]
+    Store(store::Command),
 }
 
 pub fn main() -> ExitCode {
@@ -132,6 +138,8 @@ pub fn main() -> ExitCode {
         Command::Budget(args) => budget::run(cli.config.as_deref(), args),
         Command::Escalations(args) => escalations::list(cli.config.as_deref(), args),
         Command::Reset(args) => escalations::reset(cli.config.as_deref(), args),
+        Command::Migrate(args) => store::migrate(cli.config.as_deref(), args),
+        Command::Store(command) => store::run(cli.config.as_deref(), command),
     };
     match result {
         Ok(exit) => ExitCode::from(exit as u8),

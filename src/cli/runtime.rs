@@ -7,16 +7,22 @@ use std::sync::Arc;
 use crate::clock::SystemClock;
 use crate::engine::Engine;
 use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 
 use super::Failure;
 
+/// The store the config names: PostgreSQL under `store:`, else the
+/// embedded SQLite file in `state_dir`.
 pub fn open_store(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = SqliteStore::open(&config.state_dir, config.redactor.clone(), Arc::new(SystemClock)).map_err(|e| Failure {
+    let failed = |e: crate::store::StoreError| Failure {
         exit: super::Exit::Usage,
-        message: format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
-    })?;
-    Ok(Arc::new(store))
+        message: crate::diag::chain(&e),
+    };
+    Ok(match &config.store {
+        Some(pg) => Arc::new(PgStore::open(pg, config.redactor.clone(), Arc::new(SystemClock)).map_err(failed)?),
+        None => Arc::new(SqliteStore::open(&config.state_dir, config.redactor.clone(), Arc::new(SystemClock)).map_err(failed)?),
+    })
 }
 
 /// Loads config and runbooks, opens the store, builds the engine.

@@ -165,10 +165,17 @@ async fn background(engine: Arc<crate::engine::Engine>) {
     let mut prune_due = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        match engine.store.expire_approvals().await {
-            Ok(expired) if !expired.is_empty() => tracing::info!(count = expired.len(), "pending approvals timed out"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "cannot expire approvals"),
+        // Replicas sharing a store take turns at the chores that write for
+        // everyone; recovery and budgets are every replica's own (recovery
+        // is serialised in the store, and each replica decides from its own
+        // budget cache).
+        let lead = engine.store.lead_chores().await;
+        if lead {
+            match engine.store.expire_approvals().await {
+                Ok(expired) if !expired.is_empty() => tracing::info!(count = expired.len(), "pending approvals timed out"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot expire approvals"),
+            }
         }
         match engine.recover().await {
             Ok(r) if !r.resumed.is_empty() || !r.unknown.is_empty() => {
@@ -183,7 +190,7 @@ async fn background(engine: Arc<crate::engine::Engine>) {
             }
             budget_due = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         }
-        if tokio::time::Instant::now() >= prune_due {
+        if lead && tokio::time::Instant::now() >= prune_due {
             match engine.prune_history().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(executions = n, "pruned ended executions past retention"),

@@ -17,6 +17,7 @@
 //! before it started stops counting.
 
 pub mod backend;
+pub mod copy;
 pub mod postgres;
 pub mod rules;
 pub mod sqlite;
@@ -77,6 +78,10 @@ pub enum StoreError {
     /// resolved) or claimed by another worker: it must not run.
     #[error("execution {0} was cancelled or taken by another worker before it started")]
     Taken(String),
+    /// The operation was refused as asked (e.g. copying into a store that
+    /// is not empty); nothing was written.
+    #[error("{0}")]
+    Refused(String),
     /// Stored data could not be read back.
     #[error("corrupt state: {0}")]
     Corrupt(String),
@@ -103,6 +108,7 @@ impl StoreError {
             StoreError::WrongState { .. } => "wrong_state",
             StoreError::SelfApproval { .. } => "self_approval",
             StoreError::Corrupt(_) => "corrupt",
+            StoreError::Refused(_) => "refused",
             StoreError::Open { .. } => "open",
         }
     }

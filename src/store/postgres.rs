@@ -1,1 +1,1164 @@
-//! The PostgreSQL backend (in progress).
+//! The PostgreSQL backend: any number of `serve` replicas on one database.
+//!
+//! How replicas stay one store:
+//! - Every write transaction first takes one transaction-scoped advisory
+//!   lock, the audit chain's ([`CHAIN_LOCK`]). The chain is one sequence
+//!   across replicas, so its appends are serialised anyway; taking the lock
+//!   first also serialises every decision, so limits, locks, the storm brake
+//!   and dedupe hold across replicas exactly as on one node, and READ
+//!   COMMITTED shows each transaction everything committed before it. Each
+//!   replica still commits its writes in groups (`super::writer`), so one
+//!   lock turn carries hundreds of alerts.
+//! - A replica is named in claims by its replica id (`r-<ulid>/N`), with a
+//!   lease in `replicas` that a heartbeat thread renews on the database's
+//!   clock (never the replicas' own, which may disagree). A run whose
+//!   claimer's lease expired is recovered by any replica, by the crash rule.
+//! - Fencing: every write of a run checks its claim (`claim_held`) under the
+//!   lock, so a replica back from a pause finds its claims gone and writes
+//!   nothing.
+//! - Background chores run on the holder of the `chores` lease.
+//!
+//! The driver is `postgres`, the blocking face of `tokio-postgres`: the
+//! store's rules are synchronous code run by the writer thread inside one
+//! transaction (`super::rules`), the same for SQLite and PostgreSQL, so the
+//! blocking client keeps one implementation of them. It runs its own small
+//! runtime per connection and must not be called from the async runtime's
+//! threads (not even `spawn_blocking`'s), so reads run on reader threads of
+//! their own.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::postgres::types::ToSql;
+use ::postgres::{Client, NoTls, Statement};
+
+use super::backend::{AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim};
+use super::rules::{Backend, Ledger, ReadJob};
+use super::writer::{SharedHealth, WriteQueue, write_loop};
+use super::*;
+use crate::audit;
+use crate::clock::Clock;
+use crate::config::StoreConfig;
+use crate::guard::{Facts, STORM_WINDOW, Windows};
+use crate::redact::Redactor;
+
+/// The advisory lock every write transaction takes first (see the module docs).
+const CHAIN_LOCK: i64 = 0x7069_7463_7265_7701; // "pitcrew" + 1
+/// Held (session-scoped) while migrations run, so replicas starting
+/// together migrate once.
+const MIGRATE_LOCK: i64 = 0x7069_7463_7265_7702;
+
+/// Migrations, in order; each runs once, in its own transaction, and is
+/// recorded in `pitcrew_migrations`. Never edit one that shipped: add another.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+-- See the SQLite layout (store/sqlite.rs) for what each table is for; the
+-- two keep the same rows. Times are milliseconds since the epoch.
+CREATE TABLE alerts (id BYTEA PRIMARY KEY, received_seq BIGINT, decided_ms BIGINT);
+CREATE TABLE executions (
+    id TEXT PRIMARY KEY, runbook TEXT NOT NULL, target TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+    actor TEXT NOT NULL, alert_seq BIGINT, alert TEXT, fingerprint TEXT, params TEXT NOT NULL,
+    dry_run BOOLEAN NOT NULL, automated BOOLEAN NOT NULL, risk TEXT NOT NULL, created_ms BIGINT NOT NULL,
+    admitted_ms BIGINT, started_ms BIGINT, finished_ms BIGINT, approval_deadline_ms BIGINT,
+    claimed_by TEXT, resume_error TEXT,
+    -- Insertion order, as SQLite's rowid: the queue's tie-break and retention's walk.
+    pos BIGSERIAL NOT NULL
+);
+CREATE INDEX executions_active ON executions (state, created_ms, pos) WHERE state IN ('queued', 'running', 'pending_approval');
+-- The guardrail facts' indexes: only rows decisions look at (the store contract).
+CREATE INDEX runs_by_target ON executions (runbook, target, admitted_ms) WHERE admitted_ms IS NOT NULL;
+CREATE INDEX runs_by_runbook ON executions (runbook, admitted_ms) WHERE admitted_ms IS NOT NULL;
+CREATE INDEX runs_automated ON executions (admitted_ms) WHERE admitted_ms IS NOT NULL AND automated;
+CREATE INDEX active_by_target ON executions (runbook, target) WHERE state IN ('queued', 'running', 'pending_approval');
+CREATE INDEX active_by_fingerprint ON executions (fingerprint) WHERE state IN ('queued', 'running', 'pending_approval');
+CREATE INDEX executions_fingerprint ON executions (fingerprint);
+CREATE INDEX executions_listed ON executions (created_ms DESC, id DESC);
+CREATE INDEX executions_pos ON executions (pos);
+CREATE TABLE steps (
+    execution_id TEXT NOT NULL, phase TEXT NOT NULL, idx INTEGER NOT NULL, attempt INTEGER NOT NULL,
+    name TEXT NOT NULL, action TEXT NOT NULL, idempotent BOOLEAN NOT NULL, state TEXT NOT NULL,
+    input TEXT NOT NULL, output TEXT, error TEXT, started_ms BIGINT NOT NULL, finished_ms BIGINT,
+    PRIMARY KEY (execution_id, phase, idx, attempt)
+);
+CREATE TABLE target_alerts (target TEXT PRIMARY KEY, ms BIGINT NOT NULL);
+CREATE INDEX target_alerts_ms ON target_alerts (ms);
+CREATE TABLE notices (kind TEXT PRIMARY KEY, ms BIGINT NOT NULL);
+CREATE TABLE breakers (runbook TEXT NOT NULL, target TEXT NOT NULL, tripped_ms BIGINT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (runbook, target));
+CREATE TABLE breaker_resets (runbook TEXT NOT NULL, target TEXT NOT NULL, ms BIGINT NOT NULL, PRIMARY KEY (runbook, target));
+CREATE TABLE audit_names (id SERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+-- `data` is TEXT, not JSONB: the hash covers its exact bytes.
+CREATE TABLE audit (seq BIGINT PRIMARY KEY, ts_us BIGINT NOT NULL, kind INTEGER NOT NULL, actor INTEGER NOT NULL,
+    execution_id TEXT, runbook TEXT, target TEXT, data TEXT NOT NULL, hash BYTEA NOT NULL);
+CREATE INDEX audit_execution ON audit (execution_id) WHERE execution_id IS NOT NULL;
+-- Records are in time order: a block range index finds a time range for a few pages.
+CREATE INDEX audit_ts ON audit USING brin (ts_us);
+-- Replicas and their leases (on the database's clock).
+CREATE TABLE replicas (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), lease_until TIMESTAMPTZ NOT NULL);
+-- Who runs the background chores, until when.
+CREATE TABLE chores (id INTEGER PRIMARY KEY, holder TEXT NOT NULL, until TIMESTAMPTZ NOT NULL);
+"#,
+)];
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> StoreError {
+        // The server's or the network's trouble, not the data's: connection
+        // exceptions (08), insufficient resources (53), operator intervention
+        // (57: shutdown, crash), system errors (58), or no answer at all.
+        let disk = e.is_closed()
+            || match e.code() {
+                Some(code) => ["08", "53", "57", "58"].iter().any(|class| code.code().starts_with(class)),
+                None => e.as_db_error().is_none(),
+            };
+        StoreError::Database {
+            message: crate::diag::chain(&e),
+            disk,
+        }
+    }
+}
+
+/// How to reach the database.
+#[derive(Clone)]
+struct Target {
+    config: ::postgres::Config,
+    /// For messages: the URL (it holds no password).
+    url: String,
+}
+
+impl Target {
+    fn new(store: &StoreConfig) -> Result<Target, StoreError> {
+        let mut config: ::postgres::Config = store.url.parse().map_err(|e: ::postgres::Error| StoreError::Database {
+            message: format!("store.url: {e}"),
+            disk: false,
+        })?;
+        if let Some(password) = &store.password {
+            config.password(password);
+        }
+        config.application_name("pitcrew").connect_timeout(Duration::from_secs(5));
+        Ok(Target {
+            config,
+            url: store.url.clone(),
+        })
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        let mut client = self.config.connect(NoTls).map_err(|e| {
+            let mut err = StoreError::from(e);
+            if let StoreError::Database { message, .. } = &mut err {
+                *message = format!("cannot connect to {}: {message}", self.url);
+            }
+            err
+        })?;
+        // A statement stuck behind a lock is an outage to report, not to wait out.
+        client.batch_execute("SET statement_timeout = '30s'; SET lock_timeout = '30s'; SET client_min_messages = warning")?;
+        Ok(client)
+    }
+}
+
+/// A connection, reconnected when the server went away; statements are
+/// prepared once per connection.
+pub struct PgConn {
+    target: Target,
+    client: Option<Client>,
+    statements: HashMap<&'static str, Statement>,
+    names: HashMap<String, i32>,
+    /// Rows changed since this connection was made (see [`Tx::changes`]).
+    changed: u64,
+    /// A statement failed inside the open transaction: PostgreSQL refuses
+    /// every later statement in it.
+    failed_in_tx: bool,
+    in_tx: bool,
+}
+
+impl Drop for PgConn {
+    /// Closing a connection blocks on the client's own runtime, which may
+    /// not happen on an async runtime's thread (a store dropped there):
+    /// such a close is left to a thread of its own.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::spawn(move || drop(client));
+        }
+    }
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl PgConn {
+    fn new(target: Target) -> PgConn {
+        PgConn {
+            target,
+            client: None,
+            statements: HashMap::new(),
+            names: HashMap::new(),
+            changed: 0,
+            failed_in_tx: false,
+            in_tx: false,
+        }
+    }
+
+    /// The client, connecting first if there is none (or it broke).
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.statements.clear();
+            self.names.clear();
+            self.client = Some(self.target.connect()?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.client()?.prepare(sql);
+        let s = self.track(prepared)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    /// Notes a failed statement inside a transaction: it is aborted.
+    fn track<T>(&mut self, r: Result<T, ::postgres::Error>) -> Result<T, StoreError> {
+        r.map_err(|e| {
+            if self.in_tx {
+                self.failed_in_tx = true;
+            }
+            StoreError::from(e)
+        })
+    }
+
+    fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, StoreError> {
+        let s = self.statement(sql)?;
+        let r = self.client()?.execute(&s, params);
+        let n = self.track(r)?;
+        self.changed += n;
+        Ok(n)
+    }
+
+    fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<::postgres::Row>, StoreError> {
+        let s = self.statement(sql)?;
+        let r = self.client()?.query(&s, params);
+        self.track(r)
+    }
+
+    fn query_opt(&mut self, sql: &'static str, params: Params<'_>) -> Result<Option<::postgres::Row>, StoreError> {
+        let s = self.statement(sql)?;
+        let r = self.client()?.query_opt(&s, params);
+        self.track(r)
+    }
+
+    /// A statement built at run time (filters): not cached.
+    fn query_dynamic(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<::postgres::Row>, StoreError> {
+        let r = self.client()?.query(sql, params);
+        self.track(r)
+    }
+
+    fn name_id(&mut self, name: &str) -> Result<i32, StoreError> {
+        if let Some(id) = self.names.get(name) {
+            return Ok(*id);
+        }
+        // Under the chain lock: no other writer adds names meanwhile.
+        self.execute("INSERT INTO audit_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", &[&name])?;
+        let row = self.query_opt("SELECT id FROM audit_names WHERE name = $1", &[&name])?;
+        let id: i32 = row
+            .ok_or_else(|| StoreError::Corrupt(format!("audit name {name} vanished")))?
+            .get(0);
+        self.names.insert(name.to_string(), id);
+        Ok(id)
+    }
+}
+
+fn phase_str(p: Phase) -> &'static str {
+    match p {
+        Phase::Main => "main",
+        Phase::OnFailure => "on_failure",
+    }
+}
+
+fn ts(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// An execution's columns as [`execution_from_row`] reads them. A blocked
+/// run's reason is read from its decision record, where it is stored.
+const EXECUTION_COLUMNS: &str = "e.id, e.runbook, e.target, e.state, \
+     COALESCE(e.reason, CASE WHEN e.state = 'blocked' THEN (SELECT (r.data::jsonb ->> 'decided_by') || ': ' || \
+         (r.data::jsonb ->> 'reason') FROM audit r WHERE r.execution_id = e.id \
+         AND r.kind = (SELECT id FROM audit_names WHERE name = 'guardrail.decision') LIMIT 1) END), \
+     e.actor, \
+     COALESCE(e.alert, (SELECT r.data FROM audit r WHERE r.seq = e.alert_seq)), e.params, e.dry_run, e.automated, e.risk, \
+     e.created_ms, e.started_ms, e.finished_ms, e.approval_deadline_ms, e.resume_error, e.claimed_by";
+
+/// One execution by id: the statement as a `'static` text, prepared once per connection.
+static EXECUTION_BY_ID: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {EXECUTION_COLUMNS} FROM executions e WHERE e.id = $1"));
+
+fn execution_from_row(r: &::postgres::Row) -> Execution {
+    let state: String = r.get(3);
+    let alert: Option<String> = r.get(6);
+    let params: String = r.get(7);
+    let risk: String = r.get(10);
+    Execution {
+        id: r.get(0),
+        runbook: r.get(1),
+        target: r.get(2),
+        state: State::parse(&state).unwrap_or(State::Unknown),
+        reason: r.get(4),
+        actor: r.get(5),
+        alert: alert.and_then(|a| serde_json::from_str(&a).ok()),
+        params: serde_json::from_str(&params).unwrap_or_default(),
+        dry_run: r.get(8),
+        automated: r.get(9),
+        risk: risk.parse().unwrap_or(crate::runbook::Risk::High),
+        created_at: ts(r.get(11)),
+        started_at: r.get::<_, Option<i64>>(12).map(ts),
+        finished_at: r.get::<_, Option<i64>>(13).map(ts),
+        approval_deadline: r.get::<_, Option<i64>>(14).map(ts),
+        resume_error: r.get(15),
+        claimed_by: r.get(16),
+        steps: Vec::new(),
+    }
+}
+
+fn step_from_row(r: &::postgres::Row) -> StepRecord {
+    let phase: String = r.get(0);
+    let state: String = r.get(6);
+    let input: String = r.get(7);
+    let output: Option<String> = r.get(8);
+    StepRecord {
+        phase: if phase == "on_failure" { Phase::OnFailure } else { Phase::Main },
+        index: r.get::<_, i32>(1) as u32,
+        name: r.get(2),
+        action: r.get(3),
+        attempt: r.get::<_, i32>(4) as u32,
+        idempotent: r.get(5),
+        state: match state.as_str() {
+            "started" => StepState::Started,
+            "succeeded" => StepState::Succeeded,
+            "failed" => StepState::Failed,
+            "skipped" => StepState::Skipped,
+            _ => StepState::Unknown,
+        },
+        input: serde_json::from_str(&input).unwrap_or(Value::Null),
+        output: output.and_then(|o| serde_json::from_str(&o).ok()),
+        error: r.get(9),
+        started_at: ts(r.get(10)),
+        finished_at: r.get::<_, Option<i64>>(11).map(ts),
+    }
+}
+
+const AUDIT_SELECT: &str = "SELECT a.seq, a.ts_us, COALESCE(k.name, ''), COALESCE(n.name, ''), a.execution_id, a.runbook, a.target, \
+     a.data, a.hash, (SELECT p.hash FROM audit p WHERE p.seq = a.seq - 1) \
+     FROM audit a LEFT JOIN audit_names k ON k.id = a.kind LEFT JOIN audit_names n ON n.id = a.actor WHERE true";
+
+fn stored_from_row(r: &::postgres::Row) -> audit::Stored {
+    audit::Stored {
+        seq: r.get::<_, i64>(0) as u64,
+        ts_us: r.get(1),
+        kind: r.get(2),
+        actor: r.get(3),
+        execution_id: r.get(4),
+        runbook: r.get(5),
+        target: r.get(6),
+        data: r.get(7),
+        hash: r.get(8),
+    }
+}
+
+/// Every fact of a decision in one statement (one round trip). Each part is
+/// an index search over the rows decisions look at, as on SQLite; a window
+/// not in use gets a cutoff no row passes, which costs one index probe.
+const FACTS: &str = "SELECT \
+    (SELECT admitted_ms FROM executions WHERE runbook = $1 AND target = $2 AND admitted_ms IS NOT NULL \
+        ORDER BY admitted_ms DESC LIMIT 1), \
+    (SELECT COUNT(*) FROM executions WHERE runbook = $1 AND target = $2 AND admitted_ms IS NOT NULL AND admitted_ms > $3), \
+    (SELECT COUNT(*) FROM executions WHERE runbook = $1 AND admitted_ms IS NOT NULL AND admitted_ms > $4), \
+    (SELECT COUNT(*) FROM executions WHERE automated AND admitted_ms IS NOT NULL AND admitted_ms > $5), \
+    (SELECT COUNT(*) FROM executions WHERE runbook = $1 AND target = $2 AND state IN ('queued', 'running', 'pending_approval')), \
+    (SELECT COUNT(*) FROM (SELECT 1 FROM target_alerts WHERE ms > $6 LIMIT $7) s), \
+    EXISTS (SELECT 1 FROM notices WHERE kind = 'storm' AND ms > $6), \
+    EXISTS (SELECT 1 FROM breakers WHERE runbook = $1 AND target = $2), \
+    (SELECT COUNT(*) FROM executions WHERE runbook = $1 AND target = $2 AND admitted_ms IS NOT NULL AND admitted_ms > \
+        GREATEST($8, COALESCE((SELECT ms FROM breaker_resets WHERE runbook = $1 AND target = $2), $8)))";
+
+impl Read for PgConn {
+    fn facts(&mut self, runbook: &str, target: &str, w: Windows, now_ms: i64) -> Result<Facts, StoreError> {
+        // A window not in use: a cutoff after every row.
+        let since = |window_ms: i64| if window_ms == 0 { i64::MAX } else { now_ms - window_ms };
+        let storm_since = now_ms - STORM_WINDOW.as_millis() as i64;
+        let storm_limit = w.storm_brake.map_or(0, |l| i64::from(l) + 1);
+        let (t, r, g, e) = (since(w.target_ms), since(w.runbook_ms), since(w.global_ms), since(w.escalation_ms));
+        let row = self
+            .query_opt(FACTS, &[&runbook, &target, &t, &r, &g, &storm_since, &storm_limit, &e])?
+            .ok_or_else(|| StoreError::Corrupt("facts query returned no row".into()))?;
+        let count = |i: usize| row.get::<_, i64>(i) as u32;
+        Ok(Facts {
+            last_admitted_ms: if w.cooldown { row.get(0) } else { None },
+            target_runs: count(1),
+            runbook_runs: count(2),
+            global_runs: count(3),
+            active_on_target: count(4),
+            storm_targets: count(5),
+            storm_notified: w.storm_brake.is_some() && row.get::<_, bool>(6),
+            breaker_tripped: w.escalation_ms != 0 && row.get::<_, bool>(7),
+            escalation_runs: if w.escalation_ms == 0 { 0 } else { count(8) },
+        })
+    }
+
+    fn execution(&mut self, id: &str) -> Result<Option<Execution>, StoreError> {
+        let Some(row) = self.query_opt(EXECUTION_BY_ID.as_str(), &[&id])? else {
+            return Ok(None);
+        };
+        let mut exec = execution_from_row(&row);
+        exec.steps = self
+            .query(
+                "SELECT phase, idx, name, action, attempt, idempotent, state, input, output, error, started_ms, finished_ms \
+                 FROM steps WHERE execution_id = $1 ORDER BY started_ms, phase, idx, attempt",
+                &[&id],
+            )?
+            .iter()
+            .map(step_from_row)
+            .collect();
+        Ok(Some(exec))
+    }
+
+    fn alert_row(&mut self, id: &[u8; 16]) -> Result<Option<AlertRow>, StoreError> {
+        let id = &id[..];
+        Ok(self
+            .query_opt("SELECT received_seq, decided_ms FROM alerts WHERE id = $1", &[&id])?
+            .map(|r| (r.get::<_, Option<i64>>(0).map(|s| s as u64), r.get(1))))
+    }
+
+    fn queued_ids(&mut self, limit: usize, exclude: &HashSet<String>) -> Result<(Vec<String>, bool), StoreError> {
+        // Enough to fill `limit` past the ones already in memory.
+        let want = (limit + exclude.len() + 1) as i64;
+        let rows = self.query(
+            "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, pos LIMIT $1",
+            &[&want],
+        )?;
+        let mut ids = Vec::new();
+        for row in &rows {
+            let id: String = row.get(0);
+            if exclude.contains(&id) {
+                continue;
+            }
+            if ids.len() == limit {
+                return Ok((ids, false));
+            }
+            ids.push(id);
+        }
+        Ok((ids, true))
+    }
+
+    fn executions(&mut self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions e WHERE true");
+        let mut args: Vec<String> = Vec::new();
+        let mut arg = |sql: &mut String, value: String, clause: &str| {
+            args.push(value);
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(s) = filter.state {
+            arg(&mut sql, s.as_str().to_string(), " AND e.state = ?");
+        }
+        if let Some(r) = &filter.runbook {
+            arg(&mut sql, r.clone(), " AND e.runbook = ?");
+        }
+        if let Some(f) = &filter.fingerprint {
+            arg(&mut sql, f.clone(), " AND e.fingerprint = ?");
+        }
+        if let Some(after) = &filter.after {
+            // Keyset paging in list order; an unknown id matches nothing.
+            arg(
+                &mut sql,
+                after.clone(),
+                " AND (e.created_ms, e.id) < (SELECT p.created_ms, p.id FROM executions p WHERE p.id = ?)",
+            );
+        }
+        let limit = if filter.limit == 0 { 1000 } else { filter.limit };
+        sql.push_str(&format!(" ORDER BY e.created_ms DESC, e.id DESC LIMIT {limit}"));
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        Ok(self.query_dynamic(&sql, &params)?.iter().map(execution_from_row).collect())
+    }
+
+    fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<StoredWithPrev>, StoreError> {
+        let mut sql = AUDIT_SELECT.to_string();
+        let mut args: Vec<Box<dyn ToSql + Sync>> = Vec::new();
+        let mut arg = |sql: &mut String, value: Box<dyn ToSql + Sync>, clause: &str| {
+            args.push(value);
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(since) = filter.since {
+            arg(&mut sql, Box::new(since.timestamp_micros()), " AND a.ts_us >= ?");
+        }
+        if let Some(until) = filter.until {
+            arg(&mut sql, Box::new(until.timestamp_micros()), " AND a.ts_us <= ?");
+        }
+        if let Some(e) = &filter.execution {
+            arg(&mut sql, Box::new(e.clone()), " AND a.execution_id = ?");
+        }
+        if let Some(fp) = &filter.fingerprint {
+            arg(
+                &mut sql,
+                Box::new(fp.clone()),
+                " AND (a.execution_id IN (SELECT id FROM executions WHERE fingerprint = ?) \
+                 OR (k.name LIKE 'alert.%' AND a.data::jsonb ->> 'fingerprint' = ?))",
+            );
+        }
+        if let Some(after) = filter.after_seq {
+            arg(&mut sql, Box::new(after.min(i64::MAX as u64) as i64), " AND a.seq > ?");
+        }
+        sql.push_str(" ORDER BY a.seq");
+        if let Some(limit) = filter.limit {
+            arg(&mut sql, Box::new(limit.min(i64::MAX as usize) as i64), " LIMIT ?");
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref()).collect();
+        Ok(self
+            .query_dynamic(&sql, &params)?
+            .iter()
+            .map(|r| (stored_from_row(r), r.get(9)))
+            .collect())
+    }
+
+    fn audit_walk(&mut self, visit: &mut dyn FnMut(audit::Stored) -> bool) -> Result<(), StoreError> {
+        use ::postgres::fallible_iterator::FallibleIterator;
+        // Streamed a row at a time: the whole log never sits in memory.
+        let sql = format!("{AUDIT_SELECT} ORDER BY a.seq");
+        let client = self.client()?;
+        let mut rows = client.query_raw(sql.as_str(), std::iter::empty::<i64>())?;
+        while let Some(row) = rows.next()? {
+            if !visit(stored_from_row(&row)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn breakers(&mut self) -> Result<Vec<Breaker>, StoreError> {
+        Ok(self
+            .query("SELECT runbook, target, tripped_ms, reason FROM breakers ORDER BY tripped_ms", &[])?
+            .iter()
+            .map(|r| Breaker {
+                runbook: r.get(0),
+                target: r.get(1),
+                tripped_at: ts(r.get(2)),
+                reason: r.get(3),
+            })
+            .collect())
+    }
+
+    fn queue_depth(&mut self) -> Result<u64, StoreError> {
+        let row = self.query_opt("SELECT COUNT(*) FROM executions WHERE state = 'queued'", &[])?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+}
+
+impl Tx for PgConn {
+    fn changes(&self) -> u64 {
+        self.changed
+    }
+
+    fn aborted(&self) -> bool {
+        self.failed_in_tx
+    }
+
+    fn chain_head(&mut self) -> Result<Option<ChainHead>, StoreError> {
+        Ok(self
+            .query_opt("SELECT seq, hash, ts_us FROM audit ORDER BY seq DESC LIMIT 1", &[])?
+            .map(|r| ChainHead {
+                seq: r.get::<_, i64>(0) as u64,
+                hash: r.get(1),
+                ts_us: r.get(2),
+            }))
+    }
+
+    fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), StoreError> {
+        let (kind, actor) = (self.name_id(row.kind)?, self.name_id(row.actor)?);
+        let (seq, hash) = (row.seq as i64, &row.hash[..]);
+        self.execute(
+            "INSERT INTO audit (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &seq,
+                &row.ts_us,
+                &kind,
+                &actor,
+                &row.execution_id,
+                &row.runbook,
+                &row.target,
+                &row.data,
+                &hash,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn alert_insert(&mut self, id: &[u8; 16]) -> Result<bool, StoreError> {
+        let id = &id[..];
+        Ok(self.execute("INSERT INTO alerts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", &[&id])? > 0)
+    }
+
+    fn alert_mark(&mut self, id: &[u8; 16], received_seq: Option<u64>, decided_ms: Option<i64>) -> Result<(), StoreError> {
+        let (id, seq) = (&id[..], received_seq.map(|s| s as i64));
+        self.execute(
+            "UPDATE alerts SET received_seq = $2, decided_ms = $3 WHERE id = $1",
+            &[&id, &seq, &decided_ms],
+        )?;
+        Ok(())
+    }
+
+    fn target_alerting(&mut self, target: &str, ms: i64) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO target_alerts (target, ms) VALUES ($1, $2) ON CONFLICT (target) DO UPDATE SET ms = excluded.ms",
+            &[&target, &ms],
+        )?;
+        Ok(())
+    }
+
+    fn execution_insert(&mut self, e: NewExecution<'_>) -> Result<(), StoreError> {
+        let alert_seq = e.alert_seq.map(|s| s as i64);
+        self.execute(
+            "INSERT INTO executions (id, runbook, target, state, reason, actor, alert_seq, alert, fingerprint, params, dry_run, \
+             automated, risk, created_ms, admitted_ms, finished_ms, approval_deadline_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            &[
+                &e.id,
+                &e.runbook,
+                &e.target,
+                &e.state.as_str(),
+                &e.reason,
+                &e.actor,
+                &alert_seq,
+                &e.alert,
+                &e.fingerprint,
+                &e.params,
+                &e.dry_run,
+                &e.automated,
+                &e.risk,
+                &e.created_ms,
+                &e.admitted_ms,
+                &e.finished_ms,
+                &e.approval_deadline_ms,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn claim_held(&mut self, id: &str, claim: Option<&str>) -> Result<bool, StoreError> {
+        let row = self.query_opt("SELECT state, claimed_by FROM executions WHERE id = $1", &[&id])?;
+        Ok(row.is_some_and(|r| r.get::<_, &str>(0) == "running" && r.get::<_, Option<&str>>(1) == claim))
+    }
+
+    fn claim(&mut self, id: &str, worker: &str, started_ms: i64) -> Result<bool, StoreError> {
+        Ok(self.execute(
+            "UPDATE executions SET state = 'running', claimed_by = $2, started_ms = COALESCE(started_ms, $3) \
+             WHERE id = $1 AND state = 'queued'",
+            &[&id, &worker, &started_ms],
+        )? > 0)
+    }
+
+    fn oldest_queued(&mut self, id: Option<&str>) -> Result<Option<String>, StoreError> {
+        let row = match id {
+            Some(id) => self.query_opt("SELECT id FROM executions WHERE id = $1 AND state = 'queued'", &[&id])?,
+            None => self.query_opt(
+                "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, pos LIMIT 1",
+                &[],
+            )?,
+        };
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn requeue(&mut self, id: &str, resume_error: Option<&str>) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE executions SET state = 'queued', claimed_by = NULL, resume_error = COALESCE($2, resume_error) WHERE id = $1",
+            &[&id, &resume_error],
+        )?;
+        Ok(())
+    }
+
+    fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE executions SET state = $2, reason = $3, finished_ms = $4, \
+             admitted_ms = CASE WHEN $5 THEN NULL ELSE admitted_ms END, \
+             claimed_by = CASE WHEN $6 THEN NULL ELSE claimed_by END WHERE id = $1",
+            &[
+                &id,
+                &ending.state.as_str(),
+                &ending.reason,
+                &ending.finished_ms,
+                &ending.uncount,
+                &ending.release_claim,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE executions SET state = 'queued', admitted_ms = CASE WHEN NOT dry_run THEN $2::bigint END, reason = NULL WHERE id = $1",
+            &[&id, &admitted_ms],
+        )?;
+        Ok(())
+    }
+
+    /// A claim whose replica's lease expired (or that names no replica) is
+    /// reported without its claimer: its holder is gone.
+    fn running(&mut self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT e.id, CASE WHEN p.lease_until >= clock_timestamp() THEN e.claimed_by END \
+                 FROM executions e LEFT JOIN replicas p ON p.id = split_part(e.claimed_by, '/', 1) \
+                 WHERE e.state = 'running'",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn expired_approvals(&mut self, now_ms: i64) -> Result<Vec<(String, String, String)>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT id, runbook, target FROM executions WHERE state = 'pending_approval' AND approval_deadline_ms <= $1",
+                &[&now_ms],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    fn unstarted_of_episode(&mut self, fingerprint: &str, starts_at: &str) -> Result<Vec<Victim>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT e.id, e.runbook, e.target, e.state FROM executions e LEFT JOIN audit r ON r.seq = e.alert_seq \
+                 WHERE e.fingerprint = $1 AND e.state IN ('queued', 'pending_approval') AND e.started_ms IS NULL \
+                 AND COALESCE(r.data::jsonb ->> 'startsAt', CASE WHEN e.automated THEN e.alert::jsonb ->> 'startsAt' END) = $2",
+                &[&fingerprint, &starts_at],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    fn step_start(&mut self, key: StepKey<'_>, name: &str, action: &str, idempotent: bool, input: &str, ms: i64) -> Result<(), StoreError> {
+        let (idx, attempt) = (key.index as i32, key.attempt as i32);
+        self.execute(
+            "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'started', $8, $9) \
+             ON CONFLICT (execution_id, phase, idx, attempt) DO UPDATE SET name = excluded.name, action = excluded.action, \
+             idempotent = excluded.idempotent, state = 'started', input = excluded.input, output = NULL, error = NULL, \
+             started_ms = excluded.started_ms, finished_ms = NULL",
+            &[
+                &key.execution_id,
+                &phase_str(key.phase),
+                &idx,
+                &attempt,
+                &name,
+                &action,
+                &idempotent,
+                &input,
+                &ms,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn step_end(&mut self, key: StepKey<'_>, end: StepRow<'_>) -> Result<bool, StoreError> {
+        let (idx, attempt) = (key.index as i32, key.attempt as i32);
+        Ok(self.execute(
+            "UPDATE steps SET state = $5, output = $6, error = $7, finished_ms = $8 \
+             WHERE execution_id = $1 AND phase = $2 AND idx = $3 AND attempt = $4",
+            &[
+                &key.execution_id,
+                &phase_str(key.phase),
+                &idx,
+                &attempt,
+                &end.state.as_str(),
+                &end.output,
+                &end.error,
+                &end.finished_ms,
+            ],
+        )? > 0)
+    }
+
+    fn step_insert_ended(&mut self, key: StepKey<'_>, name: &str, end: StepRow<'_>) -> Result<(), StoreError> {
+        let (idx, attempt) = (key.index as i32, key.attempt as i32);
+        self.execute(
+            "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, output, error, \
+             started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, '', true, $6, 'null', $7, $8, $9, $9)",
+            &[
+                &key.execution_id,
+                &phase_str(key.phase),
+                &idx,
+                &attempt,
+                &name,
+                &end.state.as_str(),
+                &end.output,
+                &end.error,
+                &end.finished_ms,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn breaker_trip(&mut self, runbook: &str, target: &str, ms: i64, reason: &str) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO breakers (runbook, target, tripped_ms, reason) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (runbook, target) DO UPDATE SET tripped_ms = excluded.tripped_ms, reason = excluded.reason",
+            &[&runbook, &target, &ms, &reason],
+        )?;
+        Ok(())
+    }
+
+    fn breaker_reset(&mut self, runbook: &str, target: &str, ms: i64) -> Result<bool, StoreError> {
+        let n = self.execute("DELETE FROM breakers WHERE runbook = $1 AND target = $2", &[&runbook, &target])?;
+        if n > 0 {
+            self.execute(
+                "INSERT INTO breaker_resets (runbook, target, ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (runbook, target) DO UPDATE SET ms = excluded.ms",
+                &[&runbook, &target, &ms],
+            )?;
+        }
+        Ok(n > 0)
+    }
+
+    fn storm_held(&mut self, ms: i64) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO notices (kind, ms) VALUES ('storm', $1) ON CONFLICT (kind) DO UPDATE SET ms = excluded.ms",
+            &[&ms],
+        )?;
+        Ok(())
+    }
+
+    fn prune(&mut self, from: i64, limit: usize, before_ms: i64, storm_cutoff_ms: i64) -> Result<(Pruned, i64), StoreError> {
+        // Walked in insertion order (`pos`), as SQLite walks rowids.
+        let lim = limit as i64;
+        let rows = self.query(
+            "SELECT pos, id, state, finished_ms, created_ms FROM executions WHERE pos > $1 ORDER BY pos LIMIT $2",
+            &[&from, &lim],
+        )?;
+        let mut pruned = Pruned::default();
+        let mut last = from;
+        for r in &rows {
+            let (pos, id, state, finished_ms, created_ms): (i64, String, String, Option<i64>, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            if created_ms >= before_ms {
+                break;
+            }
+            last = pos;
+            let ended = State::parse(&state).is_some_and(State::is_final);
+            if ended && finished_ms.is_some_and(|f| f < before_ms) {
+                self.execute("DELETE FROM steps WHERE execution_id = $1", &[&id])?;
+                self.execute("DELETE FROM executions WHERE id = $1", &[&id])?;
+                pruned.ids.push(id);
+            }
+        }
+        pruned.more = rows.len() == limit && rows.last().is_some_and(|r| r.get::<_, i64>(0) == last);
+        self.execute(
+            "DELETE FROM target_alerts WHERE target IN (SELECT target FROM target_alerts WHERE ms < $1 LIMIT $2)",
+            &[&storm_cutoff_ms, &lim],
+        )?;
+        Ok((pruned, last))
+    }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE audit_names SET name = name WHERE id = (SELECT MIN(id) FROM audit_names)",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn raw(&mut self, sql: &str) -> Result<(), StoreError> {
+        let r = self.client()?.batch_execute(sql);
+        self.track(r)
+    }
+}
+
+impl Conn for PgConn {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.failed_in_tx = false;
+        let client = self.client()?;
+        client.batch_execute("BEGIN")?;
+        self.in_tx = true;
+        // Serialises every write across replicas (see the module docs).
+        if let Err(e) = self.query("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]) {
+            self.rollback();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.in_tx = false;
+        // Durable when it returns (synchronous_commit on, the server's default).
+        self.client()?.batch_execute("COMMIT")?;
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        self.in_tx = false;
+        if let Some(client) = self.client.as_mut()
+            && !client.is_closed()
+        {
+            let _ = client.batch_execute("ROLLBACK");
+        }
+        // Names this transaction added are gone with it.
+        self.names.clear();
+    }
+}
+
+/// Runs the migrations not yet applied, each in its own transaction, under
+/// a session lock so concurrent starts migrate once. Returns those applied.
+pub fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])?;
+    let result = (|| {
+        client.batch_execute(
+            "CREATE TABLE IF NOT EXISTS pitcrew_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )?;
+        let done: HashSet<i32> = client
+            .query("SELECT version FROM pitcrew_migrations", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(newer) = done.iter().find(|v| !MIGRATIONS.iter().any(|(m, _)| m == *v)) {
+            return Err(StoreError::Corrupt(format!(
+                "the database has migration {newer}, newer than this pitcrew knows; upgrade pitcrew"
+            )));
+        }
+        let mut applied = Vec::new();
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| !done.contains(v)) {
+            let mut tx = client.transaction()?;
+            tx.batch_execute(sql)?;
+            tx.execute("INSERT INTO pitcrew_migrations (version) VALUES ($1)", &[version])?;
+            tx.commit()?;
+            tracing::info!(version, "applied store migration");
+            applied.push(*version);
+        }
+        Ok(applied)
+    })();
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK]);
+    result
+}
+
+/// Runs `f` on a new plain thread (the blocking client must not run on
+/// the async runtime's threads) and waits for it.
+fn on_plain_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().expect("store setup thread panicked")
+}
+
+/// A plain connection to the store `store` names, for one-off work
+/// (copying a store in), without statement timeouts.
+pub(super) fn connect(store: &StoreConfig) -> Result<Client, StoreError> {
+    let mut client = Target::new(store)?.connect()?;
+    client.batch_execute("SET statement_timeout = 0")?;
+    Ok(client)
+}
+
+/// Applies pending migrations and returns their versions (`pitcrew migrate`).
+pub fn migrate_url(store: &StoreConfig) -> Result<Vec<i32>, StoreError> {
+    let target = Target::new(store)?;
+    on_plain_thread(move || migrate(&mut target.connect()?))
+}
+
+/// This process's membership: its id, its lease, and who runs chores.
+struct Replica {
+    id: String,
+    lease: Duration,
+    /// The connection leases are renewed on (heartbeat, chores).
+    conn: Mutex<PgConn>,
+}
+
+impl Replica {
+    /// Renews this replica's lease; false when the database did not take it.
+    fn heartbeat(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().expect("lease connection lock");
+        let lease = self.lease.as_millis() as i64;
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pid = std::process::id() as i32;
+        conn.execute(
+            "INSERT INTO replicas (id, host, pid, lease_until) VALUES ($1, $2, $3, clock_timestamp() + $4::bigint * interval '1 millisecond') \
+             ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
+            &[&self.id, &host, &pid, &lease],
+        )?;
+        Ok(())
+    }
+
+    /// Takes or keeps the chores lease.
+    fn lead(&self) -> Result<bool, StoreError> {
+        let mut conn = self.conn.lock().expect("lease connection lock");
+        let lease = self.lease.as_millis() as i64;
+        let held = conn.query_opt(
+            "INSERT INTO chores (id, holder, until) VALUES (1, $1, clock_timestamp() + $2::bigint * interval '1 millisecond') \
+             ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+             WHERE chores.holder = excluded.holder OR chores.until < clock_timestamp() RETURNING holder",
+            &[&self.id, &lease],
+        )?;
+        Ok(held.is_some())
+    }
+
+    /// Gives the lease and the chores up at a clean stop, so others need not wait them out.
+    fn leave(&self) {
+        let mut conn = self.conn.lock().expect("lease connection lock");
+        let _ = conn.execute("DELETE FROM chores WHERE holder = $1", &[&self.id]);
+        let _ = conn.execute("DELETE FROM replicas WHERE id = $1", &[&self.id]);
+    }
+}
+
+/// The PostgreSQL backend of [`Ledger`].
+pub struct Postgres {
+    target: Target,
+    replica: Arc<Replica>,
+    /// Jobs for the reader threads.
+    reads: Mutex<Sender<ReadJob>>,
+    /// Ends the heartbeat thread.
+    stop: Sender<()>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        let replica = self.replica.clone();
+        // Not on an async runtime thread (see `on_plain_thread`).
+        let _ = std::thread::spawn(move || replica.leave()).join();
+    }
+}
+
+/// How many read connections each process keeps.
+const READERS: usize = 4;
+
+#[async_trait::async_trait]
+impl Backend for Postgres {
+    fn read(&self, job: ReadJob) {
+        if let Err(std::sync::mpsc::SendError(job)) = self.reads.lock().expect("reads lock").send(job) {
+            job(Err(StoreError::Closed));
+        }
+    }
+
+    fn worker_id(&self) -> String {
+        self.replica.id.clone()
+    }
+
+    async fn lead_chores(&self) -> bool {
+        let replica = self.replica.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(replica.lead());
+        });
+        match rx.await {
+            Ok(Ok(lead)) => lead,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot take the chores lease");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The store on PostgreSQL.
+pub type PgStore = Ledger<Postgres>;
+
+fn reader_loop(target: Target, jobs: Arc<Mutex<Receiver<ReadJob>>>) {
+    let mut conn = PgConn::new(target);
+    loop {
+        let job = match jobs.lock().expect("read jobs lock").recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        job(Ok(&mut conn));
+    }
+}
+
+fn heartbeat_loop(replica: Arc<Replica>, stop: Receiver<()>, health: SharedHealth) {
+    // Three beats per lease: one lost beat does not lose the lease.
+    let every = replica.lease / 3;
+    loop {
+        if let Err(e) = replica.heartbeat() {
+            tracing::warn!(error = %e, replica = %replica.id, "lease not renewed");
+            super::writer::set_health(&health, Health::Failing(format!("lease not renewed: {e}")));
+        }
+        match stop.recv_timeout(every) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+}
+
+impl Ledger<Postgres> {
+    /// Connects, migrates, joins as a replica (with a lease that a
+    /// heartbeat renews) and starts the writer and readers.
+    pub fn open(store: &StoreConfig, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<PgStore, StoreError> {
+        let target = Target::new(store)?;
+        let replica = Arc::new(Replica {
+            id: format!("r-{}", ulid::Ulid::new().to_string().to_lowercase()),
+            lease: store.lease.std(),
+            conn: Mutex::new(PgConn::new(target.clone())),
+        });
+        let setup = {
+            let (target, replica) = (target.clone(), replica.clone());
+            on_plain_thread(move || -> Result<PgConn, StoreError> {
+                let mut writer = PgConn::new(target);
+                migrate(writer.client()?)?;
+                replica.heartbeat()?;
+                Ok(writer)
+            })
+        };
+        let writer = setup?;
+        let health: SharedHealth = Arc::new(Mutex::new(Health::Writable));
+        let spawn_error = |source| StoreError::Open {
+            path: target.url.clone(),
+            source,
+        };
+        let (queue, inbox) = WriteQueue::new();
+        std::thread::Builder::new()
+            .name("pitcrew-store-writer".into())
+            .spawn({
+                let (clock, redactor, health) = (clock.clone(), redactor.clone(), health.clone());
+                // Durable at COMMIT: answered at once.
+                move || {
+                    write_loop(writer, inbox, redactor, clock, health, |group| {
+                        group.answer(None);
+                        true
+                    })
+                }
+            })
+            .map_err(spawn_error)?;
+        let (read_tx, read_rx) = channel::<ReadJob>();
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        for n in 0..READERS {
+            let (target, jobs) = (target.clone(), read_rx.clone());
+            std::thread::Builder::new()
+                .name(format!("pitcrew-store-reader-{n}"))
+                .spawn(move || reader_loop(target, jobs))
+                .map_err(spawn_error)?;
+        }
+        let (stop, stopped) = channel();
+        std::thread::Builder::new()
+            .name("pitcrew-store-lease".into())
+            .spawn({
+                let (replica, health) = (replica.clone(), health.clone());
+                move || heartbeat_loop(replica, stopped, health)
+            })
+            .map_err(spawn_error)?;
+        let backend = Postgres {
+            target,
+            replica,
+            reads: Mutex::new(read_tx),
+            stop,
+        };
+        Ok(Ledger::new(backend, queue, health, clock, redactor))
+    }
+
+    /// The database, as the config names it (no password).
+    pub fn url(&self) -> &str {
+        &self.backend.target.url
+    }
+}

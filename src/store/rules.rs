@@ -6,7 +6,6 @@
 //! [`Store`] every backend gets from it.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
@@ -562,12 +561,14 @@ fn record_pending(t: &mut Txn<'_>, exec: &Execution, pending: Pending) -> Result
     Ok(())
 }
 
+/// A read for a backend to run: given a connection, or why there is none.
+pub type ReadJob = Box<dyn FnOnce(Result<&mut dyn Read, StoreError>) + Send>;
+
 /// What a backend gives [`Ledger`] besides transactions.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
-    type Reader: Read + Send + 'static;
-    /// A new connection for reads.
-    fn reader(&self) -> Result<Self::Reader, StoreError>;
+    /// Runs `job` on a read connection, off the async runtime's threads.
+    fn read(&self, job: ReadJob);
     /// Whether a failing store should try a small write to see if it
     /// recovered (a full disk needs room first).
     fn may_probe(&self) -> bool {
@@ -587,7 +588,6 @@ pub trait Backend: Send + Sync + 'static {
 pub struct Ledger<B: Backend> {
     pub(super) backend: B,
     pub(super) queue: WriteQueue,
-    readers: Mutex<Vec<B::Reader>>,
     pub(super) health: SharedHealth,
     pub(super) clock: std::sync::Arc<dyn Clock>,
     /// Where the last `prune` stopped (the backend's position), so a pass
@@ -608,7 +608,6 @@ impl<B: Backend> Ledger<B> {
         Ledger {
             backend,
             queue,
-            readers: Mutex::new(Vec::new()),
             health,
             clock,
             prune_cursor: AtomicI64::new(0),
@@ -629,30 +628,17 @@ impl<B: Backend> Ledger<B> {
         self.queue.write(f).await
     }
 
-    /// Runs `f` on a read connection in the blocking pool.
+    /// Runs `f` on one of the backend's read connections.
     pub(super) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut B::Reader) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Read) -> Result<T, StoreError> + Send + 'static,
     {
-        let mut conn = match self.readers.lock().expect("reader pool lock").pop() {
-            Some(c) => c,
-            None => self.backend.reader()?,
-        };
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let r = f(&mut conn);
-            (conn, r)
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?;
-        // A connection that failed may be broken: it is not kept.
-        if result.is_ok() {
-            let mut pool = self.readers.lock().expect("reader pool lock");
-            if pool.len() < 4 {
-                pool.push(conn);
-            }
-        }
-        result
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.backend.read(Box::new(move |conn| {
+            let _ = tx.send(conn.and_then(f));
+        }));
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::backend::{AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim};
-use super::rules::{Backend, Ledger};
+use super::rules::{Backend, Ledger, ReadJob};
 use super::writer::{Committed, SharedHealth, WriteQueue, write_loop};
 use super::*;
 use crate::audit;
@@ -389,14 +389,27 @@ impl SqliteConn {
 /// The embedded store's backend: the state file's place.
 pub struct Sqlite {
     path: PathBuf,
+    /// Idle read connections.
+    readers: Arc<Mutex<Vec<SqliteConn>>>,
 }
 
 #[async_trait::async_trait]
 impl Backend for Sqlite {
-    type Reader = SqliteConn;
-
-    fn reader(&self) -> Result<SqliteConn, StoreError> {
-        SqliteConn::open(&self.path)
+    /// On the blocking pool, with a pooled connection.
+    fn read(&self, job: ReadJob) {
+        let (path, idle) = (self.path.clone(), self.readers.clone());
+        tokio::task::spawn_blocking(move || {
+            let pooled = idle.lock().expect("reader pool lock").pop();
+            let mut conn = match pooled.map_or_else(|| SqliteConn::open(&path), Ok) {
+                Ok(c) => c,
+                Err(e) => return job(Err(e)),
+            };
+            job(Ok(&mut conn));
+            let mut pool = idle.lock().expect("reader pool lock");
+            if pool.len() < 4 {
+                pool.push(conn);
+            }
+        });
     }
 
     /// A small write fits in the room the WAL file already holds on a full
@@ -454,7 +467,16 @@ impl Ledger<Sqlite> {
                 move || write_loop(writer, inbox, redactor, clock, health, move |group| to_sync.send(group).is_ok())
             })
             .map_err(spawn_error)?;
-        Ok(Ledger::new(Sqlite { path }, queue, health, clock, redactor))
+        Ok(Ledger::new(
+            Sqlite {
+                path,
+                readers: Arc::default(),
+            },
+            queue,
+            health,
+            clock,
+            redactor,
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -1357,14 +1379,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.verify_audit().await.unwrap(), Ok(4));
-        let admitted: Vec<(String, Option<i64>)> = store
-            .read(|conn| {
-                let mut stmt = conn.conn.prepare("SELECT id, admitted_ms FROM executions ORDER BY id")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            })
-            .await
-            .unwrap();
+        let conn = open_connection(&path).unwrap();
+        let admitted: Vec<(String, Option<i64>)> = {
+            let mut stmt = conn.prepare("SELECT id, admitted_ms FROM executions ORDER BY id").unwrap();
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
         assert_eq!(
             admitted,
             vec![
@@ -1373,10 +1393,7 @@ mod tests {
                 ("waiting".to_string(), Some(3))
             ]
         );
-        let version: i64 = store
-            .read(|conn| Ok(conn.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?))
-            .await
-            .unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, LAYOUT);
         // A run queued before the upgrade is still its alert's: the resolve cancels it.
         let resolved = IntakeAlert::new(alert.clone().resolved(), Vec::new());

@@ -14,6 +14,12 @@ use serde_json::{Value, json};
 
 use crate::support::{Harness, alert, payload};
 
+/// A harness on this module's backend: SQLite, or PostgreSQL where this
+/// file is included again as `…_on_postgres` (main.rs).
+fn harness(runbooks: &str, config: &str) -> Harness {
+    Harness::new_on(crate::support::backend_of(module_path!()), runbooks, config)
+}
+
 /// One runbook that always needs approval, with a `log` step; `extra` is
 /// more top-level YAML (guardrails, notify).
 fn needs_approval(name: &str, guardrails: &str, extra: &str) -> String {
@@ -59,7 +65,7 @@ async fn records(h: &Harness, kind: &str) -> Vec<Record> {
 
 #[tokio::test]
 async fn the_requester_may_not_approve_their_own_run() {
-    let h = Harness::new(&needs_approval("fix", "", ""), "");
+    let h = harness(&needs_approval("fix", "", ""), "");
     let id = pending_run(&h, "fix", "user:alice").await;
 
     let refused = h.store().approve(&id, "user:alice", h.engine.runbooks.may_self_approve()).await;
@@ -100,7 +106,7 @@ async fn the_requester_may_not_approve_their_own_run() {
 
 #[tokio::test]
 async fn self_approval_true_lets_the_requester_approve() {
-    let h = Harness::new(&needs_approval("fix", ", self_approval: true", ""), "");
+    let h = harness(&needs_approval("fix", ", self_approval: true", ""), "");
     assert!(h.engine.runbooks.get("fix").unwrap().guardrails.self_approval);
     let id = pending_run(&h, "fix", "user:alice").await;
     let approved = h
@@ -118,7 +124,7 @@ async fn self_approval_true_lets_the_requester_approve() {
 
 #[tokio::test]
 async fn any_person_may_approve_an_automated_run_and_the_requester_may_deny() {
-    let h = Harness::new(&needs_approval("fix", "", ""), "");
+    let h = harness(&needs_approval("fix", "", ""), "");
     h.post(&payload(vec![alert(&[("alertname", "Broken"), ("instance", "web-1")])]))
         .await;
     let pending = h.store().executions(Default::default()).await.unwrap();
@@ -159,7 +165,7 @@ const TOKENS: &str = "auth:\n  tokens:\n    - {name: alice, token: alice-secret-
 
 #[tokio::test]
 async fn the_api_refuses_self_approval_with_403_and_names_token_identities() {
-    let h = Harness::new(&needs_approval("fix", "", ""), TOKENS);
+    let h = harness(&needs_approval("fix", "", ""), TOKENS);
     let as_alice = [("authorization", "Bearer alice-secret-1"), ("content-type", "application/json")];
     let as_bob = [("authorization", "Bearer bob-secret-1"), ("content-type", "application/json")];
     let (status, body) = h.call("POST", "/v1/runbooks/fix/run", &as_alice, "{}").await;
@@ -397,7 +403,7 @@ async fn delivered(h: &Harness, receiver: &Receiver) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_waiting_a_failed_and_an_unknown_run_each_send_one_notice() {
     let receiver = Receiver::start().await;
-    let h = Harness::new(&three(""), &receiver.config(None));
+    let h = harness(&three(""), &receiver.config(None));
     let (wait, broken, recover) = one_of_each(&h).await;
     let seen = delivered(&h, &receiver).await;
     assert_eq!(seen.len(), 3, "{seen:#?}");
@@ -436,7 +442,7 @@ async fn a_waiting_a_failed_and_an_unknown_run_each_send_one_notice() {
 #[tokio::test]
 async fn notify_on_failed_sends_only_failure_notices() {
     let receiver = Receiver::start().await;
-    let h = Harness::new(&three(""), &receiver.config(Some("[failed]")));
+    let h = harness(&three(""), &receiver.config(Some("[failed]")));
     let (_, broken, _) = one_of_each(&h).await;
     let seen = delivered(&h, &receiver).await;
     assert_eq!(seen.len(), 1, "{seen:#?}");
@@ -448,7 +454,7 @@ async fn notify_on_failed_sends_only_failure_notices() {
 async fn a_runbook_notify_url_wins_over_the_config() {
     let receiver = Receiver::start().await;
     let own = format!("notify: {{url: \"{}\"}}\n", receiver.url("/runbook-own-hook-secret"));
-    let h = Harness::new(&three(&own), &receiver.config(None));
+    let h = harness(&three(&own), &receiver.config(None));
     assert!(h.engine.runbooks.get("wait").unwrap().notify_url.is_some());
     let (wait, _, _) = one_of_each(&h).await;
     let seen = delivered(&h, &receiver).await;
@@ -463,7 +469,7 @@ async fn a_runbook_notify_url_wins_over_the_config() {
 
 #[tokio::test(start_paused = true)]
 async fn a_notice_without_any_url_is_recorded_as_not_delivered() {
-    let h = Harness::new(&needs_approval("fix", "", ""), "");
+    let h = harness(&needs_approval("fix", "", ""), "");
     h.post(&payload(vec![alert(&[("alertname", "Broken"), ("instance", "web-1")])]))
         .await;
     let notes = records(&h, "notification").await;

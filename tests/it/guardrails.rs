@@ -17,6 +17,12 @@ use serde_json::{Value, json};
 
 use crate::support::{Harness, alert, payload, resolved};
 
+/// A harness on this module's backend: SQLite, or PostgreSQL where this
+/// file is included again as `…_on_postgres` (main.rs).
+fn harness(runbooks: &str, config: &str) -> Harness {
+    Harness::new_on(crate::support::backend_of(module_path!()), runbooks, config)
+}
+
 // ---------------------------------------------------------------- builders
 
 /// One runbook document: triggered by `alertname`, target = the alert's
@@ -150,7 +156,7 @@ async fn run_all(h: &Harness) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn the_same_notification_twice_starts_one_execution() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", ""), "");
+    let h = harness(&runbook("fix", "Broken", "low", ""), "");
     let a = firing(&h, "Broken", "web-1");
     let (status, body) = h.post(&payload(vec![a.clone()])).await;
     assert_eq!(
@@ -174,7 +180,7 @@ async fn the_same_notification_twice_starts_one_execution() {
 
 #[tokio::test(start_paused = true)]
 async fn cooldown_blocks_the_same_target_until_it_passes() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "cooldown: 5m"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "cooldown: 5m"), "");
     check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
 
@@ -198,7 +204,7 @@ async fn cooldown_blocks_the_same_target_until_it_passes() {
 
 #[tokio::test(start_paused = true)]
 async fn dry_runs_do_not_start_a_cooldown() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "cooldown: 5m"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "cooldown: 5m"), "");
     let dry = Admission {
         dry_run: true,
         ..manual(&h, "fix", "web-1")
@@ -213,7 +219,7 @@ async fn dry_runs_do_not_start_a_cooldown() {
 
 #[tokio::test(start_paused = true)]
 async fn rate_limit_counts_runs_per_target() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "rate_limit: 2/1h"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "rate_limit: 2/1h"), "");
     for _ in 0..2 {
         check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
         assert_eq!(run_all(&h).await, 1);
@@ -232,7 +238,7 @@ async fn rate_limit_counts_runs_per_target() {
 
 #[tokio::test(start_paused = true)]
 async fn runbook_rate_limit_counts_runs_across_targets() {
-    let h = Harness::new(
+    let h = harness(
         &runbooks(&[
             runbook("fix", "Broken", "low", "runbook_rate_limit: 2/1h"),
             runbook("other", "Other", "low", ""),
@@ -252,7 +258,7 @@ async fn runbook_rate_limit_counts_runs_across_targets() {
 
 #[tokio::test(start_paused = true)]
 async fn global_limit_counts_automated_runs_of_every_runbook() {
-    let h = Harness::new(
+    let h = harness(
         &runbooks(&[runbook("one", "One", "low", ""), runbook("two", "Two", "low", "")]),
         "limits: {global: 2/10m}\n",
     );
@@ -284,7 +290,7 @@ async fn global_limit_counts_automated_runs_of_every_runbook() {
 
 #[tokio::test(start_paused = true)]
 async fn a_run_cancelled_before_it_started_counts_toward_no_limit() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "rate_limit: 1/1h, cooldown: 30m"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "rate_limit: 1/1h, cooldown: 30m"), "");
     let first = firing(&h, "Broken", "web-1");
     check(&decide(&h, first.clone()).await, "run", "all");
     h.advance("10s");
@@ -306,7 +312,7 @@ async fn resend(h: &Harness, alert: &Value) -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn a_resent_alert_blocked_by_the_cooldown_is_decided_again_until_it_runs() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "cooldown: 10m"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "cooldown: 10m"), "");
     check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
     h.advance("1m");
@@ -344,7 +350,7 @@ async fn a_resent_alert_blocked_by_the_cooldown_is_decided_again_until_it_runs()
 
 #[tokio::test(start_paused = true)]
 async fn a_resent_alert_blocked_by_the_escalation_breaker_stays_a_duplicate() {
-    let h = Harness::new(
+    let h = harness(
         &runbook("fix", "Broken", "low", "escalate_after: 1/1h"),
         "notify: {url: \"http://127.0.0.1:9/\"}",
     );
@@ -361,7 +367,7 @@ async fn a_resent_alert_blocked_by_the_escalation_breaker_stays_a_duplicate() {
 
 #[tokio::test(start_paused = true)]
 async fn a_late_resolve_of_an_older_episode_cancels_nothing_of_the_current_one() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "approval: required, concurrency: 2"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "approval: required, concurrency: 2"), "");
     let old = firing(&h, "Broken", "web-1");
     let old_run = id(&decide(&h, old.clone()).await);
     h.advance("1m");
@@ -384,7 +390,7 @@ async fn a_late_resolve_of_an_older_episode_cancels_nothing_of_the_current_one()
 
 #[tokio::test(start_paused = true)]
 async fn concurrency_blocks_while_a_run_on_the_target_is_queued() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", ""), "");
+    let h = harness(&runbook("fix", "Broken", "low", ""), "");
     let first = decide(&h, firing(&h, "Broken", "web-1")).await;
     check(&first, "run", "all");
     assert_eq!(state(&h, &id(&first)).await, State::Queued);
@@ -408,7 +414,7 @@ async fn concurrency_blocks_while_a_run_on_the_target_is_queued() {
 async fn two_runbooks_for_one_alert_each_take_their_own_lock_on_the_target() {
     // A low-risk diagnostics runbook and a remediation matching the same alert
     // and target: the lock and its limit are the runbook's own.
-    let h = Harness::new(
+    let h = harness(
         &runbooks(&[runbook("collect", "Broken", "low", ""), runbook("fix", "Broken", "medium", "")]),
         "",
     );
@@ -424,7 +430,7 @@ async fn two_runbooks_for_one_alert_each_take_their_own_lock_on_the_target() {
 
 #[tokio::test(start_paused = true)]
 async fn storm_brake_pauses_medium_risk_and_notifies_once() {
-    let h = Harness::new(
+    let h = harness(
         &runbooks(&[runbook("fix", "Broken", "medium", ""), runbook("collect", "Broken", "low", "")]),
         "limits: {storm_brake: 3}\n",
     );
@@ -485,7 +491,7 @@ async fn storm_brake_pauses_medium_risk_and_notifies_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_storm_longer_than_the_window_is_still_one_storm() {
-    let h = Harness::new(&runbook("fix", "Broken", "medium", ""), "limits: {storm_brake: 3}\n");
+    let h = harness(&runbook("fix", "Broken", "medium", ""), "limits: {storm_brake: 3}\n");
     let first = deliver(&h, ["a", "b", "c", "d"].iter().map(|t| firing(&h, "Broken", t)).collect()).await;
     check(&first[3], "blocked", "storm_brake");
     // Twelve more minutes of it: a new target every minute keeps more than
@@ -505,7 +511,7 @@ async fn a_storm_longer_than_the_window_is_still_one_storm() {
 
 #[tokio::test(start_paused = true)]
 async fn storm_brake_leaves_manual_runs_alone() {
-    let h = Harness::new(&runbook("fix", "Broken", "high", ""), "limits: {storm_brake: 1}\n");
+    let h = harness(&runbook("fix", "Broken", "high", ""), "limits: {storm_brake: 1}\n");
     deliver(&h, vec![firing(&h, "Broken", "a"), firing(&h, "Broken", "b")]).await;
     let d = h.engine.admit(manual(&h, "fix", "c"), None).await.unwrap();
     assert_eq!(d.verdict, Verdict::Run, "{d:?}");
@@ -515,7 +521,7 @@ async fn storm_brake_leaves_manual_runs_alone() {
 
 #[tokio::test(start_paused = true)]
 async fn escalation_trips_the_breaker_until_reset() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "escalate_after: 2/1h"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "escalate_after: 2/1h"), "");
     for _ in 0..2 {
         check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
         assert_eq!(run_all(&h).await, 1);
@@ -573,7 +579,7 @@ async fn escalation_trips_the_breaker_until_reset() {
 
 #[tokio::test(start_paused = true)]
 async fn runs_before_a_reset_do_not_count_toward_escalation() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "escalate_after: 1/1h"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "escalate_after: 1/1h"), "");
     check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
     run_all(&h).await;
     h.advance("1m");
@@ -591,7 +597,7 @@ async fn runs_before_a_reset_do_not_count_toward_escalation() {
 
 #[tokio::test(start_paused = true)]
 async fn approvals_grant_deny_and_time_out() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "approval: required, approval_timeout: 10m"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "approval: required, approval_timeout: 10m"), "");
     let pending = decide(&h, firing(&h, "Broken", "a")).await;
     check(&pending, "pending_approval", "approval");
     assert_eq!(reason(&pending), "runbook fix requires approval");
@@ -657,7 +663,7 @@ async fn approvals_grant_deny_and_time_out() {
 async fn an_approval_after_the_timeout_is_refused_even_before_the_sweep() {
     // `serve` sweeps expired approvals every second; without it running, a
     // late `pitcrew approve` must not slip through either.
-    let h = Harness::new(&runbook("fix", "Broken", "low", "approval: required, approval_timeout: 10m"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "approval: required, approval_timeout: 10m"), "");
     let a = id(&decide(&h, firing(&h, "Broken", "a")).await);
     h.advance("10m");
     match h.store().approve(&a, "user:alice", h.engine.runbooks.may_self_approve()).await {
@@ -675,7 +681,7 @@ async fn an_approval_after_the_timeout_is_refused_even_before_the_sweep() {
 
 #[tokio::test(start_paused = true)]
 async fn an_approved_run_starts_the_cooldown_when_approved() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "approval: required, cooldown: 5m"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "approval: required, cooldown: 5m"), "");
     let a = id(&decide(&h, firing(&h, "Broken", "web-1")).await);
     h.advance("20m");
     h.store()
@@ -723,7 +729,7 @@ async fn the_webhook_never_waits_on_prometheus_for_a_budget_not_yet_known() {
          good: 'sum(rate(ok[{{{{window}}}}]))'\n    total: 'sum(rate(all[{{{{window}}}}]))'\n",
         silent.local_addr().unwrap()
     );
-    let h = Harness::new(&runbook("fix", "Broken", "medium", "slo: api"), &config);
+    let h = harness(&runbook("fix", "Broken", "medium", "slo: api"), &config);
     let d = decide(&h, firing(&h, "Broken", "web-1")).await;
     // Not evaluated on the webhook's path: unknown, so medium risk waits for a human.
     check(&d, "pending_approval", "budget");
@@ -737,7 +743,7 @@ async fn the_webhook_never_waits_on_prometheus_for_a_budget_not_yet_known() {
 
 #[tokio::test(start_paused = true)]
 async fn budget_tiers_decide_which_risks_run_unattended() {
-    let h = Harness::new(
+    let h = harness(
         &budget_runbooks(&["healthy-slo", "caution-slo", "freeze-slo", "spent-slo"]),
         BUDGET_SLOS,
     );
@@ -795,7 +801,7 @@ async fn budget_policy_from_config_with_custom_rows() {
          - {{name: amber, above: 30%, auto: [low], approve: [medium, high]}}\n  \
          - {{name: red, above: 20%, approve: [low, medium, high]}}\n"
     );
-    let h = Harness::new(&budget_runbooks(&["healthy-slo", "caution-slo", "freeze-slo"]), &config);
+    let h = harness(&budget_runbooks(&["healthy-slo", "caution-slo", "freeze-slo"]), &config);
     let ds = budget_decisions(&h).await;
     let v = |rb: &str| verdict(&ds[rb]).0;
     assert_eq!(
@@ -826,7 +832,7 @@ async fn budget_policy_from_config_with_custom_rows() {
 #[tokio::test(start_paused = true)]
 async fn force_skips_limits_budget_and_escalation_with_an_audited_override() {
     let guardrails = "cooldown: 10m, rate_limit: 1/1h, escalate_after: 1/1h, slo: freeze-slo";
-    let h = Harness::new(
+    let h = harness(
         &runbooks(&[
             runbook("fix", "Broken", "medium", guardrails),
             runbook("careful", "Careful", "low", "approval: required"),
@@ -956,7 +962,7 @@ async fn assert_shadow_run(h: &Harness, file: &std::path::Path, why: &str) {
 async fn runbook_shadow_mode_decides_and_touches_nothing() {
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("touched");
-    let h = Harness::new(&touching(&file, "dry_run: true, cooldown: 5m"), "");
+    let h = harness(&touching(&file, "dry_run: true, cooldown: 5m"), "");
     assert_shadow_run(&h, &file, "runbook is in shadow mode").await;
     // Shadow runs start no cooldown.
     h.advance("1m");
@@ -967,7 +973,7 @@ async fn runbook_shadow_mode_decides_and_touches_nothing() {
 async fn config_shadow_mode_decides_and_touches_nothing() {
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("touched");
-    let h = Harness::new(&touching(&file, "cooldown: 5m"), "dry_run: true\n");
+    let h = harness(&touching(&file, "cooldown: 5m"), "dry_run: true\n");
     assert_shadow_run(&h, &file, "pitcrew is in shadow mode (config dry_run)").await;
 }
 
@@ -978,7 +984,7 @@ async fn without_shadow_mode_the_same_step_runs() {
     // The control for the two tests above: the file really is created.
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("touched");
-    let h = Harness::new(&touching(&file, ""), "");
+    let h = harness(&touching(&file, ""), "");
     check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
     assert!(file.exists());
@@ -988,7 +994,7 @@ async fn without_shadow_mode_the_same_step_runs() {
 
 #[tokio::test(start_paused = true)]
 async fn limits_and_breakers_survive_a_restart() {
-    let h = Harness::new(
+    let h = harness(
         &runbooks(&[
             runbook("cool", "Cool", "low", "cooldown: 10m"),
             runbook("rate", "Rate", "low", "rate_limit: 1/1h"),
@@ -1019,7 +1025,7 @@ async fn limits_and_breakers_survive_a_restart() {
 
 #[tokio::test(start_paused = true)]
 async fn a_flapping_alert_is_remediated_at_most_once_per_cooldown() {
-    let h = Harness::new(&runbook("fix", "Flappy", "low", "cooldown: 5m"), "");
+    let h = harness(&runbook("fix", "Flappy", "low", "cooldown: 5m"), "");
     let mut last_firing = None;
     for i in 0..30 {
         let notification = match (i % 2, &last_firing) {
@@ -1075,7 +1081,7 @@ async fn a_flapping_alert_is_remediated_at_most_once_per_cooldown() {
 
 #[tokio::test(start_paused = true)]
 async fn a_storm_of_ten_thousand_alerts_is_recorded_and_braked() {
-    let h = Harness::new(&runbook("fix", "Storm", "medium", ""), "limits: {storm_brake: 20}\n");
+    let h = harness(&runbook("fix", "Storm", "medium", ""), "limits: {storm_brake: 20}\n");
     let started = Instant::now();
     for batch in 0..100 {
         let alerts: Vec<Value> = (0..100)
@@ -1141,7 +1147,7 @@ async fn a_storm_of_ten_thousand_alerts_is_recorded_and_braked() {
 
 #[tokio::test(start_paused = true)]
 async fn preview_shows_the_current_verdict_and_writes_nothing() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", "cooldown: 5m"), "");
+    let h = harness(&runbook("fix", "Broken", "low", "cooldown: 5m"), "");
     let config = h.engine.config().clone();
     let before = h.audit().await.len();
     let d = h.store().preview(automated(&h, "fix", "web-1"), config.clone()).await.unwrap();
@@ -1180,7 +1186,7 @@ async fn retention_prunes_ended_executions_in_small_writes_and_keeps_the_audit()
         runbook("fix", "Broken", "low", "cooldown: 1h"),
         runbook("ask", "Asking", "low", "approval: required, approval_timeout: 60d"),
     ]);
-    let h = Harness::new(&docs, "retention: {executions: 30d}");
+    let h = harness(&docs, "retention: {executions: 30d}");
     let mut old = Vec::new();
     for instance in ["web-1", "web-2", "web-3"] {
         old.push(id(&decide(&h, firing(&h, "Broken", instance)).await));
@@ -1211,8 +1217,18 @@ async fn retention_prunes_ended_executions_in_small_writes_and_keeps_the_audit()
     // Still waiting for approval, and recent: kept.
     assert_eq!(state(&h, &waiting).await, State::PendingApproval);
     assert_eq!(state(&h, &recent).await, State::Succeeded);
-    let db = rusqlite::Connection::open(h.dir.path().join("state/state.db")).unwrap();
-    let steps: i64 = db.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0)).unwrap();
+    let steps: i64 = match &h.engine.config().store {
+        Some(pg) => crate::pg::cluster()
+            .psql(&pg.url, pg.password.as_deref(), "SELECT COUNT(*) FROM steps")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap(),
+        None => {
+            let db = rusqlite::Connection::open(h.dir.path().join("state/state.db")).unwrap();
+            db.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0)).unwrap()
+        }
+    };
     assert_eq!(steps, 1, "only the recent run's step is left");
     // The audit keeps every record of the pruned runs, and verifies.
     let audit = h.audit().await;
@@ -1224,7 +1240,7 @@ async fn retention_prunes_ended_executions_in_small_writes_and_keeps_the_audit()
 
 #[tokio::test(start_paused = true)]
 async fn retention_zero_keeps_history_forever() {
-    let h = Harness::new(&runbook("fix", "Broken", "low", ""), "retention: {executions: 0}");
+    let h = harness(&runbook("fix", "Broken", "low", ""), "retention: {executions: 0}");
     let run = id(&decide(&h, firing(&h, "Broken", "web-1")).await);
     assert_eq!(run_all(&h).await, 1);
     h.advance("3650d");

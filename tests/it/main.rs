@@ -1,9 +1,15 @@
 //! Integration tests: one binary, one module per feature.
+// The store contract's tests run once per backend: the same file is a
+// module twice, and each copy picks its backend from its module path.
+#![allow(clippy::duplicate_mod)]
 
 mod actions_alertmanager;
 mod actions_http;
 mod actions_prometheus;
 mod approvals;
+/// The same approval tests, on the PostgreSQL store.
+#[path = "approvals.rs"]
+mod approvals_on_postgres;
 mod audit;
 mod budget_prometheus;
 mod checkpoint;
@@ -14,11 +20,16 @@ mod engine;
 mod failpoints;
 mod faults;
 mod guardrails;
+/// The same guardrail tests, on the PostgreSQL store: one contract, two backends.
+#[path = "guardrails.rs"]
+mod guardrails_on_postgres;
 mod hostile;
 mod k8s_server;
 mod kubernetes;
+mod pg;
 mod plugins;
 mod properties;
 mod realparts;
+mod replicas;
 mod server;
 mod support;

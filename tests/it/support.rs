@@ -16,6 +16,7 @@ use pitcrew::clock::ManualClock;
 use pitcrew::config::Config;
 use pitcrew::engine::{Engine, Outcome};
 use pitcrew::server::{AppState, router};
+use pitcrew::store::postgres::PgStore;
 use pitcrew::store::sqlite::SqliteStore;
 use pitcrew::store::{AuditFilter, Store};
 use serde_json::{Value, json};
@@ -28,6 +29,35 @@ pub fn repo() -> PathBuf {
 
 pub fn start_time() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+/// Which store a harness keeps its state in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    /// A fresh database on the test binary's PostgreSQL cluster.
+    Postgres,
+}
+
+/// The backend of the test module this is called from: modules whose path
+/// says `on_postgres` (the same file included a second time, see main.rs)
+/// run on PostgreSQL, the rest on SQLite.
+pub fn backend_of(module: &str) -> Backend {
+    if module.contains("on_postgres") {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    }
+}
+
+/// The `store:` config lines for a fresh PostgreSQL database.
+pub fn postgres_store_config() -> String {
+    let pg = crate::pg::cluster();
+    format!(
+        "\nstore:\n  url: {}\n  password_file: {}\n",
+        pg.database(),
+        pg.password_file().display()
+    )
 }
 
 pub struct Harness {
@@ -52,11 +82,22 @@ impl Harness {
         Harness::open(dir, clock)
     }
 
+    /// Like [`Harness::new`], on the given backend.
+    pub fn new_on(backend: Backend, runbooks: &str, config: &str) -> Harness {
+        match backend {
+            Backend::Sqlite => Harness::new(runbooks, config),
+            Backend::Postgres => Harness::new(runbooks, &format!("{config}{}", postgres_store_config())),
+        }
+    }
+
     /// Opens (again) over an existing dir: what a restart of `serve` does.
     pub fn open(dir: tempfile::TempDir, clock: ManualClock) -> Harness {
         let config = Arc::new(Config::load(&dir.path().join("pitcrew.yaml")).unwrap_or_else(|e| panic!("config: {e:?}")));
         let runbooks = Arc::new(pitcrew::runbook::compile::load(&config, &config.runbooks).unwrap_or_else(|d| panic!("runbooks:\n{d}")));
-        let store = Arc::new(SqliteStore::open(&config.state_dir, config.redactor.clone(), Arc::new(clock.clone())).unwrap());
+        let store: Arc<dyn Store> = match &config.store {
+            Some(pg) => Arc::new(PgStore::open(pg, config.redactor.clone(), Arc::new(clock.clone())).unwrap()),
+            None => Arc::new(SqliteStore::open(&config.state_dir, config.redactor.clone(), Arc::new(clock.clone())).unwrap()),
+        };
         Harness::with_store(dir, clock, config, runbooks, store)
     }
 

@@ -1,0 +1,393 @@
+//! Replicas on one PostgreSQL store, as real `pitcrew serve` processes:
+//! every alert delivered to every replica at once, limits across replicas,
+//! a replica killed or paused inside a step, PostgreSQL restarted under load.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cli::pitcrew;
+use crate::e2e::{Serve, setup};
+use crate::support::{alert, payload, postgres_store_config};
+
+/// The config lines of a fresh database with a short lease, so a dead
+/// replica's runs are taken over in seconds.
+fn store_lines(lease: &str) -> String {
+    format!("{}  lease: {lease}\n", postgres_store_config())
+}
+
+/// Posts `alerts` to `url` as one delivery; the status.
+async fn post(client: &reqwest::Client, url: &str, alerts: Vec<Value>) -> u16 {
+    match client
+        .post(format!("{url}/v1/alerts/alertmanager"))
+        .json(&payload(alerts))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// The whole audit log through the CLI, after `audit verify` passed on it.
+fn verified_audit(config: &Path) -> Vec<Value> {
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "export"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+/// Polls `f` until it is true (the state comes from other processes).
+async fn until(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn execution(serve: &Serve, id: &str) -> Value {
+    reqwest::get(format!("{}/v1/executions/{id}", serve.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_alert_delivered_to_three_replicas_at_once_is_stored_once_and_run_once() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: mark
+trigger: {alertname: Everywhere}
+target: "{{alert.labels.n}}"
+steps:
+  - name: mark
+    action: exec
+    with: {command: [/bin/mkdir, "MARKS/{{alert.labels.n}}"]}
+"#;
+    let (dir, config) = setup(rb, &store_lines("15s"));
+    let replicas = [
+        Serve::start(&config).await,
+        Serve::start(&config).await,
+        Serve::start(&config).await,
+    ];
+    let client = reqwest::Client::new();
+    let alerts: Vec<Value> = (0..60)
+        .map(|n| alert(&[("alertname", "Everywhere"), ("n", &format!("t{n}"))]))
+        .collect();
+    for a in &alerts {
+        let sends = replicas.iter().map(|r| post(&client, &r.url, vec![a.clone()]));
+        let statuses = futures::future::join_all(sends).await;
+        assert_eq!(statuses, [202, 202, 202]);
+    }
+    for r in &replicas {
+        r.settle(Duration::from_secs(60)).await;
+    }
+    let records = verified_audit(&config);
+    let received: Vec<&str> = of_kind(&records, "alert.received")
+        .iter()
+        .map(|r| r["data"]["fingerprint"].as_str().unwrap())
+        .collect();
+    assert_eq!(received.len(), 60, "each alert stored once");
+    assert_eq!(received.iter().collect::<BTreeSet<_>>().len(), 60);
+    assert_eq!(
+        of_kind(&records, "alert.duplicate").len(),
+        120,
+        "the two other deliveries were duplicates"
+    );
+    let finished = of_kind(&records, "execution.finished");
+    assert_eq!(finished.len(), 60, "each alert ran once");
+    assert!(finished.iter().all(|r| r["data"]["state"] == "succeeded"), "{finished:#?}");
+    assert_eq!(std::fs::read_dir(dir.path().join("marks")).unwrap().count(), 60);
+    // Every replica took some of the work (three workers pools on one queue).
+    let workers: BTreeSet<&str> = of_kind(&records, "execution.started")
+        .iter()
+        .map(|r| r["data"]["worker"].as_str().unwrap().split('/').next().unwrap())
+        .collect();
+    assert!(workers.len() >= 2, "runs spread over replicas: {workers:?}");
+}
+
+/// Sends twenty distinct alerts of each name to two replicas at once
+/// (alternating which gets which), lets them settle, and counts the
+/// decisions by (runbook, `verdict:decided_by`).
+async fn decide_across_two_replicas(config: &Path, names: &[&str]) -> BTreeMap<(String, String), usize> {
+    let replicas = [Serve::start(config).await, Serve::start(config).await];
+    let client = reqwest::Client::new();
+    let mut sends = Vec::new();
+    for n in 0..20 {
+        for name in names {
+            let a = alert(&[("alertname", name), ("n", &format!("{name}-{n}"))]);
+            let url = replicas[n % 2].url.clone();
+            let client = client.clone();
+            sends.push(tokio::spawn(async move { post(&client, &url, vec![a]).await }));
+        }
+    }
+    for s in sends {
+        assert_eq!(s.await.unwrap(), 202);
+    }
+    for r in &replicas {
+        r.settle(Duration::from_secs(60)).await;
+    }
+    let mut verdicts = BTreeMap::new();
+    for d in of_kind(&verified_audit(config), "guardrail.decision") {
+        let key = (
+            d["runbook"].as_str().unwrap().to_string(),
+            format!(
+                "{}:{}",
+                d["data"]["verdict"].as_str().unwrap(),
+                d["data"]["decided_by"].as_str().unwrap()
+            ),
+        );
+        *verdicts.entry(key).or_default() += 1;
+    }
+    verdicts
+}
+
+fn count(verdicts: &BTreeMap<(String, String), usize>, runbook: &str, verdict: &str) -> usize {
+    verdicts.get(&(runbook.to_string(), verdict.to_string())).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_and_concurrency_hold_across_replicas_under_concurrent_delivery() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: limited
+trigger: {alertname: Limited}
+target: "web"
+guardrails: {rate_limit: 3/1h, concurrency: 20}
+steps:
+  - name: note
+    action: log
+    with: {message: "limited {{alert.labels.n}}"}
+---
+apiVersion: pitcrew/v1
+name: one-at-a-time
+trigger: {alertname: Slow}
+target: "db"
+guardrails: {concurrency: 1}
+steps:
+  - name: wait
+    action: sleep
+    with: {duration: 3s}
+"#;
+    let (_dir, config) = setup(rb, &store_lines("15s"));
+    let verdicts = decide_across_two_replicas(&config, &["Limited", "Slow"]).await;
+    assert_eq!(count(&verdicts, "limited", "run:all"), 3, "{verdicts:?}");
+    assert_eq!(count(&verdicts, "limited", "blocked:rate_limit"), 17, "{verdicts:?}");
+    assert_eq!(count(&verdicts, "one-at-a-time", "run:all"), 1, "{verdicts:?}");
+    assert_eq!(count(&verdicts, "one-at-a-time", "blocked:concurrency"), 19, "{verdicts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storm_brake_holds_across_replicas_under_concurrent_delivery() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: stormy
+trigger: {alertname: Storm}
+target: "{{alert.labels.n}}"
+# The brake pauses automation above low risk.
+risk: medium
+steps:
+  - name: note
+    action: log
+    with: {message: "storm {{alert.labels.n}}"}
+"#;
+    let (_dir, config) = setup(rb, &format!("limits: {{storm_brake: 5}}\n{}", store_lines("15s")));
+    let verdicts = decide_across_two_replicas(&config, &["Storm"]).await;
+    assert_eq!(
+        count(&verdicts, "stormy", "run:all"),
+        5,
+        "the brake lets exactly 5 targets through: {verdicts:?}"
+    );
+    assert_eq!(count(&verdicts, "stormy", "blocked:storm_brake"), 15, "{verdicts:?}");
+}
+
+/// A run that sleeps in a step that is not idempotent, then marks; its
+/// `on_failure` marks too.
+const INTERRUPTED: &str = r#"apiVersion: pitcrew/v1
+name: slow-fix
+trigger: {alertname: SlowFix}
+target: "{{alert.labels.n}}"
+steps:
+  - name: fix
+    action: exec
+    with: {command: [/bin/sleep, "4"], timeout: 1m}
+  - name: after
+    action: exec
+    with: {command: [/bin/mkdir, "MARKS/after"]}
+on_failure:
+  - name: escalate
+    action: exec
+    with: {command: [/bin/mkdir, "MARKS/escalated"]}
+"#;
+
+/// Starts one replica, sends one SlowFix alert, and waits until its
+/// non-idempotent step has started there. Returns the execution id.
+async fn started_on(serve: &Serve) -> String {
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post(&client, &serve.url, vec![alert(&[("alertname", "SlowFix"), ("n", "x")])]).await,
+        202
+    );
+    let mut id = String::new();
+    until("the step to start", Duration::from_secs(30), async || {
+        let running = serve.executions("status=running").await;
+        let Some(exec) = running.first() else { return false };
+        id = exec["id"].as_str().unwrap().to_string();
+        let exec = execution(serve, &id).await;
+        exec["steps"].as_array().is_some_and(|s| !s.is_empty())
+    })
+    .await;
+    id
+}
+
+/// What the audit says of a run: how often each step started, its end.
+fn run_story(records: &[Value], id: &str) -> (BTreeMap<String, usize>, Option<String>) {
+    let mut starts = BTreeMap::new();
+    let mut end = None;
+    for r in records.iter().filter(|r| r["execution_id"] == id) {
+        if r["kind"] == "step.started" {
+            *starts.entry(r["data"]["step"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+        if r["kind"] == "execution.finished" {
+            end = r["data"]["state"].as_str().map(String::from);
+        }
+    }
+    (starts, end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_inside_a_step_that_is_not_idempotent_is_taken_over_after_its_lease() {
+    let (dir, config) = setup(INTERRUPTED, &store_lines("2s"));
+    let first = Serve::start(&config).await;
+    let id = started_on(&first).await;
+    first.kill9().await;
+    let second = Serve::start(&config).await;
+    until("the run to end on the second replica", Duration::from_secs(30), async || {
+        execution(&second, &id).await["state"] == "unknown"
+    })
+    .await;
+    let records = verified_audit(&config);
+    let (starts, end) = run_story(&records, &id);
+    assert_eq!(
+        starts.get("fix"),
+        Some(&1),
+        "the step that is not idempotent never starts twice: {starts:?}"
+    );
+    assert_eq!(starts.get("after"), None);
+    assert_eq!(starts.get("escalate"), Some(&1), "on_failure ran");
+    assert_eq!(end.as_deref(), Some("unknown"));
+    let recovered = of_kind(&records, "execution.recovered");
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0]["data"]["action"], "escalate");
+    assert!(dir.path().join("marks/escalated").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_replica_that_lost_its_lease_writes_nothing_when_it_wakes() {
+    let (dir, config) = setup(INTERRUPTED, &store_lines("2s"));
+    let first = Serve::start(&config).await;
+    let id = started_on(&first).await;
+    let pid = nix::unistd::Pid::from_raw(first.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let second = Serve::start(&config).await;
+    until("the run to be taken over", Duration::from_secs(30), async || {
+        execution(&second, &id).await["state"] == "unknown"
+    })
+    .await;
+    let before = verified_audit(&config);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // Its step (a 4s sleep) ends; its end, and anything after, is refused.
+    until("the woken replica to find its claim gone", Duration::from_secs(30), async || {
+        first.log.lock().unwrap().contains("claim lost")
+    })
+    .await;
+    let records = verified_audit(&config);
+    let (starts, end) = run_story(&records, &id);
+    assert_eq!(starts.get("fix"), Some(&1), "{starts:?}");
+    assert_eq!(starts.get("after"), None, "the woken replica ran nothing more");
+    assert_eq!(end.as_deref(), Some("unknown"), "the final state is not overwritten");
+    assert!(!dir.path().join("marks/after").exists());
+    let of_run = |records: &[Value]| records.iter().filter(|r| r["execution_id"] == id.as_str()).count();
+    assert_eq!(
+        of_run(&records),
+        of_run(&before),
+        "no record of the run was added after the takeover"
+    );
+    assert_eq!(execution(&second, &id).await["state"], "unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_loses_nothing_acknowledged_and_pitcrew_recovers_by_itself() {
+    // Its own cluster: the shared one serves the other tests meanwhile.
+    let pg = crate::pg::PgCluster::new();
+    let store = format!(
+        "store:\n  url: {}\n  password_file: {}\n",
+        pg.database(),
+        pg.password_file().display()
+    );
+    let rb = r#"apiVersion: pitcrew/v1
+name: note
+trigger: {alertname: Load}
+target: "{{alert.labels.n}}"
+steps:
+  - name: note
+    action: log
+    with: {message: "load {{alert.labels.n}}"}
+"#;
+    let (_dir, config) = setup(rb, &store);
+    let serve = Serve::start(&config).await;
+    let client = reqwest::Client::new();
+    let (mut acked, mut refused) = (BTreeSet::new(), 0usize);
+    let mut restarted = false;
+    let mut n = 0;
+    // Alerts go in one after another before, during and after the restart.
+    while n < 600 {
+        let a = alert(&[("alertname", "Load"), ("n", &format!("n{n}"))]);
+        let fp = a["fingerprint"].as_str().unwrap().to_string();
+        match post(&client, &serve.url, vec![a]).await {
+            202 => {
+                acked.insert(fp);
+            }
+            503 => refused += 1,
+            other => panic!("status {other} for alert {n}"),
+        }
+        n += 1;
+        if n == 200 && !restarted {
+            pg.stop();
+            // While it is down, the webhook refuses: nothing is acknowledged unstored.
+            for _ in 0..20 {
+                let a = alert(&[("alertname", "Load"), ("n", &format!("down{n}"))]);
+                assert_eq!(post(&client, &serve.url, vec![a]).await, 503);
+                refused += 1;
+            }
+            pg.start();
+            restarted = true;
+        }
+    }
+    assert!(refused >= 20);
+    assert!(acked.len() >= 350, "pitcrew recovered after the restart: {} acked", acked.len());
+    serve.settle(Duration::from_secs(60)).await;
+    let records = verified_audit(&config);
+    let received: BTreeSet<String> = of_kind(&records, "alert.received")
+        .iter()
+        .map(|r| r["data"]["fingerprint"].as_str().unwrap().to_string())
+        .collect();
+    let lost: Vec<&String> = acked.difference(&received).collect();
+    assert!(lost.is_empty(), "acknowledged alerts lost: {lost:?}");
+    eprintln!("postgres restart: {} acknowledged, {refused} refused with 503", acked.len());
+}
