@@ -20,5 +20,6 @@ mod kubernetes;
 mod plugins;
 mod properties;
 mod realparts;
+mod reload;
 mod server;
 mod support;
