@@ -102,6 +102,10 @@ struct Loaded {
     /// they were admitted under: a run keeps the steps it was admitted
     /// with, and the templates those steps were compiled into.
     pinned: std::collections::HashMap<String, Arc<RunbookSet>>,
+    /// Sets replaced by a reload, while anything still holds them: a
+    /// request that resolved a runbook before the switch and is admitted
+    /// after it is pinned to the set it resolved against.
+    retired: Vec<std::sync::Weak<RunbookSet>>,
 }
 
 type Sets = Arc<Mutex<Loaded>>;
@@ -118,7 +122,7 @@ pub enum ReloadError {
 }
 
 /// A reload that took effect.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Reloaded {
     /// Runbook name → digest of its source document.
     pub runbooks: BTreeMap<String, String>,
@@ -485,6 +489,7 @@ impl Engine {
             sets: Arc::new(Mutex::new(Loaded {
                 current: runbooks,
                 pinned: std::collections::HashMap::new(),
+                retired: Vec::new(),
             })),
             switch: tokio::sync::RwLock::new(()),
             deps,
@@ -514,6 +519,25 @@ impl Engine {
     fn set_for(&self, execution: &str) -> Arc<RunbookSet> {
         let sets = self.sets.lock().expect("sets lock");
         sets.pinned.get(execution).unwrap_or(&sets.current).clone()
+    }
+
+    /// A run whose runbook was resolved from a set a reload has replaced
+    /// since runs with that set, like the runs admitted before the switch.
+    fn pin_if_replaced(&self, execution: &str, rb: &Arc<Runbook>) {
+        let mut sets = self.sets.lock().expect("sets lock");
+        let holds = |set: &RunbookSet| set.runbooks.iter().any(|r| Arc::ptr_eq(r, rb));
+        if holds(&sets.current) {
+            return;
+        }
+        let owner = sets
+            .pinned
+            .values()
+            .cloned()
+            .chain(sets.retired.iter().filter_map(std::sync::Weak::upgrade))
+            .find(|set| holds(set));
+        if let Some(set) = owner {
+            sets.pinned.insert(execution.to_string(), set);
+        }
     }
 
     /// Reads runbooks and plugins again from the paths the config names.
@@ -615,6 +639,8 @@ impl Engine {
             kept_by_runs: pinned.len(),
         };
         sets.pinned = pinned;
+        sets.retired.retain(|w| w.strong_count() > 0);
+        sets.retired.push(Arc::downgrade(&old));
         sets.current = set;
         Ok(report)
     }
@@ -728,6 +754,7 @@ impl Engine {
     pub async fn admit(&self, admission: Admission, alert: Option<Alert>) -> Result<Decision, StoreError> {
         let (id, runbook, target) = (admission.id.clone(), admission.runbook.name.clone(), admission.target.clone());
         let switch = self.switch.read().await;
+        self.pin_if_replaced(&id, &admission.runbook);
         let decision = self.store.admit(admission, alert, self.config().clone()).await?;
         drop(switch);
         let decided = Decided {

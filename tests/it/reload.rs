@@ -284,3 +284,30 @@ async fn a_new_secret_needs_a_restart_not_a_reload() {
     assert!(matched(&h, "Second").await.is_empty());
     assert!(config_loaded(&h).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_manual_run_resolved_before_a_reload_and_admitted_after_it_keeps_its_runbook() {
+    let rb = FIRST.replace(
+        "action: log\n    with: {message: \"first v1\"}",
+        "action: exec\n    with: {command: [\"/bin/echo\", \"v1\"]}",
+    );
+    let h = Harness::new(&rb, OPERATOR);
+    // What the API and `pitcrew run` do: resolve against the set of the moment...
+    let set = h.engine.runbooks();
+    let first = set.get("first").unwrap().clone();
+    let resolved = set.resolve(&first, None, &Default::default()).unwrap();
+    let admission = h.engine.manual_admission(&first, resolved, "api:ops".into(), false, None).await;
+    // ...while a reload changes the runbook under it...
+    std::fs::write(h.dir.path().join("runbooks/test.yaml"), rb.replace("\"v1\"", "\"v2\"")).unwrap();
+    let (status, reply) = reload(&h, "operator-token-1").await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    // ...then admit: the run does what was resolved, not what is on disk now.
+    let id = admission.id.clone();
+    h.engine.admit(admission, None).await.unwrap();
+    drop(set);
+    let outcomes = h.run_queued().await;
+    assert_eq!(outcomes.len(), 1);
+    let exec = h.store().execution(&id).await.unwrap();
+    assert_eq!(exec.state, State::Succeeded, "{exec:?}");
+    assert_eq!(exec.steps[0].output.as_ref().unwrap()["stdout"].as_str().unwrap().trim(), "v1");
+}
