@@ -119,6 +119,9 @@ pub enum ReloadError {
     /// The switch could not be recorded (`config.loaded`).
     #[error("state store: {0}")]
     Store(#[from] StoreError),
+    /// Loading panicked: a bug, logged; the process carries on serving.
+    #[error("loading the runbooks failed: {0}")]
+    Internal(String),
 }
 
 /// A reload that took effect.
@@ -548,12 +551,11 @@ impl Engine {
     pub async fn reload(&self, actor: &str, via: &str) -> Result<Reloaded, ReloadError> {
         let config = self.config().clone();
         let loading = config.clone();
-        let loaded = tokio::task::spawn_blocking(move || crate::runbook::compile::load(&loading, &loading.runbooks))
-            .await
-            .expect("loading runbooks does not panic");
+        let loaded = tokio::task::spawn_blocking(move || crate::runbook::compile::load(&loading, &loading.runbooks)).await;
         let result = match loaded {
-            Err(problems) => Err(ReloadError::Invalid(problems.0)),
-            Ok(set) => match unknown_secrets(&config, &set) {
+            Err(panicked) => Err(ReloadError::Internal(panicked.to_string())),
+            Ok(Err(problems)) => Err(ReloadError::Invalid(problems.0)),
+            Ok(Ok(set)) => match unknown_secrets(&config, &set) {
                 problems if !problems.is_empty() => Err(ReloadError::Invalid(problems)),
                 _ => self.switch_to(Arc::new(set), actor, via).await,
             },

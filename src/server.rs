@@ -717,6 +717,10 @@ async fn reload(AxumState(state): AxumState<Shared>, Operator(actor): Operator, 
         )
             .into_response(),
         Err(crate::engine::ReloadError::Store(e)) => ApiError::from(e).into_response(),
+        // Logged by the engine; the body stays generic like every 5xx.
+        Err(crate::engine::ReloadError::Internal(_)) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "reload failed; the loaded runbooks and plugins keep serving").into_response()
+        }
     }
 }
 
