@@ -65,7 +65,12 @@ pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 pub struct Engine {
     pub store: Arc<dyn Store>,
-    pub runbooks: Arc<RunbookSet>,
+    /// The runbook set serving now, and the sets older runs keep.
+    sets: Sets,
+    /// Held shared by intake and admission, exclusively by a reload's
+    /// switch: a run is either stored before the switch (and pinned to the
+    /// set it was admitted under) or admitted under the new set.
+    switch: tokio::sync::RwLock<()>,
     pub deps: Arc<Deps>,
     pub budgets: Arc<Budgets>,
     pub metrics: Arc<Metrics>,
@@ -90,6 +95,113 @@ pub struct Engine {
     pub shutdown: CancellationToken,
 }
 
+/// The runbook sets of a serving process.
+struct Loaded {
+    current: Arc<RunbookSet>,
+    /// Runs that had not ended when a later set took effect, with the set
+    /// they were admitted under: a run keeps the steps it was admitted
+    /// with, and the templates those steps were compiled into.
+    pinned: std::collections::HashMap<String, Arc<RunbookSet>>,
+    /// Sets replaced by a reload, while anything still holds them: a
+    /// request that resolved a runbook before the switch and is admitted
+    /// after it is pinned to the set it resolved against.
+    retired: Vec<std::sync::Weak<RunbookSet>>,
+}
+
+type Sets = Arc<Mutex<Loaded>>;
+
+/// A reload that did not take effect; the loaded set keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The files on disk have problems, each with its place.
+    #[error("{} problem{} in the runbooks or plugins", .0.len(), if .0.len() == 1 { "" } else { "s" })]
+    Invalid(Vec<crate::diag::Diagnostic>),
+    /// The switch could not be recorded (`config.loaded`).
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// Loading panicked: a bug, logged; the process carries on serving.
+    #[error("loading the runbooks failed: {0}")]
+    Internal(String),
+}
+
+/// A reload that took effect.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// Runbook name → digest of its source document.
+    pub runbooks: BTreeMap<String, String>,
+    pub plugins: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    /// Runs not yet ended that finish with the set they were admitted under.
+    pub kept_by_runs: usize,
+}
+
+/// What a reload never changes; said in the API's answer, the log and docs.
+pub const RELOAD_SCOPE: &str = "runbooks and plugins were read again; the config file is read at start only (listen, state_dir, auth, http, guardrails and every other key): restart pitcrew to change it";
+
+/// The `config.loaded` record of a set taking effect: at start, or by a
+/// reload (`via`: `SIGHUP` or `api`).
+pub fn config_loaded(config: &Config, set: &RunbookSet, actor: &str, via: Option<&str>) -> Event {
+    let digests: serde_json::Map<String, Value> = set.runbooks.iter().map(|r| (r.name.clone(), json!(r.digest))).collect();
+    let mut data = json!({"config": config.file, "runbooks": digests, "plugins": plugin_names(set), "pid": std::process::id()});
+    if let Some(via) = via {
+        data["reload"] = json!(via);
+    }
+    Event::new(kind::CONFIG_LOADED, actor, data)
+}
+
+fn plugin_names(set: &RunbookSet) -> Vec<String> {
+    set.registry
+        .iter()
+        .filter(|a| a.spec().name.starts_with("plugin."))
+        .map(|a| a.spec().name.clone())
+        .collect()
+}
+
+/// Secrets a new set brings that the running redactor does not know (a
+/// runbook's `notify.url`, values plugins pass from our environment): the
+/// store redacts with the redactor it was opened with, so such a set needs
+/// a restart, or its secrets would reach the audit log in clear.
+fn unknown_secrets(config: &Config, set: &RunbookSet) -> Vec<crate::diag::Diagnostic> {
+    let mut out = Vec::new();
+    for rb in &set.runbooks {
+        if let Some(url) = &rb.notify_url
+            && !config.redactor.knows(url)
+        {
+            out.push(
+                crate::diag::Diagnostic::new(
+                    &rb.file,
+                    (rb.line, 1),
+                    format!("runbook `{}`: notify.url is new since pitcrew started", rb.name),
+                )
+                .hint(Some(
+                    "secrets are registered for redaction at start: restart pitcrew to take a new notify.url".into(),
+                )),
+            );
+        }
+    }
+    for action in set.registry.iter() {
+        for var in action.passes_env() {
+            if std::env::var(var).is_ok_and(|value| !config.redactor.knows(&value)) {
+                let name = action.spec().name.trim_start_matches("plugin.");
+                out.push(
+                    crate::diag::Diagnostic::new(
+                        &config.plugins.join(name).join("plugin.yaml"),
+                        (1, 1),
+                        format!("plugin `{name}`: passes ${var}, which no plugin passed when pitcrew started"),
+                    )
+                    .hint(Some(
+                        "values passed from the environment are registered for redaction at start: restart pitcrew to pass a new one"
+                            .into(),
+                    )),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// What a notice is about.
 struct Notice {
     event: NoticeEvent,
@@ -106,7 +218,7 @@ struct Notice {
 struct Notifier {
     store: Arc<dyn Store>,
     deps: Arc<Deps>,
-    runbooks: Arc<RunbookSet>,
+    sets: Sets,
     tasks: tokio_util::task::TaskTracker,
 }
 
@@ -159,7 +271,8 @@ impl Notifier {
     }
 
     fn runbook_url(&self, runbook: &str) -> Option<String> {
-        self.runbooks.get(runbook).and_then(|r| r.notify_url.clone())
+        let current = self.sets.lock().expect("sets lock").current.clone();
+        current.get(runbook).and_then(|r| r.notify_url.clone())
     }
 
     /// A run's end is durable: failed and unknown runs are announced (in
@@ -260,6 +373,7 @@ async fn record_end(
 ) -> Result<Outcome, EngineError> {
     let Ending { pending, outcome } = ending;
     store.finish(exec, pending, outcome.state, outcome.reason.clone()).await?;
+    notifier.sets.lock().expect("sets lock").pinned.remove(&exec.id);
     metrics.execution(outcome.state.as_str());
     notifier.run_ended(exec, outcome.state, outcome.reason.as_deref());
     Ok(outcome)
@@ -376,7 +490,12 @@ impl Engine {
         let worker_id = store.worker_id();
         Engine {
             store,
-            runbooks,
+            sets: Arc::new(Mutex::new(Loaded {
+                current: runbooks,
+                pinned: std::collections::HashMap::new(),
+                retired: Vec::new(),
+            })),
+            switch: tokio::sync::RwLock::new(()),
             deps,
             budgets,
             metrics: Arc::new(Metrics::default()),
@@ -395,12 +514,146 @@ impl Engine {
         &self.deps.config
     }
 
+    /// The runbook set new alerts and requests are matched against.
+    pub fn runbooks(&self) -> Arc<RunbookSet> {
+        self.sets.lock().expect("sets lock").current.clone()
+    }
+
+    /// The set an execution runs with: the one it was admitted under.
+    fn set_for(&self, execution: &str) -> Arc<RunbookSet> {
+        let sets = self.sets.lock().expect("sets lock");
+        sets.pinned.get(execution).unwrap_or(&sets.current).clone()
+    }
+
+    /// A run whose runbook was resolved from a set a reload has replaced
+    /// since runs with that set, like the runs admitted before the switch.
+    fn pin_if_replaced(&self, execution: &str, rb: &Arc<Runbook>) {
+        let mut sets = self.sets.lock().expect("sets lock");
+        let holds = |set: &RunbookSet| set.runbooks.iter().any(|r| Arc::ptr_eq(r, rb));
+        if holds(&sets.current) {
+            return;
+        }
+        let owner = sets
+            .pinned
+            .values()
+            .cloned()
+            .chain(sets.retired.iter().filter_map(std::sync::Weak::upgrade))
+            .find(|set| holds(set));
+        if let Some(set) = owner {
+            sets.pinned.insert(execution.to_string(), set);
+        }
+    }
+
+    /// Reads runbooks and plugins again from the paths the config names.
+    /// A set with problems is refused whole and the loaded one keeps
+    /// serving; one that takes effect is recorded (`config.loaded`) before
+    /// any alert is matched against it. Runs not yet ended keep the set
+    /// they were admitted under.
+    pub async fn reload(&self, actor: &str, via: &str) -> Result<Reloaded, ReloadError> {
+        let config = self.config().clone();
+        let loading = config.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::runbook::compile::load(&loading, &loading.runbooks)).await;
+        let result = match loaded {
+            Err(panicked) => Err(ReloadError::Internal(panicked.to_string())),
+            Ok(Err(problems)) => Err(ReloadError::Invalid(problems.0)),
+            Ok(Ok(set)) => match unknown_secrets(&config, &set) {
+                problems if !problems.is_empty() => Err(ReloadError::Invalid(problems)),
+                _ => self.switch_to(Arc::new(set), actor, via).await,
+            },
+        };
+        match &result {
+            Ok(r) => tracing::info!(
+                via,
+                runbooks = r.runbooks.len(),
+                plugins = r.plugins.len(),
+                added = ?r.added,
+                removed = ?r.removed,
+                changed = ?r.changed,
+                kept_by_runs = r.kept_by_runs,
+                "reloaded: {RELOAD_SCOPE}"
+            ),
+            Err(ReloadError::Invalid(problems)) => {
+                for p in problems {
+                    tracing::error!(via, problem = %p, "reload refused");
+                }
+                tracing::error!(
+                    via,
+                    problems = problems.len(),
+                    "reload refused: the loaded runbooks and plugins keep serving"
+                );
+            }
+            Err(e) => {
+                tracing::error!(via, error = %crate::diag::chain(e), "reload not recorded: the loaded runbooks and plugins keep serving")
+            }
+        }
+        result
+    }
+
+    async fn switch_to(&self, set: Arc<RunbookSet>, actor: &str, via: &str) -> Result<Reloaded, ReloadError> {
+        // No intake or admission is between matching and its commit while
+        // the runs to keep on the old set are listed.
+        let _switch = self.switch.write().await;
+        let mut open = Vec::new();
+        for state in [State::Queued, State::Running, State::PendingApproval] {
+            let mut after = None;
+            loop {
+                let page = self
+                    .store
+                    .executions(crate::store::ExecutionFilter {
+                        state: Some(state),
+                        limit: 1000,
+                        after: after.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                after = page.last().map(|e| e.id.clone());
+                let full = page.len() == 1000;
+                open.extend(page.into_iter().map(|e| e.id));
+                if !full {
+                    break;
+                }
+            }
+        }
+        self.store
+            .record(vec![config_loaded(self.config(), &set, actor, Some(via))])
+            .await?;
+        let mut sets = self.sets.lock().expect("sets lock");
+        let old = sets.current.clone();
+        let pinned: std::collections::HashMap<String, Arc<RunbookSet>> = open
+            .into_iter()
+            .map(|id| {
+                let kept = sets.pinned.get(&id).unwrap_or(&old).clone();
+                (id, kept)
+            })
+            .collect();
+        let digest =
+            |s: &RunbookSet| -> BTreeMap<String, String> { s.runbooks.iter().map(|r| (r.name.clone(), r.digest.clone())).collect() };
+        let (before, after) = (digest(&old), digest(&set));
+        let report = Reloaded {
+            added: after.keys().filter(|n| !before.contains_key(*n)).cloned().collect(),
+            removed: before.keys().filter(|n| !after.contains_key(*n)).cloned().collect(),
+            changed: after
+                .iter()
+                .filter(|(n, d)| before.get(*n).is_some_and(|b| b != *d))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            runbooks: after,
+            plugins: plugin_names(&set),
+            kept_by_runs: pinned.len(),
+        };
+        sets.pinned = pinned;
+        sets.retired.retain(|w| w.strong_count() > 0);
+        sets.retired.push(Arc::downgrade(&old));
+        sets.current = set;
+        Ok(report)
+    }
+
     /// Builds the admissions for one alert: every matching runbook with its
     /// params and target, or the reason they could not be resolved.
-    async fn admissions(&self, alert: &Alert) -> Vec<Admission> {
+    async fn admissions(&self, set: &RunbookSet, alert: &Alert) -> Vec<Admission> {
         let mut out = Vec::new();
-        for rb in self.runbooks.matching(alert) {
-            let (params, target, invalid) = match self.runbooks.resolve(rb, Some(alert), &BTreeMap::new()) {
+        for rb in set.matching(alert) {
+            let (params, target, invalid) = match set.resolve(rb, Some(alert), &BTreeMap::new()) {
                 Ok(r) => (r.params, r.target, None),
                 Err(e) => (
                     serde_json::Map::new(),
@@ -460,12 +713,15 @@ impl Engine {
     /// Intake: match, admit under the guardrails, store durably. Returns after
     /// the commit; queued work is handed to the workers.
     pub async fn intake(&self, alerts: Vec<Alert>) -> Result<IntakeResult, StoreError> {
+        let switch = self.switch.read().await;
+        let set = self.runbooks();
         let mut items = Vec::with_capacity(alerts.len());
         for alert in alerts {
-            let admissions = self.admissions(&alert).await;
+            let admissions = self.admissions(&set, &alert).await;
             items.push(IntakeAlert::new(alert, admissions));
         }
         let mut result = self.store.intake(items, self.config().clone()).await?;
+        drop(switch);
         // Before the queued runs take the alerts back: notices name their run.
         // Looked up only when some decision sends one (most send none).
         let runs: std::collections::HashMap<&str, &Admission> = if result.executions.iter().any(|(_, d)| needs_notice(d)) {
@@ -500,7 +756,10 @@ impl Engine {
     /// Manual or API run: the same guardrails, the same store.
     pub async fn admit(&self, admission: Admission, alert: Option<Alert>) -> Result<Decision, StoreError> {
         let (id, runbook, target) = (admission.id.clone(), admission.runbook.name.clone(), admission.target.clone());
+        let switch = self.switch.read().await;
+        self.pin_if_replaced(&id, &admission.runbook);
         let decision = self.store.admit(admission, alert, self.config().clone()).await?;
+        drop(switch);
         let decided = Decided {
             id: &id,
             runbook: &runbook,
@@ -738,7 +997,7 @@ impl Engine {
         Notifier {
             store: self.store.clone(),
             deps: self.deps.clone(),
-            runbooks: self.runbooks.clone(),
+            sets: self.sets.clone(),
             tasks: self.notices.clone(),
         }
     }
@@ -759,7 +1018,8 @@ impl Engine {
     /// claimed (taken from the in-memory queue).
     async fn run(&self, exec: &Execution, claim: Option<Claim>, progress: Option<ProgressFn>) -> Result<Ending, EngineError> {
         let pending = Pending { claim, ended: Vec::new() };
-        let Some(rb) = self.runbooks.get(&exec.runbook).cloned() else {
+        let set = self.set_for(&exec.id);
+        let Some(rb) = set.get(&exec.runbook).cloned() else {
             let reason = format!("runbook `{}` is not loaded", exec.runbook);
             self.store.finish(exec, pending, State::Failed, Some(reason.clone())).await?;
             self.metrics.execution("failed");
@@ -776,6 +1036,7 @@ impl Engine {
         }
         let run = Run {
             engine: self,
+            set: &set,
             rb: &rb,
             exec,
             // Someone watching live (`pitcrew run`) sees each end as it is recorded.
@@ -815,6 +1076,8 @@ impl Engine {
 
 struct Run<'a> {
     engine: &'a Engine,
+    /// The set the run was admitted under (its step templates live there).
+    set: &'a RunbookSet,
     rb: &'a Runbook,
     exec: &'a Execution,
     progress: Option<ProgressFn>,
@@ -865,7 +1128,7 @@ impl Run<'_> {
         outputs: &mut serde_json::Map<String, Value>,
         error: Option<&str>,
     ) -> Result<Option<String>, EngineError> {
-        let set = &self.engine.runbooks;
+        let set = self.set;
         let mut first_error = None;
         // In a dry run, steps that were not run have no output; steps that
         // need it are skipped too rather than failed.

@@ -64,6 +64,11 @@ impl Redactor {
         Redactor::new(self.secrets.iter().cloned().chain(more))
     }
 
+    /// Whether `secret` is redacted by this redactor (or too short to be).
+    pub fn knows(&self, secret: &str) -> bool {
+        secret.len() < MIN_SECRET_LEN || self.secrets.binary_search_by(|s| s.as_str().cmp(secret)).is_ok()
+    }
+
     pub fn text(&self, s: &str) -> String {
         match &self.matcher {
             Some(m) if m.is_match(s) => m.replace_all(s, &vec![REDACTED; m.patterns_len()]),

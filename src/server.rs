@@ -164,6 +164,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/executions/{id}/deny", post(deny))
         .route("/v1/budget", get(budget))
         .route("/v1/audit", get(audit))
+        .route("/-/reload", post(reload))
         // Outermost last: drain, then the browser rules.
         .layer(middleware::from_fn_with_state(state.clone(), browser_rules))
         .layer(middleware::from_fn_with_state(state.clone(), drain))
@@ -478,7 +479,7 @@ async fn readyz(AxumState(state): AxumState<Shared>) -> Response {
             state.engine.metrics.queue_depth.set(depth as i64);
             (
                 StatusCode::OK,
-                format!("ready: {} runbooks\n", state.engine.runbooks.runbooks.len()),
+                format!("ready: {} runbooks\n", state.engine.runbooks().runbooks.len()),
             )
                 .into_response()
         }
@@ -507,7 +508,7 @@ async fn metrics(AxumState(state): AxumState<Shared>) -> Response {
 async fn runbooks(AxumState(state): AxumState<Shared>, _: Viewer) -> Result<Json<Value>, ApiError> {
     let list: Vec<Value> = state
         .engine
-        .runbooks
+        .runbooks()
         .runbooks
         .iter()
         .map(|rb| {
@@ -548,8 +549,9 @@ async fn run_runbook(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?
     };
-    let rb = engine
-        .runbooks
+    // One set for the lookup and the resolve, whatever a reload does meanwhile.
+    let set = engine.runbooks();
+    let rb = set
         .get(&name)
         .cloned()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no runbook {name}")))?;
@@ -558,8 +560,7 @@ async fn run_runbook(
         .into_iter()
         .map(|(k, v)| (k, crate::runbook::template::value_text(&v)))
         .collect();
-    let resolved = engine
-        .runbooks
+    let resolved = set
         .resolve(&rb, None, &overrides)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let admission = engine.manual_admission(&rb, resolved, actor, request.dry_run, None).await;
@@ -696,10 +697,31 @@ async fn approve(
     let exec = state
         .engine
         .store
-        .approve(&id, &actor, state.engine.runbooks.may_self_approve())
+        .approve(&id, &actor, state.engine.runbooks().may_self_approve())
         .await?;
     state.engine.wake.notify_waiters();
     Ok(Json(json!({"execution_id": exec.id, "state": exec.state, "approved_by": actor})))
+}
+
+/// Reads runbooks and plugins again (`Engine::reload`). A set with problems
+/// is 422 with each problem as `validate --output json` shows it; the loaded
+/// set keeps serving.
+async fn reload(AxumState(state): AxumState<Shared>, Operator(actor): Operator, _: JsonWrite) -> Response {
+    match state.engine.reload(&actor, "api").await {
+        Ok(r) => Json(json!({"reloaded": true, "runbooks": r.runbooks, "plugins": r.plugins, "added": r.added, "removed": r.removed,
+            "changed": r.changed, "kept_by_runs": r.kept_by_runs, "note": crate::engine::RELOAD_SCOPE}))
+        .into_response(),
+        Err(crate::engine::ReloadError::Invalid(problems)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"reloaded": false, "error": format!("{} problem{} found; the loaded runbooks and plugins keep serving", problems.len(), if problems.len() == 1 { "" } else { "s" }), "problems": problems})),
+        )
+            .into_response(),
+        Err(crate::engine::ReloadError::Store(e)) => ApiError::from(e).into_response(),
+        // Logged by the engine; the body stays generic like every 5xx.
+        Err(crate::engine::ReloadError::Internal(_)) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "reload failed; the loaded runbooks and plugins keep serving").into_response()
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -39,6 +39,15 @@ impl CheckedUrl {
 
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Whether `http.allowed_hosts` lets steps call `host` (lowercase, IPv6
+/// without brackets) on `port`.
+pub fn host_allowed(config: &Config, host: &str, port: u16) -> bool {
+    config
+        .allowed_hosts
+        .iter()
+        .any(|h| h.exact_match(host, port) || h.wildcard_match(host, port))
+}
+
 /// Checks `url` against config and resolves it.
 pub async fn check_url(config: &Config, url: &str) -> Result<CheckedUrl, ActionError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| ActionError::input("url", format!("invalid URL: {e}")))?;
@@ -58,8 +67,7 @@ pub async fn check_url(config: &Config, url: &str) -> Result<CheckedUrl, ActionE
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let port = parsed.port_or_known_default().unwrap_or(80);
     let exact = config.allowed_hosts.iter().any(|h| h.exact_match(&host, port));
-    let wildcard = config.allowed_hosts.iter().any(|h| h.wildcard_match(&host, port));
-    if !exact && !wildcard {
+    if !host_allowed(config, &host, port) {
         return Err(ActionError::Refused(format!("host {host}:{port} is not in http.allowed_hosts")));
     }
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {

@@ -40,7 +40,7 @@ pub fn approve(config_path: Option<&Path>, args: ApproveArgs) -> anyhow::Result<
     super::runtime::tokio().block_on(async move {
         engine
             .store
-            .approve(&args.id, &actor, engine.runbooks.may_self_approve())
+            .approve(&args.id, &actor, engine.runbooks().may_self_approve())
             .await
             .map_err(explain)?;
         eprintln!("approved {} as {actor}", args.id);

@@ -45,8 +45,9 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         overrides.insert(k.trim().to_string(), v.to_string());
     }
     let engine = super::runtime::engine(config_path)?;
-    let rb = engine.runbooks.get(&args.name).cloned().ok_or_else(|| {
-        let names: Vec<&str> = engine.runbooks.runbooks.iter().map(|r| r.name.as_str()).collect();
+    let set = engine.runbooks();
+    let rb = set.get(&args.name).cloned().ok_or_else(|| {
+        let names: Vec<&str> = set.runbooks.iter().map(|r| r.name.as_str()).collect();
         Failure::usage(format!("no runbook `{}`; loaded: {}", args.name, names.join(", ")))
     })?;
     let alert = match &args.alert {
@@ -65,8 +66,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             alerts.pop()
         }
     };
-    let resolved = engine
-        .runbooks
+    let resolved = set
         .resolve(&rb, alert.as_ref(), &overrides)
         .map_err(|e| Failure::usage(format!("{}: {e}", rb.name)))?;
     let actor = super::runtime::user_actor();

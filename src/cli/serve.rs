@@ -4,10 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde_json::json;
-
 use super::{Exit, Failure};
-use crate::audit::{Event, kind};
 use crate::checkpoint::Checkpointer;
 use crate::server::AppState;
 use crate::store::Health;
@@ -54,12 +51,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
     super::runtime::tokio().block_on(async move {
         // Bound first: a serve that cannot listen records nothing.
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e}")))?;
-        let digests: serde_json::Map<String, serde_json::Value> = engine.runbooks.runbooks.iter().map(|r| (r.name.clone(), json!(r.digest))).collect();
-        let loaded = Event::new(
-            kind::CONFIG_LOADED,
-            "pitcrew",
-            json!({"config": config.file, "runbooks": digests, "plugins": engine.runbooks.registry.iter().filter(|a| a.spec().name.starts_with("plugin.")).map(|a| a.spec().name.clone()).collect::<Vec<_>>(), "pid": std::process::id()}),
-        );
+        let loaded = crate::engine::config_loaded(&config, &engine.runbooks(), "pitcrew", None);
         // Both writes at once ride one group commit: one fsync to ready.
         // (config.loaded is queued first, so it precedes every later record.)
         let (recorded, recovery) = tokio::join!(engine.store.record(vec![loaded]), engine.recover());
@@ -68,7 +60,11 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         if !recovery.resumed.is_empty() || !recovery.unknown.is_empty() {
             tracing::warn!(resumed = recovery.resumed.len(), unknown = recovery.unknown.len(), "recovered executions interrupted by a crash");
         }
-        tracing::info!(address = %listener.local_addr()?, runbooks = engine.runbooks.runbooks.len(), "pitcrew listening");
+        // Before the log line that says we are up: SIGHUP's default action
+        // would end the process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let reloads = tokio::spawn(reload_on_hangup(engine.clone(), hangup));
+        tracing::info!(address = %listener.local_addr()?, runbooks = engine.runbooks().runbooks.len(), "pitcrew listening");
         let state = Arc::new(AppState { engine: engine.clone(), draining: AtomicBool::new(false) });
         let workers = tokio::spawn(engine.clone().run_workers(args.workers));
         let background = tokio::spawn(background(engine.clone()));
@@ -93,6 +89,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         })
         .await?;
         background.abort();
+        reloads.abort();
         let store_stopped = store_stopped.lock().expect("reason lock").take();
         if let Some(why) = store_stopped {
             // Nothing can be recorded any more: do not wait out long steps
@@ -146,6 +143,20 @@ async fn stopped(engine: &crate::engine::Engine) -> String {
         if let Health::Stopped(why) = engine.store.health().await {
             return why;
         }
+    }
+}
+
+/// SIGHUP reloads runbooks and plugins; the engine logs what came of it.
+async fn reload_on_hangup(engine: Arc<crate::engine::Engine>, hangup: std::io::Result<tokio::signal::unix::Signal>) {
+    let mut hangup = match hangup {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGHUP: reload only by POST /-/reload");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        let _ = engine.reload("pitcrew", "SIGHUP").await;
     }
 }
 

@@ -69,6 +69,9 @@ pub fn load_runbooks(config: &Config, registry: Registry, paths: &[PathBuf], pro
                 registry: &registry,
                 config,
                 typed_params: Vec::new(),
+                declared_params: Vec::new(),
+                earlier_steps: Vec::new(),
+                all_steps: Vec::new(),
             };
             let name_pos = cx.pos.at("name");
             if let Some(rb) = cx.runbook(doc.value, digest(&doc.source)) {
@@ -227,6 +230,51 @@ struct Cx<'a> {
     /// `params.<name>` of the runbook's integer and duration params: the
     /// only templates allowed outside strings in a PromQL query.
     typed_params: Vec<String>,
+    /// Params the runbook declares, for references to `params.*`.
+    declared_params: Vec<String>,
+    /// Steps whose output a template may use here: earlier main steps, and
+    /// for `on_failure` every main step and the earlier `on_failure` ones.
+    earlier_steps: Vec<String>,
+    /// Every step of the runbook, to tell "runs later" from "no such step".
+    all_steps: Vec<String>,
+}
+
+/// The fields of `alert` in a template's context (`Alert::to_context`).
+const ALERT_FIELDS: &[&str] = &[
+    "status",
+    "labels",
+    "annotations",
+    "startsAt",
+    "endsAt",
+    "fingerprint",
+    "generatorURL",
+];
+
+/// The nearest of `known` to `name`, if near enough to be a likely typo.
+fn nearest<'k>(name: &str, known: impl IntoIterator<Item = &'k str>) -> Option<&'k str> {
+    known
+        .into_iter()
+        .map(|k| (strsim::jaro_winkler(name, k), k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+fn did_you_mean(name: &str, known: &[&str], all: String) -> Option<String> {
+    match nearest(name, known.iter().copied()) {
+        Some(n) => Some(format!("did you mean `{n}`? {all}")),
+        None => Some(all),
+    }
+}
+
+/// The strings of a value that may hold templates.
+fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) if s.contains("{{") => out.push(s.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -252,10 +300,117 @@ impl Cx<'_> {
     }
 
     fn template(&mut self, at: &str, source: &str, roots: &[&str]) -> Option<Tpl> {
-        self.templates
+        let compiled = self
+            .templates
             .compile_str(source, roots)
             .map_err(|e| self.problem(at, e.to_string()))
-            .ok()
+            .ok()?;
+        self.references(at, source, roots);
+        Some(compiled)
+    }
+
+    /// Refuses references to what cannot exist when the template renders:
+    /// undeclared params, alert fields the context does not have, steps
+    /// that do not exist or have not run yet. Each is a problem at `at`.
+    fn references(&mut self, at: &str, source: &str, roots: &[&str]) {
+        for path in super::template::references(source, roots) {
+            if let Some((message, hint)) = self.reference_problem(&path) {
+                self.problem_hint(at, format!("`{{{{{}}}}}`: {message}", path.join(".")), hint);
+            }
+        }
+    }
+
+    fn reference_problem(&self, path: &[String]) -> Option<(String, Option<String>)> {
+        let (root, field) = (path.first()?.as_str(), path.get(1).map(String::as_str));
+        let field = field?;
+        let fixed = |known: &[&str], what: &str| -> Option<(String, Option<String>)> {
+            if known.contains(&field) {
+                return None;
+            }
+            let all = format!(
+                "`{root}` has {}",
+                known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            );
+            Some((format!("{what} has no field `{field}`"), did_you_mean(field, known, all)))
+        };
+        match root {
+            "alert" => fixed(ALERT_FIELDS, "the alert"),
+            "runbook" => fixed(&["name", "owner"], "`runbook`"),
+            "execution" => fixed(&["id"], "`execution`"),
+            "target" | "error" => Some((format!("`{root}` is text and has no fields"), Some(format!("use `{{{{{root}}}}}`")))),
+            "params" => {
+                if self.declared_params.iter().any(|p| p == field) {
+                    return None;
+                }
+                let known: Vec<&str> = self.declared_params.iter().map(String::as_str).collect();
+                let all = if known.is_empty() {
+                    "this runbook declares no params".to_string()
+                } else {
+                    format!("declared params: {}", known.join(", "))
+                };
+                Some((format!("no param `{field}` is declared"), did_you_mean(field, &known, all)))
+            }
+            "steps" => {
+                if self.earlier_steps.iter().any(|s| s == field) {
+                    return match path.get(2).map(String::as_str) {
+                        None | Some("output") => None,
+                        Some(other) => Some((
+                            format!("a step's result has no field `{other}`"),
+                            Some(format!("use `steps.{field}.output…`")),
+                        )),
+                    };
+                }
+                if self.all_steps.iter().any(|s| s == field) {
+                    return Some((
+                        format!("step `{field}` has not run yet here: its output does not exist"),
+                        Some("a step sees the output of the steps before it (on_failure steps also see every main step)".into()),
+                    ));
+                }
+                let known: Vec<&str> = self.earlier_steps.iter().map(String::as_str).collect();
+                let all = if known.is_empty() {
+                    "no step runs before this one".to_string()
+                } else {
+                    format!("steps before this one: {}", known.join(", "))
+                };
+                Some((format!("no step `{field}`"), did_you_mean(field, &known, all)))
+            }
+            _ => None,
+        }
+    }
+
+    /// A literal URL host not in `http.allowed_hosts` can never be called:
+    /// the action refuses it at run time. (Templated URLs have a literal
+    /// scheme and host too; see `Templates::compile_url`.)
+    fn allowed_host(&mut self, at: &str, url: &str) {
+        let literal = url.split("{{").next().unwrap_or_default();
+        let Ok(parsed) = reqwest::Url::parse(literal) else { return };
+        let Some(host) = parsed.host_str() else { return };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        if crate::action::http_guard::host_allowed(self.config, &host, port) {
+            return;
+        }
+        let listed: Vec<String> = self
+            .config
+            .allowed_hosts
+            .iter()
+            .map(|h| {
+                let name = if h.wildcard { format!("*.{}", h.host) } else { h.host.clone() };
+                match h.port {
+                    Some(p) => format!("{name}:{p}"),
+                    None => name,
+                }
+            })
+            .collect();
+        let hint = if listed.is_empty() {
+            "http.allowed_hosts in the config is empty: list the hosts steps may call".to_string()
+        } else {
+            let near = nearest(&host, listed.iter().map(String::as_str))
+                .map(|n| format!("did you mean `{n}`? "))
+                .unwrap_or_default();
+            format!("{near}allowed: {}", listed.join(", "))
+        };
+        self.problem_hint(at, format!("host {host}:{port} is not in http.allowed_hosts"), Some(hint));
     }
 
     fn runbook(&mut self, raw: RawRunbook, digest: String) -> Option<Runbook> {
@@ -308,6 +463,11 @@ impl Cx<'_> {
                 status,
             }
         });
+        // Every declared name, including those with problems of their own:
+        // a reference to them is not a second problem.
+        self.declared_params = raw.params.keys().cloned().collect();
+        self.all_steps = raw.steps.iter().chain(raw.on_failure.iter()).map(|s| s.name.clone()).collect();
+        self.earlier_steps.clear();
         let params: Vec<ParamDef> = raw.params.iter().filter_map(|(name, p)| self.param(name, p)).collect();
         self.typed_params = params
             .iter()
@@ -443,11 +603,21 @@ impl Cx<'_> {
         }
         let default = match &p.default {
             None => None,
-            Some(v) => self
-                .templates
-                .compile_value(v, PARAM_ROOTS)
-                .map_err(|e| self.problem(&format!("{at}.default"), e.to_string()))
-                .ok(),
+            Some(v) => {
+                let compiled = self
+                    .templates
+                    .compile_value(v, PARAM_ROOTS)
+                    .map_err(|e| self.problem(&format!("{at}.default"), e.to_string()))
+                    .ok();
+                if compiled.is_some() {
+                    let mut sources = Vec::new();
+                    strings(v, &mut sources);
+                    for source in sources {
+                        self.references(&format!("{at}.default"), &source, PARAM_ROOTS);
+                    }
+                }
+                compiled
+            }
         };
         Some(ParamDef {
             name: name.to_string(),
@@ -533,6 +703,9 @@ impl Cx<'_> {
     fn steps(&mut self, key: &str, raw: &[RawStep], roots: &[&str], names: &mut HashSet<String>) -> Vec<Step> {
         let mut out = Vec::new();
         for (i, s) in raw.iter().enumerate() {
+            if i > 0 {
+                self.earlier_steps.push(raw[i - 1].name.clone());
+            }
             let at = format!("{key}[{i}]");
             if !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || s.name.is_empty() {
                 self.problem(
@@ -569,6 +742,17 @@ impl Cx<'_> {
                 };
                 match compiled {
                     Ok(t) => {
+                        let mut sources = Vec::new();
+                        strings(value, &mut sources);
+                        for source in sources {
+                            self.references(&field_at, &source, roots);
+                        }
+                        if ty == Some(ParamType::Url)
+                            && matches!(action.spec().name.as_str(), "http" | "notify")
+                            && let serde_json::Value::String(url) = value
+                        {
+                            self.allowed_host(&field_at, url);
+                        }
                         with.insert(field.clone(), t);
                     }
                     Err(e) => {
@@ -612,6 +796,9 @@ impl Cx<'_> {
                 idempotent,
                 continue_on_error: s.continue_on_error,
             });
+        }
+        if let Some(last) = raw.last() {
+            self.earlier_steps.push(last.name.clone());
         }
         out
     }

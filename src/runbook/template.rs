@@ -176,7 +176,7 @@ impl Templates {
             return Ok(Tpl::Literal(Value::String(source.to_string())));
         }
         let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
-        check_elements(&template.elements, roots, true)?;
+        check_elements(&template.elements, roots, true, &mut Vec::new())?;
         if let Some(segments) = single_path(source) {
             return Ok(Tpl::Path {
                 segments,
@@ -216,7 +216,7 @@ impl Templates {
             ));
         }
         let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
-        check_elements(&template.elements, roots, true)?;
+        check_elements(&template.elements, roots, true, &mut Vec::new())?;
         url_path_templated(source)?;
         if has_unescaped(&template.elements) {
             return Err(TemplateError::Syntax(
@@ -240,7 +240,7 @@ impl Templates {
             return Ok(Tpl::Literal(Value::String(source.to_string())));
         }
         let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
-        check_elements(&template.elements, roots, true)?;
+        check_elements(&template.elements, roots, true, &mut Vec::new())?;
         crate::promql::check(source, |path| typed.iter().any(|t| t == path))?;
         let id = format!("p{}", self.next_id);
         self.next_id += 1;
@@ -375,6 +375,39 @@ fn check_url_segments(source: &str, rendered: &str) -> Result<(), TemplateError>
     Ok(())
 }
 
+/// The context paths a template source names from its roots, each split
+/// into segments (`alert.labels.[a.b/c]` → `alert`, `labels`, `a.b/c`);
+/// paths inside `each`/`with` are relative to the item and not listed.
+/// Empty for a source that does not compile (its compile error says why).
+pub fn references(source: &str, roots: &[&str]) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    match Template::compile(source) {
+        Ok(t) if check_elements(&t.elements, roots, true, &mut found).is_ok() => found.iter().map(|raw| split_path(raw)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A Handlebars path's segments: `.` and `/` separate, `[…]` quotes.
+fn split_path(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        if let Some(quoted) = rest.strip_prefix('[') {
+            let end = quoted.find(']').unwrap_or(quoted.len());
+            out.push(quoted[..end].to_string());
+            rest = quoted.get(end + 1..).unwrap_or("");
+        } else {
+            let end = rest.find(['.', '/', '[']).unwrap_or(rest.len());
+            if end > 0 {
+                out.push(rest[..end].to_string());
+            }
+            rest = &rest[end..];
+        }
+        rest = rest.strip_prefix(['.', '/']).unwrap_or(rest);
+    }
+    out
+}
+
 /// A value as text: strings bare, null empty, everything else as JSON.
 pub fn value_text(v: &Value) -> String {
     match v {
@@ -457,11 +490,11 @@ fn single_path(source: &str) -> Option<Vec<String>> {
     Some(segments)
 }
 
-fn check_elements(elements: &[TemplateElement], roots: &[&str], check_paths: bool) -> Result<(), TemplateError> {
+fn check_elements(elements: &[TemplateElement], roots: &[&str], check_paths: bool, found: &mut Vec<String>) -> Result<(), TemplateError> {
     for element in elements {
         match element {
             TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) | TemplateElement::HelperBlock(h) => {
-                check_helper(h, roots, check_paths)?
+                check_helper(h, roots, check_paths, found)?
             }
             TemplateElement::RawString(_) | TemplateElement::Comment(_) => {}
             _ => return Err(TemplateError::Syntax("partials and decorators are not supported".into())),
@@ -482,7 +515,7 @@ fn has_unescaped(elements: &[TemplateElement]) -> bool {
     })
 }
 
-fn check_helper(h: &HelperTemplate, roots: &[&str], check_paths: bool) -> Result<(), TemplateError> {
+fn check_helper(h: &HelperTemplate, roots: &[&str], check_paths: bool, found: &mut Vec<String>) -> Result<(), TemplateError> {
     let is_call = h.block || !h.params.is_empty() || !h.hash.is_empty();
     if is_call {
         let name = h.name.as_name().unwrap_or_default();
@@ -490,28 +523,28 @@ fn check_helper(h: &HelperTemplate, roots: &[&str], check_paths: bool) -> Result
             return Err(TemplateError::UnknownHelper(name.to_string()));
         }
     } else {
-        check_param(&h.name, roots, check_paths)?;
+        check_param(&h.name, roots, check_paths, found)?;
     }
     for p in h.params.iter().chain(h.hash.values()) {
-        check_param(p, roots, check_paths)?;
+        check_param(p, roots, check_paths, found)?;
     }
     // Inside `each`/`with` the context is the item: its paths are relative.
     let inner_checks = check_paths && !matches!(h.name.as_name(), Some("each" | "with"));
     if let Some(t) = &h.template {
-        check_elements(&t.elements, roots, inner_checks)?;
+        check_elements(&t.elements, roots, inner_checks, found)?;
     }
     if let Some(t) = &h.inverse {
-        check_elements(&t.elements, roots, inner_checks)?;
+        check_elements(&t.elements, roots, inner_checks, found)?;
     }
     Ok(())
 }
 
-fn check_param(p: &Parameter, roots: &[&str], check_paths: bool) -> Result<(), TemplateError> {
+fn check_param(p: &Parameter, roots: &[&str], check_paths: bool, found: &mut Vec<String>) -> Result<(), TemplateError> {
     let raw = match p {
         Parameter::Name(n) => n.as_str(),
         Parameter::Path(handlebars::Path::Relative((_, raw))) => raw.as_str(),
         Parameter::Subexpression(sub) => {
-            return check_elements(std::slice::from_ref(&sub.element), roots, check_paths);
+            return check_elements(std::slice::from_ref(&sub.element), roots, check_paths, found);
         }
         // Local paths (`@index`), literals and anything newer: nothing to check.
         _ => return Ok(()),
@@ -521,6 +554,7 @@ fn check_param(p: &Parameter, roots: &[&str], check_paths: bool) -> Result<(), T
     }
     let root = raw.split(['.', '[', '/']).next().unwrap_or(raw);
     if roots.contains(&root) {
+        found.push(raw.to_string());
         Ok(())
     } else {
         Err(TemplateError::UnknownRoot {
@@ -650,6 +684,22 @@ mod tests {
             Err(TemplateError::Syntax(_))
         ));
         assert!(t.compile_url("https://api.example/{{#if alert.labels.a}}a{{/if}}/c", ROOTS).is_ok());
+    }
+
+    #[test]
+    fn references_list_the_absolute_paths_split_into_segments() {
+        let refs = references(
+            "{{#if (eq alert.status \"firing\")}}{{alert.labels.[app.kubernetes.io/name]}}{{/if}}{{#each params.list}}{{this.x}}{{/each}} {{steps.a.output.b}}",
+            &["alert", "params", "steps"],
+        );
+        let expected: Vec<Vec<&str>> = vec![
+            vec!["alert", "status"],
+            vec!["alert", "labels", "app.kubernetes.io/name"],
+            vec!["params", "list"],
+            vec!["steps", "a", "output", "b"],
+        ];
+        assert_eq!(refs, expected);
+        assert!(references("{{#if x}}", &["alert"]).is_empty());
     }
 
     #[test]

@@ -32,8 +32,8 @@ fn needs_approval(name: &str, guardrails: &str, extra: &str) -> String {
 
 /// A manual run of `name` asked for by `actor`.
 fn asked_by(h: &Harness, name: &str, actor: &str) -> Admission {
-    let rb = h.engine.runbooks.get(name).unwrap().clone();
-    let resolved = h.engine.runbooks.resolve(&rb, None, &BTreeMap::new()).unwrap();
+    let rb = h.engine.runbooks().get(name).unwrap().clone();
+    let resolved = h.engine.runbooks().resolve(&rb, None, &BTreeMap::new()).unwrap();
     Admission {
         id: new_id(),
         runbook: rb,
@@ -68,7 +68,7 @@ async fn the_requester_may_not_approve_their_own_run() {
     let h = harness(&needs_approval("fix", "", ""), "");
     let id = pending_run(&h, "fix", "user:alice").await;
 
-    let refused = h.store().approve(&id, "user:alice", h.engine.runbooks.may_self_approve()).await;
+    let refused = h.store().approve(&id, "user:alice", h.engine.runbooks().may_self_approve()).await;
     match refused {
         Err(e @ StoreError::SelfApproval { .. }) => {
             let shown = e.to_string();
@@ -91,7 +91,7 @@ async fn the_requester_may_not_approve_their_own_run() {
     // Another person may; the audit names both.
     let approved = h
         .store()
-        .approve(&id, "user:bob", h.engine.runbooks.may_self_approve())
+        .approve(&id, "user:bob", h.engine.runbooks().may_self_approve())
         .await
         .unwrap();
     assert_eq!(approved.state, State::Queued);
@@ -107,11 +107,11 @@ async fn the_requester_may_not_approve_their_own_run() {
 #[tokio::test]
 async fn self_approval_true_lets_the_requester_approve() {
     let h = harness(&needs_approval("fix", ", self_approval: true", ""), "");
-    assert!(h.engine.runbooks.get("fix").unwrap().guardrails.self_approval);
+    assert!(h.engine.runbooks().get("fix").unwrap().guardrails.self_approval);
     let id = pending_run(&h, "fix", "user:alice").await;
     let approved = h
         .store()
-        .approve(&id, "user:alice", h.engine.runbooks.may_self_approve())
+        .approve(&id, "user:alice", h.engine.runbooks().may_self_approve())
         .await
         .unwrap();
     assert_eq!(approved.state, State::Queued);
@@ -130,7 +130,7 @@ async fn any_person_may_approve_an_automated_run_and_the_requester_may_deny() {
     let pending = h.store().executions(Default::default()).await.unwrap();
     assert_eq!(pending[0].actor, "alertmanager");
     h.store()
-        .approve(&pending[0].id, "user:alice", h.engine.runbooks.may_self_approve())
+        .approve(&pending[0].id, "user:alice", h.engine.runbooks().may_self_approve())
         .await
         .unwrap();
     h.run_queued().await;
@@ -455,7 +455,7 @@ async fn a_runbook_notify_url_wins_over_the_config() {
     let receiver = Receiver::start().await;
     let own = format!("notify: {{url: \"{}\"}}\n", receiver.url("/runbook-own-hook-secret"));
     let h = harness(&three(&own), &receiver.config(None));
-    assert!(h.engine.runbooks.get("wait").unwrap().notify_url.is_some());
+    assert!(h.engine.runbooks().get("wait").unwrap().notify_url.is_some());
     let (wait, _, _) = one_of_each(&h).await;
     let seen = delivered(&h, &receiver).await;
     assert_eq!(seen.len(), 3, "{seen:#?}");

@@ -128,6 +128,7 @@ async fn timeline_and_export_cover_the_whole_story() {
         "**run** (all)",
         "| Step finished |",
         "**succeeded**",
+        "from alert to fix",
     ] {
         assert!(md.contains(needle), "{needle} missing:\n{md}");
     }
@@ -140,4 +141,100 @@ async fn timeline_and_export_cover_the_whole_story() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(pitcrew::audit::verify(&records).unwrap() as usize, records.len());
+}
+
+/// A postmortem from a real run: one section per alert with what pitcrew
+/// decided, each action and the outcome; a long error shown once.
+#[tokio::test]
+async fn the_timeline_is_one_section_per_incident_with_each_error_once() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: fix
+trigger: {alertname: Broken}
+target: "{{alert.labels.t}}"
+steps:
+  - name: look
+    action: log
+    with: {message: "looking at {{alert.labels.t}}"}
+  - name: restart
+    action: exec
+    with: {command: [/nonexistent/restart-the-service-that-is-not-there]}
+---
+apiVersion: pitcrew/v1
+name: careful
+trigger: {alertname: Careful}
+target: "{{alert.labels.t}}"
+guardrails: {approval: required}
+steps: [{name: a, action: log, with: {message: hi}}]
+"#;
+    // A notice goes nowhere (nothing listens on port 9) and is recorded with its text.
+    let h = Harness::new(rb, "notify: {url: \"http://127.0.0.1:9/hook\"}\n");
+    h.post(&payload(vec![alert(&[("alertname", "Broken"), ("t", "web-1")])])).await;
+    h.post(&payload(vec![alert(&[("alertname", "Note"), ("t", "nobody")])])).await;
+    h.post(&payload(vec![alert(&[("alertname", "Careful"), ("t", "db-1")])])).await;
+    h.run_queued().await;
+    let waiting = h
+        .store()
+        .executions(pitcrew::store::ExecutionFilter {
+            state: Some(pitcrew::store::State::PendingApproval),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    h.store().deny(&waiting[0].id, "user:unknown", None).await.unwrap();
+    h.engine.settle().await;
+    let failed = h
+        .store()
+        .executions(pitcrew::store::ExecutionFilter {
+            runbook: Some("fix".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .remove(0);
+
+    let config = h.dir.path().join("pitcrew.yaml");
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "audit", "timeline"]);
+    assert_eq!(out.status.code(), Some(0));
+    let md = String::from_utf8_lossy(&out.stdout);
+    let kinds = h.kinds().await;
+    assert!(kinds.iter().any(|k| k == "notification"), "the failure was announced: {kinds:?}");
+
+    let sections: Vec<&str> = md.lines().filter(|l| l.starts_with("## ")).collect();
+    assert_eq!(
+        sections,
+        [
+            "## 1. Broken firing — t=web-1",
+            "## 2. Note firing — t=nobody",
+            "## 3. Careful firing — t=db-1"
+        ],
+        "{md}"
+    );
+    let section = |n: usize| md.split("\n## ").nth(n).unwrap_or_else(|| panic!("no section {n}:\n{md}"));
+    let broken = section(1);
+    assert!(
+        broken.contains(&format!("- `{}` fix on web-1: **failed** at step `restart`, ", failed.id)),
+        "the run, its outcome and time after the alert:\n{broken}"
+    );
+    let error = "cannot start \"/nonexistent/restart-the-service-that-is-not-there\"";
+    assert_eq!(broken.matches(error).count(), 1, "the error once, at its step:\n{broken}");
+    assert!(broken.contains("(the error above)"), "{broken}");
+    for event in [
+        "| Guardrails |",
+        "`look` **succeeded**",
+        "`restart` **failed**",
+        "| Execution finished |",
+        "| Notification |",
+    ] {
+        assert!(broken.contains(event), "{event} missing:\n{broken}");
+    }
+    assert!(!md.contains("worker "), "no worker ids:\n{md}");
+    assert!(section(2).contains("No runbook matched: pitcrew did nothing."), "{md}");
+    let careful = section(3);
+    assert!(careful.contains("**pending approval**"), "{careful}");
+    let denied = careful
+        .lines()
+        .find(|l| l.contains("| Denied |"))
+        .unwrap_or_else(|| panic!("{careful}"));
+    assert!(denied.ends_with("| by user:unknown |"), "no dangling separator: {denied}");
+    assert!(careful.contains(": **cancelled** (denied by user:unknown), "), "{careful}");
 }

@@ -87,6 +87,114 @@ fn all_problems_of_a_folder_come_in_one_pass() {
     assert_eq!(files.len(), fixtures, "every broken file reported: {files:?}");
 }
 
+/// References that cannot exist when a template renders are problems of
+/// the file, with the nearest valid name where there is one.
+#[test]
+fn impossible_references_are_reported_with_the_nearest_valid_name() {
+    let hints: Vec<(&str, &str)> = vec![
+        ("undeclared_param.yaml", "did you mean `service`? declared params: service"),
+        ("unknown_alert_field.yaml", "did you mean `labels`?"),
+        ("unknown_step_output.yaml", "steps before this one: check"),
+        ("later_step_output.yaml", "a step sees the output of the steps before it"),
+        ("host_not_allowed.yaml", "http.allowed_hosts in the config is empty"),
+    ];
+    for (file, hint) in hints {
+        let path = format!("tests/fixtures/broken/{file}");
+        let out = pitcrew(&["--config", "tests/fixtures/config.yaml", "validate", "--output", "json", &path]);
+        assert_eq!(out.status.code(), Some(2), "{file}");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let problems = report["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 1, "{file}: {report}");
+        let shown = problems[0]["hint"].as_str().unwrap_or_default();
+        assert!(shown.contains(hint), "{file}: hint {shown:?} lacks {hint:?}");
+    }
+}
+
+#[test]
+fn references_that_exist_where_they_are_used_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pitcrew.yaml"),
+        "http: {allowed_hosts: [api.example.com, \"*.internal.example\", \"10.0.0.7:8080\"]}\n",
+    )
+    .unwrap();
+    let runbook = r#"apiVersion: pitcrew/v1
+name: refs
+trigger: {alertname: Refs}
+params:
+  pool: {default: "{{alert.labels.pool}}"}
+  size: {type: integer, default: 3}
+target: "{{runbook.name}}/{{params.pool}}"
+steps:
+  - name: look
+    action: http
+    with: {url: "https://db.internal.example/pools/{{params.pool}}", method: GET}
+  - name: resize
+    action: http
+    when: "{{#if steps.look.output}}{{#each alert.labels}}{{@key}}{{/each}}{{/if}}"
+    with: {url: "http://10.0.0.7:8080/resize", method: POST, body: {pool: "{{params.pool}}", size: "{{params.size}}", seen: "{{steps.look.output.status}}"}}
+  - name: tell
+    action: log
+    with: {message: "{{execution.id}} {{target}} {{alert.status}} {{alert.startsAt}} {{alert.generatorURL}} {{steps.resize.output}}"}
+on_failure:
+  - name: page
+    action: log
+    with: {message: "{{error}} after {{steps.resize.output.status}}"}
+  - name: again
+    action: http
+    with: {url: "https://api.example.com/page", method: POST, body: {was: "{{steps.page.output}}"}}
+"#;
+    std::fs::write(dir.path().join("refs.yaml"), runbook).unwrap();
+    let config = dir.path().join("pitcrew.yaml");
+    let file = dir.path().join("refs.yaml");
+    let out = pitcrew(&["--config", config.to_str().unwrap(), "validate", file.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+
+    // The same runbook with no hosts allowed: every literal host is named.
+    std::fs::write(&config, "state_dir: state\n").unwrap();
+    let out = pitcrew(&[
+        "--config",
+        config.to_str().unwrap(),
+        "validate",
+        "--output",
+        "json",
+        file.to_str().unwrap(),
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let messages: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "host db.internal.example:443 is not in http.allowed_hosts",
+            "host 10.0.0.7:8080 is not in http.allowed_hosts",
+            "host api.example.com:443 is not in http.allowed_hosts"
+        ]
+    );
+}
+
+#[test]
+fn every_runbook_fixture_outside_broken_still_validates() {
+    for (config, path) in [
+        (None, "runbooks/"),
+        (Some("tests/fixtures/matching/config.yaml"), "tests/fixtures/matching/runbooks.yaml"),
+    ] {
+        let mut args = Vec::new();
+        if let Some(c) = config {
+            args.extend(["--config", c]);
+        }
+        args.extend(["validate", path]);
+        let out = pitcrew(&args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{path}: {stdout}{stderr}");
+    }
+}
+
 fn matches(output: &Value) -> Vec<(String, Vec<String>)> {
     output
         .as_array()

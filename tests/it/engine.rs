@@ -268,7 +268,7 @@ fn flaky_harness(rb: &str) -> (Harness, Arc<Flaky>) {
         fail_writes: AtomicUsize::new(0),
     });
     let Harness { dir, clock, .. } = base;
-    let h = Harness::with_store(dir, clock, engine.config().clone(), engine.runbooks.clone(), flaky.clone());
+    let h = Harness::with_store(dir, clock, engine.config().clone(), engine.runbooks(), flaky.clone());
     (h, flaky)
 }
 
@@ -472,7 +472,7 @@ steps:
     with: {message: noted}
 "#;
     let h = Harness::new(rb, "");
-    let rb = h.engine.runbooks.get("dry").unwrap().clone();
+    let rb = h.engine.runbooks().get("dry").unwrap().clone();
     let id = new_id();
     let admission = Admission {
         id: id.clone(),
@@ -520,7 +520,7 @@ steps:
     with: {message: still runs}
 "#;
     let h = Harness::new(rb, "");
-    let rb = h.engine.runbooks.get("chain").unwrap().clone();
+    let rb = h.engine.runbooks().get("chain").unwrap().clone();
     let resolved = pitcrew::runbook::Resolved {
         params: Default::default(),
         target: "chain".into(),

@@ -107,9 +107,9 @@ fn guardrail(d: &Record, name: &str) -> Option<Value> {
 
 /// A manual admission (`pitcrew run NAME --param instance=...`).
 fn manual(h: &Harness, name: &str, instance: &str) -> Admission {
-    let rb = h.engine.runbooks.get(name).unwrap_or_else(|| panic!("no runbook {name}")).clone();
+    let rb = h.engine.runbooks().get(name).unwrap_or_else(|| panic!("no runbook {name}")).clone();
     let overrides = BTreeMap::from([("instance".to_string(), instance.to_string())]);
-    let resolved = h.engine.runbooks.resolve(&rb, None, &overrides).unwrap();
+    let resolved = h.engine.runbooks().resolve(&rb, None, &overrides).unwrap();
     Admission {
         id: new_id(),
         runbook: rb,
@@ -607,7 +607,7 @@ async fn approvals_grant_deny_and_time_out() {
 
     let approved = h
         .store()
-        .approve(&a, "user:alice", h.engine.runbooks.may_self_approve())
+        .approve(&a, "user:alice", h.engine.runbooks().may_self_approve())
         .await
         .unwrap();
     assert_eq!(approved.state, State::Queued);
@@ -631,7 +631,7 @@ async fn approvals_grant_deny_and_time_out() {
     assert_eq!(run_all(&h).await, 0);
 
     for (exec, was) in [(&a, "succeeded"), (&b, "cancelled")] {
-        match h.store().approve(exec, "user:alice", h.engine.runbooks.may_self_approve()).await {
+        match h.store().approve(exec, "user:alice", h.engine.runbooks().may_self_approve()).await {
             Err(StoreError::WrongState { state, .. }) => assert_eq!(state, was),
             other => panic!("approving a {was} execution: {other:?}"),
         }
@@ -654,7 +654,7 @@ async fn approvals_grant_deny_and_time_out() {
         .unwrap();
     assert_eq!(timeout.actor, "system:timeout");
     assert!(matches!(
-        h.store().approve(&c, "user:alice", h.engine.runbooks.may_self_approve()).await,
+        h.store().approve(&c, "user:alice", h.engine.runbooks().may_self_approve()).await,
         Err(StoreError::WrongState { .. })
     ));
 }
@@ -666,7 +666,7 @@ async fn an_approval_after_the_timeout_is_refused_even_before_the_sweep() {
     let h = harness(&runbook("fix", "Broken", "low", "approval: required, approval_timeout: 10m"), "");
     let a = id(&decide(&h, firing(&h, "Broken", "a")).await);
     h.advance("10m");
-    match h.store().approve(&a, "user:alice", h.engine.runbooks.may_self_approve()).await {
+    match h.store().approve(&a, "user:alice", h.engine.runbooks().may_self_approve()).await {
         Err(StoreError::WrongState { state, .. }) => assert_eq!(state, "cancelled"),
         other => panic!("late approval: {other:?}"),
     }
@@ -685,7 +685,7 @@ async fn an_approved_run_starts_the_cooldown_when_approved() {
     let a = id(&decide(&h, firing(&h, "Broken", "web-1")).await);
     h.advance("20m");
     h.store()
-        .approve(&a, "user:alice", h.engine.runbooks.may_self_approve())
+        .approve(&a, "user:alice", h.engine.runbooks().may_self_approve())
         .await
         .unwrap();
     run_all(&h).await;
@@ -850,7 +850,7 @@ async fn force_skips_limits_budget_and_escalation_with_an_audited_override() {
     let first_id = first.id.clone();
     assert_eq!(h.engine.admit(first, None).await.unwrap().verdict, Verdict::PendingApproval);
     h.store()
-        .approve(&first_id, "user:bob", h.engine.runbooks.may_self_approve())
+        .approve(&first_id, "user:bob", h.engine.runbooks().may_self_approve())
         .await
         .unwrap();
     assert_eq!(run_all(&h).await, 1);

@@ -30,6 +30,7 @@ mod pg;
 mod plugins;
 mod properties;
 mod realparts;
+mod reload;
 mod replicas;
 mod server;
 mod support;
