@@ -7,6 +7,7 @@ mod approval;
 mod audit;
 mod budget;
 mod escalations;
+mod generate;
 mod history;
 mod list;
 mod matching;
@@ -104,6 +105,12 @@ pub enum Command {
     Escalations(escalations::ListArgs),
     /// Re-arm a tripped escalation breaker
     Reset(escalations::ResetArgs),
+    /// Shell completions, to stdout
+    Completions(generate::CompletionsArgs),
+    /// The manual pages of every command, as roff to stdout (`pitcrew man | man -l -`)
+    Man,
+    /// JSON Schema of a runbook file, for editors, to stdout
+    Schema,
 }
 
 pub fn main() -> ExitCode {
@@ -132,6 +139,9 @@ pub fn main() -> ExitCode {
         Command::Budget(args) => budget::run(cli.config.as_deref(), args),
         Command::Escalations(args) => escalations::list(cli.config.as_deref(), args),
         Command::Reset(args) => escalations::reset(cli.config.as_deref(), args),
+        Command::Completions(args) => generate::completions(args),
+        Command::Man => generate::man(),
+        Command::Schema => generate::schema(),
     };
     match result {
         Ok(exit) => ExitCode::from(exit as u8),

@@ -461,3 +461,136 @@ fn only_credentials_from_the_environment_are_redacted_not_every_expansion() {
     );
     assert!(audit.contains("[REDACTED]"));
 }
+
+/// One run that succeeds, one that waits for approval, one whose error is
+/// longer than a table cell, one retried.
+const WORKSPACE_RUNBOOKS: &str = r#"apiVersion: pitcrew/v1
+name: say
+steps:
+  - {name: hello, action: log, with: {message: hello}}
+---
+apiVersion: pitcrew/v1
+name: gated
+guardrails: {approval: required, self_approval: true}
+steps:
+  - {name: hello, action: log, with: {message: hello}}
+---
+apiVersion: pitcrew/v1
+name: loud
+steps:
+  - name: shout
+    action: exec
+    with: {command: [sh, -c, 'printf "%0300d" 0 >&2; exit 1']}
+---
+apiVersion: pitcrew/v1
+name: flaky
+steps:
+  - name: fetch
+    action: http
+    retries: 1
+    with: {url: "http://127.0.0.1:9/"}
+"#;
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let out = pitcrew(&["completions", "bash"]);
+    let (script, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for word in ["pitcrew", "escalations", "timeline", "--dry-run"] {
+        assert!(script.contains(word), "{word} missing from the bash completions");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = pitcrew(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("approve"), "{shell}");
+    }
+    assert_eq!(pitcrew(&["completions", "tcsh"]).status.code(), Some(2));
+
+    let out = pitcrew(&["man"]);
+    let (roff, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        roff.starts_with(".ie \\n(.g .ds Aq") || roff.starts_with(".TH"),
+        "{}",
+        &roff[..200.min(roff.len())]
+    );
+    let titles: Vec<&str> = roff.lines().filter(|l| l.starts_with(".TH ")).collect();
+    for page in ["pitcrew", "pitcrew-run", "pitcrew-audit", "pitcrew-audit-export", "pitcrew-schema"] {
+        assert!(
+            titles.iter().any(|t| t.split_whitespace().nth(1) == Some(page)),
+            "no page {page}: {titles:?}"
+        );
+    }
+    assert!(roff.contains("Skip cooldown"), "option help is in the pages");
+}
+
+/// The JSON Schema editors use must accept every shipped runbook and refuse
+/// what `validate` refuses for its shape.
+#[test]
+fn runbook_schema_accepts_the_shipped_runbooks_and_refuses_bad_shapes() {
+    let out = pitcrew(&["schema"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let docs = |yaml: &str| -> Vec<Value> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+            .collect()
+    };
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("runbooks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    let mut checked = 0;
+    for file in files.iter().chain([&repo().join("tests/fixtures/matching/runbooks.yaml")]) {
+        for doc in docs(&std::fs::read_to_string(file).unwrap()) {
+            let errors: Vec<String> = validator
+                .iter_errors(&doc)
+                .map(|e| format!("{e} at {}", e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > files.len(), "{checked}");
+    for doc in docs(WORKSPACE_RUNBOOKS) {
+        assert!(validator.is_valid(&doc), "{doc}");
+    }
+
+    let good = "apiVersion: pitcrew/v1\nname: ok\ntrigger: {alertname: [A, B], status: any}\n\
+                params: {n: {type: integer, default: 3, min: 1}}\nguardrails: {cooldown: 10m, rate_limit: 3/1h, concurrency: 2}\n\
+                steps: [{name: a, action: log, with: {message: m}, timeout: 30, retries: 0}]\n";
+    assert!(
+        validator.is_valid(&docs(good)[0]),
+        "{:?}",
+        validator.iter_errors(&docs(good)[0]).map(|e| e.to_string()).collect::<Vec<_>>()
+    );
+    for (bad, why) in [
+        (good.replace("pitcrew/v1", "pitcrew/v2"), "apiVersion"),
+        (good.replace("name: ok", "name: Not_OK"), "name pattern"),
+        (good.replace("steps: ", "step: "), "steps missing, unknown key"),
+        (good.replace("status: any", "status: sometimes"), "trigger status"),
+        (good.replace("type: integer", "type: float"), "param type"),
+        (good.replace("concurrency: 2", "concurrency: many"), "concurrency"),
+        (good.replace("cooldown: 10m", "cooldwon: 10m"), "unknown guardrail"),
+        (good.replace("retries: 0", "retries: -1"), "retries"),
+        (good.replace("timeout: 30", "timeout: [30]"), "timeout"),
+        (format!("{good}risk: extreme\n"), "risk"),
+        (
+            format!("{good}tests: [{{alert: {{labels: {{alertname: A}}}}}}]\n"),
+            "test without expect",
+        ),
+    ] {
+        assert!(!validator.is_valid(&docs(&bad)[0]), "{why}: accepted\n{bad}");
+    }
+}
+
+#[test]
+fn docs_show_how_editors_find_the_schema() {
+    let docs = std::fs::read_to_string(repo().join("docs/runbooks.md")).unwrap();
+    assert!(docs.contains("# yaml-language-server: $schema="), "docs/runbooks.md");
+    assert!(docs.contains("pitcrew schema >"), "docs/runbooks.md");
+}
