@@ -6,13 +6,16 @@ use super::{Exit, Failure, Output, output};
 
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ResetArgs {
+    /// Runbook name, as `pitcrew escalations` shows it
     pub runbook: String,
+    /// Target, as `pitcrew escalations` shows it
     pub target: String,
 }
 

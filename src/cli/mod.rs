@@ -181,6 +181,12 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Execution ids as given: ULIDs are case-insensitive, and ids are stored
+/// in lower case, so one copied from upper-case output still finds its run.
+pub fn execution_id(s: &str) -> Result<String, String> {
+    Ok(s.trim().to_ascii_lowercase())
+}
+
 /// Loads the config; problems are usage errors (exit 2).
 pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Config::discover(path).map_err(|e| match e {

@@ -594,3 +594,272 @@ fn docs_show_how_editors_find_the_schema() {
     assert!(docs.contains("# yaml-language-server: $schema="), "docs/runbooks.md");
     assert!(docs.contains("pitcrew schema >"), "docs/runbooks.md");
 }
+
+/// A folder of its own with a `pitcrew.yaml`, runbooks and (once something
+/// ran) state; the CLI runs inside it, as an operator would.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new(config: &str) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
+        std::fs::write(dir.path().join("runbooks/all.yaml"), WORKSPACE_RUNBOOKS).unwrap();
+        std::fs::write(
+            dir.path().join("pitcrew.yaml"),
+            format!("state_dir: state\nrunbooks: [runbooks]\nplugins: plugins\nhttp: {{allowed_hosts: [\"127.0.0.1:9\"]}}\n{config}"),
+        )
+        .unwrap();
+        Workspace { dir }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        in_dir(self.dir.path(), args)
+    }
+
+    /// `run NAME --output json`: the execution it printed.
+    fn run(&self, name: &str) -> Value {
+        let out = self.cli(&["run", name, "--output", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", text(&out)))
+    }
+}
+
+/// The CLI run in `dir`, with no config from the environment.
+fn in_dir(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pitcrew"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("PITCREW_CONFIG")
+        .output()
+        .expect("pitcrew runs")
+}
+
+#[test]
+fn every_command_and_argument_has_help() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(path.clone());
+            }
+            walk(sub, &path, missing);
+        }
+    }
+    let mut cmd = pitcrew::cli::Cli::command();
+    cmd.build();
+    let mut missing = Vec::new();
+    walk(&cmd, "pitcrew", &mut missing);
+    assert!(missing.is_empty(), "without help text: {missing:#?}");
+}
+
+#[test]
+fn reason_without_force_is_refused_before_anything_runs() {
+    let ws = Workspace::new("");
+    let out = ws.cli(&["run", "say", "--reason", "because"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert!(!ws.dir.path().join("state").exists(), "nothing ran");
+}
+
+#[test]
+fn run_approve_and_deny_print_the_execution_as_json() {
+    let ws = Workspace::new("");
+    let done = ws.run("say");
+    assert_eq!((done["runbook"].as_str(), done["state"].as_str()), (Some("say"), Some("succeeded")));
+    assert_eq!(done["steps"][0]["name"], "hello");
+
+    let out = ws.cli(&["run", "gated", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(4));
+    let waiting: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(waiting["state"], "pending_approval");
+    let id = waiting["id"].as_str().unwrap();
+    let out = ws.cli(&["approve", id, "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let approved: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((approved["id"].as_str(), approved["state"].as_str()), (Some(id), Some("succeeded")));
+
+    let out = ws.cli(&["run", "gated", "--output", "json"]);
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = ws.cli(&["deny", &id, "--reason", "not now", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let denied: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(denied["id"], id.as_str());
+    assert_eq!(denied["state"], "cancelled", "{denied}");
+
+    // Without --output, stdout is still only the id scripts capture.
+    let out = ws.cli(&["run", "say"]);
+    assert_eq!(text(&out).0.trim().len(), 26, "{:?}", text(&out));
+}
+
+#[test]
+fn upper_case_execution_ids_find_their_run() {
+    let ws = Workspace::new("");
+    let id = ws.run("say")["id"].as_str().unwrap().to_string();
+    let upper = id.to_uppercase();
+    let out = ws.cli(&["show", &upper]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out).0.contains(&format!("execution {id}")));
+    let out = ws.cli(&["audit", "timeline", "--execution", &upper]);
+    assert!(text(&out).0.contains("Execution started"), "{:?}", text(&out));
+    let out = ws.cli(&["audit", "export", "--execution", &upper]);
+    assert!(text(&out).0.lines().count() >= 4, "{:?}", text(&out));
+}
+
+#[test]
+fn audit_export_takes_output_like_every_other_command() {
+    let ws = Workspace::new("");
+    ws.run("say");
+    let csv = ws.cli(&["audit", "export", "--output", "csv"]);
+    assert_eq!(csv.status.code(), Some(0), "{:?}", text(&csv));
+    assert!(text(&csv).0.starts_with("seq,ts,kind,"), "{:?}", text(&csv));
+    let old = ws.cli(&["audit", "export", "--format", "csv"]);
+    assert_eq!(text(&old).0, text(&csv).0, "--format still works");
+    for jsonl in [
+        &["audit", "export", "--output", "jsonl"][..],
+        &["audit", "export", "--output", "json"],
+        &["audit", "export"],
+    ] {
+        let out = ws.cli(jsonl);
+        let lines = text(&out).0;
+        assert!(!lines.is_empty(), "{jsonl:?}");
+        for line in lines.lines() {
+            serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{jsonl:?}: {e}: {line}"));
+        }
+    }
+    let help = text(&ws.cli(&["audit", "export", "--help"])).0;
+    assert!(help.contains("--output") && !help.contains("--format"), "{help}");
+}
+
+#[test]
+fn budget_json_has_no_float_noise() {
+    let ws = Workspace::new("slos:\n  - {name: checkout, objective: 99.9%, window: 30d, static_remaining: 80%}\n");
+    let out = ws.cli(&["budget", "--output", "json"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stdout.contains("0000000"), "{stdout}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let slo = &report["slos"][0];
+    assert_eq!(slo["budget_minutes"], json!(43.2), "{slo}");
+    assert_eq!(slo["remaining_minutes"], json!(34.56), "{slo}");
+    assert_eq!(slo["remaining"], json!(0.8), "{slo}");
+    assert!(!ws.dir.path().join("state").exists());
+}
+
+#[test]
+fn test_json_gives_expected_and_got_as_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let rb = dir.path().join("rb.yaml");
+    std::fs::write(
+        &rb,
+        r#"apiVersion: pitcrew/v1
+name: wrong-expectation
+trigger: {alertname: X}
+params:
+  ns: {default: "{{alert.labels.namespace}}"}
+  n: {type: integer, default: 3}
+target: "{{params.ns}}"
+steps: [{name: a, action: log, with: {message: "in {{params.ns}}"}}]
+tests:
+  - alert: {labels: {alertname: X, namespace: shop}}
+    expect: {match: true, target: billing, params: {n: 4}, steps: {a: {message: in billing, nope: 1}}}
+"#,
+    )
+    .unwrap();
+    let out = pitcrew(&[
+        "--config",
+        "tests/fixtures/matching/config.yaml",
+        "test",
+        rb.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mismatches: std::collections::BTreeMap<String, Value> = report["tests"][0]["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["what"].as_str().unwrap().to_string(), m.clone()))
+        .collect();
+    assert_eq!(mismatches["target"]["expected"], "billing");
+    assert_eq!(mismatches["target"]["got"], "shop");
+    assert_eq!(mismatches["params.n"]["expected"], 4);
+    assert_eq!(mismatches["params.n"]["got"], 3);
+    assert_eq!(mismatches["steps.a.message"]["expected"], "in billing");
+    assert_eq!(mismatches["steps.a.message"]["got"], "in shop");
+    assert_eq!(mismatches["steps.a.nope"]["got"], Value::Null);
+    assert_eq!(mismatches["steps.a.nope"]["error"], "no such field");
+}
+
+#[test]
+fn validate_lists_problems_by_file_then_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keys in an unusual order: the checks (apiVersion first) would report
+    // the last line first.
+    let bad = "steps: [{name: a, action: nosuch.action}]\nname: BAD\napiVersion: pitcrew/v9\n";
+    std::fs::write(dir.path().join("b.yaml"), bad).unwrap();
+    std::fs::write(dir.path().join("a.yaml"), bad).unwrap();
+    let out = pitcrew(&["validate", "--output", "json", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let places: Vec<(String, u64, u64)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let file = p["file"].as_str().unwrap();
+            (
+                file.rsplit('/').next().unwrap().to_string(),
+                p["line"].as_u64().unwrap(),
+                p["column"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(places.len() >= 6, "{places:?}");
+    let mut sorted = places.clone();
+    sorted.sort();
+    assert_eq!(places, sorted);
+    let table = text(&pitcrew(&["validate", dir.path().to_str().unwrap()])).1;
+    let lines: Vec<&str> = table.lines().filter(|l| l.contains(".yaml:")).collect();
+    assert!(
+        lines[0].contains("a.yaml:1:") && lines.last().unwrap().contains("b.yaml:3:"),
+        "{table}"
+    );
+}
+
+#[test]
+fn show_counts_tries_from_1_like_the_timeline_and_marks_cut_cells() {
+    let ws = Workspace::new("");
+    let flaky = ws.run("flaky");
+    assert_eq!(flaky["state"], "failed", "{flaky}");
+    let id = flaky["id"].as_str().unwrap();
+    let shown = text(&ws.cli(&["show", id])).0;
+    let header = shown.lines().find(|l| l.starts_with("PHASE")).unwrap();
+    let col = header.find("TRY").unwrap();
+    let tries: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with("main"))
+        .map(|l| l[col..].split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(tries, ["1", "2"], "{shown}");
+    let timeline = text(&ws.cli(&["audit", "timeline", "--execution", id])).0;
+    assert!(timeline.contains("(attempt 2)") && !timeline.contains("(attempt 3)"), "{timeline}");
+
+    let loud = ws.run("loud");
+    let shown = text(&ws.cli(&["show", loud["id"].as_str().unwrap()])).0;
+    let row = shown.lines().find(|l| l.starts_with("main")).unwrap();
+    assert!(row.ends_with('…'), "{row}");
+    assert!(row.contains("000000"), "{row}");
+}
