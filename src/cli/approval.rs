@@ -71,7 +71,7 @@ pub fn approve(config_path: Option<&Path>, args: ApproveArgs) -> anyhow::Result<
 }
 
 pub fn deny(config_path: Option<&Path>, args: DenyArgs) -> anyhow::Result<Exit> {
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let actor = super::runtime::user_actor();
     let rt = super::runtime::tokio();
     rt.block_on(store.deny(&args.id, &actor, args.reason)).map_err(explain)?;

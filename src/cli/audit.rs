@@ -105,7 +105,7 @@ pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit>
     if let Command::Keygen(args) = command {
         return keygen(&args.dir);
     }
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let rt = super::runtime::tokio();
     match command {
         Command::Keygen(_) => unreachable!("handled above"),

@@ -40,7 +40,7 @@ pub fn parse_state(s: &str) -> anyhow::Result<State> {
 
 pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> {
     let state = args.status.as_deref().map(parse_state).transpose()?;
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let list = super::runtime::tokio().block_on(store.executions(ExecutionFilter {
         state,
         runbook: args.runbook,
@@ -75,7 +75,7 @@ pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> 
 }
 
 pub fn show(config_path: Option<&Path>, args: ShowArgs) -> anyhow::Result<Exit> {
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let exec = super::runtime::tokio().block_on(store.execution(&args.id)).map_err(|e| match e {
         crate::store::StoreError::NotFound(id) => Failure::usage(format!("no execution {id}")),
         other => other.into(),

@@ -863,3 +863,53 @@ fn show_counts_tries_from_1_like_the_timeline_and_marks_cut_cells() {
     assert!(row.ends_with('…'), "{row}");
     assert!(row.contains("000000"), "{row}");
 }
+
+#[test]
+fn read_only_commands_never_create_state_and_say_where_they_looked() {
+    let empty = tempfile::tempdir().unwrap();
+    // deny and reset write, but only to what is recorded: nothing to do without state.
+    let commands: [&[&str]; 8] = [
+        &["executions"],
+        &["show", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
+        &["audit", "verify"],
+        &["audit", "export"],
+        &["audit", "timeline"],
+        &["escalations"],
+        &["deny", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
+        &["reset", "some-runbook", "some-target"],
+    ];
+    for args in commands {
+        let out = in_dir(empty.path(), args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        assert!(stderr.contains("no state"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no config file found") && stderr.contains("$PITCREW_CONFIG") && stderr.contains("pitcrew.yaml"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("state_dir: .pitcrew"), "{args:?}: {stderr}");
+        assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0, "{args:?} created something");
+    }
+    // Budgets come from the config and Prometheus, not from state: it works, and creates nothing.
+    let out = in_dir(empty.path(), &["budget"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+
+    let ws = Workspace::new("");
+    let config = ws.dir.path().join("pitcrew.yaml");
+    let out = in_dir(empty.path(), &["--config", config.to_str().unwrap(), "executions"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("config file: {}", config.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("state_dir: {}", ws.dir.path().join("state").display())),
+        "{stderr}"
+    );
+    assert!(!ws.dir.path().join("state").exists());
+
+    // Once something ran, the same commands read it.
+    assert_eq!(ws.run("say")["state"], "succeeded");
+    let out = ws.cli(&["executions"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out).0.contains("say"));
+}
