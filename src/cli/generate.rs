@@ -33,8 +33,11 @@ pub fn man() -> anyhow::Result<Exit> {
 /// after another, and a packager can split on `.TH`.
 fn man_pages() -> std::io::Result<Vec<u8>> {
     fn render(cmd: &clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
-        clap_mangen::Man::new(cmd.clone()).render(out)?;
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        clap_mangen::Man::new(cmd.clone())
+            .source(concat!("pitcrew ", env!("CARGO_PKG_VERSION")))
+            .render(out)?;
+        // `help` is clap's own, added at build time: `man` is the help here.
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
             render(sub, out)?;
         }
         Ok(())

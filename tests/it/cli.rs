@@ -521,6 +521,12 @@ fn completions_and_man_pages_cover_every_command() {
             "no page {page}: {titles:?}"
         );
     }
+    assert!(!titles.iter().any(|t| t.contains("-help ")), "no pages for clap's help: {titles:?}");
+    let source = format!("\"pitcrew {}\"", env!("CARGO_PKG_VERSION"));
+    assert!(
+        titles.iter().all(|t| t.contains(&source)),
+        "every page names its source: {titles:?}"
+    );
     assert!(roff.contains("Skip cooldown"), "option help is in the pages");
 }
 
