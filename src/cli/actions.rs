@@ -14,6 +14,7 @@ pub struct Args {
     /// Print the reference of the built-in actions as Markdown (docs/actions.md)
     #[arg(long, conflicts_with_all = ["name", "rbac"])]
     pub docs: bool,
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }

@@ -2,22 +2,33 @@
 
 use std::path::Path;
 
-use super::{Exit, Failure};
+use super::{Exit, Failure, Output, output};
 use crate::store::StoreError;
 
 #[derive(clap::Args, Debug)]
 pub struct ApproveArgs {
+    /// Execution id (as `run` printed it)
+    #[arg(value_parser = super::execution_id)]
     pub id: String,
     /// Only approve; let `serve` run it
     #[arg(long)]
     pub detach: bool,
+    /// table: the execution id on stdout once run here; json: the execution as `show` gives it
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct DenyArgs {
+    /// Execution id (as `run` printed it)
+    #[arg(value_parser = super::execution_id)]
     pub id: String,
+    /// Why, for the audit and whoever asked
     #[arg(long)]
     pub reason: Option<String>,
+    /// table: nothing on stdout; json: the denied execution as `show` gives it
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
 }
 
 fn explain(e: StoreError) -> anyhow::Error {
@@ -45,21 +56,28 @@ pub fn approve(config_path: Option<&Path>, args: ApproveArgs) -> anyhow::Result<
             .map_err(explain)?;
         eprintln!("approved {} as {actor}", args.id);
         if args.detach {
+            if args.output == Output::Json {
+                print!("{}", output::json(&engine.store.execution(&args.id).await?));
+            }
             return Ok(Exit::Done);
         }
         let exit = super::run::run_claimed(&engine, &args.id).await;
         // A failure notice goes out in the background: wait for it before exiting.
         engine.settle().await;
-        exit
+        let exit = exit?;
+        super::run::report(&engine, &args.id, args.output).await?;
+        Ok(exit)
     })
 }
 
 pub fn deny(config_path: Option<&Path>, args: DenyArgs) -> anyhow::Result<Exit> {
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let actor = super::runtime::user_actor();
-    super::runtime::tokio()
-        .block_on(store.deny(&args.id, &actor, args.reason))
-        .map_err(explain)?;
+    let rt = super::runtime::tokio();
+    rt.block_on(store.deny(&args.id, &actor, args.reason)).map_err(explain)?;
     eprintln!("denied {} as {actor}", args.id);
+    if args.output == Output::Json {
+        print!("{}", output::json(&rt.block_on(store.execution(&args.id))?));
+    }
     Ok(Exit::Done)
 }

@@ -42,34 +42,44 @@ pub struct KeygenArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct TimelineArgs {
-    #[arg(long)]
+    /// Only the records of this execution
+    #[arg(long, value_name = "ID", value_parser = super::execution_id)]
     pub execution: Option<String>,
-    /// Alert fingerprint
-    #[arg(long)]
+    /// Only the records of the alert with this fingerprint
+    #[arg(long, value_name = "FINGERPRINT")]
     pub alert: Option<String>,
-    /// RFC 3339 time or a duration ago (2h)
-    #[arg(long)]
+    /// From this RFC 3339 time or a duration ago (2h)
+    #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
-    #[arg(long)]
+    /// Up to this RFC 3339 time or a duration ago (2h)
+    #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, Default)]
 pub enum Format {
+    /// One JSON record per line
     #[default]
+    #[value(alias = "json")]
     Jsonl,
+    /// A header line, then one row per record (`data` as JSON)
     Csv,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
-    #[arg(long)]
+    /// Record format
+    // `--output` like every other command; `--format` was its first name.
+    #[arg(long = "output", alias = "format", value_enum, default_value_t)]
+    pub output: Format,
+    /// From this RFC 3339 time or a duration ago (2h)
+    #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
-    #[arg(long)]
+    /// Up to this RFC 3339 time or a duration ago (2h)
+    #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
-    #[arg(long)]
+    /// Only the records of this execution
+    #[arg(long, value_name = "ID", value_parser = super::execution_id)]
     pub execution: Option<String>,
 }
 
@@ -95,7 +105,7 @@ pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit>
     if let Command::Keygen(args) = command {
         return keygen(&args.dir);
     }
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let rt = super::runtime::tokio();
     match command {
         Command::Keygen(_) => unreachable!("handled above"),
@@ -103,7 +113,7 @@ pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit>
         Command::Export(args) => {
             let records = rt.block_on(store.audit(filter(&args.since, &args.until, args.execution, None)?))?;
             let mut out = String::new();
-            match args.format {
+            match args.output {
                 Format::Jsonl => {
                     for r in &records {
                         out.push_str(&serde_json::to_string(r)?);
@@ -322,7 +332,7 @@ fn describe(r: &Record) -> (String, String) {
             } else {
                 s(&d["error"])
             };
-            let detail: String = detail.chars().take(300).collect();
+            let detail = super::output::cut(&detail, 300);
             (
                 "Step finished".into(),
                 format!(

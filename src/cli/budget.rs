@@ -9,6 +9,7 @@ use crate::budget::Budgets;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -18,7 +19,11 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
     let budgets = Budgets::new(std::sync::Arc::new(crate::action::Deps::new(config.clone())));
     let all = super::runtime::tokio().block_on(budgets.refresh(Utc::now()));
     match args.output {
-        Output::Json => print!("{}", output::json(&serde_json::json!({"slos": all}))),
+        Output::Json => {
+            let mut shown = serde_json::json!({"slos": all});
+            output::round_floats(&mut shown);
+            print!("{}", output::json(&shown));
+        }
         Output::Table => {
             if all.is_empty() {
                 eprintln!("no slos in the config");

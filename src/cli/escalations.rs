@@ -6,18 +6,21 @@ use super::{Exit, Failure, Output, output};
 
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ResetArgs {
+    /// Runbook name, as `pitcrew escalations` shows it
     pub runbook: String,
+    /// Target, as `pitcrew escalations` shows it
     pub target: String,
 }
 
 pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> {
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let breakers = super::runtime::tokio().block_on(store.breakers())?;
     match args.output {
         Output::Json => print!("{}", output::json(&breakers)),
@@ -33,7 +36,7 @@ pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> 
 }
 
 pub fn reset(config_path: Option<&Path>, args: ResetArgs) -> anyhow::Result<Exit> {
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let actor = super::runtime::user_actor();
     let reset = super::runtime::tokio().block_on(store.reset_breaker(&args.runbook, &args.target, &actor))?;
     if !reset {

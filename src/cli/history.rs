@@ -13,15 +13,20 @@ pub struct ListArgs {
     /// Only executions of this runbook
     #[arg(long)]
     pub runbook: Option<String>,
+    /// At most this many, newest first
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
+    /// Execution id
+    #[arg(value_parser = super::execution_id)]
     pub id: String,
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -35,7 +40,7 @@ pub fn parse_state(s: &str) -> anyhow::Result<State> {
 
 pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> {
     let state = args.status.as_deref().map(parse_state).transpose()?;
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let list = super::runtime::tokio().block_on(store.executions(ExecutionFilter {
         state,
         runbook: args.runbook,
@@ -70,7 +75,7 @@ pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> 
 }
 
 pub fn show(config_path: Option<&Path>, args: ShowArgs) -> anyhow::Result<Exit> {
-    let (_, store) = super::runtime::store_only(config_path)?;
+    let (_, store) = super::runtime::existing_store_only(config_path)?;
     let exec = super::runtime::tokio().block_on(store.execution(&args.id)).map_err(|e| match e {
         crate::store::StoreError::NotFound(id) => Failure::usage(format!("no execution {id}")),
         other => other.into(),
@@ -118,12 +123,13 @@ pub fn show(config_path: Option<&Path>, args: ShowArgs) -> anyhow::Result<Exit> 
                     .clone()
                     .or_else(|| s.output.as_ref().map(|o| o.to_string()))
                     .unwrap_or_default();
-                let detail: String = detail.chars().take(100).collect();
+                let detail = output::cut(&detail, 100);
                 vec![
                     format!("{:?}", s.phase).to_lowercase(),
                     s.name.clone(),
                     s.action.clone(),
-                    s.attempt.to_string(),
+                    // Stored from 0; people (and the timeline's "attempt 2") count from 1.
+                    (s.attempt + 1).to_string(),
                     s.state.as_str().into(),
                     took,
                     detail,

@@ -11,6 +11,7 @@ use crate::runbook::Runbook;
 pub struct Args {
     /// Runbook files or folders (default: the config's `runbooks`)
     pub paths: Vec<PathBuf>,
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }

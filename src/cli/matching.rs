@@ -21,6 +21,7 @@ pub struct Args {
     /// Alertmanager webhook payload, one alert object or a list of them (JSON or YAML)
     #[arg(long, value_name = "FILE")]
     pub alert: PathBuf,
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }

@@ -7,6 +7,7 @@ mod approval;
 mod audit;
 mod budget;
 mod escalations;
+mod generate;
 mod history;
 mod list;
 mod matching;
@@ -110,6 +111,12 @@ pub enum Command {
     /// The store itself: copy the embedded store into PostgreSQL
     #[command(subcommand)]
     Store(store::Command),
+    /// Shell completions, to stdout
+    Completions(generate::CompletionsArgs),
+    /// The manual pages of every command, as roff to stdout (`pitcrew man | man -l -`)
+    Man,
+    /// JSON Schema of a runbook file, for editors, to stdout
+    Schema,
 }
 
 pub fn main() -> ExitCode {
@@ -140,6 +147,9 @@ pub fn main() -> ExitCode {
         Command::Reset(args) => escalations::reset(cli.config.as_deref(), args),
         Command::Migrate(args) => store::migrate(cli.config.as_deref(), args),
         Command::Store(command) => store::run(cli.config.as_deref(), command),
+        Command::Completions(args) => generate::completions(args),
+        Command::Man => generate::man(),
+        Command::Schema => generate::schema(),
     };
     match result {
         Ok(exit) => ExitCode::from(exit as u8),
@@ -177,6 +187,12 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Execution ids as given: ULIDs are case-insensitive, and ids are stored
+/// in lower case, so one copied from upper-case output still finds its run.
+pub fn execution_id(s: &str) -> Result<String, String> {
+    Ok(s.trim().to_ascii_lowercase())
 }
 
 /// Loads the config; problems are usage errors (exit 2).

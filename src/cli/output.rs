@@ -107,6 +107,33 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// At most `max` characters of `s`; a cut one ends with `…` (counted), so
+/// that a shortened cell never reads as the whole value.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Floats as people read them: at most 4 decimals, so that `30d × 0.1%`
+/// shows as `43.2`, not `43.20000000000004`. Integers are left alone.
+pub fn round_floats(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(rounded) = n.as_f64().map(|f| (f * 1e4).round() / 1e4).and_then(serde_json::Number::from_f64) {
+                *n = rounded;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(round_floats),
+        Value::Object(map) => map.values_mut().for_each(round_floats),
+        _ => {}
+    }
+}
+
 pub fn json(value: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(value).expect("serialisable values serialise") + "\n"
 }
@@ -142,6 +169,20 @@ mod tests {
         let shown = visible_json(&v.to_string()).into_owned();
         assert_eq!(shown, r#"{"t":"a\u009bb\u001b\u202e"}"#);
         assert_eq!(serde_json::from_str::<serde_json::Value>(&shown).unwrap(), v);
+    }
+
+    #[test]
+    fn cut_cells_say_so() {
+        assert_eq!(cut("abcdef", 6), "abcdef");
+        assert_eq!(cut("abcdefg", 6), "abcde…");
+        assert_eq!(cut("日本語の文字", 3), "日本…");
+    }
+
+    #[test]
+    fn floats_are_rounded_for_display_and_integers_kept() {
+        let mut v = serde_json::json!({"a": 43.20000000000004, "b": [0.123456789, 7], "c": u64::MAX, "d": 1e-9});
+        round_floats(&mut v);
+        assert_eq!(v, serde_json::json!({"a": 43.2, "b": [0.1235, 7], "c": u64::MAX, "d": 0.0}));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::output::visible;
-use super::{Exit, Failure};
+use super::{Exit, Failure, Output};
 use crate::engine::{Engine, Progress, ProgressFn};
 use crate::guard::{CheckVerdict, Decision, Verdict};
 use crate::store::{Pending, State, StepState};
@@ -29,8 +29,12 @@ pub struct Args {
     /// Skip cooldown, rate limits, budget, storm brake and escalation (needs --reason)
     #[arg(long)]
     pub force: bool,
-    #[arg(long)]
+    /// Why the guardrails are skipped; recorded in the audit with the override
+    #[arg(long, requires = "force")]
     pub reason: Option<String>,
+    /// table: the execution id on stdout; json: the execution as `show` gives it
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
 }
 
 pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
@@ -70,13 +74,26 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         .resolve(&rb, alert.as_ref(), &overrides)
         .map_err(|e| Failure::usage(format!("{}: {e}", rb.name)))?;
     let actor = super::runtime::user_actor();
+    let output = args.output;
     super::runtime::tokio().block_on(async move {
-        let exit = admit_and_run(&engine, rb, resolved, actor, alert, args).await;
+        let ran = admit_and_run(&engine, rb, resolved, actor, alert, args).await;
         // Notices (approval wait, failure) go out in the background; this
         // process must not exit before they are delivered and recorded.
         engine.settle().await;
-        exit
+        let (id, exit) = ran?;
+        report(&engine, &id, output).await?;
+        Ok(exit)
     })
+}
+
+/// What a script captures from stdout: the execution id, or with `--output
+/// json` the execution as it now stands (the same object as `show`).
+pub async fn report(engine: &Engine, id: &str, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Table => println!("{id}"),
+        Output::Json => print!("{}", super::output::json(&engine.store.execution(id).await?)),
+    }
+    Ok(())
 }
 
 async fn admit_and_run(
@@ -86,7 +103,7 @@ async fn admit_and_run(
     actor: String,
     alert: Option<crate::alert::Alert>,
     args: Args,
-) -> anyhow::Result<Exit> {
+) -> anyhow::Result<(String, Exit)> {
     let force = args.force.then(|| args.reason.clone().unwrap_or_default());
     let admission = engine.manual_admission(&rb, resolved, actor, args.dry_run, force).await;
     let id = admission.id.clone();
@@ -95,18 +112,19 @@ async fn admit_and_run(
     match decision.verdict {
         Verdict::Blocked => {
             eprintln!("blocked ({}): {}", decision.decided_by, visible(&decision.reason));
-            println!("{id}");
-            Ok(Exit::Blocked)
+            Ok((id, Exit::Blocked))
         }
         Verdict::PendingApproval => {
             eprintln!(
                 "waiting for approval: {}\n  pitcrew approve {id}   |   pitcrew deny {id} --reason ...",
                 decision.reason
             );
-            println!("{id}");
-            Ok(Exit::PendingApproval)
+            Ok((id, Exit::PendingApproval))
         }
-        Verdict::Run => run_claimed(engine, &id).await,
+        Verdict::Run => {
+            let exit = run_claimed(engine, &id).await?;
+            Ok((id, exit))
+        }
     }
 }
 
@@ -123,7 +141,8 @@ fn print_decision(d: &Decision) {
     }
 }
 
-/// Claims `id` and runs it here, printing progress; exit code from the outcome.
+/// Claims `id` and runs it here, printing progress on stderr; exit code
+/// from the outcome.
 pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit> {
     let Some(exec) = engine.store.claim(&engine.worker_id, Some(id.to_string())).await? else {
         // Another engine (serve) claimed it first: follow it to the end.
@@ -181,13 +200,11 @@ pub async fn run_claimed(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit>
             engine.store.finish(&claimed, Pending::default(), state, Some(reason.clone())).await?;
             engine.run_ended(&claimed, state, Some(&reason));
             eprintln!("{state}: {reason}");
-            println!("{id}");
             return Ok(Exit::StepFailed);
         }
     };
     let reason = engine.config().redactor.text(outcome.reason.as_deref().unwrap_or(""));
     eprintln!("{} {}", outcome.state, visible(&reason));
-    println!("{id}");
     Ok(exit_for(outcome.state))
 }
 
@@ -209,7 +226,6 @@ async fn follow(engine: &Arc<Engine>, id: &str) -> anyhow::Result<Exit> {
         let exec = engine.store.execution(id).await?;
         if exec.state.is_final() {
             eprintln!("{} {}", exec.state, visible(exec.reason.as_deref().unwrap_or("")));
-            println!("{id}");
             return Ok(exit_for(exec.state));
         }
         polls += 1;

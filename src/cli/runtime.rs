@@ -25,6 +25,46 @@ pub fn open_store(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Stor
     })
 }
 
+/// For commands about what is already recorded (history, the audit log,
+/// pending runs, breakers): opening the store would create an empty one, and
+/// a typo in `--config` or a run from the wrong folder would then answer
+/// "nothing happened" instead of "wrong place". Says where it looked and
+/// exits 2.
+pub fn open_existing_store(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
+    let db = config.state_db();
+    if !db.exists() {
+        return Err(Failure::usage(no_state(config)));
+    }
+    open_store(config)
+}
+
+fn no_state(config: &crate::config::Config) -> String {
+    let shown = |p: &Path| match std::path::absolute(p) {
+        Ok(abs) if abs != p => format!("{} ({})", p.display(), abs.display()),
+        _ => p.display().to_string(),
+    };
+    // `Config::discover` takes --config, then $PITCREW_CONFIG, then
+    // ./pitcrew.yaml; a config that came from none of them is the defaults.
+    let source = match &config.file {
+        Some(file) => format!("config file: {}", shown(file)),
+        None => {
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            format!(
+                "no config file found (looked at --config: not given, $PITCREW_CONFIG: not set, ./pitcrew.yaml: not in {cwd}); using the built-in defaults"
+            )
+        }
+    };
+    let db = config.state_db();
+    let db = std::path::absolute(&db).unwrap_or(db);
+    format!(
+        "no state: {} does not exist, so nothing has been recorded with this config (is it the one `serve` runs with?)\n  {source}\n  state_dir: {}",
+        db.display(),
+        shown(&config.state_dir)
+    )
+}
+
 /// Loads config and runbooks, opens the store, builds the engine.
 pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
     let mut config = super::load_config(config_path)?;
@@ -47,10 +87,11 @@ pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
     Ok(Arc::new(Engine::new(config, runbooks, store)))
 }
 
-/// Only config and store (history commands need no runbooks).
-pub fn store_only(config_path: Option<&Path>) -> anyhow::Result<(crate::config::Config, Arc<dyn Store>)> {
+/// Only config and an existing store, for history and answers to what is
+/// recorded (they need no runbooks, and have nothing to do without state).
+pub fn existing_store_only(config_path: Option<&Path>) -> anyhow::Result<(crate::config::Config, Arc<dyn Store>)> {
     let config = super::load_config(config_path)?;
-    let store = open_store(&config)?;
+    let store = open_existing_store(&config)?;
     Ok((config, store))
 }
 

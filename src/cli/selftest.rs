@@ -11,6 +11,7 @@ use crate::runbook::selftest;
 pub struct Args {
     /// Runbook files or folders (default: the config's `runbooks`)
     pub paths: Vec<PathBuf>,
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -40,7 +41,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                 .iter()
                 .map(|(rb, t, m)| {
                     json!({"runbook": rb.name, "test": t.name, "file": rb.file, "line": t.line, "passed": m.is_empty(),
-                           "mismatches": m.iter().map(|m| json!({"what": m.what, "expected": m.expected, "got": m.got})).collect::<Vec<_>>()})
+                           "mismatches": m.iter().map(mismatch_json).collect::<Vec<_>>()})
                 })
                 .collect();
             print!("{}", output::json(&json!({"passed": passed, "failed": failed, "tests": items})));
@@ -52,7 +53,11 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                 } else {
                     println!("FAIL  {} / {}  ({}:{})", rb.name, t.name, rb.file.display(), t.line);
                     for m in mismatches {
-                        println!("        {}: expected {}, got {}", m.what, m.expected, m.got);
+                        let got = match &m.got {
+                            Ok(v) => v.to_string(),
+                            Err(why) => format!("({why})"),
+                        };
+                        println!("        {}: expected {}, got {got}", m.what, m.expected);
                     }
                 }
             }
@@ -60,4 +65,12 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         }
     }
     Ok(if failed == 0 { Exit::Done } else { Exit::StepFailed })
+}
+
+/// `got` is the value the runbook gave; when it gave none, `error` says why.
+fn mismatch_json(m: &selftest::Mismatch) -> serde_json::Value {
+    match &m.got {
+        Ok(got) => json!({"what": m.what, "expected": m.expected, "got": got}),
+        Err(why) => json!({"what": m.what, "expected": m.expected, "got": null, "error": why}),
+    }
 }

@@ -12,6 +12,7 @@ use crate::diag::Diagnostic;
 pub struct Args {
     /// Runbook files or folders (default: the config's `runbooks`)
     pub paths: Vec<PathBuf>,
+    /// table for people, json for scripts
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -40,6 +41,10 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         args.paths
     };
     let set = crate::runbook::compile::load_runbooks(&config, registry, &paths, &mut problems);
+    // Checks report in the order they run (config, plugins, then each
+    // runbook key by key), not in the order of the text; a reader fixes them
+    // file by file, top to bottom. Equal places keep their order.
+    problems.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     match args.output {
         Output::Json => {
             print!(

@@ -24,12 +24,14 @@ pub struct Expect {
     pub steps: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
-/// One failed expectation.
+/// One failed expectation. Values stay values (not their text) so that
+/// `pitcrew test --output json` can give them as JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mismatch {
     pub what: String,
-    pub expected: String,
-    pub got: String,
+    pub expected: Value,
+    /// What the runbook gave, or why it gave nothing.
+    pub got: Result<Value, String>,
 }
 
 /// Runs one test; an empty list means it passed.
@@ -39,8 +41,8 @@ pub fn run(set: &RunbookSet, rb: &Runbook, test: &RunbookTest) -> Vec<Mismatch> 
     if matched != test.expect.matches {
         out.push(Mismatch {
             what: "match".into(),
-            expected: test.expect.matches.to_string(),
-            got: matched.to_string(),
+            expected: Value::Bool(test.expect.matches),
+            got: Ok(Value::Bool(matched)),
         });
         return out;
     }
@@ -53,7 +55,7 @@ pub fn run(set: &RunbookSet, rb: &Runbook, test: &RunbookTest) -> Vec<Mismatch> 
             out.push(Mismatch {
                 what: "resolve".into(),
                 expected: "params and target resolve".into(),
-                got: e.to_string(),
+                got: Err(e.to_string()),
             });
             return out;
         }
@@ -63,8 +65,8 @@ pub fn run(set: &RunbookSet, rb: &Runbook, test: &RunbookTest) -> Vec<Mismatch> 
         if !loosely_equal(expected, &got) {
             out.push(Mismatch {
                 what: format!("params.{name}"),
-                expected: expected.to_string(),
-                got: got.to_string(),
+                expected: expected.clone(),
+                got: Ok(got),
             });
         }
     }
@@ -73,8 +75,8 @@ pub fn run(set: &RunbookSet, rb: &Runbook, test: &RunbookTest) -> Vec<Mismatch> 
     {
         out.push(Mismatch {
             what: "target".into(),
-            expected: format!("{target:?}"),
-            got: format!("{:?}", resolved.target),
+            expected: Value::String(target.clone()),
+            got: Ok(Value::String(resolved.target.clone())),
         });
     }
     let ctx = RunbookSet::step_context(
@@ -94,8 +96,8 @@ pub fn run(set: &RunbookSet, rb: &Runbook, test: &RunbookTest) -> Vec<Mismatch> 
             let Some(tpl) = step.with.get(field) else {
                 out.push(Mismatch {
                     what,
-                    expected: expected.to_string(),
-                    got: "(no such field)".into(),
+                    expected: expected.clone(),
+                    got: Err("no such field".into()),
                 });
                 continue;
             };
@@ -103,13 +105,13 @@ pub fn run(set: &RunbookSet, rb: &Runbook, test: &RunbookTest) -> Vec<Mismatch> 
                 Ok(got) if loosely_equal(expected, &got) => {}
                 Ok(got) => out.push(Mismatch {
                     what,
-                    expected: expected.to_string(),
-                    got: got.to_string(),
+                    expected: expected.clone(),
+                    got: Ok(got),
                 }),
                 Err(e) => out.push(Mismatch {
                     what,
-                    expected: expected.to_string(),
-                    got: format!("error: {e}"),
+                    expected: expected.clone(),
+                    got: Err(e.to_string()),
                 }),
             }
         }

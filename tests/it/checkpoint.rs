@@ -254,6 +254,17 @@ fn checkpoints_need_a_public_key_and_a_missing_dir_is_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pitcrew.yaml");
     std::fs::write(&config, "state_dir: state\n").unwrap();
+    // An empty state, so that what is refused is the checkpoints (without
+    // any, `audit verify` refuses for that).
+    let loaded = pitcrew::config::Config::load(&config).unwrap();
+    drop(
+        pitcrew::store::sqlite::SqliteStore::open(
+            &loaded.state_dir,
+            loaded.redactor.clone(),
+            std::sync::Arc::new(pitcrew::clock::SystemClock),
+        )
+        .unwrap(),
+    );
     let c = config.to_str().unwrap();
     let out = pitcrew(&["--config", c, "audit", "verify", "--checkpoints", "x"]);
     assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));

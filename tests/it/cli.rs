@@ -569,3 +569,461 @@ fn only_credentials_from_the_environment_are_redacted_not_every_expansion() {
     );
     assert!(audit.contains("[REDACTED]"));
 }
+
+/// One run that succeeds, one that waits for approval, one whose error is
+/// longer than a table cell, one retried.
+const WORKSPACE_RUNBOOKS: &str = r#"apiVersion: pitcrew/v1
+name: say
+steps:
+  - {name: hello, action: log, with: {message: hello}}
+---
+apiVersion: pitcrew/v1
+name: gated
+guardrails: {approval: required, self_approval: true}
+steps:
+  - {name: hello, action: log, with: {message: hello}}
+---
+apiVersion: pitcrew/v1
+name: loud
+steps:
+  - name: shout
+    action: exec
+    with: {command: [sh, -c, 'printf "%0300d" 0 >&2; exit 1']}
+---
+apiVersion: pitcrew/v1
+name: flaky
+steps:
+  - name: fetch
+    action: http
+    retries: 1
+    with: {url: "http://127.0.0.1:9/"}
+"#;
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let out = pitcrew(&["completions", "bash"]);
+    let (script, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for word in ["pitcrew", "escalations", "timeline", "--dry-run"] {
+        assert!(script.contains(word), "{word} missing from the bash completions");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = pitcrew(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("approve"), "{shell}");
+    }
+    assert_eq!(pitcrew(&["completions", "tcsh"]).status.code(), Some(2));
+
+    let out = pitcrew(&["man"]);
+    let (roff, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        roff.starts_with(".ie \\n(.g .ds Aq") || roff.starts_with(".TH"),
+        "{}",
+        &roff[..200.min(roff.len())]
+    );
+    let titles: Vec<&str> = roff.lines().filter(|l| l.starts_with(".TH ")).collect();
+    for page in ["pitcrew", "pitcrew-run", "pitcrew-audit", "pitcrew-audit-export", "pitcrew-schema"] {
+        assert!(
+            titles.iter().any(|t| t.split_whitespace().nth(1) == Some(page)),
+            "no page {page}: {titles:?}"
+        );
+    }
+    assert!(!titles.iter().any(|t| t.contains("-help ")), "no pages for clap's help: {titles:?}");
+    let source = format!("\"pitcrew {}\"", env!("CARGO_PKG_VERSION"));
+    assert!(
+        titles.iter().all(|t| t.contains(&source)),
+        "every page names its source: {titles:?}"
+    );
+    assert!(roff.contains("Skip cooldown"), "option help is in the pages");
+}
+
+/// The JSON Schema editors use must accept every shipped runbook and refuse
+/// what `validate` refuses for its shape.
+#[test]
+fn runbook_schema_accepts_the_shipped_runbooks_and_refuses_bad_shapes() {
+    let out = pitcrew(&["schema"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let docs = |yaml: &str| -> Vec<Value> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+            .collect()
+    };
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("runbooks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    let mut checked = 0;
+    for file in files.iter().chain([&repo().join("tests/fixtures/matching/runbooks.yaml")]) {
+        for doc in docs(&std::fs::read_to_string(file).unwrap()) {
+            let errors: Vec<String> = validator
+                .iter_errors(&doc)
+                .map(|e| format!("{e} at {}", e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > files.len(), "{checked}");
+    for doc in docs(WORKSPACE_RUNBOOKS) {
+        assert!(validator.is_valid(&doc), "{doc}");
+    }
+
+    let good = "apiVersion: pitcrew/v1\nname: ok\ntrigger: {alertname: [A, B], status: any}\n\
+                params: {n: {type: integer, default: 3, min: 1}}\nguardrails: {cooldown: 10m, rate_limit: 3/1h, concurrency: 2}\n\
+                steps: [{name: a, action: log, with: {message: m}, timeout: 30, retries: 0}]\n";
+    assert!(
+        validator.is_valid(&docs(good)[0]),
+        "{:?}",
+        validator.iter_errors(&docs(good)[0]).map(|e| e.to_string()).collect::<Vec<_>>()
+    );
+    for (bad, why) in [
+        (good.replace("pitcrew/v1", "pitcrew/v2"), "apiVersion"),
+        (good.replace("name: ok", "name: Not_OK"), "name pattern"),
+        (good.replace("steps: ", "step: "), "steps missing, unknown key"),
+        (good.replace("status: any", "status: sometimes"), "trigger status"),
+        (good.replace("type: integer", "type: float"), "param type"),
+        (good.replace("concurrency: 2", "concurrency: many"), "concurrency"),
+        (good.replace("cooldown: 10m", "cooldwon: 10m"), "unknown guardrail"),
+        (good.replace("retries: 0", "retries: -1"), "retries"),
+        (good.replace("timeout: 30", "timeout: [30]"), "timeout"),
+        (format!("{good}risk: extreme\n"), "risk"),
+        (
+            format!("{good}tests: [{{alert: {{labels: {{alertname: A}}}}}}]\n"),
+            "test without expect",
+        ),
+    ] {
+        assert!(!validator.is_valid(&docs(&bad)[0]), "{why}: accepted\n{bad}");
+    }
+}
+
+#[test]
+fn docs_show_how_editors_find_the_schema() {
+    let docs = std::fs::read_to_string(repo().join("docs/runbooks.md")).unwrap();
+    assert!(docs.contains("# yaml-language-server: $schema="), "docs/runbooks.md");
+    assert!(docs.contains("pitcrew schema >"), "docs/runbooks.md");
+}
+
+/// A folder of its own with a `pitcrew.yaml`, runbooks and (once something
+/// ran) state; the CLI runs inside it, as an operator would.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new(config: &str) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
+        std::fs::write(dir.path().join("runbooks/all.yaml"), WORKSPACE_RUNBOOKS).unwrap();
+        std::fs::write(
+            dir.path().join("pitcrew.yaml"),
+            format!("state_dir: state\nrunbooks: [runbooks]\nplugins: plugins\nhttp: {{allowed_hosts: [\"127.0.0.1:9\"]}}\n{config}"),
+        )
+        .unwrap();
+        Workspace { dir }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        in_dir(self.dir.path(), args)
+    }
+
+    /// `run NAME --output json`: the execution it printed.
+    fn run(&self, name: &str) -> Value {
+        let out = self.cli(&["run", name, "--output", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", text(&out)))
+    }
+}
+
+/// The CLI run in `dir`, with no config from the environment.
+fn in_dir(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pitcrew"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("PITCREW_CONFIG")
+        .output()
+        .expect("pitcrew runs")
+}
+
+#[test]
+fn every_command_and_argument_has_help() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(path.clone());
+            }
+            walk(sub, &path, missing);
+        }
+    }
+    let mut cmd = pitcrew::cli::Cli::command();
+    cmd.build();
+    let mut missing = Vec::new();
+    walk(&cmd, "pitcrew", &mut missing);
+    assert!(missing.is_empty(), "without help text: {missing:#?}");
+}
+
+#[test]
+fn reason_without_force_is_refused_before_anything_runs() {
+    let ws = Workspace::new("");
+    let out = ws.cli(&["run", "say", "--reason", "because"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert!(!ws.dir.path().join("state").exists(), "nothing ran");
+}
+
+#[test]
+fn run_approve_and_deny_print_the_execution_as_json() {
+    let ws = Workspace::new("");
+    let done = ws.run("say");
+    assert_eq!((done["runbook"].as_str(), done["state"].as_str()), (Some("say"), Some("succeeded")));
+    assert_eq!(done["steps"][0]["name"], "hello");
+
+    let out = ws.cli(&["run", "gated", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(4));
+    let waiting: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(waiting["state"], "pending_approval");
+    let id = waiting["id"].as_str().unwrap();
+    let out = ws.cli(&["approve", id, "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let approved: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((approved["id"].as_str(), approved["state"].as_str()), (Some(id), Some("succeeded")));
+
+    let out = ws.cli(&["run", "gated", "--output", "json"]);
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = ws.cli(&["deny", &id, "--reason", "not now", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let denied: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(denied["id"], id.as_str());
+    assert_eq!(denied["state"], "cancelled", "{denied}");
+
+    // Without --output, stdout is still only the id scripts capture.
+    let out = ws.cli(&["run", "say"]);
+    assert_eq!(text(&out).0.trim().len(), 26, "{:?}", text(&out));
+}
+
+#[test]
+fn upper_case_execution_ids_find_their_run() {
+    let ws = Workspace::new("");
+    let id = ws.run("say")["id"].as_str().unwrap().to_string();
+    let upper = id.to_uppercase();
+    let out = ws.cli(&["show", &upper]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out).0.contains(&format!("execution {id}")));
+    let out = ws.cli(&["audit", "timeline", "--execution", &upper]);
+    assert!(text(&out).0.contains("Execution started"), "{:?}", text(&out));
+    let out = ws.cli(&["audit", "export", "--execution", &upper]);
+    assert!(text(&out).0.lines().count() >= 4, "{:?}", text(&out));
+}
+
+#[test]
+fn audit_export_takes_output_like_every_other_command() {
+    let ws = Workspace::new("");
+    ws.run("say");
+    let csv = ws.cli(&["audit", "export", "--output", "csv"]);
+    assert_eq!(csv.status.code(), Some(0), "{:?}", text(&csv));
+    assert!(text(&csv).0.starts_with("seq,ts,kind,"), "{:?}", text(&csv));
+    let old = ws.cli(&["audit", "export", "--format", "csv"]);
+    assert_eq!(text(&old).0, text(&csv).0, "--format still works");
+    for jsonl in [
+        &["audit", "export", "--output", "jsonl"][..],
+        &["audit", "export", "--output", "json"],
+        &["audit", "export"],
+    ] {
+        let out = ws.cli(jsonl);
+        let lines = text(&out).0;
+        assert!(!lines.is_empty(), "{jsonl:?}");
+        for line in lines.lines() {
+            serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{jsonl:?}: {e}: {line}"));
+        }
+    }
+    let help = text(&ws.cli(&["audit", "export", "--help"])).0;
+    assert!(help.contains("--output") && !help.contains("--format"), "{help}");
+}
+
+#[test]
+fn budget_json_has_no_float_noise() {
+    let ws = Workspace::new("slos:\n  - {name: checkout, objective: 99.9%, window: 30d, static_remaining: 80%}\n");
+    let out = ws.cli(&["budget", "--output", "json"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stdout.contains("0000000"), "{stdout}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let slo = &report["slos"][0];
+    assert_eq!(slo["budget_minutes"], json!(43.2), "{slo}");
+    assert_eq!(slo["remaining_minutes"], json!(34.56), "{slo}");
+    assert_eq!(slo["remaining"], json!(0.8), "{slo}");
+    assert!(!ws.dir.path().join("state").exists());
+}
+
+#[test]
+fn test_json_gives_expected_and_got_as_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let rb = dir.path().join("rb.yaml");
+    std::fs::write(
+        &rb,
+        r#"apiVersion: pitcrew/v1
+name: wrong-expectation
+trigger: {alertname: X}
+params:
+  ns: {default: "{{alert.labels.namespace}}"}
+  n: {type: integer, default: 3}
+target: "{{params.ns}}"
+steps: [{name: a, action: log, with: {message: "in {{params.ns}}"}}]
+tests:
+  - alert: {labels: {alertname: X, namespace: shop}}
+    expect: {match: true, target: billing, params: {n: 4}, steps: {a: {message: in billing, nope: 1}}}
+"#,
+    )
+    .unwrap();
+    let out = pitcrew(&[
+        "--config",
+        "tests/fixtures/matching/config.yaml",
+        "test",
+        rb.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mismatches: std::collections::BTreeMap<String, Value> = report["tests"][0]["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["what"].as_str().unwrap().to_string(), m.clone()))
+        .collect();
+    assert_eq!(mismatches["target"]["expected"], "billing");
+    assert_eq!(mismatches["target"]["got"], "shop");
+    assert_eq!(mismatches["params.n"]["expected"], 4);
+    assert_eq!(mismatches["params.n"]["got"], 3);
+    assert_eq!(mismatches["steps.a.message"]["expected"], "in billing");
+    assert_eq!(mismatches["steps.a.message"]["got"], "in shop");
+    assert_eq!(mismatches["steps.a.nope"]["got"], Value::Null);
+    assert_eq!(mismatches["steps.a.nope"]["error"], "no such field");
+}
+
+#[test]
+fn validate_lists_problems_by_file_then_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keys in an unusual order: the checks (apiVersion first) would report
+    // the last line first.
+    let bad = "steps: [{name: a, action: nosuch.action}]\nname: BAD\napiVersion: pitcrew/v9\n";
+    std::fs::write(dir.path().join("b.yaml"), bad).unwrap();
+    std::fs::write(dir.path().join("a.yaml"), bad).unwrap();
+    let out = pitcrew(&["validate", "--output", "json", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let places: Vec<(String, u64, u64)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let file = p["file"].as_str().unwrap();
+            (
+                file.rsplit('/').next().unwrap().to_string(),
+                p["line"].as_u64().unwrap(),
+                p["column"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(places.len() >= 6, "{places:?}");
+    let mut sorted = places.clone();
+    sorted.sort();
+    assert_eq!(places, sorted);
+    let table = text(&pitcrew(&["validate", dir.path().to_str().unwrap()])).1;
+    let lines: Vec<&str> = table.lines().filter(|l| l.contains(".yaml:")).collect();
+    assert!(
+        lines[0].contains("a.yaml:1:") && lines.last().unwrap().contains("b.yaml:3:"),
+        "{table}"
+    );
+}
+
+#[test]
+fn show_counts_tries_from_1_like_the_timeline_and_marks_cut_cells() {
+    let ws = Workspace::new("");
+    let flaky = ws.run("flaky");
+    assert_eq!(flaky["state"], "failed", "{flaky}");
+    let id = flaky["id"].as_str().unwrap();
+    let shown = text(&ws.cli(&["show", id])).0;
+    let header = shown.lines().find(|l| l.starts_with("PHASE")).unwrap();
+    let col = header.find("TRY").unwrap();
+    let tries: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with("main"))
+        .map(|l| l[col..].split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(tries, ["1", "2"], "{shown}");
+    let timeline = text(&ws.cli(&["audit", "timeline", "--execution", id])).0;
+    assert!(timeline.contains("(attempt 2)") && !timeline.contains("(attempt 3)"), "{timeline}");
+
+    let loud = ws.run("loud");
+    let shown = text(&ws.cli(&["show", loud["id"].as_str().unwrap()])).0;
+    let row = shown.lines().find(|l| l.starts_with("main")).unwrap();
+    assert!(row.ends_with('…'), "{row}");
+    assert!(row.contains("000000"), "{row}");
+}
+
+#[test]
+fn read_only_commands_never_create_state_and_say_where_they_looked() {
+    let empty = tempfile::tempdir().unwrap();
+    // deny and reset write, but only to what is recorded: nothing to do without state.
+    let commands: [&[&str]; 8] = [
+        &["executions"],
+        &["show", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
+        &["audit", "verify"],
+        &["audit", "export"],
+        &["audit", "timeline"],
+        &["escalations"],
+        &["deny", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
+        &["reset", "some-runbook", "some-target"],
+    ];
+    for args in commands {
+        let out = in_dir(empty.path(), args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        assert!(stderr.contains("no state"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no config file found") && stderr.contains("$PITCREW_CONFIG") && stderr.contains("pitcrew.yaml"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("state_dir: .pitcrew"), "{args:?}: {stderr}");
+        assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0, "{args:?} created something");
+    }
+    // Budgets come from the config and Prometheus, not from state: it works, and creates nothing.
+    let out = in_dir(empty.path(), &["budget"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+
+    let ws = Workspace::new("");
+    let config = ws.dir.path().join("pitcrew.yaml");
+    let out = in_dir(empty.path(), &["--config", config.to_str().unwrap(), "executions"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("config file: {}", config.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("state_dir: {}", ws.dir.path().join("state").display())),
+        "{stderr}"
+    );
+    assert!(!ws.dir.path().join("state").exists());
+
+    // Once something ran, the same commands read it.
+    assert_eq!(ws.run("say")["state"], "succeeded");
+    let out = ws.cli(&["executions"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out).0.contains("say"));
+}
