@@ -2,8 +2,8 @@
 # pitcrew's image: the `dist` build (fat LTO) on distroless, non-root.
 #
 #   docker build -t pitcrew .
-#   docker run -v "$PWD/pitcrew.yaml:/etc/pitcrew/pitcrew.yaml:ro" -v pitcrew-state:/var/lib/pitcrew \
-#     --read-only -p 9095:9095 pitcrew
+#   docker run --read-only --tmpfs /tmp -p 9095:9095 -v pitcrew-state:/var/lib/pitcrew \
+#     -v "$PWD/pitcrew.yaml:/etc/pitcrew/pitcrew.yaml:ro" pitcrew
 #
 # The builder is Debian bookworm so the binary links against the same glibc
 # as the distroless cc-debian12 runtime.
