@@ -1,8 +1,9 @@
 # Shared by the benchmarks: build, start `serve` on a free loopback port,
 # read its memory, query its state. Source it after `cd` to the repository.
 command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; exit 2; }
-cargo build --release --quiet
-BIN=$PWD/target/release/pitcrew
+# The shipped build (fat LTO): the numbers are those of the binary users run.
+cargo build --profile dist --quiet
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/dist/pitcrew
 WORK=$(mktemp -d)
 SERVERS=()
 trap 'kill $(jobs -p) ${SERVERS[@]+"${SERVERS[@]}"} 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
