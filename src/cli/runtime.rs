@@ -31,6 +31,13 @@ pub fn open_store(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Stor
 /// "nothing happened" instead of "wrong place". Says where it looked and
 /// exits 2.
 pub fn open_existing_store(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(pg) = &config.store {
+        let store = PgStore::open_existing(pg, config.redactor.clone(), Arc::new(SystemClock)).map_err(|e| Failure {
+            exit: super::Exit::Usage,
+            message: crate::diag::chain(&e),
+        })?;
+        return Ok(Arc::new(store));
+    }
     let db = config.state_db();
     if !db.exists() {
         return Err(Failure::usage(no_state(config)));

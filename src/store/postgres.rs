@@ -1020,10 +1020,16 @@ pub struct Postgres {
     reads: Mutex<Sender<ReadJob>>,
     /// Ends the heartbeat thread.
     stop: Sender<()>,
+    /// Whether this process joined as a replica (a lease, a heartbeat);
+    /// a command that only reads does not.
+    joined: bool,
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        if !self.joined {
+            return;
+        }
         let _ = self.stop.send(());
         let replica = self.replica.clone();
         // Not on an async runtime thread (see `on_plain_thread`).
@@ -1096,6 +1102,17 @@ impl Ledger<Postgres> {
     /// Connects, migrates, joins as a replica (with a lease that a
     /// heartbeat renews) and starts the writer and readers.
     pub fn open(store: &StoreConfig, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<PgStore, StoreError> {
+        Ledger::<Postgres>::connect(store, redactor, clock, true)
+    }
+
+    /// For commands about what is already recorded: changes nothing in the
+    /// database (no migration, no replica row) and refuses a database that
+    /// holds no pitcrew store of this version.
+    pub fn open_existing(store: &StoreConfig, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<PgStore, StoreError> {
+        Ledger::<Postgres>::connect(store, redactor, clock, false)
+    }
+
+    fn connect(store: &StoreConfig, redactor: Redactor, clock: Arc<dyn Clock>, join: bool) -> Result<PgStore, StoreError> {
         let target = Target::new(store)?;
         let replica = Arc::new(Replica {
             id: format!("r-{}", ulid::Ulid::new().to_string().to_lowercase()),
@@ -1104,10 +1121,25 @@ impl Ledger<Postgres> {
         });
         let setup = {
             let (target, replica) = (target.clone(), replica.clone());
+            let url = target.url.clone();
             on_plain_thread(move || -> Result<PgConn, StoreError> {
                 let mut writer = PgConn::new(target);
-                migrate(writer.client()?)?;
-                replica.heartbeat()?;
+                if join {
+                    migrate(writer.client()?)?;
+                    replica.heartbeat()?;
+                } else {
+                    let known = writer.query_opt(
+                        "SELECT to_regclass('pitcrew_migrations') IS NOT NULL AND \
+                         (SELECT COUNT(*) FROM pitcrew_migrations WHERE version = ANY($1)) = cardinality($1)",
+                        &[&MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<i32>>()],
+                    );
+                    // A query on a missing table fails rather than answers false.
+                    if !matches!(known, Ok(Some(ref row)) if row.get::<_, Option<bool>>(0) == Some(true)) {
+                        return Err(StoreError::Refused(format!(
+                            "no pitcrew store of this version in {url}: nothing has been recorded there yet (`pitcrew serve` or `pitcrew migrate` makes one)"
+                        )));
+                    }
+                }
                 Ok(writer)
             })
         };
@@ -1141,18 +1173,21 @@ impl Ledger<Postgres> {
                 .map_err(spawn_error)?;
         }
         let (stop, stopped) = channel();
-        std::thread::Builder::new()
-            .name("pitcrew-store-lease".into())
-            .spawn({
-                let (replica, health) = (replica.clone(), health.clone());
-                move || heartbeat_loop(replica, stopped, health)
-            })
-            .map_err(spawn_error)?;
+        if join {
+            std::thread::Builder::new()
+                .name("pitcrew-store-lease".into())
+                .spawn({
+                    let (replica, health) = (replica.clone(), health.clone());
+                    move || heartbeat_loop(replica, stopped, health)
+                })
+                .map_err(spawn_error)?;
+        }
         let backend = Postgres {
             target,
             replica,
             reads: Mutex::new(read_tx),
             stop,
+            joined: join,
         };
         Ok(Ledger::new(backend, queue, health, clock, redactor))
     }

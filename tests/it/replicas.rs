@@ -391,3 +391,125 @@ steps:
     assert!(lost.is_empty(), "acknowledged alerts lost: {lost:?}");
     eprintln!("postgres restart: {} acknowledged, {refused} refused with 503", acked.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_change_nothing_and_migrate_runs_once() {
+    let (dir, config) = setup(INTERRUPTED, &postgres_store_config());
+    let config = config.to_str().unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
+    let url = text.lines().find_map(|l| l.trim().strip_prefix("url: ")).unwrap().to_string();
+    let pg = crate::pg::cluster();
+    let tables = || {
+        pg.psql(
+            &url,
+            Some(crate::pg::PASSWORD),
+            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'",
+        )
+    };
+    for args in [&["executions"][..], &["audit", "verify"], &["escalations"]] {
+        let out = pitcrew(&[&["--config", config][..], args].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no pitcrew store"), "{args:?}");
+    }
+    assert_eq!(tables().unwrap(), "0", "nothing was created");
+    assert!(!dir.path().join("state").exists());
+    let out = pitcrew(&["--config", config, "migrate"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied migrations 1"));
+    let out = pitcrew(&["--config", config, "migrate"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    let out = pitcrew(&["--config", config, "executions"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        pg.psql(&url, Some(crate::pg::PASSWORD), "SELECT COUNT(*) FROM replicas").unwrap(),
+        "0",
+        "a command that only reads does not join as a replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_the_embedded_history_and_chain_into_postgres() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: note
+trigger: {alertname: Copy}
+target: "{{alert.labels.n}}"
+guardrails: {cooldown: 1h}
+steps:
+  - name: note
+    action: log
+    with: {message: "copy {{alert.labels.n}}"}
+"#;
+    let (dir, config) = setup(rb, "");
+    let serve = Serve::start(&config).await;
+    let client = reqwest::Client::new();
+    for n in 0..30 {
+        // Two alerts per target: one runs, one is blocked by the cooldown.
+        let a = alert(&[("alertname", "Copy"), ("n", &format!("t{}", n % 15)), ("i", &n.to_string())]);
+        assert_eq!(post(&client, &serve.url, vec![a]).await, 202);
+    }
+    serve.settle(Duration::from_secs(30)).await;
+    serve.kill9().await;
+    let embedded = verified_audit(&config);
+
+    let pg = crate::pg::cluster();
+    let url = pg.database();
+    let password = pg.password_file();
+    let copy = |config: &Path| {
+        pitcrew(&[
+            "--config",
+            config.to_str().unwrap(),
+            "store",
+            "copy",
+            "--to",
+            &url,
+            "--password-file",
+            password.to_str().unwrap(),
+        ])
+    };
+    let out = copy(&config);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("up to record {}", embedded.len())), "{stdout}");
+
+    let pg_config = dir.path().join("pg.yaml");
+    std::fs::write(
+        &pg_config,
+        format!(
+            "state_dir: nowhere\nplugins: plugins\nstore:\n  url: {url}\n  password_file: {}\n",
+            password.display()
+        ),
+    )
+    .unwrap();
+    let copied = verified_audit(&pg_config);
+    assert_eq!(copied, embedded, "every record, byte for byte");
+    let listed = |config: &Path| {
+        let out = pitcrew(&[
+            "--config",
+            config.to_str().unwrap(),
+            "executions",
+            "--output",
+            "json",
+            "--limit",
+            "100",
+        ]);
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    };
+    assert_eq!(listed(&pg_config), listed(&config));
+    assert_eq!(listed(&pg_config).len(), 30);
+
+    // The copy goes on as a store: the cooldowns it carries still hold.
+    let serve = Serve::start(&pg_config).await;
+    let a = alert(&[("alertname", "Copy"), ("n", "t0"), ("i", "again")]);
+    assert_eq!(post(&client, &serve.url, vec![a]).await, 202);
+    serve.settle(Duration::from_secs(30)).await;
+    let last = of_kind(&verified_audit(&pg_config), "guardrail.decision")
+        .last()
+        .cloned()
+        .cloned()
+        .unwrap();
+    assert_eq!(last["data"]["decided_by"], "cooldown");
+
+    // Only into an empty database.
+    let out = copy(&config);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a store"));
+}
