@@ -10,10 +10,10 @@ trap 'kill $(jobs -p) ${SERVERS[@]+"${SERVERS[@]}"} 2>/dev/null || true; wait 2>
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start() {  # start DIR RUNBOOKS [PLUGINS] -> sets PID, URL, STARTUP (ms to ready)
+start() {  # start DIR RUNBOOKS [PLUGINS] -> sets PID, URL, STARTUP (ms to ready); EXTRA_CONFIG: more config lines
   local dir=$1 runbooks=$2 plugins=${3:-$1/none} port
   port=$(free_port)
-  printf 'listen: 127.0.0.1:%s\nstate_dir: %s/state\nrunbooks: [%s]\nplugins: %s\n' "$port" "$dir" "$runbooks" "$plugins" > "$dir/pitcrew.yaml"
+  printf 'listen: 127.0.0.1:%s\nstate_dir: %s/state\nrunbooks: [%s]\nplugins: %s\n%s' "$port" "$dir" "$runbooks" "$plugins" "${EXTRA_CONFIG:-}" > "$dir/pitcrew.yaml"
   URL="http://127.0.0.1:$port"
   # Spawned and polled from one process, so the time to ready is the
   # server's, not that of starting curl in a loop.

@@ -373,7 +373,8 @@ fn stored_from_row(r: &::postgres::Row) -> audit::Stored {
 /// Every fact of a decision in one statement (one round trip). Each part is
 /// an index search over the rows decisions look at, as on SQLite; a window
 /// not in use gets a cutoff no row passes, which costs one index probe.
-const FACTS: &str = "SELECT \
+/// Public for the test that holds it to the store contract's cost rule.
+pub const FACTS: &str = "SELECT \
     (SELECT admitted_ms FROM executions WHERE runbook = $1 AND target = $2 AND admitted_ms IS NOT NULL \
         ORDER BY admitted_ms DESC LIMIT 1), \
     (SELECT COUNT(*) FROM executions WHERE runbook = $1 AND target = $2 AND admitted_ms IS NOT NULL AND admitted_ms > $3), \
