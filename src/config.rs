@@ -644,9 +644,20 @@ impl Config {
                 );
                 return None;
             }
-            if let Err(e) = url.parse::<postgres::Config>() {
-                cx.problem("store.url", format!("`{url}` does not parse: {e}"));
-                return None;
+            match url.parse::<postgres::Config>() {
+                Err(e) => {
+                    cx.problem("store.url", format!("`{url}` does not parse: {e}"));
+                    return None;
+                }
+                // The URL is shown in messages and logs; a password is not.
+                Ok(parsed) if parsed.get_password().is_some() => {
+                    cx.problem(
+                        "store.url",
+                        "the URL holds a password: give it as `store.password_file` (or `store.password`) instead",
+                    );
+                    return None;
+                }
+                Ok(_) => {}
             }
             let password = cx.secret("store.password", s.password.as_deref(), s.password_file.as_deref());
             let lease = s.lease.unwrap_or(Duration::from_secs(15));

@@ -30,11 +30,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
     let config = Arc::new(super::load_config(config_path)?);
     let set = super::load_runbooks(&config, &[])?;
     // Verdicts come from the state `serve` keeps; no state yet means no history.
-    let store = if config.state_db().exists() {
-        Some(super::runtime::open_store(&config)?)
-    } else {
-        None
-    };
+    let store = super::runtime::open_store_if_any(&config)?;
     let budgets = Budgets::new(std::sync::Arc::new(crate::action::Deps::new(config.clone())));
     let rt = super::runtime::tokio();
     let text = std::fs::read_to_string(&args.alert).map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.alert.display())))?;

@@ -45,6 +45,25 @@ pub fn open_existing_store(config: &crate::config::Config) -> anyhow::Result<Arc
     open_store(config)
 }
 
+/// The store, if one was ever made with this config; `None` when nothing
+/// has been recorded yet (for previews, which then decide without history).
+/// Opening it changes nothing.
+pub fn open_store_if_any(config: &crate::config::Config) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    match &config.store {
+        Some(pg) => match PgStore::open_existing(pg, config.redactor.clone(), Arc::new(SystemClock)) {
+            Ok(store) => Ok(Some(Arc::new(store))),
+            Err(crate::store::StoreError::Refused(_)) => Ok(None),
+            Err(e) => Err(Failure {
+                exit: super::Exit::Usage,
+                message: crate::diag::chain(&e),
+            }
+            .into()),
+        },
+        None if config.state_db().exists() => open_store(config).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn no_state(config: &crate::config::Config) -> String {
     let shown = |p: &Path| match std::path::absolute(p) {
         Ok(abs) if abs != p => format!("{} ({})", p.display(), abs.display()),

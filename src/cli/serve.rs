@@ -101,7 +101,14 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         // After the workers settled, so it covers every record this process wrote.
         if let (Some((checkpointer, _)), Some(task)) = (&checkpointer, checkpoints) {
             let _ = task.await;
-            match checkpointer.tick().await {
+            // Replicas: the one holding the chores signs, as in `Checkpointer::run`.
+            let tick = async {
+                match engine.store.lead_chores().await {
+                    true => checkpointer.tick().await,
+                    false => Ok(None),
+                }
+            };
+            match tick.await {
                 Ok(Some(c)) => tracing::info!(seq = c.seq, "final audit checkpoint written"),
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %crate::diag::chain(&e), kind = e.kind(), "final audit checkpoint not written"),

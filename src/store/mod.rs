@@ -550,9 +550,9 @@ pub trait Store: Send + Sync {
     /// the database for PostgreSQL).
     fn worker_id(&self) -> String;
 
-    /// Whether this process may run the background chores (approval
-    /// timeouts, budget refresh, checkpoints, retention) now: where several
-    /// replicas share a store, one at a time.
+    /// Whether this process may run the background chores that write for
+    /// everyone (approval timeouts, checkpoints, retention) now: where
+    /// several replicas share a store, one at a time.
     async fn lead_chores(&self) -> bool {
         true
     }

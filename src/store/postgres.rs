@@ -172,6 +172,22 @@ pub struct PgConn {
     /// every later statement in it.
     failed_in_tx: bool,
     in_tx: bool,
+    /// Audit records appended in this transaction, not yet sent.
+    unwritten: Unwritten,
+}
+
+/// Audit rows as columns, for one `INSERT … SELECT FROM unnest(…)`.
+#[derive(Default)]
+struct Unwritten {
+    seq: Vec<i64>,
+    ts_us: Vec<i64>,
+    kind: Vec<i32>,
+    actor: Vec<i32>,
+    execution_id: Vec<Option<String>>,
+    runbook: Vec<Option<String>>,
+    target: Vec<Option<String>>,
+    data: Vec<String>,
+    hash: Vec<Vec<u8>>,
 }
 
 impl Drop for PgConn {
@@ -199,6 +215,7 @@ impl PgConn {
             changed: 0,
             failed_in_tx: false,
             in_tx: false,
+            unwritten: Unwritten::default(),
         }
     }
 
@@ -250,6 +267,31 @@ impl PgConn {
         let s = self.statement(sql)?;
         let r = self.client()?.query_opt(&s, params);
         self.track(r)
+    }
+
+    /// Writes the audit records appended since the last write, in one statement.
+    fn write_audit(&mut self) -> Result<(), StoreError> {
+        if self.unwritten.seq.is_empty() {
+            return Ok(());
+        }
+        let r = std::mem::take(&mut self.unwritten);
+        self.execute(
+            "INSERT INTO audit (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::integer[], $5::text[], $6::text[], \
+             $7::text[], $8::text[], $9::bytea[])",
+            &[
+                &r.seq,
+                &r.ts_us,
+                &r.kind,
+                &r.actor,
+                &r.execution_id,
+                &r.runbook,
+                &r.target,
+                &r.data,
+                &r.hash,
+            ],
+        )?;
+        Ok(())
     }
 
     /// A statement built at run time (filters): not cached.
@@ -412,6 +454,8 @@ impl Read for PgConn {
     }
 
     fn execution(&mut self, id: &str) -> Result<Option<Execution>, StoreError> {
+        // It reads its alert and reason from the audit.
+        self.write_audit()?;
         let Some(row) = self.query_opt(EXECUTION_BY_ID.as_str(), &[&id])? else {
             return Ok(None);
         };
@@ -577,24 +621,23 @@ impl Tx for PgConn {
             }))
     }
 
+    /// Kept until the transaction's next read of the audit or its commit,
+    /// then written in one statement: a group's records cost one round trip
+    /// instead of one each.
     fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), StoreError> {
         let (kind, actor) = (self.name_id(row.kind)?, self.name_id(row.actor)?);
-        let (seq, hash) = (row.seq as i64, &row.hash[..]);
-        self.execute(
-            "INSERT INTO audit (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &seq,
-                &row.ts_us,
-                &kind,
-                &actor,
-                &row.execution_id,
-                &row.runbook,
-                &row.target,
-                &row.data,
-                &hash,
-            ],
-        )?;
+        let rows = &mut self.unwritten;
+        rows.seq.push(row.seq as i64);
+        rows.ts_us.push(row.ts_us);
+        rows.kind.push(kind);
+        rows.actor.push(actor);
+        rows.execution_id.push(row.execution_id.map(String::from));
+        rows.runbook.push(row.runbook.map(String::from));
+        rows.target.push(row.target.map(String::from));
+        rows.data.push(row.data.to_string());
+        rows.hash.push(row.hash.to_vec());
+        // A job that fails after appending has changed the transaction.
+        self.changed += 1;
         Ok(())
     }
 
@@ -733,6 +776,8 @@ impl Tx for PgConn {
     }
 
     fn unstarted_of_episode(&mut self, fingerprint: &str, starts_at: &str) -> Result<Vec<Victim>, StoreError> {
+        // The episode's start is read from the runs' alert records.
+        self.write_audit()?;
         Ok(self
             .query(
                 "SELECT e.id, e.runbook, e.target, e.state FROM executions e LEFT JOIN audit r ON r.seq = e.alert_seq \
@@ -896,6 +941,10 @@ impl Conn for PgConn {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
+        if let Err(e) = self.write_audit() {
+            self.rollback();
+            return Err(e);
+        }
         self.in_tx = false;
         // Durable when it returns (synchronous_commit on, the server's default).
         self.client()?.batch_execute("COMMIT")?;
@@ -909,8 +958,9 @@ impl Conn for PgConn {
         {
             let _ = client.batch_execute("ROLLBACK");
         }
-        // Names this transaction added are gone with it.
+        // Names this transaction added are gone with it, and its records.
         self.names.clear();
+        self.unwritten = Unwritten::default();
     }
 }
 
@@ -1002,6 +1052,14 @@ impl Replica {
              WHERE chores.holder = excluded.holder OR chores.until < clock_timestamp() RETURNING holder",
             &[&self.id, &lease],
         )?;
+        if held.is_some() {
+            // Replicas killed without a clean stop leave their row; once its
+            // lease is long over (their runs were recovered at its end), it goes.
+            conn.execute(
+                "DELETE FROM replicas WHERE lease_until < clock_timestamp() - interval '1 hour'",
+                &[],
+            )?;
+        }
         Ok(held.is_some())
     }
 
