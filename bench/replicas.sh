@@ -15,6 +15,7 @@ cp bench/runbooks/bench-log.yaml "$WORK/runbooks/"
 # ---- PostgreSQL: durable as shipped (fsync, synchronous_commit on).
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then
+  chmod o+x "$WORK"
   chown postgres "$WORK/pg"
   as_pg=(setpriv --reuid=postgres --regid=postgres --init-groups)
 fi

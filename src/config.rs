@@ -1020,6 +1020,28 @@ budget_policy:
     }
 
     #[test]
+    fn the_store_section_takes_a_postgres_url_without_a_password_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pitcrew.yaml");
+        std::fs::write(dir.path().join("pw"), "s3cret-pass\n").unwrap();
+        let text = "store: {url: \"postgres://pitcrew@db:5432/pitcrew\", password_file: pw, lease: 5s}\n";
+        let store = Config::parse(&file, text).unwrap().store.unwrap();
+        assert_eq!(store.password.as_deref(), Some("s3cret-pass"));
+        assert_eq!(store.lease, Duration::from_secs(5));
+        assert_eq!(Config::parse(&file, "store: {url: \"postgres://a@b/c\"}").unwrap().store.unwrap().lease, Duration::from_secs(15));
+        for (text, says) in [
+            ("store: {url: \"mysql://a@b/c\"}", "is not a PostgreSQL URL"),
+            ("store: {url: \"postgres://a:hunter22@b/c\"}", "holds a password"),
+            ("store: {url: \"postgres://a@b/c\", lease: 10ms}", "shorter than 1s"),
+            ("store: {url: \"postgres://a@b/c\", passwd: x}", "passwd"),
+        ] {
+            let err = Config::parse(&file, text).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+            assert!(!err.contains("hunter22"), "the password is not repeated: {err}");
+        }
+    }
+
+    #[test]
     fn checkpoint_section_parses_with_paths_resolved() {
         let dir = tempfile::tempdir().unwrap();
         let text = "state_dir: state\naudit:\n  checkpoint: {every: 30s, key_file: keys/audit.key, dir: anchors}\n";
