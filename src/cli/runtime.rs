@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use crate::clock::SystemClock;
 use crate::engine::Engine;
-use crate::store::Store;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
 
 use super::Failure;
 
@@ -92,6 +92,34 @@ pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
     let config = Arc::new(config);
     let store = open_store(&config)?;
     Ok(Arc::new(Engine::new(config, runbooks, store)))
+}
+
+/// An execution id as given, whole or as a unique prefix (`Store::resolve_id`),
+/// to the id it stands for. Unknown: "no execution", exit 2; ambiguous:
+/// exit 2 listing the candidates.
+pub async fn resolve_id(store: &dyn Store, given: &str) -> anyhow::Result<String> {
+    store.resolve_id(given).await.map_err(|e| match e {
+        StoreError::NotFound(id) => Failure::usage(format!("no execution {id}")),
+        other => unresolved(other),
+    })
+}
+
+/// A failed [`Store::resolve_id`] in the CLI's words: an ambiguous prefix
+/// lists its candidates, one a line, for the user to pick one.
+pub fn unresolved(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::Ambiguous { prefix, candidates, more } => {
+            let mut message = format!("execution id prefix {prefix} is ambiguous; it starts:");
+            for id in &candidates {
+                message.push_str(&format!("\n  {id}"));
+            }
+            if more {
+                message.push_str("\n  … and more: give more characters");
+            }
+            Failure::usage(message)
+        }
+        other => other.into(),
+    }
 }
 
 /// Only config and an existing store, for history and answers to what is

@@ -959,6 +959,30 @@ impl<B: Backend> Store for Ledger<B> {
         .await
     }
 
+    async fn resolve_id(&self, prefix: &str) -> Result<String, StoreError> {
+        let prefix = prefix.to_string();
+        self.read(move |conn| {
+            // A shorter prefix is no abbreviation, only maybe a whole id
+            // (which sorts first among the ids it starts).
+            let short = prefix.chars().count() < MIN_ID_PREFIX;
+            let mut found = conn.ids_with_prefix(&prefix, if short { 1 } else { AMBIGUOUS_SHOWN + 1 })?;
+            match found.first() {
+                Some(first) if *first == prefix || (found.len() == 1 && !short) => Ok(found.swap_remove(0)),
+                Some(_) if !short => {
+                    let more = found.len() > AMBIGUOUS_SHOWN;
+                    found.truncate(AMBIGUOUS_SHOWN);
+                    Err(StoreError::Ambiguous {
+                        prefix,
+                        candidates: found,
+                        more,
+                    })
+                }
+                _ => Err(StoreError::NotFound(prefix)),
+            }
+        })
+        .await
+    }
+
     async fn executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
         let redactor = self.redactor.clone();
         self.read(move |conn| Ok(conn.executions(&filter)?.into_iter().map(|e| shown(e, &redactor)).collect()))
