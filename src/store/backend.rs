@@ -119,6 +119,10 @@ pub trait Read {
     /// [`prefix_end`], never a scan (`LIKE` cannot use PostgreSQL's default
     /// text index).
     fn ids_with_prefix(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Whether any step of the execution started an action (a step skipped
+    /// or failed before it started has no action): a search on the steps'
+    /// primary key prefix.
+    fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError>;
 }
 
 /// The least string above every string that starts with `prefix`, for a

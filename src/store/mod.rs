@@ -14,7 +14,8 @@
 //! to start, runs not yet ended, one row per target — never by walking
 //! blocked, duplicate, dry-run or ended executions. Windows count runs that
 //! were allowed to start (automated or manual, not dry runs); a run cancelled
-//! before it started stops counting.
+//! before it started, or that ended without starting an action, stops
+//! counting.
 
 pub mod backend;
 pub mod copy;

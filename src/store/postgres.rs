@@ -575,6 +575,14 @@ impl Read for PgConn {
         };
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
+
+    fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError> {
+        let row = self.query_opt(
+            "SELECT EXISTS (SELECT 1 FROM steps WHERE execution_id = $1 AND action <> '')",
+            &[&id],
+        )?;
+        Ok(row.is_some_and(|r| r.get(0)))
+    }
 }
 
 impl Tx for PgConn {

@@ -765,13 +765,21 @@ impl<B: Backend> Store for Ledger<B> {
             record_pending(t, &held, pending)?;
             let reason = reason.map(|r| t.redactor.text(&r));
             let finished_ms = t.now_ms();
+            // A run that never started an action (its first step failed to
+            // render, every step was skipped by `when`) changed nothing on
+            // its target: like a run cancelled before it started, it does not
+            // start a cooldown or use a limit. Asked of the steps table after
+            // `pending` is written, not of `held`: that is the execution as
+            // claimed, without the steps this worker ran since (or resumed).
+            // A dry run never counted: nothing to ask.
+            let uncount = !held.dry_run && !t.tx.any_step_started(&held.id)?;
             t.tx.end(
                 &held.id,
                 Ending {
                     state,
                     reason: reason.as_deref(),
                     finished_ms,
-                    uncount: false,
+                    uncount,
                     release_claim: true,
                 },
             )?;

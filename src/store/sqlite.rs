@@ -796,8 +796,9 @@ mod lookup_sql {
         "SELECT id FROM executions WHERE id >= ?1 AND id < ?2 AND substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT ?3";
     /// The same with no bound above (a prefix of only `z`s).
     pub const IDS_FROM: &str = "SELECT id FROM executions WHERE id >= ?1 AND substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT ?2";
+    pub const ANY_STEP_STARTED: &str = "SELECT 1 FROM steps WHERE execution_id = ?1 AND action != '' LIMIT 1";
     #[cfg(test)]
-    pub const ALL: [&str; 2] = [IDS_IN_RANGE, IDS_FROM];
+    pub const ALL: [&str; 3] = [IDS_IN_RANGE, IDS_FROM, ANY_STEP_STARTED];
 }
 
 impl Read for SqliteConn {
@@ -964,6 +965,12 @@ impl Read for SqliteConn {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError> {
+        Ok(query_row(&self.conn, lookup_sql::ANY_STEP_STARTED, [id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 }
 
@@ -1565,10 +1572,10 @@ mod tests {
         }
     }
 
-    /// Expanding an id prefix is a search of the primary key, whatever the
-    /// history.
+    /// Expanding an id prefix and asking whether a run started an action
+    /// are searches of a primary key, whatever the history.
     #[test]
-    fn id_prefixes_are_index_searches() {
+    fn id_prefixes_and_started_steps_are_index_searches() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = SqliteConn::open(&dir.path().join("state.db")).unwrap();
         conn.conn.execute_batch(SCHEMA).unwrap();
@@ -1577,13 +1584,19 @@ mod tests {
                 "INSERT INTO executions (id, runbook, target, state, actor, params, dry_run, automated, risk, created_ms)
                  VALUES ('01kz9a', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1), ('01kz9b', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1),
                         ('01kz:x', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1), ('01kza0', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1),
-                        ('01l000', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1);",
+                        ('01l000', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1);
+                 INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms)
+                 VALUES ('01kz9a', 'main', 0, 0, 'skipped', '', 1, 'skipped', 'null', 1),
+                        ('01kz9b', 'main', 0, 0, 'ran', 'log', 1, 'failed', 'null', 1);",
             )
             .unwrap();
         assert_eq!(conn.ids_with_prefix("01kz9", 10).unwrap(), ["01kz9a", "01kz9b"]);
         assert_eq!(conn.ids_with_prefix("01kz9", 1).unwrap(), ["01kz9a"]);
         assert_eq!(conn.ids_with_prefix("01kz", 10).unwrap(), ["01kz9a", "01kz9b", "01kz:x", "01kza0"]);
         assert_eq!(conn.ids_with_prefix("zz", 10).unwrap(), Vec::<String>::new());
+        assert!(!conn.any_step_started("01kz9a").unwrap());
+        assert!(conn.any_step_started("01kz9b").unwrap());
+        assert!(!conn.any_step_started("01kza0").unwrap());
 
         for sql in lookup_sql::ALL {
             let mut plan = conn.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
