@@ -46,7 +46,7 @@ fn explain(e: StoreError) -> anyhow::Error {
 }
 
 pub fn approve(config_path: Option<&Path>, args: ApproveArgs) -> anyhow::Result<Exit> {
-    let engine = super::runtime::engine(config_path)?;
+    let engine = super::runtime::engine_over_existing(config_path)?;
     let actor = super::runtime::user_actor();
     super::runtime::tokio().block_on(async move {
         let id = super::runtime::resolve_id(&*engine.store, &args.id).await?;

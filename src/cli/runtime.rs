@@ -72,9 +72,39 @@ fn no_state(config: &crate::config::Config) -> String {
     )
 }
 
+/// Refuses, with [`open_existing_store`]'s rule and words, when nothing has
+/// been recorded with this config; keeps nothing open.
+fn require_state(config: &crate::config::Config) -> anyhow::Result<()> {
+    if config.store.is_some() {
+        // Only a connection that looks: the store this process works with
+        // is opened after, in full.
+        return open_existing_store(config).map(drop);
+    }
+    if !config.state_db().exists() {
+        return Err(Failure::usage(no_state(config)));
+    }
+    Ok(())
+}
+
 /// Loads config and runbooks, opens the store, builds the engine.
 pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
+    build_engine(config_path, false)
+}
+
+/// An engine for acting on a recorded run (`approve`): refuses like the
+/// commands about recorded things when there is no state, instead of
+/// creating an empty store that then has no such run. Still a full engine
+/// over a store opened in full (it may run the approved run here, and on
+/// PostgreSQL its claims need this process joined as a replica).
+pub fn engine_over_existing(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
+    build_engine(config_path, true)
+}
+
+fn build_engine(config_path: Option<&Path>, existing: bool) -> anyhow::Result<Arc<Engine>> {
     let mut config = super::load_config(config_path)?;
+    if existing {
+        require_state(&config)?;
+    }
     let runbooks = Arc::new(super::load_runbooks(&config, &[])?);
     // A runbook's own notice URL is a credential like `notify.url`, and so
     // are the values plugins are handed from our environment: the store and

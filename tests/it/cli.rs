@@ -1079,8 +1079,9 @@ fn show_counts_tries_from_1_like_the_timeline_and_marks_cut_cells() {
 #[test]
 fn read_only_commands_never_create_state_and_say_where_they_looked() {
     let empty = tempfile::tempdir().unwrap();
-    // deny and reset write, but only to what is recorded: nothing to do without state.
-    let commands: [&[&str]; 8] = [
+    // approve, deny and reset write, but only to what is recorded: nothing
+    // to do without state.
+    let commands: [&[&str]; 9] = [
         &["executions"],
         &["show", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
         &["audit", "verify"],
@@ -1088,6 +1089,7 @@ fn read_only_commands_never_create_state_and_say_where_they_looked() {
         &["audit", "timeline"],
         &["escalations"],
         &["deny", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
+        &["approve", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
         &["reset", "some-runbook", "some-target"],
     ];
     for args in commands {
@@ -1118,6 +1120,12 @@ fn read_only_commands_never_create_state_and_say_where_they_looked() {
         "{stderr}"
     );
     assert!(!ws.dir.path().join("state").exists());
+    // approve too, with runbooks to run an approved run by.
+    let out = ws.cli(&["approve", "01kbgq1sd5x1n5f4v6p2z8w0hq"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no state"), "{stderr}");
+    assert!(!ws.dir.path().join("state").exists(), "approve created state");
 
     // Once something ran, the same commands read it.
     assert_eq!(ws.run("say")["state"], "succeeded");
