@@ -7,7 +7,7 @@ use crate::store::StoreError;
 
 #[derive(clap::Args, Debug)]
 pub struct ApproveArgs {
-    /// Execution id (as `run` printed it)
+    /// Execution id (as `run` printed it), or a unique prefix of it (4 characters or more)
     #[arg(value_parser = super::execution_id)]
     pub id: String,
     /// Only approve; let `serve` run it
@@ -20,7 +20,7 @@ pub struct ApproveArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct DenyArgs {
-    /// Execution id (as `run` printed it)
+    /// Execution id (as `run` printed it), or a unique prefix of it (4 characters or more)
     #[arg(value_parser = super::execution_id)]
     pub id: String,
     /// Why, for the audit and whoever asked
@@ -46,26 +46,27 @@ fn explain(e: StoreError) -> anyhow::Error {
 }
 
 pub fn approve(config_path: Option<&Path>, args: ApproveArgs) -> anyhow::Result<Exit> {
-    let engine = super::runtime::engine(config_path)?;
+    let engine = super::runtime::engine_over_existing(config_path)?;
     let actor = super::runtime::user_actor();
     super::runtime::tokio().block_on(async move {
+        let id = super::runtime::resolve_id(&*engine.store, &args.id).await?;
         engine
             .store
-            .approve(&args.id, &actor, engine.runbooks().may_self_approve())
+            .approve(&id, &actor, engine.runbooks().may_self_approve())
             .await
             .map_err(explain)?;
-        eprintln!("approved {} as {actor}", args.id);
+        eprintln!("approved {id} as {actor}");
         if args.detach {
             if args.output == Output::Json {
-                print!("{}", output::json(&engine.store.execution(&args.id).await?));
+                print!("{}", output::json(&engine.store.execution(&id).await?));
             }
             return Ok(Exit::Done);
         }
-        let exit = super::run::run_claimed(&engine, &args.id).await;
+        let exit = super::run::run_claimed(&engine, &id).await;
         // A failure notice goes out in the background: wait for it before exiting.
         engine.settle().await;
         let exit = exit?;
-        super::run::report(&engine, &args.id, args.output).await?;
+        super::run::report(&engine, &id, args.output).await?;
         Ok(exit)
     })
 }
@@ -74,10 +75,11 @@ pub fn deny(config_path: Option<&Path>, args: DenyArgs) -> anyhow::Result<Exit> 
     let (_, store) = super::runtime::existing_store_only(config_path)?;
     let actor = super::runtime::user_actor();
     let rt = super::runtime::tokio();
-    rt.block_on(store.deny(&args.id, &actor, args.reason)).map_err(explain)?;
-    eprintln!("denied {} as {actor}", args.id);
+    let id = rt.block_on(super::runtime::resolve_id(&*store, &args.id))?;
+    rt.block_on(store.deny(&id, &actor, args.reason)).map_err(explain)?;
+    eprintln!("denied {id} as {actor}");
     if args.output == Output::Json {
-        print!("{}", output::json(&rt.block_on(store.execution(&args.id))?));
+        print!("{}", output::json(&rt.block_on(store.execution(&id))?));
     }
     Ok(Exit::Done)
 }

@@ -9,7 +9,7 @@ use super::output::{csv_cell, csv_json_cell, visible};
 use super::{Exit, Failure};
 use crate::audit::Record;
 use crate::server::parse_time;
-use crate::store::AuditFilter;
+use crate::store::{AuditFilter, StoreError};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -42,7 +42,7 @@ pub struct KeygenArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct TimelineArgs {
-    /// Only the records of this execution
+    /// Only the records of this execution (its id, or a unique prefix of it)
     #[arg(long, value_name = "ID", value_parser = super::execution_id)]
     pub execution: Option<String>,
     /// Only the records of the alert with this fingerprint
@@ -78,7 +78,7 @@ pub struct ExportArgs {
     /// Up to this RFC 3339 time or a duration ago (2h)
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
-    /// Only the records of this execution
+    /// Only the records of this execution (its id, or a unique prefix of it)
     #[arg(long, value_name = "ID", value_parser = super::execution_id)]
     pub execution: Option<String>,
 }
@@ -107,6 +107,27 @@ pub fn run(config_path: Option<&Path>, command: Command) -> anyhow::Result<Exit>
     }
     let (_, store) = super::runtime::existing_store_only(config_path)?;
     let rt = super::runtime::tokio();
+    // An id no execution has is taken as it is: the audit log keeps the
+    // records of executions pruned since (only whole ids find those).
+    let expand = |given: Option<String>| -> anyhow::Result<Option<String>> {
+        let Some(given) = given else { return Ok(None) };
+        match rt.block_on(store.resolve_id(&given)) {
+            Ok(id) => Ok(Some(id)),
+            Err(StoreError::NotFound(_)) => Ok(Some(given)),
+            Err(e) => Err(super::runtime::unresolved(e)),
+        }
+    };
+    let command = match command {
+        Command::Export(args) => Command::Export(ExportArgs {
+            execution: expand(args.execution)?,
+            ..args
+        }),
+        Command::Timeline(args) => Command::Timeline(TimelineArgs {
+            execution: expand(args.execution)?,
+            ..args
+        }),
+        other => other,
+    };
     match command {
         Command::Keygen(_) => unreachable!("handled above"),
         Command::Verify(args) => rt.block_on(verify(store.as_ref(), args)),

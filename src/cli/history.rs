@@ -23,7 +23,7 @@ pub struct ListArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
-    /// Execution id
+    /// Execution id, or a unique prefix of it (4 characters or more)
     #[arg(value_parser = super::execution_id)]
     pub id: String,
     /// table for people, json for scripts
@@ -76,7 +76,10 @@ pub fn list(config_path: Option<&Path>, args: ListArgs) -> anyhow::Result<Exit> 
 
 pub fn show(config_path: Option<&Path>, args: ShowArgs) -> anyhow::Result<Exit> {
     let (_, store) = super::runtime::existing_store_only(config_path)?;
-    let exec = super::runtime::tokio().block_on(store.execution(&args.id)).map_err(|e| match e {
+    let rt = super::runtime::tokio();
+    let id = rt.block_on(super::runtime::resolve_id(&*store, &args.id))?;
+    let exec = rt.block_on(store.execution(&id)).map_err(|e| match e {
+        // Pruned since it was resolved.
         crate::store::StoreError::NotFound(id) => Failure::usage(format!("no execution {id}")),
         other => other.into(),
     })?;

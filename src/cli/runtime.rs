@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use crate::clock::SystemClock;
 use crate::engine::Engine;
-use crate::store::Store;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
 
 use super::Failure;
 
@@ -91,9 +91,39 @@ fn no_state(config: &crate::config::Config) -> String {
     )
 }
 
+/// Refuses, with [`open_existing_store`]'s rule and words, when nothing has
+/// been recorded with this config; keeps nothing open.
+fn require_state(config: &crate::config::Config) -> anyhow::Result<()> {
+    if config.store.is_some() {
+        // Only a connection that looks: the store this process works with
+        // is opened after, in full.
+        return open_existing_store(config).map(drop);
+    }
+    if !config.state_db().exists() {
+        return Err(Failure::usage(no_state(config)));
+    }
+    Ok(())
+}
+
 /// Loads config and runbooks, opens the store, builds the engine.
 pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
+    build_engine(config_path, false)
+}
+
+/// An engine for acting on a recorded run (`approve`): refuses like the
+/// commands about recorded things when there is no state, instead of
+/// creating an empty store that then has no such run. Still a full engine
+/// over a store opened in full (it may run the approved run here, and on
+/// PostgreSQL its claims need this process joined as a replica).
+pub fn engine_over_existing(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
+    build_engine(config_path, true)
+}
+
+fn build_engine(config_path: Option<&Path>, existing: bool) -> anyhow::Result<Arc<Engine>> {
     let mut config = super::load_config(config_path)?;
+    if existing {
+        require_state(&config)?;
+    }
     let runbooks = Arc::new(super::load_runbooks(&config, &[])?);
     // A runbook's own notice URL is a credential like `notify.url`, and so
     // are the values plugins are handed from our environment: the store and
@@ -111,6 +141,34 @@ pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
     let config = Arc::new(config);
     let store = open_store(&config)?;
     Ok(Arc::new(Engine::new(config, runbooks, store)))
+}
+
+/// An execution id as given, whole or as a unique prefix (`Store::resolve_id`),
+/// to the id it stands for. Unknown: "no execution", exit 2; ambiguous:
+/// exit 2 listing the candidates.
+pub async fn resolve_id(store: &dyn Store, given: &str) -> anyhow::Result<String> {
+    store.resolve_id(given).await.map_err(|e| match e {
+        StoreError::NotFound(id) => Failure::usage(format!("no execution {id}")),
+        other => unresolved(other),
+    })
+}
+
+/// A failed [`Store::resolve_id`] in the CLI's words: an ambiguous prefix
+/// lists its candidates, one a line, for the user to pick one.
+pub fn unresolved(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::Ambiguous { prefix, candidates, more } => {
+            let mut message = format!("execution id prefix {prefix} is ambiguous; it starts:");
+            for id in &candidates {
+                message.push_str(&format!("\n  {id}"));
+            }
+            if more {
+                message.push_str("\n  … and more: give more characters");
+            }
+            Failure::usage(message)
+        }
+        other => other.into(),
+    }
 }
 
 /// Only config and an existing store, for history and answers to what is

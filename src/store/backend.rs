@@ -114,6 +114,38 @@ pub trait Read {
     fn audit_walk(&mut self, visit: &mut dyn FnMut(audit::Stored) -> bool) -> Result<(), StoreError>;
     fn breakers(&mut self) -> Result<Vec<Breaker>, StoreError>;
     fn queue_depth(&mut self) -> Result<u64, StoreError>;
+    /// Execution ids that start with `prefix`, in id order, up to `limit`:
+    /// a range search on the primary key between `prefix` and
+    /// [`prefix_end`], never a scan (`LIKE` cannot use PostgreSQL's default
+    /// text index).
+    fn ids_with_prefix(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Whether any step of the execution started an action (a step skipped
+    /// or failed before it started has no action): a search on the steps'
+    /// primary key prefix.
+    fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError>;
+}
+
+/// The least string above every string that starts with `prefix`, for a
+/// range search (`None`: no bound above). A last `9` becomes `a` and a
+/// last `z` carries, rather than stepping to `:` or `{`: execution ids are
+/// lower-case letters and digits, and a database collation other than `C`
+/// (PostgreSQL's default is the locale's) may order punctuation apart from
+/// them, while letters and digits keep their order. Backends still check
+/// the prefix on what the range returns, so a wider range only costs rows.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '9' => Some('a'),
+            'z' => None,
+            c => (c as u32 + 1..=char::MAX as u32).find_map(char::from_u32),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 /// Writes, inside a transaction the writer opened. A backend counts the
@@ -191,3 +223,22 @@ pub trait Conn: Tx + Send {
 }
 
 use std::collections::HashSet;
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_range_ends_at_the_next_id_that_does_not_start_with_it() {
+        assert_eq!(prefix_end("01kb").as_deref(), Some("01kc"));
+        // Past a digit or a letter, the next letter or digit: never punctuation.
+        assert_eq!(prefix_end("01k9").as_deref(), Some("01ka"));
+        assert_eq!(prefix_end("01kz").as_deref(), Some("01l"));
+        assert_eq!(prefix_end("0zzz").as_deref(), Some("1"));
+        assert_eq!(prefix_end("zzzz"), None);
+        assert_eq!(prefix_end(""), None);
+        // Not an id's alphabet: still a bound above everything it starts.
+        assert_eq!(prefix_end("a-").as_deref(), Some("a."));
+        assert_eq!(prefix_end("a\u{d7ff}").as_deref(), Some("a\u{e000}"));
+    }
+}

@@ -14,7 +14,8 @@
 //! to start, runs not yet ended, one row per target — never by walking
 //! blocked, duplicate, dry-run or ended executions. Windows count runs that
 //! were allowed to start (automated or manual, not dry runs); a run cancelled
-//! before it started stops counting.
+//! before it started, or that ended without starting an action, stops
+//! counting.
 
 pub mod backend;
 pub mod copy;
@@ -82,6 +83,18 @@ pub enum StoreError {
     /// is not empty); nothing was written.
     #[error("{0}")]
     Refused(String),
+    /// An id prefix that more than one execution's id starts with: the
+    /// first of them in id order, and whether there are more.
+    #[error(
+        "execution id prefix {prefix} is ambiguous; it starts {}{}",
+        candidates.join(", "),
+        if *more { ", …" } else { "" }
+    )]
+    Ambiguous {
+        prefix: String,
+        candidates: Vec<String>,
+        more: bool,
+    },
     /// Stored data could not be read back.
     #[error("corrupt state: {0}")]
     Corrupt(String),
@@ -109,6 +122,7 @@ impl StoreError {
             StoreError::SelfApproval { .. } => "self_approval",
             StoreError::Corrupt(_) => "corrupt",
             StoreError::Refused(_) => "refused",
+            StoreError::Ambiguous { .. } => "ambiguous",
             StoreError::Open { .. } => "open",
         }
     }
@@ -515,6 +529,13 @@ pub trait Store: Send + Sync {
 
     async fn execution(&self, id: &str) -> Result<Execution, StoreError>;
 
+    /// The execution id that `prefix` stands for, like git's abbreviated
+    /// hashes: an id itself, or the one id starting with a prefix of at
+    /// least [`MIN_ID_PREFIX`] characters. [`StoreError::NotFound`] when no
+    /// execution has it, [`StoreError::Ambiguous`] (up to
+    /// [`AMBIGUOUS_SHOWN`] candidates) when several do.
+    async fn resolve_id(&self, prefix: &str) -> Result<String, StoreError>;
+
     async fn executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
 
     async fn audit(&self, filter: AuditFilter) -> Result<Vec<Record>, StoreError>;
@@ -562,6 +583,14 @@ pub trait Store: Send + Sync {
 pub fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
+
+/// The shortest execution id prefix [`Store::resolve_id`] expands: fewer
+/// characters would match most of a day's runs (a ULID starts with its
+/// time).
+pub const MIN_ID_PREFIX: usize = 4;
+
+/// How many candidates an ambiguous prefix lists.
+pub const AMBIGUOUS_SHOWN: usize = 10;
 
 /// A new execution id: time-ordered, unique.
 pub fn new_id() -> String {

@@ -34,7 +34,9 @@ use std::time::Duration;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls, Statement};
 
-use super::backend::{AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim};
+use super::backend::{
+    AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim, prefix_end,
+};
 use super::rules::{Backend, Ledger, ReadJob};
 use super::writer::{SharedHealth, WriteQueue, write_loop};
 use super::*;
@@ -599,6 +601,32 @@ impl Read for PgConn {
     fn queue_depth(&mut self) -> Result<u64, StoreError> {
         let row = self.query_opt("SELECT COUNT(*) FROM executions WHERE state = 'queued'", &[])?;
         Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn ids_with_prefix(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        // A range on the primary key, in the column's collation (whatever
+        // the database's is); `left(…) = …` compares bytes, so a collation
+        // that orders the range differently from `C` cannot let another id in.
+        let rows = match prefix_end(prefix) {
+            Some(end) => self.query(
+                "SELECT id FROM executions WHERE id >= $1 AND id < $2 AND left(id, char_length($1)) = $1 ORDER BY id LIMIT $3",
+                &[&prefix, &end, &limit],
+            )?,
+            None => self.query(
+                "SELECT id FROM executions WHERE id >= $1 AND left(id, char_length($1)) = $1 ORDER BY id LIMIT $2",
+                &[&prefix, &limit],
+            )?,
+        };
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError> {
+        let row = self.query_opt(
+            "SELECT EXISTS (SELECT 1 FROM steps WHERE execution_id = $1 AND action <> '')",
+            &[&id],
+        )?;
+        Ok(row.is_some_and(|r| r.get(0)))
     }
 }
 

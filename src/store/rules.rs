@@ -765,13 +765,21 @@ impl<B: Backend> Store for Ledger<B> {
             record_pending(t, &held, pending)?;
             let reason = reason.map(|r| t.redactor.text(&r));
             let finished_ms = t.now_ms();
+            // A run that never started an action (its first step failed to
+            // render, every step was skipped by `when`) changed nothing on
+            // its target: like a run cancelled before it started, it does not
+            // start a cooldown or use a limit. Asked of the steps table after
+            // `pending` is written, not of `held`: that is the execution as
+            // claimed, without the steps this worker ran since (or resumed).
+            // A dry run never counted: nothing to ask.
+            let uncount = !held.dry_run && !t.tx.any_step_started(&held.id)?;
             t.tx.end(
                 &held.id,
                 Ending {
                     state,
                     reason: reason.as_deref(),
                     finished_ms,
-                    uncount: false,
+                    uncount,
                     release_claim: true,
                 },
             )?;
@@ -955,6 +963,30 @@ impl<B: Backend> Store for Ledger<B> {
         self.read(move |conn| {
             let exec = conn.execution(&id)?.ok_or(StoreError::NotFound(id))?;
             Ok(shown(exec, &redactor))
+        })
+        .await
+    }
+
+    async fn resolve_id(&self, prefix: &str) -> Result<String, StoreError> {
+        let prefix = prefix.to_string();
+        self.read(move |conn| {
+            // A shorter prefix is no abbreviation, only maybe a whole id
+            // (which sorts first among the ids it starts).
+            let short = prefix.chars().count() < MIN_ID_PREFIX;
+            let mut found = conn.ids_with_prefix(&prefix, if short { 1 } else { AMBIGUOUS_SHOWN + 1 })?;
+            match found.first() {
+                Some(first) if *first == prefix || (found.len() == 1 && !short) => Ok(found.swap_remove(0)),
+                Some(_) if !short => {
+                    let more = found.len() > AMBIGUOUS_SHOWN;
+                    found.truncate(AMBIGUOUS_SHOWN);
+                    Err(StoreError::Ambiguous {
+                        prefix,
+                        candidates: found,
+                        more,
+                    })
+                }
+                _ => Err(StoreError::NotFound(prefix)),
+            }
         })
         .await
     }

@@ -16,7 +16,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
-use super::backend::{AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim};
+use super::backend::{
+    AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim, prefix_end,
+};
 use super::rules::{Backend, Ledger, ReadJob};
 use super::writer::{Committed, SharedHealth, WriteQueue, write_loop};
 use super::*;
@@ -785,6 +787,20 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
     })
 }
 
+/// Reads by primary key that must stay index searches (a unit test checks
+/// their plans).
+mod lookup_sql {
+    /// Ids starting with ?1, below ?2 (`prefix_end`); the prefix is checked
+    /// again on what the range holds (it may hold more: see `prefix_end`).
+    pub const IDS_IN_RANGE: &str =
+        "SELECT id FROM executions WHERE id >= ?1 AND id < ?2 AND substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT ?3";
+    /// The same with no bound above (a prefix of only `z`s).
+    pub const IDS_FROM: &str = "SELECT id FROM executions WHERE id >= ?1 AND substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT ?2";
+    pub const ANY_STEP_STARTED: &str = "SELECT 1 FROM steps WHERE execution_id = ?1 AND action != '' LIMIT 1";
+    #[cfg(test)]
+    pub const ALL: [&str; 3] = [IDS_IN_RANGE, IDS_FROM, ANY_STEP_STARTED];
+}
+
 impl Read for SqliteConn {
     fn facts(&mut self, runbook: &str, target: &str, windows: Windows, now_ms: i64) -> Result<Facts, StoreError> {
         facts(&self.conn, runbook, target, windows, now_ms)
@@ -936,6 +952,25 @@ impl Read for SqliteConn {
             [],
             |r| r.get::<_, i64>(0),
         )? as u64)
+    }
+
+    fn ids_with_prefix(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        // The bound above is a term of its own, not `?2 IS NULL OR id < ?2`:
+        // only a plain comparison ends the index search there.
+        let (sql, args): (&str, Vec<rusqlite::types::Value>) = match prefix_end(prefix) {
+            Some(end) => (lookup_sql::IDS_IN_RANGE, vec![prefix.to_string().into(), end.into(), limit.into()]),
+            None => (lookup_sql::IDS_FROM, vec![prefix.to_string().into(), limit.into()]),
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError> {
+        Ok(query_row(&self.conn, lookup_sql::ANY_STEP_STARTED, [id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 }
 
@@ -1534,6 +1569,46 @@ mod tests {
             let scans_a_table = details.iter().any(|d| d.starts_with("SCAN") && !d.starts_with("SCAN (subquery"));
             assert!(!scans_a_table, "{sql}: plan scans: {text}");
             assert!(text.contains("SEARCH"), "{sql}: plan does not search an index: {text}");
+        }
+    }
+
+    /// Expanding an id prefix and asking whether a run started an action
+    /// are searches of a primary key, whatever the history.
+    #[test]
+    fn id_prefixes_and_started_steps_are_index_searches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = SqliteConn::open(&dir.path().join("state.db")).unwrap();
+        conn.conn.execute_batch(SCHEMA).unwrap();
+        conn.conn
+            .execute_batch(
+                "INSERT INTO executions (id, runbook, target, state, actor, params, dry_run, automated, risk, created_ms)
+                 VALUES ('01kz9a', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1), ('01kz9b', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1),
+                        ('01kz:x', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1), ('01kza0', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1),
+                        ('01l000', 'rb', 't', 'failed', 'a', '{}', 0, 1, 'low', 1);
+                 INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms)
+                 VALUES ('01kz9a', 'main', 0, 0, 'skipped', '', 1, 'skipped', 'null', 1),
+                        ('01kz9b', 'main', 0, 0, 'ran', 'log', 1, 'failed', 'null', 1);",
+            )
+            .unwrap();
+        assert_eq!(conn.ids_with_prefix("01kz9", 10).unwrap(), ["01kz9a", "01kz9b"]);
+        assert_eq!(conn.ids_with_prefix("01kz9", 1).unwrap(), ["01kz9a"]);
+        assert_eq!(conn.ids_with_prefix("01kz", 10).unwrap(), ["01kz9a", "01kz9b", "01kz:x", "01kza0"]);
+        assert_eq!(conn.ids_with_prefix("zz", 10).unwrap(), Vec::<String>::new());
+        assert!(!conn.any_step_started("01kz9a").unwrap());
+        assert!(conn.any_step_started("01kz9b").unwrap());
+        assert!(!conn.any_step_started("01kza0").unwrap());
+
+        for sql in lookup_sql::ALL {
+            let mut plan = conn.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = plan.raw_query();
+            let mut details = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                details.push(row.get::<_, String>(3).unwrap());
+            }
+            let text = details.join("; ");
+            assert!(!details.iter().any(|d| d.starts_with("SCAN")), "{sql}: plan scans: {text}");
+            assert!(text.contains("SEARCH"), "{sql}: plan does not search an index: {text}");
+            assert!(!text.contains("TEMP B-TREE"), "{sql}: plan sorts: {text}");
         }
     }
 

@@ -189,6 +189,64 @@ async fn the_api_refuses_self_approval_with_403_and_names_token_identities() {
     assert_eq!(granted[0].data["requester"], "api:alice");
 }
 
+// ------------------------------------------------------ ids by prefix
+
+/// Ids are whatever an admission names (ULIDs in practice); these are
+/// chosen to sit on the edges of a prefix's range.
+#[tokio::test]
+async fn a_unique_id_prefix_stands_for_its_execution_and_an_ambiguous_one_lists_candidates() {
+    let h = harness(&needs_approval("fix", "", ""), "");
+    let mut ids: Vec<String> = [
+        "01kz9xaa", "01kz9xab", "01kz:x00", "01kza000", "01l00000", "abcd1234", "beef", "beef0001",
+    ]
+    .map(String::from)
+    .into();
+    ids.extend((0..12).map(|i| format!("01m0{i:02}")));
+    for id in &ids {
+        let admission = Admission {
+            id: id.clone(),
+            ..asked_by(&h, "fix", "user:alice")
+        };
+        // Most are blocked (one run at a time on the target): still executions with ids.
+        h.engine.admit(admission, None).await.unwrap();
+    }
+    let store = h.store();
+    let resolved = |p: &'static str| async move { store.resolve_id(p).await };
+
+    assert_eq!(resolved("01kz9xab").await.unwrap(), "01kz9xab", "a whole id");
+    assert_eq!(resolved("01kz9xa").await.unwrap_err().kind(), "ambiguous");
+    assert_eq!(resolved("abcd").await.unwrap(), "abcd1234");
+    // A prefix ending in 9 or z: the range ends at the next letter, not at
+    // the next character, and nothing past the prefix gets in.
+    match resolved("01kz9").await {
+        Err(StoreError::Ambiguous { prefix, candidates, more }) => {
+            assert_eq!(
+                (prefix.as_str(), candidates, more),
+                ("01kz9", vec!["01kz9xaa".to_string(), "01kz9xab".into()], false)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match resolved("01kz").await {
+        Err(StoreError::Ambiguous { candidates, .. }) => assert_eq!(candidates, ["01kz9xaa", "01kz9xab", "01kz:x00", "01kza000"]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(resolved("01kza").await.unwrap(), "01kza000");
+    // Ten candidates at most, and a word that there are more.
+    let many = resolved("01m0").await.unwrap_err();
+    assert!(many.to_string().contains("01m000, 01m001"), "{many}");
+    let StoreError::Ambiguous { candidates, more, .. } = many else {
+        panic!("{many:?}")
+    };
+    assert_eq!((candidates.len(), candidates[0].as_str(), more), (10, "01m000", true));
+    // A whole id wins over the longer ids it starts.
+    assert_eq!(resolved("beef").await.unwrap(), "beef");
+    // Fewer than four characters are no prefix, only maybe a whole id.
+    assert!(matches!(resolved("abc").await, Err(StoreError::NotFound(p)) if p == "abc"));
+    assert!(matches!(resolved("01kzq").await, Err(StoreError::NotFound(p)) if p == "01kzq"));
+    assert!(matches!(resolved("zzzz").await, Err(StoreError::NotFound(_))));
+}
+
 // ------------------------------------------------------------ the CLI
 
 /// `user:NAME` of this test process's real uid, as pitcrew names it.

@@ -831,6 +831,104 @@ fn upper_case_execution_ids_find_their_run() {
     assert!(text(&out).0.lines().count() >= 4, "{:?}", text(&out));
 }
 
+/// The shortest prefix of `id`, 4 characters or more, that none of `others` starts with.
+fn unique_prefix(id: &str, others: &[&str]) -> String {
+    (4..=id.len())
+        .map(|n| &id[..n])
+        .find(|p| others.iter().all(|o| !o.starts_with(p)))
+        .unwrap_or(id)
+        .to_string()
+}
+
+#[test]
+fn execution_ids_may_be_abbreviated_to_a_unique_prefix_like_git() {
+    let ws = Workspace::new("");
+    let said = ws.run("say")["id"].as_str().unwrap().to_string();
+    let gated = || {
+        let out = ws.cli(&["run", "gated", "--output", "json"]);
+        assert_eq!(out.status.code(), Some(4), "{:?}", text(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let waiting = gated();
+    let shared: String = said
+        .chars()
+        .zip(waiting.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    assert!(
+        shared.len() >= 4,
+        "ids made a moment apart share their time's first characters: {said} {waiting}"
+    );
+
+    let out = ws.cli(&["show", &unique_prefix(&said, &[&waiting]).to_uppercase()]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out).0.contains(&format!("execution {said}")), "{:?}", text(&out));
+    let out = ws.cli(&["audit", "export", "--execution", &unique_prefix(&said, &[&waiting])]);
+    let lines = text(&out).0;
+    assert!(lines.lines().count() >= 4, "{lines}");
+    for line in lines.lines() {
+        assert_eq!(
+            serde_json::from_str::<Value>(line).unwrap()["execution_id"],
+            said.as_str(),
+            "{line}"
+        );
+    }
+    let out = ws.cli(&["audit", "timeline", "--execution", &unique_prefix(&waiting, &[&said])]);
+    assert!(text(&out).0.contains(&format!("Scope: execution `{waiting}`")), "{:?}", text(&out));
+
+    // A prefix of both: exit 2 naming both, and nothing done.
+    for args in [
+        &["show", &shared][..],
+        &["approve", &shared],
+        &["deny", &shared],
+        &["audit", "export", "--execution", &shared],
+        &["audit", "timeline", "--execution", &shared],
+    ] {
+        let out = ws.cli(args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(&format!("execution id prefix {shared} is ambiguous")),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("\n  {said}")) && stderr.contains(&format!("\n  {waiting}")),
+            "{args:?}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+    }
+    let shown: Value = serde_json::from_slice(&ws.cli(&["show", &waiting, "--output", "json"]).stdout).unwrap();
+    assert_eq!(shown["state"], "pending_approval");
+
+    // Too short to stand for an id, or no id's prefix: as for an unknown id.
+    for unknown in [&said[..3], "zzzzzz"] {
+        let out = ws.cli(&["show", unknown]);
+        assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+        assert!(text(&out).1.contains(&format!("no execution {unknown}")), "{:?}", text(&out));
+    }
+
+    let out = ws.cli(&["approve", &unique_prefix(&waiting, &[&said]), "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let approved: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (approved["id"].as_str(), approved["state"].as_str()),
+        (Some(waiting.as_str()), Some("succeeded"))
+    );
+
+    let another = gated();
+    let out = ws.cli(&["deny", &unique_prefix(&another, &[&said, &waiting]), "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let denied: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (denied["id"].as_str(), denied["state"].as_str()),
+        (Some(another.as_str()), Some("cancelled"))
+    );
+}
+
 #[test]
 fn audit_export_takes_output_like_every_other_command() {
     let ws = Workspace::new("");
@@ -981,8 +1079,9 @@ fn show_counts_tries_from_1_like_the_timeline_and_marks_cut_cells() {
 #[test]
 fn read_only_commands_never_create_state_and_say_where_they_looked() {
     let empty = tempfile::tempdir().unwrap();
-    // deny and reset write, but only to what is recorded: nothing to do without state.
-    let commands: [&[&str]; 8] = [
+    // approve, deny and reset write, but only to what is recorded: nothing
+    // to do without state.
+    let commands: [&[&str]; 9] = [
         &["executions"],
         &["show", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
         &["audit", "verify"],
@@ -990,6 +1089,7 @@ fn read_only_commands_never_create_state_and_say_where_they_looked() {
         &["audit", "timeline"],
         &["escalations"],
         &["deny", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
+        &["approve", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
         &["reset", "some-runbook", "some-target"],
     ];
     for args in commands {
@@ -1020,6 +1120,12 @@ fn read_only_commands_never_create_state_and_say_where_they_looked() {
         "{stderr}"
     );
     assert!(!ws.dir.path().join("state").exists());
+    // approve too, with runbooks to run an approved run by.
+    let out = ws.cli(&["approve", "01kbgq1sd5x1n5f4v6p2z8w0hq"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no state"), "{stderr}");
+    assert!(!ws.dir.path().join("state").exists(), "approve created state");
 
     // Once something ran, the same commands read it.
     assert_eq!(ws.run("say")["state"], "succeeded");

@@ -229,6 +229,9 @@ impl Store for Flaky {
     async fn execution(&self, id: &str) -> Result<Execution, StoreError> {
         self.inner.execution(id).await
     }
+    async fn resolve_id(&self, prefix: &str) -> Result<String, StoreError> {
+        self.inner.resolve_id(prefix).await
+    }
     async fn executions(&self, f: ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
         self.inner.executions(f).await
     }

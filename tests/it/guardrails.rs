@@ -215,6 +215,64 @@ async fn dry_runs_do_not_start_a_cooldown() {
     check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
 }
 
+/// A runbook whose alert's `mode` label picks what its run does: `render`
+/// fails its first step's template (a label it needs is missing), `skip`
+/// skips every step (`when` false), `fail` runs an action that fails.
+const MODED: &str = r#"apiVersion: pitcrew/v1
+name: fix
+trigger: {alertname: Broken}
+params:
+  instance: {default: "{{alert.labels.instance}}"}
+target: "{{params.instance}}"
+risk: medium
+guardrails: {cooldown: 5m, rate_limit: 1/1h}
+steps:
+  - name: render
+    action: log
+    when: "{{#if (eq alert.labels.mode \"render\")}}yes{{/if}}"
+    with: {message: "{{alert.labels.missing}}"}
+  - name: fail
+    action: exec
+    when: "{{#if (eq alert.labels.mode \"fail\")}}yes{{/if}}"
+    with: {command: [/bin/false]}
+"#;
+
+fn moded(h: &Harness, instance: &str, mode: &str) -> Value {
+    let mut a = firing(h, "Broken", instance);
+    a["labels"]["mode"] = json!(mode);
+    a
+}
+
+// Not paused: a real child process runs (`/bin/false`).
+#[tokio::test]
+async fn a_run_that_never_started_an_action_does_not_start_a_cooldown() {
+    let h = harness(MODED, "");
+    for (target, mode, ended) in [("web-1", "render", State::Failed), ("web-2", "skip", State::Succeeded)] {
+        for _ in 0..2 {
+            // Neither the cooldown nor the rate limit holds the second back.
+            let d = decide(&h, moded(&h, target, mode)).await;
+            check(&d, "run", "all");
+            let outcomes = h.run_queued().await;
+            assert_eq!(outcomes.iter().map(|o| o.state).collect::<Vec<_>>(), [ended], "{mode}");
+            let exec = h.store().execution(&id(&d)).await.unwrap();
+            assert!(exec.steps.iter().all(|s| s.action.is_empty()), "{mode}: {:#?}", exec.steps);
+            h.advance("1m");
+        }
+    }
+
+    // An action that ran counts, even one that failed.
+    let d = decide(&h, moded(&h, "web-3", "fail")).await;
+    check(&d, "run", "all");
+    assert_eq!(h.run_queued().await.iter().map(|o| o.state).collect::<Vec<_>>(), [State::Failed]);
+    let exec = h.store().execution(&id(&d)).await.unwrap();
+    assert_eq!(
+        exec.steps.iter().find(|s| s.name == "fail").map(|s| s.state),
+        Some(StepState::Failed)
+    );
+    h.advance("1m");
+    check(&decide(&h, moded(&h, "web-3", "fail")).await, "blocked", "cooldown");
+}
+
 // ---------------------------------------------------------------- rate limits
 
 #[tokio::test(start_paused = true)]

@@ -406,7 +406,12 @@ async fn read_only_commands_change_nothing_and_migrate_runs_once() {
             "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'",
         )
     };
-    for args in [&["executions"][..], &["audit", "verify"], &["escalations"]] {
+    for args in [
+        &["executions"][..],
+        &["audit", "verify"],
+        &["escalations"],
+        &["approve", "01kbgq1sd5x1n5f4v6p2z8w0hq"],
+    ] {
         let out = pitcrew(&[&["--config", config][..], args].concat());
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("no pitcrew store"), "{args:?}");
