@@ -1028,7 +1028,14 @@ budget_policy:
         let store = Config::parse(&file, text).unwrap().store.unwrap();
         assert_eq!(store.password.as_deref(), Some("s3cret-pass"));
         assert_eq!(store.lease, Duration::from_secs(5));
-        assert_eq!(Config::parse(&file, "store: {url: \"postgres://a@b/c\"}").unwrap().store.unwrap().lease, Duration::from_secs(15));
+        assert_eq!(
+            Config::parse(&file, "store: {url: \"postgres://a@b/c\"}")
+                .unwrap()
+                .store
+                .unwrap()
+                .lease,
+            Duration::from_secs(15)
+        );
         for (text, says) in [
             ("store: {url: \"mysql://a@b/c\"}", "is not a PostgreSQL URL"),
             ("store: {url: \"postgres://a:hunter22@b/c\"}", "holds a password"),

@@ -176,6 +176,16 @@ pub struct PgConn {
     in_tx: bool,
     /// Audit records appended in this transaction, not yet sent.
     unwritten: Unwritten,
+    /// Plan each statement for its values, every time. A plan made once
+    /// without them (PostgreSQL's generic plan, which it may switch to on
+    /// its own after five runs) cannot tell a hot target from a fresh one:
+    /// measured, the facts query for a new target then walked every run of
+    /// the runbook (`runs_by_runbook`, 102 pages after 100,000 executions,
+    /// against 10 planned for the value) — the cost the store contract rules
+    /// out. Planning costs the writer about a third of its throughput end to
+    /// end (602 vs 919 runs/s, one replica); a per-(runbook, target) row of
+    /// facts kept in the deciding transaction would make both unnecessary.
+    custom_plans: bool,
 }
 
 /// Audit rows as columns, for one `INSERT … SELECT FROM unnest(…)`.
@@ -218,7 +228,16 @@ impl PgConn {
             failed_in_tx: false,
             in_tx: false,
             unwritten: Unwritten::default(),
+            custom_plans: false,
         }
+    }
+
+    /// The writer's connection: its decisions are planned for their values
+    /// (see `custom_plans`).
+    fn writer(target: Target) -> PgConn {
+        let mut conn = PgConn::new(target);
+        conn.custom_plans = true;
+        conn
     }
 
     /// The client, connecting first if there is none (or it broke).
@@ -226,7 +245,11 @@ impl PgConn {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
             self.names.clear();
-            self.client = Some(self.target.connect()?);
+            let mut client = self.target.connect()?;
+            if self.custom_plans {
+                client.batch_execute("SET plan_cache_mode = force_custom_plan")?;
+            }
+            self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -418,6 +441,7 @@ fn stored_from_row(r: &::postgres::Row) -> audit::Stored {
 /// an index search over the rows decisions look at, as on SQLite; a window
 /// not in use gets a cutoff no row passes, which costs one index probe.
 /// Public for the test that holds it to the store contract's cost rule.
+/// The writer plans it for its values every time (see `custom_plans`).
 pub const FACTS: &str = "SELECT \
     (SELECT admitted_ms FROM executions WHERE runbook = $1 AND target = $2 AND admitted_ms IS NOT NULL \
         ORDER BY admitted_ms DESC LIMIT 1), \
@@ -1210,7 +1234,7 @@ impl Ledger<Postgres> {
             let (target, replica) = (target.clone(), replica.clone());
             let url = target.url.clone();
             on_plain_thread(move || -> Result<PgConn, StoreError> {
-                let mut writer = PgConn::new(target);
+                let mut writer = PgConn::writer(target);
                 if join {
                     migrate(writer.client()?)?;
                     replica.heartbeat()?;
