@@ -31,7 +31,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::postgres::types::{ToSql, Type};
+use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls, Statement};
 
 use super::backend::{
@@ -176,6 +176,16 @@ pub struct PgConn {
     in_tx: bool,
     /// Audit records appended in this transaction, not yet sent.
     unwritten: Unwritten,
+    /// Plan each statement for its values, every time. A plan made once
+    /// without them (PostgreSQL's generic plan, which it may switch to on
+    /// its own after five runs) cannot tell a hot target from a fresh one:
+    /// measured, the facts query for a new target then walked every run of
+    /// the runbook (`runs_by_runbook`, 102 pages after 100,000 executions,
+    /// against 10 planned for the value) — the cost the store contract rules
+    /// out. Planning costs the writer about a third of its throughput end to
+    /// end (602 vs 919 runs/s, one replica); a per-(runbook, target) row of
+    /// facts kept in the deciding transaction would make both unnecessary.
+    custom_plans: bool,
 }
 
 /// Audit rows as columns, for one `INSERT … SELECT FROM unnest(…)`.
@@ -218,7 +228,16 @@ impl PgConn {
             failed_in_tx: false,
             in_tx: false,
             unwritten: Unwritten::default(),
+            custom_plans: false,
         }
+    }
+
+    /// The writer's connection: its decisions are planned for their values
+    /// (see `custom_plans`).
+    fn writer(target: Target) -> PgConn {
+        let mut conn = PgConn::new(target);
+        conn.custom_plans = true;
+        conn
     }
 
     /// The client, connecting first if there is none (or it broke).
@@ -226,7 +245,11 @@ impl PgConn {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
             self.names.clear();
-            self.client = Some(self.target.connect()?);
+            let mut client = self.target.connect()?;
+            if self.custom_plans {
+                client.batch_execute("SET plan_cache_mode = force_custom_plan")?;
+            }
+            self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -454,9 +477,9 @@ const FACT_PARTS: [(&str, &str); 7] = [
 
 /// The facts query with the parts `used` (bit i: `FACT_PARTS[i]`) and the
 /// names of its parameters in order: one round trip per decision, asking
-/// only what the runbook's guardrails look at. Each decision is planned for
-/// its values (see `facts`), and a query of two parts plans in a fraction
-/// of the time of all seven. At most 128 texts, made
+/// only what the runbook's guardrails look at. The writer plans each
+/// decision for its values (see `custom_plans`), and a query of two parts
+/// plans in a fraction of the time of all seven. At most 128 texts, made
 /// once each.
 pub fn facts_sql(used: u8) -> (&'static str, &'static [&'static str]) {
     type Made = HashMap<u8, (&'static str, &'static [&'static str])>;
@@ -522,31 +545,9 @@ impl Read for PgConn {
                 }
             })
             .collect();
-        let typed: Vec<(&(dyn ToSql + Sync), Type)> = names
-            .iter()
-            .zip(&values)
-            .map(|(name, v)| {
-                let ty = if matches!(*name, "runbook" | "target") {
-                    Type::TEXT
-                } else {
-                    Type::INT8
-                };
-                (v.as_ref(), ty)
-            })
-            .collect();
-        // Sent as an unnamed statement (one round trip): PostgreSQL plans it
-        // for these values, every time. A plan made once without them (the
-        // generic plan a prepared statement may switch to after five runs)
-        // cannot tell a hot target from a fresh one: measured, it then
-        // walked every run of the runbook (`runs_by_runbook`, 102 pages
-        // after 100,000 executions against 11 planned for the value), the
-        // cost the store contract rules out. Only this query needs it; the
-        // writer's other statements are key lookups, prepared once.
-        let rows = self.client()?.query_typed(sql, &typed);
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
         let row = self
-            .track(rows)?
-            .into_iter()
-            .next()
+            .query_opt(sql, &params)?
             .ok_or_else(|| StoreError::Corrupt("facts query returned no row".into()))?;
         // The columns of the parts asked, in order.
         let mut column = 0usize;
@@ -1335,7 +1336,7 @@ impl Ledger<Postgres> {
             let (target, replica) = (target.clone(), replica.clone());
             let url = target.url.clone();
             on_plain_thread(move || -> Result<PgConn, StoreError> {
-                let mut writer = PgConn::new(target);
+                let mut writer = PgConn::writer(target);
                 if join {
                     migrate(writer.client()?)?;
                     replica.heartbeat()?;

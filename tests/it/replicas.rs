@@ -553,8 +553,8 @@ fn deciding_on_postgres_costs_the_same_after_100k_blocked_executions() {
             r2 = now_ms - hour / 4,
         ),
     );
-    // The facts query planned for its values, as the store's writer has it
-    // planned (an unnamed statement, see `PgConn::facts`).
+    // The facts query as the store's writer runs it: prepared, and planned
+    // for its values every time.
     let (facts, params) = pitcrew::store::postgres::facts_sql(pitcrew::store::postgres::ALL_FACTS);
     assert_eq!(
         params,
