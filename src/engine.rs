@@ -413,6 +413,10 @@ async fn stopped(store: &dyn Store, abandoned: &Abandoned, exec: &Execution, err
         }
         EngineError::Store(StoreError::ClaimLost(id)) => {
             tracing::warn!(execution = %id, "claim lost to recovery; stopped without running more steps");
+            // Refused because this replica's lease lapsed, the run is still
+            // under this claim: the next recovery pass must take it over even
+            // if the lease is renewed meanwhile. (Taken over already: harmless.)
+            abandon(abandoned, exec);
         }
         e @ EngineError::UnknownRunbook(_) => tracing::error!(execution = %exec.id, error = %e, "execution failed"),
         e => {

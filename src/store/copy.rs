@@ -194,6 +194,9 @@ fn copy_into(source: &rusqlite::Connection, to: &StoreConfig, from: &str) -> Res
     let mut client = super::postgres::connect(to)?;
     super::postgres::migrate(&mut client)?;
     let mut tx = client.transaction()?;
+    // Like every write: no replica starting on the target meanwhile can
+    // append to the chain the copy is writing.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&super::postgres::CHAIN_LOCK])?;
     for table in ["audit", "executions", "alerts"] {
         let n: i64 = tx.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?.get(0);
         if n > 0 {

@@ -47,7 +47,7 @@ use crate::guard::{Facts, STORM_WINDOW, Windows};
 use crate::redact::Redactor;
 
 /// The advisory lock every write transaction takes first (see the module docs).
-const CHAIN_LOCK: i64 = 0x7069_7463_7265_7701; // "pitcrew" + 1
+pub(super) const CHAIN_LOCK: i64 = 0x7069_7463_7265_7701; // "pitcrew" + 1
 /// Held (session-scoped) while migrations run, so replicas starting
 /// together migrate once.
 const MIGRATE_LOCK: i64 = 0x7069_7463_7265_7702;
@@ -140,7 +140,13 @@ impl Target {
         if let Some(password) = &store.password {
             config.password(password);
         }
-        config.application_name("pitcrew").connect_timeout(Duration::from_secs(5));
+        // A dead peer is noticed in seconds, not after the system's TCP defaults (hours).
+        config
+            .application_name("pitcrew")
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
         Ok(Target {
             config,
             url: store.url.clone(),
@@ -156,7 +162,14 @@ impl Target {
             err
         })?;
         // A statement stuck behind a lock is an outage to report, not to wait out.
-        client.batch_execute("SET statement_timeout = '30s'; SET lock_timeout = '30s'; SET client_min_messages = warning")?;
+        // A session paused inside a transaction (its process stopped, its
+        // network gone) would hold the chain lock, and every replica's
+        // writes with it: the server ends it instead, and its group, never
+        // acknowledged, is rolled back.
+        client.batch_execute(
+            "SET statement_timeout = '30s'; SET lock_timeout = '30s'; SET client_min_messages = warning; \
+             SET idle_in_transaction_session_timeout = '5s'",
+        )?;
         Ok(client)
     }
 }
@@ -176,6 +189,10 @@ pub struct PgConn {
     in_tx: bool,
     /// Audit records appended in this transaction, not yet sent.
     unwritten: Unwritten,
+    /// The writer's: whether this replica's own lease has been renewed
+    /// steadily for a whole lease (see `Replica::renewing_since`). Until
+    /// then it takes no run from another replica on the word of a lease.
+    trusts_leases: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Plan each statement for its values, every time. A plan made once
     /// without them (PostgreSQL's generic plan, which it may switch to on
     /// its own after five runs) cannot tell a hot target from a fresh one:
@@ -228,6 +245,7 @@ impl PgConn {
             failed_in_tx: false,
             in_tx: false,
             unwritten: Unwritten::default(),
+            trusts_leases: None,
             custom_plans: false,
         }
     }
@@ -700,15 +718,25 @@ impl Read for PgConn {
     fn audit_walk(&mut self, visit: &mut dyn FnMut(audit::Stored) -> bool) -> Result<(), StoreError> {
         use ::postgres::fallible_iterator::FallibleIterator;
         // Streamed a row at a time: the whole log never sits in memory.
-        let sql = format!("{AUDIT_SELECT} ORDER BY a.seq");
+        let sql = "SELECT a.seq, a.ts_us, COALESCE(k.name, ''), COALESCE(n.name, ''), a.execution_id, a.runbook, a.target, \
+             a.data, a.hash FROM audit a LEFT JOIN audit_names k ON k.id = a.kind LEFT JOIN audit_names n ON n.id = a.actor \
+             ORDER BY a.seq";
         let client = self.client()?;
-        let mut rows = client.query_raw(sql.as_str(), std::iter::empty::<i64>())?;
-        while let Some(row) = rows.next()? {
-            if !visit(stored_from_row(&row)) {
-                break;
+        // However long the log: the walk is one statement, and the reader
+        // holds it up while it hashes.
+        client.batch_execute("SET statement_timeout = 0")?;
+        let walked = (|| -> Result<(), StoreError> {
+            let mut rows = client.query_raw(sql, std::iter::empty::<i64>())?;
+            while let Some(row) = rows.next()? {
+                if !visit(stored_from_row(&row)) {
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })();
+        let restored = client.batch_execute("SET statement_timeout = '30s'");
+        walked?;
+        Ok(restored?)
     }
 
     fn breakers(&mut self) -> Result<Vec<Breaker>, StoreError> {
@@ -847,14 +875,23 @@ impl Tx for PgConn {
     }
 
     fn claim_held(&mut self, id: &str, claim: Option<&str>) -> Result<bool, StoreError> {
-        let row = self.query_opt("SELECT state, claimed_by FROM executions WHERE id = $1", &[&id])?;
-        Ok(row.is_some_and(|r| r.get::<_, &str>(0) == "running" && r.get::<_, Option<&str>>(1) == claim))
+        // The claim is this replica's only while its lease runs: past it,
+        // any replica may recover the run, under the same lock as this check.
+        let row = self.query_opt(
+            "SELECT e.state, e.claimed_by, p.lease_until >= clock_timestamp() FROM executions e \
+             LEFT JOIN replicas p ON p.id = split_part(e.claimed_by, '/', 1) WHERE e.id = $1",
+            &[&id],
+        )?;
+        Ok(row.is_some_and(|r| {
+            r.get::<_, &str>(0) == "running" && r.get::<_, Option<&str>>(1) == claim && r.get::<_, Option<bool>>(2) == Some(true)
+        }))
     }
 
     fn claim(&mut self, id: &str, worker: &str, started_ms: i64) -> Result<bool, StoreError> {
         Ok(self.execute(
             "UPDATE executions SET state = 'running', claimed_by = $2, started_ms = COALESCE(started_ms, $3) \
-             WHERE id = $1 AND state = 'queued'",
+             WHERE id = $1 AND state = 'queued' AND EXISTS (SELECT 1 FROM replicas p \
+             WHERE p.id = split_part($2, '/', 1) AND p.lease_until >= clock_timestamp())",
             &[&id, &worker, &started_ms],
         )? > 0)
     }
@@ -906,6 +943,19 @@ impl Tx for PgConn {
     /// A claim whose replica's lease expired (or that names no replica) is
     /// reported without its claimer: its holder is gone.
     fn running(&mut self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let trusted = self
+            .trusts_leases
+            .as_ref()
+            .is_none_or(|t| t.load(std::sync::atomic::Ordering::Relaxed));
+        if !trusted {
+            // Every claim as it stands: only the caller's own liveness
+            // (claims this process gave up) can release one now.
+            return Ok(self
+                .query("SELECT id, claimed_by FROM executions WHERE state = 'running'", &[])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect());
+        }
         Ok(self
             .query(
                 "SELECT e.id, CASE WHEN p.lease_until >= clock_timestamp() THEN e.claimed_by END \
@@ -1177,6 +1227,13 @@ struct Replica {
     lease: Duration,
     /// The connection leases are renewed on (heartbeat, chores).
     conn: Mutex<PgConn>,
+    /// Since when every beat went through on time. Only a replica that has
+    /// renewed its own lease for a whole lease may call another's expired:
+    /// after an outage of the database nobody could renew, and the first
+    /// recovery pass would otherwise take every live run from every replica.
+    renewing_since: Mutex<Option<std::time::Instant>>,
+    /// `renewing_since` is a whole lease ago: read by the writer.
+    trusts_leases: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Replica {
@@ -1300,11 +1357,28 @@ fn heartbeat_loop(replica: Arc<Replica>, stop: Receiver<()>, health: SharedHealt
     // Three beats per lease: one lost beat does not lose the lease.
     let every = replica.lease / 3;
     loop {
-        if let Err(e) = replica.heartbeat() {
-            tracing::warn!(error = %e, replica = %replica.id, "lease not renewed");
-            super::writer::set_health(&health, Health::Failing(format!("lease not renewed: {e}")));
-        }
-        match stop.recv_timeout(every) {
+        let began = std::time::Instant::now();
+        let beat = replica.heartbeat();
+        let mut since = replica.renewing_since.lock().expect("renewing lock");
+        let wait = match beat {
+            Ok(()) if began.elapsed() < every => {
+                since.get_or_insert(began);
+                every
+            }
+            result => {
+                *since = None;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, replica = %replica.id, "lease not renewed");
+                    super::writer::set_health(&health, Health::Failing(format!("lease not renewed: {e}")));
+                }
+                // Soon again: the lease is running out.
+                Duration::from_millis(250).min(every)
+            }
+        };
+        let steady = since.is_some_and(|s| s.elapsed() >= replica.lease);
+        replica.trusts_leases.store(steady, std::sync::atomic::Ordering::Relaxed);
+        drop(since);
+        match stop.recv_timeout(wait) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
@@ -1331,12 +1405,15 @@ impl Ledger<Postgres> {
             id: format!("r-{}", ulid::Ulid::new().to_string().to_lowercase()),
             lease: store.lease.std(),
             conn: Mutex::new(PgConn::new(target.clone())),
+            renewing_since: Mutex::new(None),
+            trusts_leases: Arc::default(),
         });
         let setup = {
             let (target, replica) = (target.clone(), replica.clone());
             let url = target.url.clone();
             on_plain_thread(move || -> Result<PgConn, StoreError> {
                 let mut writer = PgConn::writer(target);
+                writer.trusts_leases = Some(replica.trusts_leases.clone());
                 if join {
                     migrate(writer.client()?)?;
                     replica.heartbeat()?;

@@ -576,6 +576,7 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// This process as named in claims.
     fn worker_id(&self) -> String;
+
     /// Whether this process may run the background chores now (one
     /// process at a time where several share the store).
     async fn lead_chores(&self) -> bool {

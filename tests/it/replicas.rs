@@ -621,3 +621,55 @@ fn deciding_on_postgres_costs_the_same_after_100k_blocked_executions() {
         "the table is big enough for a scan to show"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_longer_than_the_lease_takes_no_live_run_from_its_replica() {
+    // Its own cluster: it is stopped for longer than the lease.
+    let pg = crate::pg::PgCluster::new();
+    let store = format!(
+        "store:\n  url: {}\n  password_file: {}\n  lease: 2s\n",
+        pg.database(),
+        pg.password_file().display()
+    );
+    let rb = r#"apiVersion: pitcrew/v1
+name: long-fix
+trigger: {alertname: LongFix}
+target: "{{alert.labels.n}}"
+steps:
+  - name: fix
+    action: exec
+    with: {command: [/bin/sleep, "8"], timeout: 1m}
+"#;
+    let (_dir, config) = setup(rb, &store);
+    let serve = Serve::start(&config).await;
+    // Steady for more than a lease before anything happens.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post(&client, &serve.url, vec![alert(&[("alertname", "LongFix"), ("n", "x")])]).await,
+        202
+    );
+    until("the step to start", Duration::from_secs(30), async || {
+        serve.executions("status=running").await.len() == 1
+    })
+    .await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pg.start();
+    until("the run to end", Duration::from_secs(60), async || {
+        reqwest::get(format!("{}/v1/executions?status=succeeded", serve.url))
+            .await
+            .ok()
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+            && serve.executions("status=succeeded").await.len() == 1
+    })
+    .await;
+    let records = verified_audit(&config);
+    assert!(
+        of_kind(&records, "execution.recovered").is_empty(),
+        "no run was taken from a replica that was alive all along: {:#?}",
+        of_kind(&records, "execution.recovered")
+    );
+    assert_eq!(of_kind(&records, "step.started").len(), 1);
+}

@@ -186,7 +186,7 @@ impl Harness {
     /// Runs every queued execution to its end, here and now.
     pub async fn run_queued(&self) -> Vec<Outcome> {
         let mut out = Vec::new();
-        while let Some(exec) = self.store().claim("test-worker", None).await.unwrap() {
+        while let Some(exec) = self.store().claim(&self.engine.worker_id, None).await.unwrap() {
             out.push(self.engine.execute(exec, None).await.unwrap());
         }
         out
