@@ -104,9 +104,8 @@ pub trait Read {
     fn execution(&mut self, id: &str) -> Result<Option<Execution>, StoreError>;
     /// The dedupe row of a notification: `None` if never seen.
     fn alert_row(&mut self, id: &[u8; 16]) -> Result<Option<AlertRow>, StoreError>;
-    /// Ids of queued executions, oldest first, up to `limit` not in `exclude`,
-    /// and whether none remain beyond them.
-    fn queued_ids(&mut self, limit: usize, exclude: &HashSet<String>) -> Result<(Vec<String>, bool), StoreError>;
+    /// Ids of queued executions, oldest first, at most `at_most`.
+    fn queued_ids(&mut self, at_most: usize) -> Result<Vec<String>, StoreError>;
     fn executions(&mut self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
     /// Audit records as stored, with the hash of the record before each.
     fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<StoredWithPrev>, StoreError>;
@@ -221,8 +220,6 @@ pub trait Conn: Tx + Send {
     fn commit(&mut self) -> Result<(), StoreError>;
     fn rollback(&mut self);
 }
-
-use std::collections::HashSet;
 
 #[cfg(test)]
 mod tests {

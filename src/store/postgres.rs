@@ -625,25 +625,16 @@ impl Read for PgConn {
             .map(|r| (r.get::<_, Option<i64>>(0).map(|s| s as u64), r.get(1))))
     }
 
-    fn queued_ids(&mut self, limit: usize, exclude: &HashSet<String>) -> Result<(Vec<String>, bool), StoreError> {
-        // Enough to fill `limit` past the ones already in memory.
-        let want = (limit + exclude.len() + 1) as i64;
-        let rows = self.query(
-            "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, pos LIMIT $1",
-            &[&want],
-        )?;
-        let mut ids = Vec::new();
-        for row in &rows {
-            let id: String = row.get(0);
-            if exclude.contains(&id) {
-                continue;
-            }
-            if ids.len() == limit {
-                return Ok((ids, false));
-            }
-            ids.push(id);
-        }
-        Ok((ids, true))
+    fn queued_ids(&mut self, at_most: usize) -> Result<Vec<String>, StoreError> {
+        let at_most = at_most.min(i64::MAX as usize) as i64;
+        Ok(self
+            .query(
+                "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, pos LIMIT $1",
+                &[&at_most],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     fn executions(&mut self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {

@@ -690,7 +690,12 @@ impl<B: Backend> Store for Ledger<B> {
 
     async fn queued(&self, limit: usize, exclude: HashSet<String>) -> Result<(Vec<Execution>, bool), StoreError> {
         self.read(move |conn| {
-            let (ids, exhausted) = conn.queued_ids(limit, &exclude)?;
+            // Enough to fill `limit` past the ones already in memory, and one
+            // more to tell whether any remain.
+            let oldest = conn.queued_ids(limit.saturating_add(exclude.len()).saturating_add(1))?;
+            let mut ids: Vec<String> = oldest.into_iter().filter(|id| !exclude.contains(id)).collect();
+            let exhausted = ids.len() <= limit;
+            ids.truncate(limit);
             let mut found = Vec::with_capacity(ids.len());
             for id in ids {
                 // Gone between the two reads (claimed and pruned): skipped.

@@ -7,7 +7,6 @@
 //! us, and the audit chain's head is re-read at the start of every
 //! transaction.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
@@ -824,25 +823,14 @@ impl Read for SqliteConn {
         .optional()?)
     }
 
-    fn queued_ids(&mut self, limit: usize, exclude: &HashSet<String>) -> Result<(Vec<String>, bool), StoreError> {
+    fn queued_ids(&mut self, at_most: usize) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(concat!(
             "SELECT id FROM executions WHERE state = 'queued' AND ",
             active!(),
-            " ORDER BY created_ms, rowid"
+            " ORDER BY created_ms, rowid LIMIT ?1"
         ))?;
-        let mut rows = stmt.query([])?;
-        let mut ids = Vec::new();
-        while let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
-            if exclude.contains(&id) {
-                continue;
-            }
-            if ids.len() == limit {
-                return Ok((ids, false));
-            }
-            ids.push(id);
-        }
-        Ok((ids, true))
+        let rows = stmt.query_map([at_most.min(i64::MAX as usize) as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn executions(&mut self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
