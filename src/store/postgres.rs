@@ -1275,7 +1275,6 @@ impl Replica {
 
 /// The PostgreSQL backend of [`Ledger`].
 pub struct Postgres {
-    target: Target,
     replica: Arc<Replica>,
     /// Jobs for the reader threads.
     reads: Mutex<Sender<ReadJob>>,
@@ -1464,17 +1463,11 @@ impl Ledger<Postgres> {
                 .map_err(spawn_error)?;
         }
         let backend = Postgres {
-            target,
             replica,
             reads: Mutex::new(read_tx),
             stop,
             joined: join,
         };
         Ok(Ledger::new(backend, queue, health, clock, redactor))
-    }
-
-    /// The database, as the config names it (no password).
-    pub fn url(&self) -> &str {
-        &self.backend.target.url
     }
 }

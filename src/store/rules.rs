@@ -616,10 +616,6 @@ impl<B: Backend> Ledger<B> {
         }
     }
 
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-
     /// Runs `f` in the next group commit; resolves after the commit.
     pub(super) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
