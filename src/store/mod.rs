@@ -255,6 +255,20 @@ pub enum Phase {
     OnFailure,
 }
 
+impl Phase {
+    /// As the stores keep it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Main => "main",
+            Phase::OnFailure => "on_failure",
+        }
+    }
+
+    pub fn parse(s: &str) -> Phase {
+        if s == "on_failure" { Phase::OnFailure } else { Phase::Main }
+    }
+}
+
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -274,6 +288,17 @@ impl StepState {
             StepState::Failed => "failed",
             StepState::Skipped => "skipped",
             StepState::Unknown => "unknown",
+        }
+    }
+
+    /// As the stores keep it; anything else reads as `unknown`.
+    pub fn parse(s: &str) -> StepState {
+        match s {
+            "started" => StepState::Started,
+            "succeeded" => StepState::Succeeded,
+            "failed" => StepState::Failed,
+            "skipped" => StepState::Skipped,
+            _ => StepState::Unknown,
         }
     }
 }

@@ -37,7 +37,7 @@ use ::postgres::{Client, NoTls, Statement};
 use super::backend::{
     AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim, prefix_end,
 };
-use super::rules::{Backend, Ledger, ReadJob};
+use super::rules::{Backend, Ledger, ReadJob, ts};
 use super::writer::{SharedHealth, WriteQueue, write_loop};
 use super::*;
 use crate::audit;
@@ -358,17 +358,6 @@ impl PgConn {
     }
 }
 
-fn phase_str(p: Phase) -> &'static str {
-    match p {
-        Phase::Main => "main",
-        Phase::OnFailure => "on_failure",
-    }
-}
-
-fn ts(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
 /// An execution's columns as [`execution_from_row`] reads them. A blocked
 /// run's reason is read from its decision record, where it is stored.
 const EXECUTION_COLUMNS: &str = "e.id, e.runbook, e.target, e.state, \
@@ -416,19 +405,13 @@ fn step_from_row(r: &::postgres::Row) -> StepRecord {
     let input: String = r.get(7);
     let output: Option<String> = r.get(8);
     StepRecord {
-        phase: if phase == "on_failure" { Phase::OnFailure } else { Phase::Main },
+        phase: Phase::parse(&phase),
         index: r.get::<_, i32>(1) as u32,
         name: r.get(2),
         action: r.get(3),
         attempt: r.get::<_, i32>(4) as u32,
         idempotent: r.get(5),
-        state: match state.as_str() {
-            "started" => StepState::Started,
-            "succeeded" => StepState::Succeeded,
-            "failed" => StepState::Failed,
-            "skipped" => StepState::Skipped,
-            _ => StepState::Unknown,
-        },
+        state: StepState::parse(&state),
         input: serde_json::from_str(&input).unwrap_or(Value::Null),
         output: output.and_then(|o| serde_json::from_str(&o).ok()),
         error: r.get(9),
@@ -995,7 +978,7 @@ impl Tx for PgConn {
              started_ms = excluded.started_ms, finished_ms = NULL",
             &[
                 &key.execution_id,
-                &phase_str(key.phase),
+                &key.phase.as_str(),
                 &idx,
                 &attempt,
                 &name,
@@ -1015,7 +998,7 @@ impl Tx for PgConn {
              WHERE execution_id = $1 AND phase = $2 AND idx = $3 AND attempt = $4",
             &[
                 &key.execution_id,
-                &phase_str(key.phase),
+                &key.phase.as_str(),
                 &idx,
                 &attempt,
                 &end.state.as_str(),
@@ -1033,7 +1016,7 @@ impl Tx for PgConn {
              started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, '', true, $6, 'null', $7, $8, $9, $9)",
             &[
                 &key.execution_id,
-                &phase_str(key.phase),
+                &key.phase.as_str(),
                 &idx,
                 &attempt,
                 &name,

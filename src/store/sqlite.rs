@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::backend::{
     AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim, prefix_end,
 };
-use super::rules::{Backend, Ledger, ReadJob};
+use super::rules::{Backend, Ledger, ReadJob, ts};
 use super::writer::{Committed, SharedHealth, WriteQueue, write_loop};
 use super::*;
 use crate::audit;
@@ -550,10 +550,6 @@ fn query_row<T>(
     conn.prepare_cached(sql)?.query_row(params, f)
 }
 
-fn ts(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
 fn opt_ts(ms: Option<i64>) -> Option<DateTime<Utc>> {
     ms.map(ts)
 }
@@ -664,19 +660,13 @@ fn load_steps(conn: &Connection, id: &str) -> Result<Vec<StepRecord>, StoreError
         let input: String = r.get(7)?;
         let output: Option<String> = r.get(8)?;
         Ok(StepRecord {
-            phase: if phase == "on_failure" { Phase::OnFailure } else { Phase::Main },
+            phase: Phase::parse(&phase),
             index: r.get(1)?,
             name: r.get(2)?,
             action: r.get(3)?,
             attempt: r.get(4)?,
             idempotent: r.get(5)?,
-            state: match state.as_str() {
-                "started" => StepState::Started,
-                "succeeded" => StepState::Succeeded,
-                "failed" => StepState::Failed,
-                "skipped" => StepState::Skipped,
-                _ => StepState::Unknown,
-            },
+            state: StepState::parse(&state),
             input: serde_json::from_str(&input).unwrap_or(Value::Null),
             output: output.and_then(|o| serde_json::from_str(&o).ok()),
             error: r.get(9)?,
@@ -685,13 +675,6 @@ fn load_steps(conn: &Connection, id: &str) -> Result<Vec<StepRecord>, StoreError
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-fn phase_str(p: Phase) -> &'static str {
-    match p {
-        Phase::Main => "main",
-        Phase::OnFailure => "on_failure",
-    }
 }
 
 fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u32, StoreError> {
@@ -1181,7 +1164,7 @@ impl Tx for SqliteConn {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'started', ?8, ?9)",
             params![
                 key.execution_id,
-                phase_str(key.phase),
+                key.phase.as_str(),
                 key.index,
                 key.attempt,
                 name,
@@ -1200,7 +1183,7 @@ impl Tx for SqliteConn {
             "UPDATE steps SET state = ?5, output = ?6, error = ?7, finished_ms = ?8 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
             params![
                 key.execution_id,
-                phase_str(key.phase),
+                key.phase.as_str(),
                 key.index,
                 key.attempt,
                 end.state.as_str(),
@@ -1218,7 +1201,7 @@ impl Tx for SqliteConn {
              VALUES (?1, ?2, ?3, ?4, ?5, '', 1, ?6, 'null', ?7, ?8, ?9, ?9)",
             params![
                 key.execution_id,
-                phase_str(key.phase),
+                key.phase.as_str(),
                 key.index,
                 key.attempt,
                 name,
