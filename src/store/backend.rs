@@ -40,10 +40,37 @@ pub struct Ending<'a> {
     pub state: State,
     pub reason: Option<&'a str>,
     pub finished_ms: i64,
-    /// It never started: it stops counting toward limits and cooldowns.
-    pub uncount: bool,
+    /// Whether it stops counting toward limits and cooldowns.
+    pub uncount: Uncount,
     /// Its claim ends with it.
     pub release_claim: bool,
+}
+
+/// Whether an ended run keeps counting toward limits and cooldowns
+/// (`admitted_ms`). A run that never started an action changed nothing on
+/// its target and stops counting.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Uncount {
+    /// It keeps counting.
+    No,
+    /// It never started (cancelled before it ran).
+    Yes,
+    /// Unless one of its steps started an action (a step skipped, or failed
+    /// before it started, has none): asked of the steps table by the same
+    /// statement that ends the run, a search on the steps' primary key
+    /// prefix, so ending a run costs no extra round trip.
+    UnlessAnActionStarted,
+}
+
+impl Uncount {
+    /// As the `end` statements take it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Uncount::No => "no",
+            Uncount::Yes => "yes",
+            Uncount::UnlessAnActionStarted => "unless_started",
+        }
+    }
 }
 
 /// One row of the audit chain as written.
@@ -118,10 +145,6 @@ pub trait Read {
     /// [`prefix_end`], never a scan (`LIKE` cannot use PostgreSQL's default
     /// text index).
     fn ids_with_prefix(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
-    /// Whether any step of the execution started an action (a step skipped
-    /// or failed before it started has no action): a search on the steps'
-    /// primary key prefix.
-    fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError>;
 }
 
 /// The least string above every string that starts with `prefix`, for a

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::backend::{AuditRow, Ending, NewExecution, Read, StepKey, StepRow, Tx};
+use super::backend::{AuditRow, Ending, NewExecution, Read, StepKey, StepRow, Tx, Uncount};
 use super::writer::{SharedHealth, WriteQueue};
 use super::*;
 use crate::audit::{self, Event, kind};
@@ -392,7 +392,7 @@ fn expire_approval(t: &mut Txn<'_>, id: &str, runbook: &str, target: &str) -> Re
             state: State::Cancelled,
             reason: Some(why),
             finished_ms,
-            uncount: false,
+            uncount: Uncount::No,
             release_claim: false,
         },
     )?;
@@ -428,7 +428,7 @@ fn cancel_for_resolved(t: &mut Txn<'_>, resolved: &Alert) -> Result<usize, Store
                 reason: Some(why),
                 finished_ms: now_ms,
                 // A run that never started counts toward no limit.
-                uncount: true,
+                uncount: Uncount::Yes,
                 release_claim: false,
             },
         )?;
@@ -774,7 +774,11 @@ impl<B: Backend> Store for Ledger<B> {
             // `pending` is written, not of `held`: that is the execution as
             // claimed, without the steps this worker ran since (or resumed).
             // A dry run never counted: nothing to ask.
-            let uncount = !held.dry_run && !t.tx.any_step_started(&held.id)?;
+            let uncount = if held.dry_run {
+                Uncount::No
+            } else {
+                Uncount::UnlessAnActionStarted
+            };
             t.tx.end(
                 &held.id,
                 Ending {
@@ -895,7 +899,7 @@ impl<B: Backend> Store for Ledger<B> {
                     state: State::Cancelled,
                     reason: Some(&why),
                     finished_ms,
-                    uncount: false,
+                    uncount: Uncount::No,
                     release_claim: false,
                 },
             )?;

@@ -778,9 +778,15 @@ mod lookup_sql {
         "SELECT id FROM executions WHERE id >= ?1 AND id < ?2 AND substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT ?3";
     /// The same with no bound above (a prefix of only `z`s).
     pub const IDS_FROM: &str = "SELECT id FROM executions WHERE id >= ?1 AND substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT ?2";
-    pub const ANY_STEP_STARTED: &str = "SELECT 1 FROM steps WHERE execution_id = ?1 AND action != '' LIMIT 1";
+    /// Ends a run; `?5` is an [`Uncount`](super::backend::Uncount). Whether
+    /// one of its steps started an action is a search on the steps' primary
+    /// key prefix.
+    pub const END: &str = "UPDATE executions SET state = ?2, reason = ?3, finished_ms = ?4, \
+         admitted_ms = CASE WHEN ?5 = 'yes' OR (?5 = 'unless_started' AND NOT EXISTS \
+         (SELECT 1 FROM steps WHERE execution_id = ?1 AND action != '')) THEN NULL ELSE admitted_ms END, \
+         claimed_by = CASE WHEN ?6 THEN NULL ELSE claimed_by END WHERE id = ?1";
     #[cfg(test)]
-    pub const ALL: [&str; 3] = [IDS_IN_RANGE, IDS_FROM, ANY_STEP_STARTED];
+    pub const ALL: [&str; 3] = [IDS_IN_RANGE, IDS_FROM, END];
 }
 
 impl Read for SqliteConn {
@@ -937,12 +943,6 @@ impl Read for SqliteConn {
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-
-    fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError> {
-        Ok(query_row(&self.conn, lookup_sql::ANY_STEP_STARTED, [id], |_| Ok(()))
-            .optional()?
-            .is_some())
-    }
 }
 
 impl Tx for SqliteConn {
@@ -1097,15 +1097,13 @@ impl Tx for SqliteConn {
     fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<(), StoreError> {
         run_sql(
             &self.conn,
-            "UPDATE executions SET state = ?2, reason = ?3, finished_ms = ?4, \
-             admitted_ms = CASE WHEN ?5 THEN NULL ELSE admitted_ms END, \
-             claimed_by = CASE WHEN ?6 THEN NULL ELSE claimed_by END WHERE id = ?1",
+            lookup_sql::END,
             params![
                 id,
                 ending.state.as_str(),
                 ending.reason,
                 ending.finished_ms,
-                ending.uncount,
+                ending.uncount.as_str(),
                 ending.release_claim
             ],
         )?;
@@ -1323,6 +1321,7 @@ impl Conn for SqliteConn {
 mod tests {
     use super::*;
     use crate::audit::{Event, kind};
+    use crate::store::backend::Uncount;
     use crate::store::rules::Txn;
     use crate::store::writer::{Job, job, run_group};
     use serde_json::json;
@@ -1544,7 +1543,7 @@ mod tests {
     }
 
     /// Expanding an id prefix and asking whether a run started an action
-    /// are searches of a primary key, whatever the history.
+    /// (when it ends) are searches of a primary key, whatever the history.
     #[test]
     fn id_prefixes_and_started_steps_are_index_searches() {
         let dir = tempfile::tempdir().unwrap();
@@ -1565,9 +1564,27 @@ mod tests {
         assert_eq!(conn.ids_with_prefix("01kz9", 1).unwrap(), ["01kz9a"]);
         assert_eq!(conn.ids_with_prefix("01kz", 10).unwrap(), ["01kz9a", "01kz9b", "01kz:x", "01kza0"]);
         assert_eq!(conn.ids_with_prefix("zz", 10).unwrap(), Vec::<String>::new());
-        assert!(!conn.any_step_started("01kz9a").unwrap());
-        assert!(conn.any_step_started("01kz9b").unwrap());
-        assert!(!conn.any_step_started("01kza0").unwrap());
+        // Ending a run uncounts it (`admitted_ms` cleared) only when none
+        // of its steps started an action.
+        conn.conn.execute_batch("UPDATE executions SET admitted_ms = 1").unwrap();
+        for id in ["01kz9a", "01kz9b", "01kza0"] {
+            let ending = Ending {
+                state: State::Failed,
+                reason: None,
+                finished_ms: 2,
+                uncount: Uncount::UnlessAnActionStarted,
+                release_claim: true,
+            };
+            conn.end(id, ending).unwrap();
+        }
+        let admitted = |id: &str| -> Option<i64> {
+            conn.conn
+                .query_row("SELECT admitted_ms FROM executions WHERE id = ?1", [id], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(admitted("01kz9a"), None, "only a skipped step: uncounted");
+        assert_eq!(admitted("01kz9b"), Some(1), "a step ran an action: still counts");
+        assert_eq!(admitted("01kza0"), None, "no steps: uncounted");
 
         for sql in lookup_sql::ALL {
             let mut plan = conn.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();

@@ -29,8 +29,14 @@ impl Serve {
 
     /// With these extra environment variables.
     pub(crate) async fn start_with(config: &Path, env: &[(&str, &str)]) -> Serve {
+        Serve::start_with_args(config, env, &[]).await
+    }
+
+    /// With these extra environment variables and `serve` arguments.
+    pub(crate) async fn start_with_args(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pitcrew"))
             .args(["--config", config.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("PITCREW_LOG", "info")

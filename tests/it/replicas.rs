@@ -216,6 +216,75 @@ steps:
     assert_eq!(count(&verdicts, "stormy", "blocked:storm_brake"), 15, "{verdicts:?}");
 }
 
+/// The replica whose worker started each run named `n` (its replica id).
+fn started_by(records: &[Value]) -> BTreeMap<String, String> {
+    let target_of: BTreeMap<&str, &str> = of_kind(records, "execution.started")
+        .iter()
+        .map(|r| (r["execution_id"].as_str().unwrap(), r["target"].as_str().unwrap()))
+        .collect();
+    of_kind(records, "execution.started")
+        .iter()
+        .map(|r| {
+            let id = r["execution_id"].as_str().unwrap();
+            let replica = r["data"]["worker"].as_str().unwrap().split('/').next().unwrap();
+            (target_of[id].to_string(), replica.to_string())
+        })
+        .collect()
+}
+
+/// A run another live replica's intake queued waits in that replica's
+/// memory: the others leave it alone (before, both claimed every run of the
+/// other, and half of all claims failed inside the chain lock). Once that
+/// replica is gone, its queued runs are anyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_queued_by_a_live_replica_is_left_to_it_and_taken_over_once_it_is_gone() {
+    let rb = r#"apiVersion: pitcrew/v1
+name: one-at-a-time
+trigger: {alertname: OneAtATime}
+target: "{{alert.labels.n}}"
+steps:
+  - name: fix
+    action: exec
+    with: {command: [/bin/sleep, "3"], timeout: 1m}
+"#;
+    let (_dir, config) = setup(rb, &store_lines("2s"));
+    // One worker: a second run waits in its memory while the first runs.
+    let first = Serve::start_with_args(&config, &[], &["--workers", "1"]).await;
+    let second = Serve::start(&config).await;
+    let client = reqwest::Client::new();
+    let fire = async |serve: &Serve, n: &str| {
+        assert_eq!(
+            post(&client, &serve.url, vec![alert(&[("alertname", "OneAtATime"), ("n", n)])]).await,
+            202
+        );
+    };
+    fire(&first, "a").await;
+    fire(&first, "b").await;
+    until("a and b to end", Duration::from_secs(30), async || {
+        second.executions("status=succeeded").await.len() == 2
+    })
+    .await;
+    let records = verified_audit(&config);
+    let by = started_by(&records);
+    assert_eq!(by["a"], by["b"], "b waited for the replica that queued it: {by:?}");
+
+    // Gone with a run queued: the other replica takes it after the lease.
+    fire(&first, "c").await;
+    fire(&first, "d").await;
+    until("c to start", Duration::from_secs(30), async || {
+        second.executions("status=running").await.len() == 1
+    })
+    .await;
+    first.kill9().await;
+    until("c and d to end on the second replica", Duration::from_secs(60), async || {
+        second.executions("status=succeeded").await.len() == 3 && second.executions("status=unknown").await.len() == 1
+            || second.executions("status=succeeded").await.len() == 4
+    })
+    .await;
+    let by = started_by(&verified_audit(&config));
+    assert_ne!(by["d"], by["a"], "d was taken over: {by:?}");
+}
+
 /// A run that sleeps in a step that is not idempotent, then marks; its
 /// `on_failure` marks too.
 const INTERRUPTED: &str = r#"apiVersion: pitcrew/v1
