@@ -1916,7 +1916,7 @@ mod report_tests {
         // 100,000 executions over 60 days, one every 51.84s: a third
         // succeeded (with their alert record), some failed, most blocked by
         // a cooldown; every one with its alert and decision records.
-        let conn = open_connection(&store.path().to_path_buf()).unwrap();
+        let conn = open_connection(store.path()).unwrap();
         conn.execute_batch(&format!(
             "BEGIN;
              INSERT OR IGNORE INTO audit_names (name) VALUES ('alert.received'), ('guardrail.decision'), ('alertmanager');
