@@ -22,6 +22,7 @@ pub struct Args {
     /// How far back from now, e.g. `7d`, `30d`, `12h`
     #[arg(long, default_value = "30d")]
     pub since: Duration,
+    /// table for people, json for scripts and dashboards, markdown for a review document
     #[arg(long, value_enum, default_value_t)]
     pub output: Format,
 }
