@@ -38,6 +38,21 @@ pub struct Facts {
     pub breaker_tripped: bool,
     /// Admitted non-dry runs on this runbook and target within `escalate_after`'s window.
     pub escalation_runs: u32,
+    /// The runbook's judged runs and how many were effective (one counter
+    /// row per runbook), and whether its block for `ineffective` was
+    /// already escalated. Read only under `min_effectiveness`.
+    pub judged_runs: u32,
+    pub effective_runs: u32,
+    pub ineffective_notified: bool,
+}
+
+/// Judged runs a runbook needs before `min_effectiveness` may block it.
+pub const MIN_JUDGED: u32 = 5;
+
+/// Whether judged runs say a runbook does not work: at least [`MIN_JUDGED`]
+/// of them, and the effective share below `min`.
+pub fn ineffective(judged: u32, effective: u32, min: f64) -> bool {
+    judged >= MIN_JUDGED && f64::from(effective) < min * f64::from(judged)
 }
 
 /// The windows the store must count over, derived from the runbook and config.
@@ -51,6 +66,8 @@ pub struct Windows {
     pub escalation_ms: i64,
     /// `limits.storm_brake`: the store counts alerting targets up to one above it.
     pub storm_brake: Option<u32>,
+    /// `guardrails.min_effectiveness`: the store reads the runbook's judged runs.
+    pub effectiveness: bool,
 }
 
 impl Windows {
@@ -63,6 +80,7 @@ impl Windows {
             global_ms: ms(config.global_limit),
             escalation_ms: ms(rb.guardrails.escalate_after),
             storm_brake: config.storm_brake,
+            effectiveness: rb.guardrails.min_effectiveness.is_some(),
         }
     }
 }
@@ -179,6 +197,7 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
     let mut trip_breaker = false;
     let mut notify = None;
     let mut storm_notice = false;
+    let mut ineffective_notice = None;
     let mut record = |name: &'static str, verdict: CheckVerdict, detail: String, checks: &mut Vec<Check>| {
         match verdict {
             CheckVerdict::Block if first_block.is_none() => first_block = Some((name, detail.clone())),
@@ -339,6 +358,32 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
         }
         record("escalation", skippable(blocked), detail, &mut checks);
     }
+    // Effectiveness: automation that does not fix the alert stops and
+    // escalates (once); people may still run it by hand.
+    if let (Some(min), true) = (g.min_effectiveness, req.automated) {
+        let judged = facts.judged_runs;
+        let blocked = ineffective(judged, facts.effective_runs, min.0);
+        let detail = if judged < MIN_JUDGED {
+            format!(
+                "{judged} judged runs of {} (judged from {MIN_JUDGED}; min_effectiveness {min})",
+                rb.name
+            )
+        } else {
+            format!(
+                "{} of {judged} judged runs of {} fixed the alert{} (min_effectiveness {min})",
+                facts.effective_runs,
+                rb.name,
+                if blocked { ": escalating instead of running" } else { "" }
+            )
+        };
+        if blocked && !forced && !facts.ineffective_notified {
+            ineffective_notice = Some(format!(
+                "pitcrew stopped automating {}: only {} of its last {judged} judged runs fixed the alert (min_effectiveness {min}). Runs by hand still go; fix the runbook or lower min_effectiveness.",
+                rb.name, facts.effective_runs
+            ));
+        }
+        record("effectiveness", skippable(blocked), detail, &mut checks);
+    }
     // Approval required by the runbook: never forced.
     if g.approval == Approval::Required {
         record(
@@ -375,8 +420,16 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
         trip_breaker = false;
         notify = None;
     }
-    // A block by the breaker is reported as `escalated`; the check keeps its name.
-    let decided_by = if decided_by == "escalation" { "escalated" } else { decided_by };
+    if verdict == Verdict::Blocked && decided_by == "effectiveness" {
+        notify = ineffective_notice;
+    }
+    // A block by the breaker is reported as `escalated`, one for
+    // effectiveness as `ineffective`; the checks keep their names.
+    let decided_by = match decided_by {
+        "escalation" => "escalated",
+        "effectiveness" => "ineffective",
+        other => other,
+    };
     Decision {
         verdict,
         decided_by,

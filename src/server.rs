@@ -163,6 +163,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/executions/{id}/approve", post(approve))
         .route("/v1/executions/{id}/deny", post(deny))
         .route("/v1/budget", get(budget))
+        .route("/v1/report", get(report))
         .route("/v1/audit", get(audit))
         .route("/-/reload", post(reload))
         // Outermost last: drain, then the browser rules.
@@ -751,6 +752,35 @@ async fn budget(AxumState(state): AxumState<Shared>, _: Viewer) -> Result<Json<V
         all = state.engine.budgets.refresh(Utc::now()).await;
     }
     Ok(Json(json!({"slos": all})))
+}
+
+#[derive(Deserialize)]
+struct ReportQuery {
+    since: Option<String>,
+}
+
+/// `GET /v1/report[?since=30d]`: the toil report up to now (`pitcrew report`'s JSON).
+async fn report(
+    AxumState(state): AxumState<Shared>,
+    _: Viewer,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<crate::report::Report>, ApiError> {
+    let back: crate::units::Duration = match q.since.as_deref() {
+        None => crate::units::Duration::from_secs(30 * 86_400),
+        Some(text) => text
+            .parse()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("since: {e} (e.g. 7d, 30d, 12h)")))?,
+    };
+    let until = state.engine.store.now();
+    let since = until.checked_sub_signed(back.chrono()).unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    let mut budgets = state.engine.budgets.all();
+    if budgets.len() < state.engine.config().slos.len() {
+        budgets = state.engine.budgets.refresh(Utc::now()).await;
+    }
+    let set = state.engine.runbooks();
+    Ok(Json(
+        crate::report::build(state.engine.store.as_ref(), &set, since, until, &budgets).await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -66,12 +66,38 @@ pub fn guardrails_text(rb: &Runbook) -> String {
     if g.dry_run {
         parts.push("dry_run".into());
     }
+    if let Some(m) = g.min_effectiveness {
+        parts.push(format!("min_effectiveness={m}"));
+    }
     if parts.is_empty() { "-".into() } else { parts.join(" ") }
+}
+
+/// Judged runs per runbook from the store, if there is one. Best effort:
+/// listing runbooks must not need the database.
+fn judged(config: &crate::config::Config) -> Vec<crate::store::Effectiveness> {
+    let read = || -> anyhow::Result<Vec<crate::store::Effectiveness>> {
+        let Some(store) = super::runtime::open_store_if_any(config)? else {
+            return Ok(Vec::new());
+        };
+        Ok(super::runtime::tokio().block_on(store.effectiveness())?)
+    };
+    read().unwrap_or_else(|e| {
+        eprintln!("warning: effectiveness not shown: {e:#}");
+        Vec::new()
+    })
 }
 
 pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
     let config = super::load_config(config_path)?;
     let set = super::load_runbooks(&config, &args.paths)?;
+    let judged = judged(&config);
+    let line = |rb: &Runbook| {
+        judged
+            .iter()
+            .find(|j| j.runbook == rb.name)
+            .map(|j| crate::report::effectiveness_line(j, Some(rb)))
+            .unwrap_or_default()
+    };
     match args.output {
         Output::Json => {
             let items: Vec<_> = set
@@ -84,18 +110,32 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                         "risk": rb.risk, "guardrails": rb.guardrails,
                         "steps": rb.steps.iter().map(|s| json!({"name": s.name, "action": s.action.spec().name, "risk": s.risk})).collect::<Vec<_>>(),
                         "file": rb.file, "line": rb.line,
+                        "toil_minutes": rb.toil_minutes, "effect": rb.effect, "effectiveness": line(rb),
                     })
                 })
                 .collect();
             print!("{}", output::json(&items));
         }
         Output::Table => {
+            // The EFFECTIVE column appears once some run was judged.
+            let any_judged = set.runbooks.iter().any(|rb| line(rb).judged > 0);
             let rows: Vec<Vec<String>> = set
                 .runbooks
                 .iter()
-                .map(|rb| vec![rb.name.clone(), trigger_text(rb), rb.risk.to_string(), guardrails_text(rb)])
+                .map(|rb| {
+                    let mut row = vec![rb.name.clone(), trigger_text(rb), rb.risk.to_string(), guardrails_text(rb)];
+                    if any_judged {
+                        row.push(crate::report::effectiveness_cell(&line(rb)));
+                    }
+                    row
+                })
                 .collect();
-            print!("{}", output::table(&["NAME", "TRIGGER", "RISK", "GUARDRAILS"], &rows));
+            let header: &[&str] = if any_judged {
+                &["NAME", "TRIGGER", "RISK", "GUARDRAILS", "EFFECTIVE"]
+            } else {
+                &["NAME", "TRIGGER", "RISK", "GUARDRAILS"]
+            };
+            print!("{}", output::table(header, &rows));
         }
     }
     Ok(Exit::Done)

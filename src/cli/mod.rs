@@ -11,7 +11,8 @@ mod generate;
 mod history;
 mod list;
 mod matching;
-mod output;
+pub mod output;
+mod report;
 mod run;
 mod runtime;
 mod selftest;
@@ -102,6 +103,8 @@ pub enum Command {
     Audit(audit::Command),
     /// Error budgets per SLO
     Budget(budget::Args),
+    /// What pitcrew did and saved: runs, blocks, approvals, toil, time to fix, effectiveness
+    Report(report::Args),
     /// Tripped escalation breakers
     Escalations(escalations::ListArgs),
     /// Re-arm a tripped escalation breaker
@@ -143,6 +146,7 @@ pub fn main() -> ExitCode {
         Command::Deny(args) => approval::deny(cli.config.as_deref(), args),
         Command::Audit(command) => audit::run(cli.config.as_deref(), command),
         Command::Budget(args) => budget::run(cli.config.as_deref(), args),
+        Command::Report(args) => report::run(cli.config.as_deref(), args),
         Command::Escalations(args) => escalations::list(cli.config.as_deref(), args),
         Command::Reset(args) => escalations::reset(cli.config.as_deref(), args),
         Command::Migrate(args) => store::migrate(cli.config.as_deref(), args),

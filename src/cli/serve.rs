@@ -194,6 +194,12 @@ async fn background(engine: Arc<crate::engine::Engine>) {
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "cannot expire approvals"),
             }
+            // Runs whose effectiveness windows closed with nothing arriving.
+            match engine.store.judge_effectiveness().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(judged = n, "judged the effectiveness of runs"),
+                Err(e) => tracing::error!(error = %e, "cannot judge the effectiveness of runs"),
+            }
         }
         match engine.recover().await {
             Ok(r) if !r.resumed.is_empty() || !r.unknown.is_empty() => {

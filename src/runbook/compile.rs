@@ -7,17 +7,17 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::loader::{Positions, parse_docs, parse_one, yaml_files};
-use super::raw::{RawParam, RawPluginManifest, RawRunbook, RawStep};
+use super::raw::{RawParam, RawPluginManifest, RawRunbook, RawStep, Scalar};
 use super::selftest::{Expect, RunbookTest};
 use super::template::{Templates, Tpl};
-use super::{Approval, Guardrails, ParamDef, ParamKind, Risk, Runbook, RunbookSet, Step};
+use super::{Approval, Effect, Guardrails, ParamDef, ParamKind, Risk, Runbook, RunbookSet, Step};
 use crate::action::plugin::{Manifest, PluginParam};
 use crate::action::{ParamType, Registry, check_with};
 use crate::alert::{Alert, AlertStatus};
 use crate::config::Config;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::matcher::{Matcher, StatusFilter, Trigger};
-use crate::units::{Duration, Rate};
+use crate::units::{Duration, Rate, Ratio};
 
 const PARAM_ROOTS: &[&str] = &["alert", "runbook"];
 const TARGET_ROOTS: &[&str] = &["alert", "params", "runbook"];
@@ -476,6 +476,7 @@ impl Cx<'_> {
             .collect();
         let target = raw.target.as_deref().and_then(|t| self.template("target", t, TARGET_ROOTS));
         let guardrails = self.guardrails(&raw.guardrails);
+        let (toil_minutes, effect) = self.effect(raw.toil_minutes.as_ref(), raw.verify_within.as_ref(), raw.stays_fixed.as_ref());
         let notify_url = raw.notify.as_ref().and_then(|n| self.notify_url(&n.url));
         let raw_step_names: HashSet<&str> = raw.steps.iter().chain(raw.on_failure.iter()).map(|s| s.name.as_str()).collect();
         let mut names = HashSet::new();
@@ -563,6 +564,8 @@ impl Cx<'_> {
             target,
             risk,
             guardrails,
+            toil_minutes,
+            effect,
             notify_url,
             steps,
             on_failure,
@@ -680,7 +683,51 @@ impl Cx<'_> {
         }
         out.dry_run = g.dry_run;
         out.self_approval = g.self_approval;
+        if let Some(v) = &g.min_effectiveness
+            && let Some(r) = self.parse::<Ratio>("guardrails.min_effectiveness", &v.text())
+        {
+            if r.0 <= 0.0 {
+                self.problem(
+                    "guardrails.min_effectiveness",
+                    format!("min_effectiveness {r} must be above 0% (leave it out to never block)"),
+                );
+            } else {
+                out.min_effectiveness = Some(r);
+            }
+        }
         out
+    }
+
+    /// `toil_minutes`, `verify_within` and `stays_fixed`.
+    fn effect(&mut self, toil: Option<&Scalar>, verify_within: Option<&Scalar>, stays_fixed: Option<&Scalar>) -> (Option<u32>, Effect) {
+        let toil = toil.and_then(|v| match v {
+            Scalar::Int(n) if (0..=i64::from(u32::MAX)).contains(n) => Some(*n as u32),
+            other => {
+                self.problem(
+                    "toil_minutes",
+                    format!(
+                        "invalid toil_minutes {:?}: expected a whole number of minutes, 0 or more",
+                        other.text()
+                    ),
+                );
+                None
+            }
+        });
+        let mut effect = Effect::default();
+        if let Some(v) = verify_within
+            && let Some(d) = self.parse::<Duration>("verify_within", &v.text())
+        {
+            if d.as_millis() == 0 {
+                self.problem("verify_within", "verify_within must be longer than 0s");
+            }
+            effect.verify_within = d;
+        }
+        if let Some(v) = stays_fixed
+            && let Some(d) = self.parse::<Duration>("stays_fixed", &v.text())
+        {
+            effect.stays_fixed = d;
+        }
+        (toil, effect)
     }
 
     /// A runbook's own notice URL: literal (no alert data decides where

@@ -24,7 +24,7 @@ pub use risk::Risk;
 use crate::action::{Action, Registry};
 use crate::alert::Alert;
 use crate::matcher::{MatchIndex, Trigger};
-use crate::units::{Duration, Rate};
+use crate::units::{Duration, Rate, Ratio};
 use template::{TemplateError, Templates, Tpl};
 
 /// The type of a runbook parameter.
@@ -71,6 +71,9 @@ pub struct Guardrails {
     /// Whether the person who asked for a run may approve it themselves
     /// (off: the two-person rule).
     pub self_approval: bool,
+    /// Block automated runs once enough judged runs say this share of
+    /// them, or fewer, fixed the alert (see `store::effect`).
+    pub min_effectiveness: Option<Ratio>,
 }
 
 impl Default for Guardrails {
@@ -86,6 +89,7 @@ impl Default for Guardrails {
             approval_timeout: Duration::from_secs(3600),
             dry_run: false,
             self_approval: false,
+            min_effectiveness: None,
         }
     }
 }
@@ -125,6 +129,10 @@ pub struct Runbook {
     pub target: Option<Tpl>,
     pub risk: Risk,
     pub guardrails: Guardrails,
+    /// Human minutes one successful run saves (`pitcrew report`).
+    pub toil_minutes: Option<u32>,
+    /// How a successful run is judged effective.
+    pub effect: Effect,
     /// Where this runbook's notices (approval waits, failures) go instead of
     /// the config's `notify.url`. A secret, like `notify.url`: the URL is
     /// the webhook's credential.
@@ -132,6 +140,24 @@ pub struct Runbook {
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
     pub tests: Vec<selftest::RunbookTest>,
+}
+
+/// The windows a successful run is judged in: its alert resolves within
+/// `verify_within` of the run's end, and no alert the runbook answers
+/// fires again on the target within `stays_fixed` of the resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Effect {
+    pub verify_within: Duration,
+    pub stays_fixed: Duration,
+}
+
+impl Default for Effect {
+    fn default() -> Self {
+        Effect {
+            verify_within: Duration::from_secs(15 * 60),
+            stays_fixed: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Why an alert or a manual request could not be resolved into a run.

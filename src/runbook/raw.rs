@@ -51,6 +51,15 @@ pub struct RawRunbook {
     /// Cooldown, rate limits, concurrency, error budget, escalation, approval, dry run.
     #[serde(default)]
     pub guardrails: RawGuardrails,
+    /// Minutes of human work one successful run saves (a whole number); `pitcrew report` adds them up.
+    #[serde(default)]
+    pub toil_minutes: Option<Scalar>,
+    /// A successful run is effective when its alert resolves within this after the run ends (default `15m`).
+    #[serde(default)]
+    pub verify_within: Option<Scalar>,
+    /// ... and no alert this runbook answers fires again on that target within this after the resolve (default `1h`).
+    #[serde(default)]
+    pub stays_fixed: Option<Scalar>,
     /// Where this runbook's notices go instead of the config's `notify.url`.
     #[serde(default)]
     pub notify: Option<RawRunbookNotify>,
@@ -164,6 +173,10 @@ pub struct RawGuardrails {
     /// Whoever asked for a run may also approve it.
     #[serde(default)]
     pub self_approval: bool,
+    /// E.g. `50%`: once at least 5 runs are judged and fewer than this share were effective, automated
+    /// runs are blocked (`ineffective`) and escalated instead.
+    #[serde(default)]
+    pub min_effectiveness: Option<Scalar>,
 }
 
 /// Where this runbook's own notices go (`notify: {url}`).

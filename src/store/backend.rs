@@ -122,6 +122,60 @@ pub type AlertRow = (Option<u64>, Option<i64>);
 /// An audit record as stored, with the hash of the record before it.
 pub type StoredWithPrev = (audit::Stored, Option<Vec<u8>>);
 
+/// A run waiting for its effectiveness judgment (see `store::effect`):
+/// from its admission until judged, or gone when it ends other than
+/// succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    pub execution_id: String,
+    pub runbook: String,
+    pub target: String,
+    /// Its alert's episode: fingerprint and startsAt as alert records write it.
+    pub fingerprint: String,
+    pub starts_at: String,
+    pub verify_ms: i64,
+    pub stays_ms: i64,
+    /// When it succeeded; unset while it has not ended.
+    pub ended_ms: Option<i64>,
+    /// When its alert's resolve was received (and the alert has not fired again since).
+    pub resolved_ms: Option<i64>,
+}
+
+/// One execution created in a report's range.
+#[derive(Debug, Clone)]
+pub struct ReportRun {
+    pub runbook: String,
+    pub target: String,
+    pub state: State,
+    pub dry_run: bool,
+    /// Started by an alert (delivered, or given to a manual run).
+    pub from_alert: bool,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// The alert's `alertname`, read only for succeeded real runs.
+    pub alertname: Option<String>,
+}
+
+/// One audit record a report counts (alerts received, decisions, answers to
+/// approvals), with the few fields it reads.
+#[derive(Debug, Clone)]
+pub struct ReportRecord {
+    pub kind: String,
+    pub actor: String,
+    pub ts_us: i64,
+    /// An alert's `status`, a decision's `verdict`.
+    pub status: Option<String>,
+    /// A decision's `decided_by`.
+    pub decided_by: Option<String>,
+    /// A decision that escalated (sent an escalation notice).
+    pub escalated: bool,
+    /// An approval's run: when it was created (waiting began), if still stored.
+    pub created_ms: Option<i64>,
+}
+
+/// The audit kinds [`Read::report_records`] returns.
+pub const REPORT_KINDS: [&str; 4] = ["alert.received", "guardrail.decision", "approval.granted", "approval.denied"];
+
 /// Reads, inside a write transaction or on their own.
 pub trait Read {
     /// What the guardrails need for one runbook and target at `now_ms`,
@@ -145,6 +199,15 @@ pub trait Read {
     /// [`prefix_end`], never a scan (`LIKE` cannot use PostgreSQL's default
     /// text index).
     fn ids_with_prefix(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Judged runs per runbook (one row each), or one runbook's.
+    fn effectiveness(&mut self, runbook: Option<&str>) -> Result<Vec<Effectiveness>, StoreError>;
+    /// Executions created in `[since_ms, until_ms)`, one at a time: a range
+    /// search on their creation time.
+    fn report_runs(&mut self, since_ms: i64, until_ms: i64, visit: &mut dyn FnMut(ReportRun)) -> Result<(), StoreError>;
+    /// Audit records of [`REPORT_KINDS`] in `[since_us, until_us)`, one at a
+    /// time: a range search on the records' time.
+    fn report_records(&mut self, since_us: i64, until_us: i64, visit: &mut dyn FnMut(ReportRecord)) -> Result<(), StoreError>;
 }
 
 /// The least string above every string that starts with `prefix`, for a
@@ -199,7 +262,9 @@ pub trait Tx: Read {
     fn oldest_queued(&mut self, id: Option<&str>) -> Result<Option<String>, StoreError>;
     /// Back to the queue, unclaimed (with the error a resumed run must escalate).
     fn requeue(&mut self, id: &str, resume_error: Option<&str>) -> Result<(), StoreError>;
-    fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<(), StoreError>;
+    /// Ends a run; true when it still counts against its limits (it was
+    /// admitted, and `uncount` did not clear that).
+    fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<bool, StoreError>;
     /// Pending approval → queued, counted from `admitted_ms` if not a dry run.
     fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError>;
     /// Running executions and their claims.
@@ -228,6 +293,26 @@ pub trait Tx: Read {
     /// 0 to start); forgets targets that stopped alerting before
     /// `storm_cutoff_ms`. Returns what went and where to go on from.
     fn prune(&mut self, cursor: i64, limit: usize, before_ms: i64, storm_cutoff_ms: i64) -> Result<(Pruned, i64), StoreError>;
+
+    /// Starts watching a run for its effectiveness judgment.
+    fn watch_insert(&mut self, w: &Watch) -> Result<(), StoreError>;
+    /// The run ended: succeeded at `ended_ms`, when its judgment falls due
+    /// `verify_ms` later, or `stays_ms` after its alert's resolve if that
+    /// came first; or, with `None`, any other way (it is not judged).
+    fn watch_ended(&mut self, id: &str, ended_ms: Option<i64>) -> Result<(), StoreError>;
+    /// Watched runs of an episode whose resolve has not been received.
+    fn watch_episode(&mut self, fingerprint: &str, starts_at: &str) -> Result<Vec<Watch>, StoreError>;
+    /// Watched runs of the runbook on the target whose alert resolved.
+    fn watch_resolved(&mut self, runbook: &str, target: &str) -> Result<Vec<Watch>, StoreError>;
+    /// Sets when a watched run's alert resolved and when its judgment falls due.
+    fn watch_set(&mut self, id: &str, resolved_ms: Option<i64>, due_ms: Option<i64>) -> Result<(), StoreError>;
+    /// Watched runs whose judgment fell due by `now_ms` (of one runbook, or
+    /// of any), oldest first, at most `limit`.
+    fn watch_due(&mut self, runbook: Option<&str>, now_ms: i64, limit: usize) -> Result<Vec<Watch>, StoreError>;
+    /// A watched run was judged: it leaves the watch, and its runbook's counter counts it.
+    fn watch_judged(&mut self, w: &Watch, effective: bool) -> Result<(), StoreError>;
+    /// Whether the runbook's block for `ineffective` has been escalated.
+    fn effect_notified(&mut self, runbook: &str, notified: bool) -> Result<(), StoreError>;
 
     /// A write that changes nothing but takes room (a failing disk's probe).
     fn probe(&mut self) -> Result<(), StoreError>;

@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod copy;
+pub mod effect;
 pub mod postgres;
 pub mod rules;
 pub mod sqlite;
@@ -464,6 +465,17 @@ pub enum Seen {
     Reconsidered,
 }
 
+/// A runbook's judged runs: how many, how many were effective (their
+/// alert resolved in time and stayed fixed), and whether its block for
+/// `ineffective` was escalated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Effectiveness {
+    pub runbook: String,
+    pub judged: u32,
+    pub effective: u32,
+    pub notified: bool,
+}
+
 /// What one [`Store::prune`] call removed.
 #[derive(Debug, Clone, Default)]
 pub struct Pruned {
@@ -580,6 +592,16 @@ pub trait Store: Send + Sync {
 
     /// Counts by state, for metrics and readiness.
     async fn queue_depth(&self) -> Result<u64, StoreError>;
+
+    /// Judges the watched runs whose windows closed by now (a chore); returns
+    /// how many were judged. Resolves and re-fires judge others on arrival.
+    async fn judge_effectiveness(&self) -> Result<usize, StoreError>;
+
+    /// Judged runs per runbook.
+    async fn effectiveness(&self) -> Result<Vec<Effectiveness>, StoreError>;
+
+    /// The counts of a report over `[since, until)`, read a row at a time.
+    async fn report_tally(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<crate::report::Tally, StoreError>;
 
     /// Whether writes go through now. A store that is failing may try a
     /// small write to find out whether the disk came back.

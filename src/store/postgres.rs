@@ -35,7 +35,8 @@ use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
 use super::backend::{
-    AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, StepKey, StepRow, StoredWithPrev, Tx, Victim, prefix_end,
+    AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, ReportRecord, ReportRun, StepKey, StepRow, StoredWithPrev, Tx, Victim,
+    Watch, prefix_end,
 };
 use super::rules::{Backend, Ledger, ReadJob, ts};
 use super::writer::{SharedHealth, WriteQueue, write_loop};
@@ -112,6 +113,22 @@ CREATE TABLE chores (id INTEGER PRIMARY KEY, holder TEXT NOT NULL, until TIMESTA
 -- The replica whose intake queued a run and holds it in memory (see
 -- `PgConn::queued_ids`); NULL: any replica's to take.
 ALTER TABLE executions ADD COLUMN queued_by TEXT;
+"#,
+    ),
+    (
+        3,
+        r#"
+-- Effectiveness (see the SQLite layout): runs watched until judged, and
+-- one counter row per runbook.
+CREATE TABLE effect_watch (execution_id TEXT PRIMARY KEY, runbook TEXT NOT NULL, target TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, starts_at TEXT NOT NULL, verify_ms BIGINT NOT NULL, stays_ms BIGINT NOT NULL,
+    ended_ms BIGINT, resolved_ms BIGINT, due_ms BIGINT);
+CREATE INDEX effect_episode ON effect_watch (fingerprint, starts_at);
+CREATE INDEX effect_resolved ON effect_watch (runbook, target) WHERE resolved_ms IS NOT NULL;
+CREATE INDEX effect_due ON effect_watch (due_ms) WHERE due_ms IS NOT NULL;
+CREATE INDEX effect_due_by_runbook ON effect_watch (runbook, due_ms) WHERE due_ms IS NOT NULL;
+CREATE TABLE effectiveness (runbook TEXT PRIMARY KEY, judged INTEGER NOT NULL, effective INTEGER NOT NULL,
+    notified BOOLEAN NOT NULL);
 "#,
     ),
 ];
@@ -533,6 +550,39 @@ pub fn facts_sql(used: u8) -> (&'static str, &'static [&'static str]) {
 /// Every part: what a runbook using every guardrail asks (for tests).
 pub const ALL_FACTS: u8 = 0b111_1111;
 
+fn watch_from_row(r: &::postgres::Row) -> Watch {
+    Watch {
+        execution_id: r.get(0),
+        runbook: r.get(1),
+        target: r.get(2),
+        fingerprint: r.get(3),
+        starts_at: r.get(4),
+        verify_ms: r.get(5),
+        stays_ms: r.get(6),
+        ended_ms: r.get(7),
+        resolved_ms: r.get(8),
+    }
+}
+
+impl PgConn {
+    /// A report's read, streamed a row at a time (the range may be large).
+    fn stream(
+        &mut self,
+        sql: &'static str,
+        params: &[i64],
+        visit: &mut dyn FnMut(&::postgres::Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use ::postgres::fallible_iterator::FallibleIterator;
+        let statement = self.statement(sql)?;
+        let client = self.client()?;
+        let mut rows = client.query_raw(&statement, params.iter())?;
+        while let Some(row) = rows.next()? {
+            visit(&row)?;
+        }
+        Ok(())
+    }
+}
+
 impl Read for PgConn {
     fn facts(&mut self, runbook: &str, target: &str, w: Windows, now_ms: i64) -> Result<Facts, StoreError> {
         let storm_since = now_ms - STORM_WINDOW.as_millis() as i64;
@@ -777,6 +827,78 @@ impl Read for PgConn {
         };
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
+
+    fn effectiveness(&mut self, runbook: Option<&str>) -> Result<Vec<Effectiveness>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT runbook, judged, effective, notified FROM effectiveness \
+                 WHERE $1::text IS NULL OR runbook = $1 ORDER BY runbook",
+                &[&runbook],
+            )?
+            .iter()
+            .map(|r| Effectiveness {
+                runbook: r.get(0),
+                judged: r.get::<_, i32>(1) as u32,
+                effective: r.get::<_, i32>(2) as u32,
+                notified: r.get(3),
+            })
+            .collect())
+    }
+
+    fn report_runs(&mut self, since_ms: i64, until_ms: i64, visit: &mut dyn FnMut(ReportRun)) -> Result<(), StoreError> {
+        // The alertnames are read from alert records.
+        self.write_audit()?;
+        self.stream(
+            "SELECT e.runbook, e.target, e.state, e.dry_run, e.alert_seq IS NOT NULL OR e.alert IS NOT NULL, \
+             e.created_ms, e.finished_ms, \
+             CASE WHEN e.state = 'succeeded' AND NOT e.dry_run THEN COALESCE(e.alert, \
+                 (SELECT r.data FROM audit r WHERE r.seq = e.alert_seq))::jsonb -> 'labels' ->> 'alertname' END \
+             FROM executions e WHERE e.created_ms >= $1 AND e.created_ms < $2",
+            &[since_ms, until_ms],
+            &mut |r| {
+                let state: String = r.get(2);
+                visit(ReportRun {
+                    runbook: r.get(0),
+                    target: r.get(1),
+                    state: State::parse(&state).unwrap_or(State::Unknown),
+                    dry_run: r.get(3),
+                    from_alert: r.get(4),
+                    created_ms: r.get(5),
+                    finished_ms: r.get(6),
+                    alertname: r.get(7),
+                });
+                Ok(())
+            },
+        )
+    }
+
+    fn report_records(&mut self, since_us: i64, until_us: i64, visit: &mut dyn FnMut(ReportRecord)) -> Result<(), StoreError> {
+        self.write_audit()?;
+        self.stream(
+            "SELECT k.name, n.name, a.ts_us, \
+             CASE k.name WHEN 'alert.received' THEN a.data::jsonb ->> 'status' \
+                 WHEN 'guardrail.decision' THEN a.data::jsonb ->> 'verdict' END, \
+             CASE WHEN k.name = 'guardrail.decision' THEN a.data::jsonb ->> 'decided_by' END, \
+             k.name = 'guardrail.decision' AND a.data::jsonb ? 'escalated', \
+             CASE WHEN k.name LIKE 'approval.%' THEN (SELECT e.created_ms FROM executions e WHERE e.id = a.execution_id) END \
+             FROM audit a JOIN audit_names k ON k.id = a.kind JOIN audit_names n ON n.id = a.actor \
+             WHERE a.ts_us >= $1 AND a.ts_us < $2 \
+             AND k.name IN ('alert.received', 'guardrail.decision', 'approval.granted', 'approval.denied')",
+            &[since_us, until_us],
+            &mut |r| {
+                visit(ReportRecord {
+                    kind: r.get(0),
+                    actor: r.get(1),
+                    ts_us: r.get(2),
+                    status: r.get(3),
+                    decided_by: r.get(4),
+                    escalated: r.get(5),
+                    created_ms: r.get(6),
+                });
+                Ok(())
+            },
+        )
+    }
 }
 
 impl Tx for PgConn {
@@ -916,14 +1038,15 @@ impl Tx for PgConn {
         Ok(())
     }
 
-    fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<(), StoreError> {
-        self.execute(
+    fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<bool, StoreError> {
+        let row = self.query_opt(
             // `$5` is an `Uncount`; whether a step started an action is a
             // search on the steps' primary key prefix.
             "UPDATE executions SET state = $2, reason = $3, finished_ms = $4, \
              admitted_ms = CASE WHEN $5 = 'yes' OR ($5 = 'unless_started' AND NOT EXISTS \
              (SELECT 1 FROM steps WHERE execution_id = $1 AND action <> '')) THEN NULL ELSE admitted_ms END, \
-             claimed_by = CASE WHEN $6 THEN NULL ELSE claimed_by END WHERE id = $1",
+             claimed_by = CASE WHEN $6 THEN NULL ELSE claimed_by END WHERE id = $1 \
+             RETURNING admitted_ms IS NOT NULL",
             &[
                 &id,
                 &ending.state.as_str(),
@@ -933,7 +1056,9 @@ impl Tx for PgConn {
                 &ending.release_claim,
             ],
         )?;
-        Ok(())
+        // A query, not an `execute`: the change is counted here.
+        self.changed += 1;
+        Ok(row.is_some_and(|r| r.get(0)))
     }
 
     fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError> {
@@ -1118,6 +1243,105 @@ impl Tx for PgConn {
             &[&storm_cutoff_ms, &lim],
         )?;
         Ok((pruned, last))
+    }
+
+    fn watch_insert(&mut self, w: &Watch) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO effect_watch (execution_id, runbook, target, fingerprint, starts_at, verify_ms, stays_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &w.execution_id,
+                &w.runbook,
+                &w.target,
+                &w.fingerprint,
+                &w.starts_at,
+                &w.verify_ms,
+                &w.stays_ms,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn watch_ended(&mut self, id: &str, ended_ms: Option<i64>) -> Result<(), StoreError> {
+        match ended_ms {
+            Some(ms) => self.execute(
+                "UPDATE effect_watch SET ended_ms = $2, \
+                 due_ms = CASE WHEN resolved_ms IS NULL THEN $2 + verify_ms ELSE resolved_ms + stays_ms END \
+                 WHERE execution_id = $1",
+                &[&id, &ms],
+            )?,
+            None => self.execute("DELETE FROM effect_watch WHERE execution_id = $1", &[&id])?,
+        };
+        Ok(())
+    }
+
+    fn watch_episode(&mut self, fingerprint: &str, starts_at: &str) -> Result<Vec<Watch>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT execution_id, runbook, target, fingerprint, starts_at, verify_ms, stays_ms, ended_ms, resolved_ms \
+                 FROM effect_watch WHERE fingerprint = $1 AND starts_at = $2 AND resolved_ms IS NULL",
+                &[&fingerprint, &starts_at],
+            )?
+            .iter()
+            .map(watch_from_row)
+            .collect())
+    }
+
+    fn watch_resolved(&mut self, runbook: &str, target: &str) -> Result<Vec<Watch>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT execution_id, runbook, target, fingerprint, starts_at, verify_ms, stays_ms, ended_ms, resolved_ms \
+                 FROM effect_watch WHERE runbook = $1 AND target = $2 AND resolved_ms IS NOT NULL",
+                &[&runbook, &target],
+            )?
+            .iter()
+            .map(watch_from_row)
+            .collect())
+    }
+
+    fn watch_set(&mut self, id: &str, resolved_ms: Option<i64>, due_ms: Option<i64>) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE effect_watch SET resolved_ms = $2, due_ms = $3 WHERE execution_id = $1",
+            &[&id, &resolved_ms, &due_ms],
+        )?;
+        Ok(())
+    }
+
+    fn watch_due(&mut self, runbook: Option<&str>, now_ms: i64, limit: usize) -> Result<Vec<Watch>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = match runbook {
+            Some(rb) => self.query(
+                "SELECT execution_id, runbook, target, fingerprint, starts_at, verify_ms, stays_ms, ended_ms, resolved_ms \
+                 FROM effect_watch WHERE runbook = $1 AND due_ms IS NOT NULL AND due_ms <= $2 ORDER BY due_ms LIMIT $3",
+                &[&rb, &now_ms, &limit],
+            )?,
+            None => self.query(
+                "SELECT execution_id, runbook, target, fingerprint, starts_at, verify_ms, stays_ms, ended_ms, resolved_ms \
+                 FROM effect_watch WHERE due_ms IS NOT NULL AND due_ms <= $1 ORDER BY due_ms LIMIT $2",
+                &[&now_ms, &limit],
+            )?,
+        };
+        Ok(rows.iter().map(watch_from_row).collect())
+    }
+
+    fn watch_judged(&mut self, w: &Watch, effective: bool) -> Result<(), StoreError> {
+        self.execute("DELETE FROM effect_watch WHERE execution_id = $1", &[&w.execution_id])?;
+        self.execute(
+            "INSERT INTO effectiveness (runbook, judged, effective, notified) VALUES ($1, 1, $2, false) \
+             ON CONFLICT (runbook) DO UPDATE SET judged = effectiveness.judged + 1, \
+             effective = effectiveness.effective + excluded.effective",
+            &[&w.runbook, &i32::from(effective)],
+        )?;
+        Ok(())
+    }
+
+    fn effect_notified(&mut self, runbook: &str, notified: bool) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO effectiveness (runbook, judged, effective, notified) VALUES ($1, 0, 0, $2) \
+             ON CONFLICT (runbook) DO UPDATE SET notified = excluded.notified",
+            &[&runbook, &notified],
+        )?;
+        Ok(())
     }
 
     fn probe(&mut self) -> Result<(), StoreError> {

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::backend::{AuditRow, Ending, NewExecution, Read, StepKey, StepRow, Tx, Uncount};
+use super::effect;
 use super::writer::{SharedHealth, WriteQueue};
 use super::*;
 use crate::audit::{self, Event, kind};
@@ -129,9 +130,15 @@ pub(super) fn shown(mut exec: Execution, redactor: &Redactor) -> Execution {
 
 /// The guardrails' decision for an admission at `now_ms`, from the facts
 /// stored now (inside the deciding transaction, or on a read for `preview`).
-fn decide(read: &mut dyn Read, adm: &Admission, config: &Config, now_ms: i64) -> Result<Decision, StoreError> {
+fn decide(read: &mut dyn Read, adm: &Admission, config: &Config, now_ms: i64) -> Result<(Decision, guard::Facts), StoreError> {
     let rb = &adm.runbook;
-    let f = read.facts(&rb.name, &adm.target, Windows::for_runbook(rb, config), now_ms)?;
+    let windows = Windows::for_runbook(rb, config);
+    let mut f = read.facts(&rb.name, &adm.target, windows, now_ms)?;
+    if windows.effectiveness
+        && let Some(e) = read.effectiveness(Some(&rb.name))?.into_iter().next()
+    {
+        (f.judged_runs, f.effective_runs, f.ineffective_notified) = (e.judged, e.effective, e.notified);
+    }
     let request = Request {
         runbook: rb,
         target: &adm.target,
@@ -140,7 +147,7 @@ fn decide(read: &mut dyn Read, adm: &Admission, config: &Config, now_ms: i64) ->
         force: adm.force.as_deref(),
         now_ms,
     };
-    Ok(guard::decide(&request, &f, adm.budget.as_ref(), config))
+    Ok((guard::decide(&request, &f, adm.budget.as_ref(), config), f))
 }
 
 /// A notification against the dedupe set.
@@ -211,6 +218,7 @@ fn intake(t: &mut Txn<'_>, mut alerts: Vec<IntakeAlert>, config: &Config) -> Res
                 let received = t.append(Event::new(kind::ALERT_RECEIVED, "alertmanager", std::mem::take(&mut item.body)))?;
                 if alert.status == crate::alert::AlertStatus::Resolved {
                     result.cancelled += cancel_for_resolved(t, alert)?;
+                    effect::resolved(t, alert)?;
                 }
                 received
             }
@@ -244,6 +252,11 @@ fn intake(t: &mut Txn<'_>, mut alerts: Vec<IntakeAlert>, config: &Config) -> Res
                 let now_ms = t.now_ms();
                 t.tx.target_alerting(&adm.target, now_ms)?;
             }
+            // A new firing alert the runbook answers: its earlier runs on the
+            // target did not keep it fixed.
+            if alert.status == crate::alert::AlertStatus::Firing && adm.invalid.is_none() && !was_reconsidered {
+                effect::refired(t, &adm.runbook.name, &adm.target)?;
+            }
             let decision = admit_in(t, adm, Some(AlertRef::Received(alert, received)), config)?;
             only_waited &= decision.verdict == Verdict::Blocked && passes_with_time(decision.decided_by);
             result.executions.push((adm.id.clone(), decision));
@@ -273,8 +286,12 @@ fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, confi
             json!({"fingerprint": alert.fingerprint, "params": adm.params, "owner": rb.owner, "digest": rb.digest}),
         ))?;
     }
-    let decision = if let Some(invalid) = &adm.invalid {
-        crate::guard::Decision {
+    if rb.guardrails.min_effectiveness.is_some() && adm.invalid.is_none() {
+        // Windows that closed since the last chore count before deciding.
+        effect::judge_due(t, Some(&rb.name), effect::BATCH)?;
+    }
+    let (decision, facts) = if let Some(invalid) = &adm.invalid {
+        let decision = crate::guard::Decision {
             verdict: Verdict::Blocked,
             decided_by: "params",
             reason: invalid.clone(),
@@ -283,7 +300,8 @@ fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, confi
             trip_breaker: false,
             notify: None,
             storm_notice: false,
-        }
+        };
+        (decision, guard::Facts::default())
     } else {
         decide(t.tx, adm, config, now_ms)?
     };
@@ -330,6 +348,7 @@ fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, confi
             "verdict": decision.verdict, "decided_by": decision.decided_by, "reason": decision.reason,
             "dry_run": decision.dry_run.then_some(true), "risk": rb.risk, "checks": checks_record(&decision),
             "budget": adm.budget, "approval_deadline": deadline.map(ts),
+            "escalated": decision.notify.is_some().then_some(true),
         }),
     ))?;
     if let Some(reason) = &adm.force {
@@ -349,6 +368,23 @@ fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, confi
     }
     if decision.trip_breaker {
         t.tx.breaker_trip(&rb.name, &adm.target, now_ms, &decision.reason)?;
+    }
+    // A real run for an alert is watched until judged effective or not.
+    if let Some(alert) = alert.as_ref().map(AlertRef::alert)
+        && matches!(state, State::Queued | State::PendingApproval)
+        && !decision.dry_run
+    {
+        effect::watch(t, &adm.id, rb, &adm.target, alert)?;
+    }
+    // `ineffective` escalates once, until the runbook works again.
+    let escalated_ineffective = decision.decided_by == "ineffective" && decision.notify.is_some();
+    let works_again = facts.ineffective_notified
+        && rb
+            .guardrails
+            .min_effectiveness
+            .is_some_and(|min| !guard::ineffective(facts.judged_runs, facts.effective_runs, min.0));
+    if escalated_ineffective || works_again {
+        t.tx.effect_notified(&rb.name, escalated_ineffective)?;
     }
     if decision.decided_by == "storm_brake" {
         // One notice per storm however long it lasts: the store keeps when
@@ -396,6 +432,7 @@ fn expire_approval(t: &mut Txn<'_>, id: &str, runbook: &str, target: &str) -> Re
             release_claim: false,
         },
     )?;
+    effect::ended(t, id, None)?;
     t.append(Event::new(kind::APPROVAL_DENIED, "system:timeout", json!({"reason": why})).execution(id, runbook, target))?;
     t.append(
         Event::new(
@@ -432,6 +469,7 @@ fn cancel_for_resolved(t: &mut Txn<'_>, resolved: &Alert) -> Result<usize, Store
                 release_claim: false,
             },
         )?;
+        effect::ended(t, id, None)?;
         t.append(
             Event::new(
                 kind::EXECUTION_FINISHED,
@@ -663,7 +701,7 @@ impl<B: Backend> Store for Ledger<B> {
 
     async fn preview(&self, adm: Admission, config: std::sync::Arc<Config>) -> Result<Decision, StoreError> {
         let now_ms = self.clock.now().timestamp_millis();
-        self.read(move |conn| decide(conn, &adm, &config, now_ms)).await
+        self.read(move |conn| decide(conn, &adm, &config, now_ms).map(|(d, _)| d)).await
     }
 
     async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError> {
@@ -779,7 +817,7 @@ impl<B: Backend> Store for Ledger<B> {
             } else {
                 Uncount::UnlessAnActionStarted
             };
-            t.tx.end(
+            let counts = t.tx.end(
                 &held.id,
                 Ending {
                     state,
@@ -789,6 +827,8 @@ impl<B: Backend> Store for Ledger<B> {
                     release_claim: true,
                 },
             )?;
+            // A success that ran no action fixed nothing: not judged.
+            effect::ended(t, &held.id, (state == State::Succeeded && counts).then_some(finished_ms))?;
             t.append(
                 Event::new(kind::EXECUTION_FINISHED, &held.actor, json!({"state": state, "reason": reason})).execution(
                     &held.id,
@@ -903,6 +943,7 @@ impl<B: Backend> Store for Ledger<B> {
                     release_claim: false,
                 },
             )?;
+            effect::ended(t, &id, None)?;
             t.append(
                 Event::new(
                     kind::APPROVAL_DENIED,
@@ -1108,5 +1149,25 @@ impl<B: Backend> Store for Ledger<B> {
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         self.read(|conn| conn.queue_depth()).await
+    }
+
+    async fn judge_effectiveness(&self) -> Result<usize, StoreError> {
+        self.write(|t| effect::judge_due(t, None, effect::BATCH)).await
+    }
+
+    async fn effectiveness(&self) -> Result<Vec<Effectiveness>, StoreError> {
+        self.read(|conn| conn.effectiveness(None)).await
+    }
+
+    async fn report_tally(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<crate::report::Tally, StoreError> {
+        self.read(move |conn| {
+            let mut tally = crate::report::Tally::default();
+            conn.report_runs(since.timestamp_millis(), until.timestamp_millis(), &mut |run| tally.run(run))?;
+            conn.report_records(since.timestamp_micros(), until.timestamp_micros(), &mut |record| {
+                tally.record(record)
+            })?;
+            Ok(tally)
+        })
+        .await
     }
 }

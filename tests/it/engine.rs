@@ -247,6 +247,19 @@ impl Store for Flaky {
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         self.inner.queue_depth().await
     }
+    async fn judge_effectiveness(&self) -> Result<usize, StoreError> {
+        self.inner.judge_effectiveness().await
+    }
+    async fn effectiveness(&self) -> Result<Vec<pitcrew::store::Effectiveness>, StoreError> {
+        self.inner.effectiveness().await
+    }
+    async fn report_tally(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<pitcrew::report::Tally, StoreError> {
+        self.inner.report_tally(since, until).await
+    }
     async fn prune(&self, before: chrono::DateTime<chrono::Utc>, limit: usize) -> Result<pitcrew::store::Pruned, StoreError> {
         self.inner.prune(before, limit).await
     }

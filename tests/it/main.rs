@@ -33,5 +33,9 @@ mod properties;
 mod realparts;
 mod reload;
 mod replicas;
+mod report;
+/// The same effectiveness and report tests, on the PostgreSQL store.
+#[path = "report.rs"]
+mod report_on_postgres;
 mod server;
 mod support;
