@@ -17,6 +17,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod runbook;
 pub mod server;
+pub mod simulate;
 
 pub mod clock;
 pub mod diag;

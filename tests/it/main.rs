@@ -34,4 +34,5 @@ mod realparts;
 mod reload;
 mod replicas;
 mod server;
+mod simulate;
 mod support;
