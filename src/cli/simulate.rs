@@ -93,7 +93,23 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         (None, None) => unreachable!("clap requires one of them"),
     };
     let options = Options { assume_fail };
-    let simulation = rt.block_on(crate::simulate::simulate(&config, Arc::new(runbooks), history, source, &options))?;
+    // The engine logs its runs at `info` (a run waiting for approval, with
+    // its id): about scratch runs that vanish with the simulation, that
+    // would mislead. Warnings and errors still show. One thread, so the
+    // quieter log holds wherever the simulation runs.
+    let quiet = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .finish();
+    let simulate = crate::simulate::simulate(&config, Arc::new(runbooks), history, source, &options);
+    let simulation = tracing::subscriber::with_default(quiet, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime builds")
+            .block_on(simulate)
+    })?;
     match args.output {
         Output::Json => {
             let mut value = serde_json::to_value(&simulation)?;

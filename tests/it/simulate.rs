@@ -517,3 +517,85 @@ async fn the_history_is_rebuilt_from_a_real_prometheus() {
     assert!(recorder.seen().is_empty(), "{:?}", recorder.seen());
     assert!(!dir.path().join("state").exists());
 }
+
+/// Budgets: a static SLO gives its value; one on Prometheus is read at the
+/// notification's time, and one that cannot be read is unknown (freeze),
+/// which the output says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_are_static_or_read_at_the_time_and_unknown_ones_are_said() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
+    let runbook = |name: &str, alert: &str, slo: &str| {
+        format!(
+            "apiVersion: pitcrew/v1\nname: {name}\ntrigger: {{alertname: {alert}}}\nrisk: medium\nguardrails: {{slo: {slo}}}\nsteps:\n  - name: say\n    action: log\n    with: {{message: hi}}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("runbooks/r.yaml"),
+        [
+            runbook("healthy", "A", "plenty"),
+            runbook("frozen", "B", "spent"),
+            runbook("blind", "C", "measured"),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let port = crate::realparts::closed_port();
+    std::fs::write(
+        dir.path().join("pitcrew.yaml"),
+        format!(
+            "state_dir: state\nplugins: plugins\nprometheus: {{url: \"http://127.0.0.1:{port}\"}}\nslos:\n  - {{name: plenty, objective: 99%, window: 30d, static_remaining: 80%}}\n  - {{name: spent, objective: 99%, window: 30d, static_remaining: 10%}}\n  - {{name: measured, objective: 99%, window: 30d, good: up, total: up}}\n"
+        ),
+    )
+    .unwrap();
+    let file = dir.path().join("history.jsonl");
+    let lines = [
+        line(0, 0, "firing", &[&[("alertname", "A")]]),
+        line(0, 0, "firing", &[&[("alertname", "B")]]),
+        line(1, 1, "firing", &[&[("alertname", "C")]]),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let sim = ok_json(
+        &pitcrew_async(vec![
+            "--config".into(),
+            dir.path().join("pitcrew.yaml").display().to_string(),
+            "simulate".into(),
+            "--alerts".into(),
+            file.display().to_string(),
+            "--output".into(),
+            "json".into(),
+        ])
+        .await,
+    );
+    let d = &sim["decisions"];
+    assert_eq!(
+        (d[0]["runbook"].as_str(), d[0]["verdict"].as_str()),
+        (Some("healthy"), Some("run")),
+        "{sim:#}"
+    );
+    assert_eq!(
+        (d[1]["runbook"].as_str(), d[1]["verdict"].as_str(), d[1]["guardrail"].as_str()),
+        (Some("frozen"), Some("pending_approval"), Some("budget"))
+    );
+    assert_eq!(d[1]["reason"], "budget 10.0% of spent: tier freeze: medium risk needs approval");
+    assert_eq!(
+        (d[2]["runbook"].as_str(), d[2]["verdict"].as_str(), d[2]["guardrail"].as_str()),
+        (Some("blind"), Some("pending_approval"), Some("budget"))
+    );
+    assert!(d[2]["reason"].as_str().unwrap().contains("budget of measured unknown"), "{sim:#}");
+    let budgets: BTreeMap<&str, &Value> = sim["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["slo"].as_str().unwrap(), b))
+        .collect();
+    assert_eq!(budgets["spent"]["source"], "static");
+    assert_eq!(budgets["spent"]["unknown"], 0);
+    assert_eq!(budgets["measured"]["source"], "prometheus");
+    // Evaluated at 0m and again at 1m (every 30s of the clock, as serve does).
+    assert_eq!(
+        (budgets["measured"]["evaluations"].as_u64(), budgets["measured"]["unknown"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert!(budgets["measured"]["error"].as_str().unwrap().contains("unreachable"), "{sim:#}");
+}
