@@ -528,7 +528,7 @@ pub async fn from_prometheus(
     step: Duration,
     resend_every: Option<Duration>,
 ) -> Result<Vec<Notification>, SimulateError> {
-    let step_ms = step.as_millis().max(1000) as i64;
+    let step_ms = (step.as_millis() as i64).max(1);
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(std::time::Duration::from_secs(120))
@@ -544,6 +544,13 @@ pub async fn from_prometheus(
         }
         from = to + step_ms;
     }
+    Ok(episodes(series, step_ms, end, resend_every.map(|d| d.as_millis() as i64)))
+}
+
+/// The notifications of firing series sampled every `step_ms` up to
+/// `end_ms` (see [`from_prometheus`]), in time order.
+fn episodes(series: BTreeMap<BTreeMap<String, String>, Vec<i64>>, step_ms: i64, end_ms: i64, resend_ms: Option<i64>) -> Vec<Notification> {
+    let ms = |t: i64| DateTime::from_timestamp_millis(t).unwrap_or_default();
     let mut out = Vec::new();
     for (labels, mut times) in series {
         times.sort_unstable();
@@ -557,7 +564,6 @@ pub async fn from_prometheus(
             }
         }
         for (first, last) in intervals {
-            let ms = |t: i64| DateTime::from_timestamp_millis(t).unwrap_or_default();
             let alert = |status, ends: Option<i64>, at: i64| {
                 let wire = WireAlert {
                     status: Some(status),
@@ -577,18 +583,18 @@ pub async fn from_prometheus(
             let mut at = first;
             loop {
                 out.push(alert(AlertStatus::Firing, None, at));
-                match resend_every {
-                    Some(every) if at + (every.as_millis() as i64) < resolved_at.min(end + 1) => at += every.as_millis() as i64,
+                match resend_ms {
+                    Some(every) if every > 0 && at + every < resolved_at.min(end_ms + 1) => at += every,
                     _ => break,
                 }
             }
-            if resolved_at <= end {
+            if resolved_at <= end_ms {
                 out.push(alert(AlertStatus::Resolved, Some(resolved_at), resolved_at));
             }
         }
     }
     out.sort_by_key(|n| n.at);
-    Ok(out)
+    out
 }
 
 /// Prometheus refuses ranges of more than 11,000 points per series.
@@ -744,5 +750,43 @@ mod tests {
         );
         let err = parse_history("m", &mixed).unwrap_err().to_string();
         assert!(err.starts_with("m:2: line: a jsonl line in a file of audit lines"), "{err}");
+    }
+
+    #[test]
+    fn firing_samples_become_episodes_with_resends_and_resolves() {
+        let labels = |name: &str| BTreeMap::from([("alertname".to_string(), name.to_string())]);
+        let minute = 60_000;
+        let series = BTreeMap::from([
+            // 0..=4m, a gap, 10..=11m: two episodes.
+            (labels("Flap"), vec![0, minute, 2 * minute, 3 * minute, 4 * minute, 10 * minute, 11 * minute]),
+            // Fires from 5m to the end (20m).
+            (labels("Long"), (5..=20).map(|m| m * minute).collect()),
+        ]);
+        let got: Vec<(i64, String, &str, i64)> = episodes(series, minute, 20 * minute, Some(6 * minute))
+            .iter()
+            .map(|n| {
+                let a = &n.alerts[0];
+                (n.at.timestamp_millis() / minute, a.name().to_string(), a.status.as_str(), a.starts_at.timestamp_millis() / minute)
+            })
+            .collect();
+        let want = [
+            (0, "Flap", "firing", 0),
+            (5, "Flap", "resolved", 0),
+            (5, "Long", "firing", 5),
+            (10, "Flap", "firing", 10),
+            (11, "Long", "firing", 5),
+            (12, "Flap", "resolved", 10),
+            (17, "Long", "firing", 5),
+        ];
+        let want: Vec<(i64, String, &str, i64)> = want.iter().map(|(a, n, s, t)| (*a, n.to_string(), *s, *t)).collect();
+        assert_eq!(got, want);
+        let resolved = episodes(
+            BTreeMap::from([(labels("Flap"), vec![0, minute])]),
+            minute,
+            20 * minute,
+            None,
+        );
+        assert_eq!(resolved[1].alerts[0].ends_at.map(|t| t.timestamp_millis()), Some(2 * minute));
+        assert_eq!(resolved[0].alerts[0].fingerprint, resolved[1].alerts[0].fingerprint, "one alert, two notifications");
     }
 }
