@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod report;
 pub mod runbook;
 pub mod server;
+pub mod simulate;
 
 pub mod clock;
 pub mod diag;

@@ -17,6 +17,7 @@ mod run;
 mod runtime;
 mod selftest;
 mod serve;
+mod simulate;
 mod store;
 mod validate;
 
@@ -88,6 +89,8 @@ pub enum Command {
     Match(matching::Args),
     /// Webhook receiver, executor and API
     Serve(serve::Args),
+    /// Replay recorded alerts through matching and every guardrail on a virtual clock; runs nothing, writes no state
+    Simulate(simulate::Args),
     /// Run a runbook by hand, under the same guardrails
     Run(run::Args),
     /// Execution history
@@ -139,6 +142,7 @@ pub fn main() -> ExitCode {
         Command::Actions(args) => actions::run(cli.config.as_deref(), args),
         Command::Match(args) => matching::run(cli.config.as_deref(), args),
         Command::Serve(args) => serve::run(cli.config.as_deref(), args),
+        Command::Simulate(args) => simulate::run(cli.config.as_deref(), args),
         Command::Run(args) => run::run(cli.config.as_deref(), args),
         Command::Executions(args) => history::list(cli.config.as_deref(), args),
         Command::Show(args) => history::show(cli.config.as_deref(), args),

@@ -38,4 +38,5 @@ mod report;
 #[path = "report.rs"]
 mod report_on_postgres;
 mod server;
+mod simulate;
 mod support;

@@ -229,11 +229,21 @@ impl Prometheus {
     /// Scrapes `scrape_target` (`host:port`, e.g. `Exporter::addr()`) as job
     /// `exporter`.
     pub async fn start(scrape_target: &str) -> Prometheus {
-        let config = format!(
+        Prometheus::start_with_rules(scrape_target, None).await
+    }
+
+    /// Like [`Prometheus::start`], also evaluating `rules` (a rule file's
+    /// YAML) every second.
+    pub async fn start_with_rules(scrape_target: &str, rules: Option<&str>) -> Prometheus {
+        let mut config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: exporter\n    static_configs:\n      - targets: [\"{scrape_target}\"]\n"
         );
         let bin = binary("prometheus", "prometheus");
         let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(rules) = rules {
+            std::fs::write(dir.path().join("rules.yml"), rules).expect("write rules");
+            config.push_str(&format!("rule_files: [\"{}\"]\n", dir.path().join("rules.yml").display()));
+        }
         std::fs::write(dir.path().join("prometheus.yml"), config).expect("write config");
         let root = dir.path().to_path_buf();
         let Started { child, port } = start_child(
