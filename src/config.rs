@@ -52,6 +52,8 @@ struct RawConfig {
     #[serde(default)]
     server: RawServer,
     store: Option<RawStore>,
+    #[serde(default)]
+    windows: Vec<crate::window::RawWindow>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +360,9 @@ pub struct Config {
     pub server: ServerLimits,
     /// PostgreSQL; `None`: the embedded SQLite file under `state_dir`.
     pub store: Option<StoreConfig>,
+    /// Named time windows (`windows:`), for `guardrails.freeze` and
+    /// `guardrails.only_during`.
+    pub windows: Vec<crate::window::Window>,
     pub redactor: Redactor,
 }
 
@@ -707,6 +712,7 @@ impl Config {
                 allowed_origins,
             }
         };
+        let windows = crate::window::compile(raw.windows, &mut |at, message| cx.problem(at, message));
         if !cx.problems.is_empty() {
             return Err(ConfigError::Invalid(Diagnostics(cx.problems)));
         }
@@ -743,12 +749,17 @@ impl Config {
             checkpoint,
             server,
             store,
+            windows,
             redactor: Redactor::new(secrets),
         })
     }
 
     pub fn slo(&self, name: &str) -> Option<&Slo> {
         self.slos.iter().find(|s| s.name == name)
+    }
+
+    pub fn window(&self, name: &str) -> Option<&crate::window::Window> {
+        self.windows.iter().find(|w| w.name == name)
     }
 
     pub fn state_db(&self) -> PathBuf {

@@ -71,6 +71,15 @@ pub struct Guardrails {
     /// Whether the person who asked for a run may approve it themselves
     /// (off: the two-person rule).
     pub self_approval: bool,
+    /// Windows (config `windows:`) in which automated runs above low risk
+    /// wait for approval.
+    pub freeze: Vec<String>,
+    /// Windows outside all of which automated runs above low risk wait for
+    /// approval.
+    pub only_during: Vec<String>,
+    /// Rules, each a list of matchers one firing alert must all hold for
+    /// to block the run.
+    pub inhibit_while_firing: Vec<Vec<crate::inhibit::InhibitMatcher>>,
 }
 
 impl Default for Guardrails {
@@ -86,6 +95,9 @@ impl Default for Guardrails {
             approval_timeout: Duration::from_secs(3600),
             dry_run: false,
             self_approval: false,
+            freeze: Vec::new(),
+            only_during: Vec::new(),
+            inhibit_while_firing: Vec::new(),
         }
     }
 }
@@ -146,6 +158,10 @@ pub enum ResolveError {
     /// The target template failed.
     #[error("target: {0}")]
     Target(TemplateError),
+    /// An `inhibit_while_firing` matcher failed to render, or rendered to
+    /// an invalid regular expression.
+    #[error("guardrails.inhibit_while_firing[{rule}][{matcher}]: {reason}")]
+    Inhibit { rule: usize, matcher: usize, reason: String },
     /// A step's input failed to render.
     #[error("step `{step}`: {source}")]
     Step {
@@ -160,6 +176,9 @@ pub enum ResolveError {
 pub struct Resolved {
     pub params: serde_json::Map<String, Value>,
     pub target: String,
+    /// `inhibit_while_firing`, rendered with these params and target.
+    #[serde(skip)]
+    pub inhibit: Vec<Vec<crate::matcher::Matcher>>,
 }
 
 /// All runbooks loaded from the configured paths, indexed for matching.
@@ -243,7 +262,38 @@ impl RunbookSet {
                 self.templates.render_string(tpl, &ctx).map_err(ResolveError::Target)?
             }
         };
-        Ok(Resolved { params, target })
+        let inhibit = self.inhibitions(rb, &base, &params, &target)?;
+        Ok(Resolved { params, target, inhibit })
+    }
+
+    /// Renders `inhibit_while_firing` for one run (strict, as every template).
+    fn inhibitions(
+        &self,
+        rb: &Runbook,
+        base: &Value,
+        params: &serde_json::Map<String, Value>,
+        target: &str,
+    ) -> Result<Vec<Vec<crate::matcher::Matcher>>, ResolveError> {
+        let rules = &rb.guardrails.inhibit_while_firing;
+        if rules.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = Context::wraps(json!({"params": params, "target": target, "runbook": base["runbook"]})).expect("a JSON value wraps");
+        rules
+            .iter()
+            .enumerate()
+            .map(|(rule, matchers)| {
+                matchers
+                    .iter()
+                    .enumerate()
+                    .map(|(matcher, m)| {
+                        let err = |reason: String| ResolveError::Inhibit { rule, matcher, reason };
+                        let value = self.templates.render_string(&m.value, &ctx).map_err(|e| err(e.to_string()))?;
+                        crate::matcher::Matcher::new(&m.source, m.name.clone(), m.op, value).map_err(|e| err(e.to_string()))
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// The context a step renders against.

@@ -164,6 +164,16 @@ pub struct RawGuardrails {
     /// Whoever asked for a run may also approve it.
     #[serde(default)]
     pub self_approval: bool,
+    /// Windows of the config (`windows:`): inside any of them, automated runs above low risk wait for approval.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Windows of the config (`windows:`): outside all of them, automated runs above low risk wait for approval.
+    #[serde(default)]
+    pub only_during: Vec<String>,
+    /// Lists of Alertmanager matchers (values may be templates over `params`, `target`, `runbook`): while an
+    /// alert pitcrew holds as firing matches every matcher of one list, the run is blocked (`inhibited`).
+    #[serde(default)]
+    pub inhibit_while_firing: Vec<Vec<String>>,
 }
 
 /// Where this runbook's own notices go (`notify: {url}`).

@@ -54,9 +54,10 @@ const MIGRATE_LOCK: i64 = 0x7069_7463_7265_7702;
 
 /// Migrations, in order; each runs once, in its own transaction, and is
 /// recorded in `pitcrew_migrations`. Never edit one that shipped: add another.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 -- See the SQLite layout (store/sqlite.rs) for what each table is for; the
 -- two keep the same rows. Times are milliseconds since the epoch.
 CREATE TABLE alerts (id BYTEA PRIMARY KEY, received_seq BIGINT, decided_ms BIGINT);
@@ -104,7 +105,18 @@ CREATE TABLE replicas (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT 
 -- Who runs the background chores, until when.
 CREATE TABLE chores (id INTEGER PRIMARY KEY, holder TEXT NOT NULL, until TIMESTAMPTZ NOT NULL);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Alerts firing now, for `inhibit_while_firing` (see the SQLite layout).
+CREATE TABLE firing_alerts (fingerprint TEXT PRIMARY KEY, alertname TEXT NOT NULL, labels TEXT NOT NULL,
+    starts_ms BIGINT NOT NULL, ends_ms BIGINT, seen_ms BIGINT NOT NULL);
+CREATE INDEX firing_by_name ON firing_alerts (alertname, seen_ms);
+CREATE INDEX firing_seen ON firing_alerts (seen_ms);
+"#,
+    ),
+];
 
 impl From<::postgres::Error> for StoreError {
     fn from(e: ::postgres::Error) -> StoreError {
@@ -749,6 +761,35 @@ impl Read for PgConn {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    fn firing(
+        &mut self,
+        alertname: Option<&str>,
+        seen_after_ms: i64,
+        now_ms: i64,
+        visit: &mut dyn FnMut(crate::inhibit::Firing) -> bool,
+    ) -> Result<(), StoreError> {
+        let rows = match alertname {
+            Some(name) => self.query(
+                "SELECT fingerprint, labels FROM firing_alerts WHERE alertname = $1 AND seen_ms > $2 AND (ends_ms IS NULL OR ends_ms > $3)",
+                &[&name, &seen_after_ms, &now_ms],
+            )?,
+            None => self.query(
+                "SELECT fingerprint, labels FROM firing_alerts WHERE seen_ms > $1 AND (ends_ms IS NULL OR ends_ms > $2)",
+                &[&seen_after_ms, &now_ms],
+            )?,
+        };
+        for row in rows {
+            let fingerprint: String = row.get(0);
+            let labels: String = row.get(1);
+            let labels =
+                serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("firing alert {fingerprint}: labels: {e}")))?;
+            if !visit(crate::inhibit::Firing { fingerprint, labels }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError> {
         let row = self.query_opt(
             "SELECT EXISTS (SELECT 1 FROM steps WHERE execution_id = $1 AND action <> '')",
@@ -807,6 +848,42 @@ impl Tx for PgConn {
         self.execute(
             "UPDATE alerts SET received_seq = $2, decided_ms = $3 WHERE id = $1",
             &[&id, &seq, &decided_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_seen(
+        &mut self,
+        fingerprint: &str,
+        alertname: &str,
+        labels: &str,
+        starts_ms: i64,
+        ends_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, ends_ms, seen_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (fingerprint) DO UPDATE SET alertname = excluded.alertname, labels = excluded.labels, \
+             starts_ms = excluded.starts_ms, ends_ms = excluded.ends_ms, seen_ms = excluded.seen_ms \
+             WHERE excluded.starts_ms >= firing_alerts.starts_ms",
+            &[&fingerprint, &alertname, &labels, &starts_ms, &ends_ms, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_resolved(&mut self, fingerprint: &str, starts_ms: i64) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM firing_alerts WHERE fingerprint = $1 AND starts_ms <= $2",
+            &[&fingerprint, &starts_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_forget(&mut self, before_ms: i64, limit: usize) -> Result<(), StoreError> {
+        let limit = limit as i64;
+        self.execute(
+            "DELETE FROM firing_alerts WHERE fingerprint IN (SELECT fingerprint FROM firing_alerts WHERE seen_ms < $1 LIMIT $2)",
+            &[&before_ms, &limit],
         )?;
         Ok(())
     }

@@ -117,6 +117,15 @@ CREATE TABLE IF NOT EXISTS steps (
 -- so counting alerting targets never scans every alert of a storm.
 CREATE TABLE IF NOT EXISTS target_alerts (target TEXT PRIMARY KEY, ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS target_alerts_ms ON target_alerts(ms);
+-- Alerts firing now, for `inhibit_while_firing`: one row per fingerprint,
+-- written by firing notifications (new or re-sent) and deleted by resolved
+-- ones, so it holds what fires now, never history. A row whose resolve
+-- never came stops counting when not seen for `inhibit::FIRING_EXPIRES`
+-- and is then pruned. Looked up by alertname.
+CREATE TABLE IF NOT EXISTS firing_alerts (fingerprint TEXT PRIMARY KEY, alertname TEXT NOT NULL, labels TEXT NOT NULL,
+    starts_ms INTEGER NOT NULL, ends_ms INTEGER, seen_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS firing_by_name ON firing_alerts(alertname, seen_ms);
+CREATE INDEX IF NOT EXISTS firing_seen ON firing_alerts(seen_ms);
 CREATE TABLE IF NOT EXISTS notices (kind TEXT NOT NULL, ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS notices_kind ON notices(kind, ms);
 CREATE TABLE IF NOT EXISTS breakers (
@@ -150,8 +159,10 @@ CREATE INDEX IF NOT EXISTS audit_execution ON audit(execution_id) WHERE executio
 );
 
 /// The layout this code reads and writes (`PRAGMA user_version`). A state
-/// file made before layouts were numbered is upgraded once, at open.
-const LAYOUT: i64 = 2;
+/// file made before layouts were numbered is upgraded once, at open; one
+/// of an older number gets the tables and indexes added since.
+/// 3: `firing_alerts`.
+const LAYOUT: i64 = 3;
 
 /// Brings the state file to [`LAYOUT`], then makes sure every table and
 /// index of [`SCHEMA`] exists.
@@ -710,6 +721,13 @@ mod fact_sql {
     pub const STORM_NOTIFIED: &str = "SELECT COUNT(*) FROM notices WHERE kind = 'storm' AND ms > ?1";
     pub const BREAKER: &str = "SELECT COUNT(*) FROM breakers WHERE runbook = ?1 AND target = ?2";
     pub const BREAKER_RESET: &str = "SELECT ms FROM breaker_resets WHERE runbook = ?1 AND target = ?2";
+    /// Alerts named ?1 firing now (seen since ?2, not ended at ?3).
+    pub const FIRING_NAMED: &str = "SELECT fingerprint, labels FROM firing_alerts INDEXED BY firing_by_name \
+        WHERE alertname = ?1 AND seen_ms > ?2 AND (ends_ms IS NULL OR ends_ms > ?3)";
+    /// Every alert firing now: the table holds only those (and a few stale
+    /// ones until pruned), so this walks what fires now, never history.
+    pub const FIRING_ALL: &str = "SELECT fingerprint, labels FROM firing_alerts INDEXED BY firing_seen \
+        WHERE seen_ms > ?1 AND (ends_ms IS NULL OR ends_ms > ?2)";
 
     #[cfg(test)]
     pub const ALL: [&str; 9] = [
@@ -766,6 +784,8 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
             let reset_ms: Option<i64> = query_row(conn, fact_sql::BREAKER_RESET, params![runbook, target], |r| r.get(0)).optional()?;
             target_runs(since(w.escalation_ms).max(reset_ms.unwrap_or(i64::MIN)))?
         },
+        // Looked up by the rules (`inhibit_while_firing`), not per runbook and target.
+        inhibited_by: None,
     })
 }
 
@@ -938,6 +958,33 @@ impl Read for SqliteConn {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn firing(
+        &mut self,
+        alertname: Option<&str>,
+        seen_after_ms: i64,
+        now_ms: i64,
+        visit: &mut dyn FnMut(crate::inhibit::Firing) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut stmt = match alertname {
+            Some(_) => self.conn.prepare_cached(fact_sql::FIRING_NAMED)?,
+            None => self.conn.prepare_cached(fact_sql::FIRING_ALL)?,
+        };
+        let mut rows = match alertname {
+            Some(name) => stmt.query(params![name, seen_after_ms, now_ms])?,
+            None => stmt.query(params![seen_after_ms, now_ms])?,
+        };
+        while let Some(row) = rows.next()? {
+            let fingerprint: String = row.get(0)?;
+            let labels: String = row.get(1)?;
+            let labels =
+                serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("firing alert {fingerprint}: labels: {e}")))?;
+            if !visit(crate::inhibit::Firing { fingerprint, labels }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn any_step_started(&mut self, id: &str) -> Result<bool, StoreError> {
         Ok(query_row(&self.conn, lookup_sql::ANY_STEP_STARTED, [id], |_| Ok(()))
             .optional()?
@@ -1003,6 +1050,45 @@ impl Tx for SqliteConn {
             &self.conn,
             "UPDATE alerts SET received_seq = ?2, decided_ms = ?3 WHERE id = ?1",
             params![&id[..], received_seq.map(|s| s as i64), decided_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_seen(
+        &mut self,
+        fingerprint: &str,
+        alertname: &str,
+        labels: &str,
+        starts_ms: i64,
+        ends_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, ends_ms, seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT(fingerprint) DO UPDATE SET alertname = excluded.alertname, labels = excluded.labels, \
+             starts_ms = excluded.starts_ms, ends_ms = excluded.ends_ms, seen_ms = excluded.seen_ms \
+             WHERE excluded.starts_ms >= firing_alerts.starts_ms",
+            params![fingerprint, alertname, labels, starts_ms, ends_ms, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_resolved(&mut self, fingerprint: &str, starts_ms: i64) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "DELETE FROM firing_alerts WHERE fingerprint = ?1 AND starts_ms <= ?2",
+            params![fingerprint, starts_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_forget(&mut self, before_ms: i64, limit: usize) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "DELETE FROM firing_alerts WHERE fingerprint IN \
+             (SELECT fingerprint FROM firing_alerts INDEXED BY firing_seen WHERE seen_ms < ?1 LIMIT ?2)",
+            params![before_ms, limit as i64],
         )?;
         Ok(())
     }

@@ -35,3 +35,7 @@ mod reload;
 mod replicas;
 mod server;
 mod support;
+mod windows;
+/// The same window and inhibition tests, on the PostgreSQL store.
+#[path = "windows.rs"]
+mod windows_on_postgres;
