@@ -176,6 +176,8 @@ pub struct RawWindow {
 /// (paths as the config's positions name them: `windows[0].timezone`).
 pub fn compile(raw: Vec<RawWindow>, problem: &mut dyn FnMut(&str, String)) -> Vec<Window> {
     let mut out: Vec<Window> = Vec::new();
+    // Every name, valid windows or not: a duplicate is a problem either way.
+    let mut names: Vec<String> = Vec::new();
     for (i, w) in raw.into_iter().enumerate() {
         let at = |key: &str| format!("windows[{i}].{key}");
         let mut ok = true;
@@ -189,9 +191,10 @@ pub fn compile(raw: Vec<RawWindow>, problem: &mut dyn FnMut(&str, String)) -> Ve
                 format!("invalid window name {:?}: use lowercase letters, digits and -", w.name),
             );
         }
-        if out.iter().any(|o| o.name == w.name) {
+        if names.contains(&w.name) {
             fail("name", format!("duplicate window name `{}`", w.name));
         }
+        names.push(w.name.clone());
         let weekly = w.timezone.is_some() || w.days.is_some() || w.from.is_some() || w.to.is_some();
         let absolute = w.start.is_some() || w.end.is_some();
         let schedule = match (weekly, absolute) {

@@ -525,6 +525,13 @@ pub fn facts_sql(used: u8) -> (&'static str, &'static [&'static str]) {
     })
 }
 
+/// Alerts named $1 firing now (seen since $2, not ended at $3): the
+/// `firing_by_name` index, over what fires now only.
+pub const FIRING_NAMED: &str =
+    "SELECT fingerprint, labels FROM firing_alerts WHERE alertname = $1 AND seen_ms > $2 AND (ends_ms IS NULL OR ends_ms > $3)";
+/// Every alert firing now, for a rule without an alertname.
+pub const FIRING_ALL: &str = "SELECT fingerprint, labels FROM firing_alerts WHERE seen_ms > $1 AND (ends_ms IS NULL OR ends_ms > $2)";
+
 /// Every part: what a runbook using every guardrail asks (for tests).
 pub const ALL_FACTS: u8 = 0b111_1111;
 
@@ -769,14 +776,8 @@ impl Read for PgConn {
         visit: &mut dyn FnMut(crate::inhibit::Firing) -> bool,
     ) -> Result<(), StoreError> {
         let rows = match alertname {
-            Some(name) => self.query(
-                "SELECT fingerprint, labels FROM firing_alerts WHERE alertname = $1 AND seen_ms > $2 AND (ends_ms IS NULL OR ends_ms > $3)",
-                &[&name, &seen_after_ms, &now_ms],
-            )?,
-            None => self.query(
-                "SELECT fingerprint, labels FROM firing_alerts WHERE seen_ms > $1 AND (ends_ms IS NULL OR ends_ms > $2)",
-                &[&seen_after_ms, &now_ms],
-            )?,
+            Some(name) => self.query(FIRING_NAMED, &[&name, &seen_after_ms, &now_ms])?,
+            None => self.query(FIRING_ALL, &[&seen_after_ms, &now_ms])?,
         };
         for row in rows {
             let fingerprint: String = row.get(0);

@@ -1629,6 +1629,90 @@ mod tests {
         }
     }
 
+    /// Inhibition's lookup costs the same after 100,000 alerts fired and
+    /// resolved and with 100,000 others firing under other names: resolves
+    /// leave no rows behind, and a rule naming an alertname reads only the
+    /// alerts of that name firing now (VM steps, as above, and the plan).
+    #[test]
+    fn inhibition_lookups_cost_the_same_after_100k_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = SqliteConn::open(&path).unwrap();
+        prepare_schema(&conn.conn).unwrap();
+        let now_ms: i64 = 10_000_000_000;
+        let since = now_ms - crate::inhibit::FIRING_EXPIRES.as_millis() as i64;
+        let labels = r#"{"alertname":"DatabaseDown","cluster":"eu1"}"#;
+        conn.firing_seen("db", "DatabaseDown", labels, now_ms - 60_000, None, now_ms - 60_000)
+            .unwrap();
+        let steps = |path: &Path| {
+            let conn = open_connection(path).unwrap();
+            let mut stmt = conn.prepare_cached(fact_sql::FIRING_NAMED).unwrap();
+            let found: Vec<String> = stmt
+                .query_map(params!["DatabaseDown", since, now_ms], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(found, ["db"]);
+            stmt.get_status(rusqlite::StatementStatus::VmStep)
+        };
+        let fresh = steps(&path);
+
+        // 100,000 alerts of that name fire and resolve, through the store's own writes.
+        conn.conn.execute_batch("BEGIN").unwrap();
+        for i in 0..100_000i64 {
+            let fp = format!("h{i}");
+            conn.firing_seen(&fp, "DatabaseDown", labels, i, None, now_ms - 3_600_000).unwrap();
+            conn.firing_resolved(&fp, i).unwrap();
+        }
+        // And 100,000 others fire now under other names.
+        conn.conn
+            .execute_batch(&format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+                 INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, seen_ms)
+                 SELECT printf('o%06d', i), printf('Other%d', i % 50), '{{}}', i, {now_ms} - i FROM n;
+                 COMMIT;"
+            ))
+            .unwrap();
+        let rows: i64 = conn
+            .conn
+            .query_row("SELECT COUNT(*) FROM firing_alerts WHERE alertname = 'DatabaseDown'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 1, "a resolve deletes its alert's row: no history stays behind");
+        let after = steps(&path);
+        eprintln!("VM steps per inhibition lookup: fresh {fresh}, after 100k resolved and 100k others firing {after}");
+        assert!(after <= fresh + 5 && after < 60, "{after} VM steps vs {fresh} fresh");
+        let detail: String = conn
+            .conn
+            .query_row(&format!("EXPLAIN QUERY PLAN {}", fact_sql::FIRING_NAMED), params!["x", 0, 0], |r| {
+                r.get(3)
+            })
+            .unwrap();
+        assert!(detail.starts_with("SEARCH firing_alerts USING INDEX firing_by_name"), "{detail}");
+        // Alerts whose resolve never came are pruned once expired.
+        conn.firing_forget(now_ms, 1_000_000).unwrap();
+        let left: i64 = conn.conn.query_row("SELECT COUNT(*) FROM firing_alerts", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, 0);
+    }
+
+    /// A state file of layout 2 gets the tables added since when opened.
+    #[test]
+    fn a_layout_2_state_file_gets_the_firing_alerts_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let conn = open_connection(&path).unwrap();
+        prepare_schema(&conn).unwrap();
+        conn.execute_batch("DROP TABLE firing_alerts; PRAGMA user_version = 2;").unwrap();
+        drop(conn);
+        let conn = open_connection(&path).unwrap();
+        prepare_schema(&conn).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, LAYOUT);
+        conn.execute_batch("SELECT fingerprint, alertname, labels, starts_ms, ends_ms, seen_ms FROM firing_alerts")
+            .unwrap();
+    }
+
     /// Expanding an id prefix and asking whether a run started an action
     /// are searches of a primary key, whatever the history.
     #[test]
