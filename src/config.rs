@@ -52,6 +52,8 @@ struct RawConfig {
     #[serde(default)]
     server: RawServer,
     store: Option<RawStore>,
+    #[serde(default)]
+    windows: Vec<crate::window::RawWindow>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +360,9 @@ pub struct Config {
     pub server: ServerLimits,
     /// PostgreSQL; `None`: the embedded SQLite file under `state_dir`.
     pub store: Option<StoreConfig>,
+    /// Named time windows (`windows:`), for `guardrails.freeze` and
+    /// `guardrails.only_during`.
+    pub windows: Vec<crate::window::Window>,
     pub redactor: Redactor,
 }
 
@@ -707,6 +712,7 @@ impl Config {
                 allowed_origins,
             }
         };
+        let windows = crate::window::compile(raw.windows, &mut |at, message| cx.problem(at, message));
         if !cx.problems.is_empty() {
             return Err(ConfigError::Invalid(Diagnostics(cx.problems)));
         }
@@ -743,12 +749,17 @@ impl Config {
             checkpoint,
             server,
             store,
+            windows,
             redactor: Redactor::new(secrets),
         })
     }
 
     pub fn slo(&self, name: &str) -> Option<&Slo> {
         self.slos.iter().find(|s| s.name == name)
+    }
+
+    pub fn window(&self, name: &str) -> Option<&crate::window::Window> {
+        self.windows.iter().find(|w| w.name == name)
     }
 
     pub fn state_db(&self) -> PathBuf {
@@ -1009,6 +1020,48 @@ budget_policy:
         assert!(shown.contains("p.yaml:1:9: invalid listen address"), "{shown}");
         assert!(shown.contains("p.yaml:2:18: invalid rate"), "{shown}");
         assert!(shown.contains("p.yaml:4:26: invalid percentage"), "{shown}");
+    }
+
+    #[test]
+    fn windows_are_checked_strictly_with_positions() {
+        let good = "windows:\n  - {name: business-hours, timezone: Europe/Berlin, days: [mon, fri], from: \"09:00\", to: \"18:00\"}\n  - {name: night, from: \"22:00\", to: \"06:00\"}\n  - {name: black-friday, start: 2026-11-27T00:00:00Z, end: \"2026-12-01T00:00:00+01:00\"}\n";
+        let c = Config::parse(Path::new("p.yaml"), good).unwrap();
+        assert_eq!(
+            c.windows.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+            [
+                "business-hours (mon,fri 09:00–18:00 Europe/Berlin)",
+                "night (daily 22:00–06:00 UTC)",
+                "black-friday (2026-11-27T00:00:00Z – 2026-11-30T23:00:00Z)"
+            ]
+        );
+        assert!(c.window("night").is_some() && c.window("day").is_none());
+        let bad = "windows:
+  - {name: a, timezone: Europe/Berlinn, from: \"09:00\", to: \"18:00\"}
+  - {name: b, days: [mon, funday], from: \"9:00\", to: \"18:00\"}
+  - {name: c, from: \"09:00\", to: \"18:00\", start: 2026-11-27T00:00:00Z}
+  - {name: a, start: 2026-11-27T00:00:00Z, end: 2026-11-26T00:00:00Z}
+  - {name: e, start: \"tomorrow\", end: 2026-11-26T00:00:00Z}
+  - {name: f, from: \"09:00\"}
+  - {name: g, days: [mon], form: \"09:00\"}
+";
+        let err = Config::parse(Path::new("p.yaml"), bad).unwrap_err().to_string();
+        // Unknown keys stop serde first.
+        assert!(err.contains("p.yaml:8:28: windows[6]: unknown key `form`"), "{err}");
+        let err = Config::parse(Path::new("p.yaml"), &bad.replace("form", "from"))
+            .unwrap_err()
+            .to_string();
+        for says in [
+            "p.yaml:2:25: unknown time zone \"Europe/Berlinn\"",
+            "p.yaml:3:27: invalid day \"funday\"",
+            "p.yaml:3:42: invalid time \"9:00\": expected HH:MM",
+            "p.yaml:4:12: window `c` mixes a weekly schedule",
+            "p.yaml:5:12: duplicate window name `a`",
+            "p.yaml:5:49: `end` must be after `start`",
+            "p.yaml:6:22: invalid time \"tomorrow\": expected RFC 3339",
+            "p.yaml:7:6: `to` is missing",
+        ] {
+            assert!(err.contains(says), "missing {says:?} in:\n{err}");
+        }
     }
 
     fn checkpoint_problems(dir: &Path, section: &str) -> String {

@@ -657,11 +657,12 @@ impl Engine {
     async fn admissions(&self, set: &RunbookSet, alert: &Alert) -> Vec<Admission> {
         let mut out = Vec::new();
         for rb in set.matching(alert) {
-            let (params, target, invalid) = match set.resolve(rb, Some(alert), &BTreeMap::new()) {
-                Ok(r) => (r.params, r.target, None),
+            let (params, target, inhibit, invalid) = match set.resolve(rb, Some(alert), &BTreeMap::new()) {
+                Ok(r) => (r.params, r.target, r.inhibit, None),
                 Err(e) => (
                     serde_json::Map::new(),
                     format!("{}/{}", rb.name, alert.fingerprint),
+                    Vec::new(),
                     Some(e.to_string()),
                 ),
             };
@@ -681,6 +682,7 @@ impl Engine {
                     .as_deref()
                     .and_then(|slo| self.budgets.cached_or_unknown(slo, Utc::now())),
                 invalid,
+                inhibit,
             });
         }
         out
@@ -706,6 +708,7 @@ impl Engine {
             force,
             budget: self.budget_for(rb).await,
             invalid: None,
+            inhibit: resolved.inhibit,
         }
     }
 
@@ -1033,6 +1036,7 @@ impl Engine {
         let resolved = crate::runbook::Resolved {
             params: exec.params.clone(),
             target: exec.target.clone(),
+            inhibit: Vec::new(),
         };
         let mut outputs = serde_json::Map::new();
         for s in exec.steps.iter().filter(|s| s.state == StepState::Succeeded) {

@@ -44,6 +44,9 @@ pub struct Facts {
     pub judged_runs: u32,
     pub effective_runs: u32,
     pub ineffective_notified: bool,
+    /// A firing alert that holds every matcher of one `inhibit_while_firing`
+    /// rule (looked up only for runbooks that have such rules).
+    pub inhibited_by: Option<Inhibitor>,
 }
 
 /// Judged runs a runbook needs before `min_effectiveness` may block it.
@@ -53,6 +56,14 @@ pub const MIN_JUDGED: u32 = 5;
 /// of them, and the effective share below `min`.
 pub fn ineffective(judged: u32, effective: u32, min: f64) -> bool {
     judged >= MIN_JUDGED && f64::from(effective) < min * f64::from(judged)
+}
+
+/// The alert an `inhibit_while_firing` rule found firing, and the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inhibitor {
+    pub alert: crate::inhibit::Firing,
+    /// The rendered rule, as `{alertname="X", …}`.
+    pub rule: String,
 }
 
 /// The windows the store must count over, derived from the runbook and config.
@@ -180,13 +191,21 @@ pub struct Request<'a> {
     pub now_ms: i64,
 }
 
+/// Labels as the decision shows them: `{alertname="X", cluster="eu1"}`.
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    format!(
+        "{{{}}}",
+        labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", ")
+    )
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
 /// Decides in the documented order (cooldown, rate limits, concurrency,
-/// storm brake, budget, escalation, approval, dry run); every guardrail's
-/// verdict is kept for the audit.
+/// storm brake, inhibition, windows, budget, escalation, approval, dry run);
+/// every guardrail's verdict is kept for the audit.
 pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, config: &Config) -> Decision {
     let rb = req.runbook;
     let g = &rb.guardrails;
@@ -295,6 +314,85 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
             storm_notice = true;
         }
         record("storm_brake", verdict, detail, &mut checks);
+    }
+    // Inhibition: a related alert fires (the database behind this app is
+    // down); fixing the symptom now would not help. Forcible, like the
+    // storm brake: a person who knows better may go ahead.
+    if !rb.guardrails.inhibit_while_firing.is_empty() {
+        let (blocked, detail) = match &facts.inhibited_by {
+            Some(i) => (
+                true,
+                format!(
+                    "{} is firing (fingerprint {}, labels {}): matches inhibit_while_firing {}",
+                    i.alert.alertname(),
+                    i.alert.fingerprint,
+                    labels_text(&i.alert.labels),
+                    i.rule
+                ),
+            ),
+            None => (false, "no firing alert matches inhibit_while_firing".to_string()),
+        };
+        record("inhibited", skippable(blocked), detail, &mut checks);
+    }
+    // Windows: automated runs above low risk wait for a person during a
+    // freeze, or outside the hours automation is allowed. A person starting
+    // a run by hand is that person.
+    let windowed = !rb.guardrails.freeze.is_empty() || !rb.guardrails.only_during.is_empty();
+    if windowed {
+        let now = chrono::DateTime::from_timestamp_millis(req.now_ms).unwrap_or_default();
+        let applies = req.automated && rb.risk > Risk::Low;
+        let why_not = if req.automated {
+            format!("runbook risk {} runs in any window", rb.risk)
+        } else {
+            "manual run: windows hold automated runs only".to_string()
+        };
+        if !rb.guardrails.freeze.is_empty() {
+            let inside = rb
+                .guardrails
+                .freeze
+                .iter()
+                .filter_map(|n| config.window(n))
+                .find(|w| w.contains(now));
+            let (verdict, detail) = match inside {
+                Some(w) if applies => (
+                    CheckVerdict::Approve,
+                    format!("inside freeze window {w}: {} risk needs approval", rb.risk),
+                ),
+                Some(w) => (CheckVerdict::Pass, format!("inside freeze window {w}; {why_not}")),
+                None => (
+                    CheckVerdict::Pass,
+                    format!("outside every freeze window ({})", rb.guardrails.freeze.join(", ")),
+                ),
+            };
+            record("freeze", verdict, detail, &mut checks);
+        }
+        if !rb.guardrails.only_during.is_empty() {
+            let inside = rb
+                .guardrails
+                .only_during
+                .iter()
+                .filter_map(|n| config.window(n))
+                .find(|w| w.contains(now));
+            let (verdict, detail) = match inside {
+                Some(w) => (CheckVerdict::Pass, format!("inside window {w}")),
+                None if applies => (
+                    CheckVerdict::Approve,
+                    format!(
+                        "outside every window of only_during ({}): {} risk needs approval",
+                        rb.guardrails.only_during.join(", "),
+                        rb.risk
+                    ),
+                ),
+                None => (
+                    CheckVerdict::Pass,
+                    format!(
+                        "outside every window of only_during ({}); {why_not}",
+                        rb.guardrails.only_during.join(", ")
+                    ),
+                ),
+            };
+            record("outside_window", verdict, detail, &mut checks);
+        }
     }
     // Error budget.
     if let Some(b) = budget {

@@ -34,7 +34,7 @@ pub enum MatchOp {
 }
 
 impl MatchOp {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             MatchOp::Equal => "=",
             MatchOp::NotEqual => "!=",
@@ -57,6 +57,13 @@ pub struct Matcher {
 impl Matcher {
     /// Parses `name="value"`, `name=~"re"`, `name!=value` and so on.
     pub fn parse(text: &str) -> Result<Matcher, MatcherError> {
+        let (name, op, value) = Matcher::split(text)?;
+        Matcher::new(text, name, op, value)
+    }
+
+    /// The parts of a matcher, its value unquoted and not yet compiled: a
+    /// value may still be a template to render (`inhibit_while_firing`).
+    pub fn split(text: &str) -> Result<(String, MatchOp, String), MatcherError> {
         let syntax = || MatcherError::Syntax(text.to_string());
         let t = text.trim();
         let name_len = t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).ok_or_else(syntax)?;
@@ -75,6 +82,11 @@ impl Matcher {
         .find_map(|(s, op)| rest.strip_prefix(s).map(|r| (*op, r.trim())))
         .ok_or_else(syntax)?;
         let value = unquote(rest).ok_or_else(syntax)?;
+        Ok((name.to_string(), op, value))
+    }
+
+    /// A matcher from its parts (`text` names it in errors).
+    pub fn new(text: &str, name: String, op: MatchOp, value: String) -> Result<Matcher, MatcherError> {
         let regex = match op {
             MatchOp::Regex | MatchOp::NotRegex => Some(anchored(&value).map_err(|e| MatcherError::Regex {
                 matcher: text.to_string(),
@@ -82,17 +94,21 @@ impl Matcher {
             })?),
             _ => None,
         };
-        Ok(Matcher {
-            name: name.to_string(),
-            op,
-            value,
-            regex,
-        })
+        Ok(Matcher { name, op, value, regex })
+    }
+
+    /// [`Matcher::matches`] over a label set (a stored alert's).
+    pub fn matches_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        let v = labels.get(&self.name).map(String::as_str).unwrap_or("");
+        self.matches_value(v)
     }
 
     /// Alertmanager semantics: an absent label is the empty string.
     pub fn matches(&self, alert: &Alert) -> bool {
-        let v = alert.label(&self.name);
+        self.matches_value(alert.label(&self.name))
+    }
+
+    fn matches_value(&self, v: &str) -> bool {
         match (self.op, &self.regex) {
             (MatchOp::Equal, _) => v == self.value,
             (MatchOp::NotEqual, _) => v != self.value,
@@ -100,6 +116,13 @@ impl Matcher {
             (MatchOp::NotRegex, Some(re)) => !re.is_match(v),
             (_, None) => false,
         }
+    }
+}
+
+impl PartialEq for Matcher {
+    fn eq(&self, other: &Matcher) -> bool {
+        // The regex is made from the value.
+        self.name == other.name && self.op == other.op && self.value == other.value
     }
 }
 

@@ -55,6 +55,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                         force: None,
                         budget: budget.clone(),
                         invalid: None,
+                        inhibit: r.inhibit.clone(),
                     };
                     let decision = match &store {
                         Some(store) => rt.block_on(store.preview(admission, config.clone()))?,

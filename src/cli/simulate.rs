@@ -74,7 +74,9 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
             let since = duration("since", args.since.as_deref().unwrap_or_default())?;
             let step = duration("step", &args.step)?;
             if step.as_millis() < 1000 {
-                return Err(Failure::usage("--step: at least 1s (alert rules are evaluated every second at best)"));
+                return Err(Failure::usage(
+                    "--step: at least 1s (alert rules are evaluated every second at best)",
+                ));
             }
             let resend = duration("resend-every", &args.resend_every)?;
             let until = Utc::now();

@@ -695,6 +695,70 @@ impl Cx<'_> {
                 out.min_effectiveness = Some(r);
             }
         }
+        out.freeze = self.window_names("freeze", &g.freeze);
+        out.only_during = self.window_names("only_during", &g.only_during);
+        out.inhibit_while_firing = self.inhibitions(&g.inhibit_while_firing);
+        out
+    }
+
+    /// Names of windows the config defines (`freeze`, `only_during`).
+    fn window_names(&mut self, key: &str, names: &[String]) -> Vec<String> {
+        for (i, name) in names.iter().enumerate() {
+            if self.config.window(name).is_none() {
+                let known: Vec<&str> = self.config.windows.iter().map(|w| w.name.as_str()).collect();
+                let all = if known.is_empty() {
+                    "no windows are defined in the config (`windows:`)".to_string()
+                } else {
+                    format!("defined windows: {}", known.join(", "))
+                };
+                self.problem_hint(
+                    &format!("guardrails.{key}[{i}]"),
+                    format!("unknown window `{name}`"),
+                    did_you_mean(name, &known, all),
+                );
+            }
+        }
+        names.to_vec()
+    }
+
+    /// `inhibit_while_firing`: matchers whose values may be templates.
+    fn inhibitions(&mut self, rules: &[Vec<String>]) -> Vec<Vec<crate::inhibit::InhibitMatcher>> {
+        let mut out = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let at = format!("guardrails.inhibit_while_firing[{i}]");
+            if rule.is_empty() {
+                self.problem(&at, "an empty list of matchers would hold for every firing alert");
+                continue;
+            }
+            let mut matchers = Vec::new();
+            for (j, text) in rule.iter().enumerate() {
+                let at = format!("{at}[{j}]");
+                let (name, op, value) = match Matcher::split(text) {
+                    Ok(parts) => parts,
+                    Err(e) => {
+                        self.problem(&at, e.to_string());
+                        continue;
+                    }
+                };
+                let Some(tpl) = self.template(&at, &value, crate::inhibit::ROOTS) else {
+                    continue;
+                };
+                // A literal regex is checked now; a rendered one when it renders.
+                if tpl.is_literal()
+                    && let Err(e) = Matcher::new(text, name.clone(), op, value)
+                {
+                    self.problem(&at, e.to_string());
+                    continue;
+                }
+                matchers.push(crate::inhibit::InhibitMatcher {
+                    source: text.clone(),
+                    name,
+                    op,
+                    value: tpl,
+                });
+            }
+            out.push(matchers);
+        }
         out
     }
 

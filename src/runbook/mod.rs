@@ -74,6 +74,15 @@ pub struct Guardrails {
     /// Block automated runs once enough judged runs say this share of
     /// them, or fewer, fixed the alert (see `store::effect`).
     pub min_effectiveness: Option<Ratio>,
+    /// Windows (config `windows:`) in which automated runs above low risk
+    /// wait for approval.
+    pub freeze: Vec<String>,
+    /// Windows outside all of which automated runs above low risk wait for
+    /// approval.
+    pub only_during: Vec<String>,
+    /// Rules, each a list of matchers one firing alert must all hold for
+    /// to block the run.
+    pub inhibit_while_firing: Vec<Vec<crate::inhibit::InhibitMatcher>>,
 }
 
 impl Default for Guardrails {
@@ -90,6 +99,9 @@ impl Default for Guardrails {
             dry_run: false,
             self_approval: false,
             min_effectiveness: None,
+            freeze: Vec::new(),
+            only_during: Vec::new(),
+            inhibit_while_firing: Vec::new(),
         }
     }
 }
@@ -172,6 +184,10 @@ pub enum ResolveError {
     /// The target template failed.
     #[error("target: {0}")]
     Target(TemplateError),
+    /// An `inhibit_while_firing` matcher failed to render, or rendered to
+    /// an invalid regular expression.
+    #[error("guardrails.inhibit_while_firing[{rule}][{matcher}]: {reason}")]
+    Inhibit { rule: usize, matcher: usize, reason: String },
     /// A step's input failed to render.
     #[error("step `{step}`: {source}")]
     Step {
@@ -186,6 +202,9 @@ pub enum ResolveError {
 pub struct Resolved {
     pub params: serde_json::Map<String, Value>,
     pub target: String,
+    /// `inhibit_while_firing`, rendered with these params and target.
+    #[serde(skip)]
+    pub inhibit: Vec<Vec<crate::matcher::Matcher>>,
 }
 
 /// All runbooks loaded from the configured paths, indexed for matching.
@@ -269,7 +288,38 @@ impl RunbookSet {
                 self.templates.render_string(tpl, &ctx).map_err(ResolveError::Target)?
             }
         };
-        Ok(Resolved { params, target })
+        let inhibit = self.inhibitions(rb, &base, &params, &target)?;
+        Ok(Resolved { params, target, inhibit })
+    }
+
+    /// Renders `inhibit_while_firing` for one run (strict, as every template).
+    fn inhibitions(
+        &self,
+        rb: &Runbook,
+        base: &Value,
+        params: &serde_json::Map<String, Value>,
+        target: &str,
+    ) -> Result<Vec<Vec<crate::matcher::Matcher>>, ResolveError> {
+        let rules = &rb.guardrails.inhibit_while_firing;
+        if rules.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = Context::wraps(json!({"params": params, "target": target, "runbook": base["runbook"]})).expect("a JSON value wraps");
+        rules
+            .iter()
+            .enumerate()
+            .map(|(rule, matchers)| {
+                matchers
+                    .iter()
+                    .enumerate()
+                    .map(|(matcher, m)| {
+                        let err = |reason: String| ResolveError::Inhibit { rule, matcher, reason };
+                        let value = self.templates.render_string(&m.value, &ctx).map_err(|e| err(e.to_string()))?;
+                        crate::matcher::Matcher::new(&m.source, m.name.clone(), m.op, value).map_err(|e| err(e.to_string()))
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// The context a step renders against.

@@ -177,6 +177,16 @@ pub struct RawGuardrails {
     /// runs are blocked (`ineffective`) and escalated instead.
     #[serde(default)]
     pub min_effectiveness: Option<Scalar>,
+    /// Windows of the config (`windows:`): inside any of them, automated runs above low risk wait for approval.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Windows of the config (`windows:`): outside all of them, automated runs above low risk wait for approval.
+    #[serde(default)]
+    pub only_during: Vec<String>,
+    /// Lists of Alertmanager matchers (values may be templates over `params`, `target`, `runbook`): while an
+    /// alert pitcrew holds as firing matches every matcher of one list, the run is blocked (`inhibited`).
+    #[serde(default)]
+    pub inhibit_while_firing: Vec<Vec<String>>,
 }
 
 /// Where this runbook's own notices go (`notify: {url}`).

@@ -208,6 +208,17 @@ pub trait Read {
     /// Audit records of [`REPORT_KINDS`] in `[since_us, until_us)`, one at a
     /// time: a range search on the records' time.
     fn report_records(&mut self, since_us: i64, until_us: i64, visit: &mut dyn FnMut(ReportRecord)) -> Result<(), StoreError>;
+    /// Alerts firing now (see [`Tx::firing_seen`]): seen after `seen_after_ms`
+    /// and not past their `endsAt` at `now_ms`; only those named `alertname`
+    /// when given (an index search), else every one. Each goes to `visit`
+    /// until it says stop.
+    fn firing(
+        &mut self,
+        alertname: Option<&str>,
+        seen_after_ms: i64,
+        now_ms: i64,
+        visit: &mut dyn FnMut(crate::inhibit::Firing) -> bool,
+    ) -> Result<(), StoreError>;
 }
 
 /// The least string above every string that starts with `prefix`, for a
@@ -250,6 +261,23 @@ pub trait Tx: Read {
     fn alert_insert(&mut self, id: &[u8; 16]) -> Result<bool, StoreError>;
     /// Keeps (or clears) what reconsidering the notification needs.
     fn alert_mark(&mut self, id: &[u8; 16], received_seq: Option<u64>, decided_ms: Option<i64>) -> Result<(), StoreError>;
+    /// A firing notification of the alert `fingerprint`: it fires now
+    /// (`labels` as JSON), since `starts_ms`, until `ends_ms` if known;
+    /// one row per fingerprint, a later episode replacing an earlier one.
+    fn firing_seen(
+        &mut self,
+        fingerprint: &str,
+        alertname: &str,
+        labels: &str,
+        starts_ms: i64,
+        ends_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// A resolved notification: the alert's row goes, unless it is of a
+    /// later episode than `starts_ms` (a late resolve of an older one).
+    fn firing_resolved(&mut self, fingerprint: &str, starts_ms: i64) -> Result<(), StoreError>;
+    /// Forgets up to `limit` alerts not seen since `before_ms` (their resolve never came).
+    fn firing_forget(&mut self, before_ms: i64, limit: usize) -> Result<(), StoreError>;
     /// The target is alerting now (for the storm brake).
     fn target_alerting(&mut self, target: &str, ms: i64) -> Result<(), StoreError>;
 

@@ -148,6 +148,18 @@ const TABLES: &[Table] = &[
         ],
     ),
     ("target_alerts", "", &[("target", Col::Text), ("ms", Col::Int8)]),
+    (
+        "firing_alerts",
+        "",
+        &[
+            ("fingerprint", Col::Text),
+            ("alertname", Col::Text),
+            ("labels", Col::Text),
+            ("starts_ms", Col::Int8),
+            ("ends_ms", Col::Int8),
+            ("seen_ms", Col::Int8),
+        ],
+    ),
     ("notices", "", &[("kind", Col::Text), ("ms", Col::Int8)]),
     (
         "breakers",

@@ -201,6 +201,8 @@ pub struct Admission {
     pub budget: Option<BudgetStatus>,
     /// Params or target could not be resolved: recorded as blocked.
     pub invalid: Option<String>,
+    /// `guardrails.inhibit_while_firing`, rendered for this run.
+    pub inhibit: Vec<Vec<crate::matcher::Matcher>>,
 }
 
 /// One alert of a webhook delivery with the runs it would start.

@@ -131,6 +131,16 @@ CREATE TABLE effectiveness (runbook TEXT PRIMARY KEY, judged INTEGER NOT NULL, e
     notified BOOLEAN NOT NULL);
 "#,
     ),
+    (
+        4,
+        r#"
+-- Alerts firing now, for `inhibit_while_firing` (see the SQLite layout).
+CREATE TABLE firing_alerts (fingerprint TEXT PRIMARY KEY, alertname TEXT NOT NULL, labels TEXT NOT NULL,
+    starts_ms BIGINT NOT NULL, ends_ms BIGINT, seen_ms BIGINT NOT NULL);
+CREATE INDEX firing_by_name ON firing_alerts (alertname, seen_ms);
+CREATE INDEX firing_seen ON firing_alerts (seen_ms);
+"#,
+    ),
 ];
 
 impl From<::postgres::Error> for StoreError {
@@ -547,6 +557,13 @@ pub fn facts_sql(used: u8) -> (&'static str, &'static [&'static str]) {
     })
 }
 
+/// Alerts named $1 firing now (seen since $2, not ended at $3): the
+/// `firing_by_name` index, over what fires now only.
+pub const FIRING_NAMED: &str =
+    "SELECT fingerprint, labels FROM firing_alerts WHERE alertname = $1 AND seen_ms > $2 AND (ends_ms IS NULL OR ends_ms > $3)";
+/// Every alert firing now, for a rule without an alertname.
+pub const FIRING_ALL: &str = "SELECT fingerprint, labels FROM firing_alerts WHERE seen_ms > $1 AND (ends_ms IS NULL OR ends_ms > $2)";
+
 /// Every part: what a runbook using every guardrail asks (for tests).
 pub const ALL_FACTS: u8 = 0b111_1111;
 
@@ -899,6 +916,29 @@ impl Read for PgConn {
             },
         )
     }
+
+    fn firing(
+        &mut self,
+        alertname: Option<&str>,
+        seen_after_ms: i64,
+        now_ms: i64,
+        visit: &mut dyn FnMut(crate::inhibit::Firing) -> bool,
+    ) -> Result<(), StoreError> {
+        let rows = match alertname {
+            Some(name) => self.query(FIRING_NAMED, &[&name, &seen_after_ms, &now_ms])?,
+            None => self.query(FIRING_ALL, &[&seen_after_ms, &now_ms])?,
+        };
+        for row in rows {
+            let fingerprint: String = row.get(0);
+            let labels: String = row.get(1);
+            let labels =
+                serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("firing alert {fingerprint}: labels: {e}")))?;
+            if !visit(crate::inhibit::Firing { fingerprint, labels }) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Tx for PgConn {
@@ -953,6 +993,42 @@ impl Tx for PgConn {
         self.execute(
             "UPDATE alerts SET received_seq = $2, decided_ms = $3 WHERE id = $1",
             &[&id, &seq, &decided_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_seen(
+        &mut self,
+        fingerprint: &str,
+        alertname: &str,
+        labels: &str,
+        starts_ms: i64,
+        ends_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, ends_ms, seen_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (fingerprint) DO UPDATE SET alertname = excluded.alertname, labels = excluded.labels, \
+             starts_ms = excluded.starts_ms, ends_ms = excluded.ends_ms, seen_ms = excluded.seen_ms \
+             WHERE excluded.starts_ms >= firing_alerts.starts_ms",
+            &[&fingerprint, &alertname, &labels, &starts_ms, &ends_ms, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_resolved(&mut self, fingerprint: &str, starts_ms: i64) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM firing_alerts WHERE fingerprint = $1 AND starts_ms <= $2",
+            &[&fingerprint, &starts_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_forget(&mut self, before_ms: i64, limit: usize) -> Result<(), StoreError> {
+        let limit = limit as i64;
+        self.execute(
+            "DELETE FROM firing_alerts WHERE fingerprint IN (SELECT fingerprint FROM firing_alerts WHERE seen_ms < $1 LIMIT $2)",
+            &[&before_ms, &limit],
         )?;
         Ok(())
     }

@@ -18,6 +18,7 @@ use super::*;
 use crate::audit::{self, Event, kind};
 use crate::clock::Clock;
 use crate::guard::{self, Request, STORM_WINDOW, Verdict, Windows};
+use crate::inhibit;
 use crate::redact::Redactor;
 
 /// The last record of the audit chain, as the next record needs it.
@@ -130,7 +131,15 @@ pub(super) fn shown(mut exec: Execution, redactor: &Redactor) -> Execution {
 
 /// The guardrails' decision for an admission at `now_ms`, from the facts
 /// stored now (inside the deciding transaction, or on a read for `preview`).
-fn decide(read: &mut dyn Read, adm: &Admission, config: &Config, now_ms: i64) -> Result<(Decision, guard::Facts), StoreError> {
+/// `own`: the fingerprint of the alert being decided, which does not
+/// inhibit itself.
+fn decide(
+    read: &mut dyn Read,
+    adm: &Admission,
+    config: &Config,
+    now_ms: i64,
+    own: Option<&str>,
+) -> Result<(Decision, guard::Facts), StoreError> {
     let rb = &adm.runbook;
     let windows = Windows::for_runbook(rb, config);
     let mut f = read.facts(&rb.name, &adm.target, windows, now_ms)?;
@@ -139,6 +148,7 @@ fn decide(read: &mut dyn Read, adm: &Admission, config: &Config, now_ms: i64) ->
     {
         (f.judged_runs, f.effective_runs, f.ineffective_notified) = (e.judged, e.effective, e.notified);
     }
+    f.inhibited_by = inhibitor(read, &adm.inhibit, own, now_ms)?;
     let request = Request {
         runbook: rb,
         target: &adm.target,
@@ -148,6 +158,53 @@ fn decide(read: &mut dyn Read, adm: &Admission, config: &Config, now_ms: i64) ->
         now_ms,
     };
     Ok((guard::decide(&request, &f, adm.budget.as_ref(), config), f))
+}
+
+/// The first firing alert one of `rules` holds for. A rule naming an
+/// `alertname` reads only the alerts of that name firing now (an index
+/// search); one without reads every alert firing now. Either way the rows
+/// are what fires now: resolved alerts leave the table, so history never
+/// adds to the cost.
+fn inhibitor(
+    read: &mut dyn Read,
+    rules: &[Vec<crate::matcher::Matcher>],
+    own: Option<&str>,
+    now_ms: i64,
+) -> Result<Option<guard::Inhibitor>, StoreError> {
+    let seen_after = now_ms - inhibit::FIRING_EXPIRES.as_millis() as i64;
+    for rule in rules {
+        let mut found = None;
+        read.firing(inhibit::alertname(rule), seen_after, now_ms, &mut |f| {
+            if inhibit::holds(rule, &f, own) {
+                found = Some(f);
+                return false;
+            }
+            true
+        })?;
+        if let Some(alert) = found {
+            return Ok(Some(guard::Inhibitor {
+                alert,
+                rule: inhibit::describe(rule),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Keeps the set of alerts firing now (`inhibit_while_firing`) current:
+/// every notification, whichever runbook it matches (or none), new or
+/// re-sent (a re-send keeps a firing alert from expiring).
+fn track_firing(t: &mut Txn<'_>, alert: &Alert) -> Result<(), StoreError> {
+    let starts_ms = alert.starts_at.timestamp_millis();
+    match alert.status {
+        crate::alert::AlertStatus::Firing => {
+            let labels = serde_json::to_string(&alert.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let now_ms = t.now_ms();
+            let ends_ms = alert.ends_at.map(|e| e.timestamp_millis());
+            t.tx.firing_seen(&alert.fingerprint, alert.name(), &labels, starts_ms, ends_ms, now_ms)
+        }
+        crate::alert::AlertStatus::Resolved => t.tx.firing_resolved(&alert.fingerprint, starts_ms),
+    }
 }
 
 /// A notification against the dedupe set.
@@ -176,7 +233,7 @@ fn dedupe(read: &mut dyn Read, id: &[u8; 16], now_ms: i64, config: &Config) -> R
 fn passes_with_time(decided_by: &str) -> bool {
     matches!(
         decided_by,
-        "cooldown" | "rate_limit" | "runbook_rate_limit" | "global_limit" | "concurrency" | "storm_brake" | "budget"
+        "cooldown" | "rate_limit" | "runbook_rate_limit" | "global_limit" | "concurrency" | "storm_brake" | "budget" | "inhibited"
     )
 }
 
@@ -203,6 +260,7 @@ fn intake(t: &mut Txn<'_>, mut alerts: Vec<IntakeAlert>, config: &Config) -> Res
     for item in alerts.iter_mut() {
         let alert = &item.alert;
         let now_ms = t.now_ms();
+        track_firing(t, alert)?;
         // One statement for a new notification (the common case); the
         // dedupe rule is read only for one seen before.
         let seen = if t.tx.alert_insert(&item.dedupe_id)? {
@@ -303,7 +361,8 @@ fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, confi
         };
         (decision, guard::Facts::default())
     } else {
-        decide(t.tx, adm, config, now_ms)?
+        let own = alert.as_ref().map(|a| a.alert().fingerprint.as_str());
+        decide(t.tx, adm, config, now_ms, own)?
     };
     let state = match decision.verdict {
         Verdict::Run => State::Queued,
@@ -701,7 +760,8 @@ impl<B: Backend> Store for Ledger<B> {
 
     async fn preview(&self, adm: Admission, config: std::sync::Arc<Config>) -> Result<Decision, StoreError> {
         let now_ms = self.clock.now().timestamp_millis();
-        self.read(move |conn| decide(conn, &adm, &config, now_ms).map(|(d, _)| d)).await
+        self.read(move |conn| decide(conn, &adm, &config, now_ms, None).map(|(d, _)| d))
+            .await
     }
 
     async fn claim(&self, worker: &str, id: Option<String>) -> Result<Option<Execution>, StoreError> {
@@ -1140,7 +1200,14 @@ impl<B: Backend> Store for Ledger<B> {
         let from = self.prune_cursor.load(Ordering::Relaxed);
         let before_ms = before.timestamp_millis();
         let storm_cutoff = self.clock.now().timestamp_millis() - STORM_WINDOW.as_millis() as i64;
-        let (pruned, last) = self.write(move |t| t.tx.prune(from, limit, before_ms, storm_cutoff)).await?;
+        let firing_cutoff = self.clock.now().timestamp_millis() - inhibit::FIRING_EXPIRES.as_millis() as i64;
+        let (pruned, last) = self
+            .write(move |t| {
+                // Alerts whose resolve never came fire no more.
+                t.tx.firing_forget(firing_cutoff, limit)?;
+                t.tx.prune(from, limit, before_ms, storm_cutoff)
+            })
+            .await?;
         // Moved only once the deletes are committed: a batch rolled back with
         // its group is walked again.
         self.prune_cursor.store(if pruned.more { last } else { 0 }, Ordering::Relaxed);

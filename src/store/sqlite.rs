@@ -118,6 +118,15 @@ CREATE TABLE IF NOT EXISTS steps (
 -- so counting alerting targets never scans every alert of a storm.
 CREATE TABLE IF NOT EXISTS target_alerts (target TEXT PRIMARY KEY, ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS target_alerts_ms ON target_alerts(ms);
+-- Alerts firing now, for `inhibit_while_firing`: one row per fingerprint,
+-- written by firing notifications (new or re-sent) and deleted by resolved
+-- ones, so it holds what fires now, never history. A row whose resolve
+-- never came stops counting when not seen for `inhibit::FIRING_EXPIRES`
+-- and is then pruned. Looked up by alertname.
+CREATE TABLE IF NOT EXISTS firing_alerts (fingerprint TEXT PRIMARY KEY, alertname TEXT NOT NULL, labels TEXT NOT NULL,
+    starts_ms INTEGER NOT NULL, ends_ms INTEGER, seen_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS firing_by_name ON firing_alerts(alertname, seen_ms);
+CREATE INDEX IF NOT EXISTS firing_seen ON firing_alerts(seen_ms);
 CREATE TABLE IF NOT EXISTS notices (kind TEXT NOT NULL, ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS notices_kind ON notices(kind, ms);
 CREATE TABLE IF NOT EXISTS breakers (
@@ -180,8 +189,10 @@ CREATE TABLE IF NOT EXISTS effectiveness (
 );
 
 /// The layout this code reads and writes (`PRAGMA user_version`). A state
-/// file made before layouts were numbered is upgraded once, at open.
-const LAYOUT: i64 = 3;
+/// file made before layouts were numbered is upgraded once, at open; one
+/// of an older number gets the tables and indexes added since.
+/// 3: `effect_watch`, `effectiveness`; 4: `firing_alerts`.
+const LAYOUT: i64 = 4;
 
 /// Brings the state file to [`LAYOUT`], then makes sure every table and
 /// index of [`SCHEMA`] exists.
@@ -740,6 +751,13 @@ mod fact_sql {
     pub const STORM_NOTIFIED: &str = "SELECT COUNT(*) FROM notices WHERE kind = 'storm' AND ms > ?1";
     pub const BREAKER: &str = "SELECT COUNT(*) FROM breakers WHERE runbook = ?1 AND target = ?2";
     pub const BREAKER_RESET: &str = "SELECT ms FROM breaker_resets WHERE runbook = ?1 AND target = ?2";
+    /// Alerts named ?1 firing now (seen since ?2, not ended at ?3).
+    pub const FIRING_NAMED: &str = "SELECT fingerprint, labels FROM firing_alerts INDEXED BY firing_by_name \
+        WHERE alertname = ?1 AND seen_ms > ?2 AND (ends_ms IS NULL OR ends_ms > ?3)";
+    /// Every alert firing now: the table holds only those (and a few stale
+    /// ones until pruned), so this walks what fires now, never history.
+    pub const FIRING_ALL: &str = "SELECT fingerprint, labels FROM firing_alerts INDEXED BY firing_seen \
+        WHERE seen_ms > ?1 AND (ends_ms IS NULL OR ends_ms > ?2)";
 
     #[cfg(test)]
     pub const ALL: [&str; 9] = [
@@ -800,6 +818,8 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
         judged_runs: 0,
         effective_runs: 0,
         ineffective_notified: false,
+        // Looked up by the rules (`inhibit_while_firing`), not per runbook and target.
+        inhibited_by: None,
     })
 }
 
@@ -1059,6 +1079,33 @@ impl Read for SqliteConn {
         Ok(())
     }
 
+    fn firing(
+        &mut self,
+        alertname: Option<&str>,
+        seen_after_ms: i64,
+        now_ms: i64,
+        visit: &mut dyn FnMut(crate::inhibit::Firing) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut stmt = match alertname {
+            Some(_) => self.conn.prepare_cached(fact_sql::FIRING_NAMED)?,
+            None => self.conn.prepare_cached(fact_sql::FIRING_ALL)?,
+        };
+        let mut rows = match alertname {
+            Some(name) => stmt.query(params![name, seen_after_ms, now_ms])?,
+            None => stmt.query(params![seen_after_ms, now_ms])?,
+        };
+        while let Some(row) = rows.next()? {
+            let fingerprint: String = row.get(0)?;
+            let labels: String = row.get(1)?;
+            let labels =
+                serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("firing alert {fingerprint}: labels: {e}")))?;
+            if !visit(crate::inhibit::Firing { fingerprint, labels }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn report_records(&mut self, since_us: i64, until_us: i64, visit: &mut dyn FnMut(ReportRecord)) -> Result<(), StoreError> {
         // Records are in time order: the range is a range of seq.
         let (from, to) = (seq_from(&self.conn, since_us)?, seq_from(&self.conn, until_us)?);
@@ -1137,6 +1184,45 @@ impl Tx for SqliteConn {
             &self.conn,
             "UPDATE alerts SET received_seq = ?2, decided_ms = ?3 WHERE id = ?1",
             params![&id[..], received_seq.map(|s| s as i64), decided_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_seen(
+        &mut self,
+        fingerprint: &str,
+        alertname: &str,
+        labels: &str,
+        starts_ms: i64,
+        ends_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, ends_ms, seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT(fingerprint) DO UPDATE SET alertname = excluded.alertname, labels = excluded.labels, \
+             starts_ms = excluded.starts_ms, ends_ms = excluded.ends_ms, seen_ms = excluded.seen_ms \
+             WHERE excluded.starts_ms >= firing_alerts.starts_ms",
+            params![fingerprint, alertname, labels, starts_ms, ends_ms, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_resolved(&mut self, fingerprint: &str, starts_ms: i64) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "DELETE FROM firing_alerts WHERE fingerprint = ?1 AND starts_ms <= ?2",
+            params![fingerprint, starts_ms],
+        )?;
+        Ok(())
+    }
+
+    fn firing_forget(&mut self, before_ms: i64, limit: usize) -> Result<(), StoreError> {
+        run_sql(
+            &self.conn,
+            "DELETE FROM firing_alerts WHERE fingerprint IN \
+             (SELECT fingerprint FROM firing_alerts INDEXED BY firing_seen WHERE seen_ms < ?1 LIMIT ?2)",
+            params![before_ms, limit as i64],
         )?;
         Ok(())
     }
@@ -1783,6 +1869,90 @@ mod tests {
             assert!(!scans_a_table, "{sql}: plan scans: {text}");
             assert!(text.contains("SEARCH"), "{sql}: plan does not search an index: {text}");
         }
+    }
+
+    /// Inhibition's lookup costs the same after 100,000 alerts fired and
+    /// resolved and with 100,000 others firing under other names: resolves
+    /// leave no rows behind, and a rule naming an alertname reads only the
+    /// alerts of that name firing now (VM steps, as above, and the plan).
+    #[test]
+    fn inhibition_lookups_cost_the_same_after_100k_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = SqliteConn::open(&path).unwrap();
+        prepare_schema(&conn.conn).unwrap();
+        let now_ms: i64 = 10_000_000_000;
+        let since = now_ms - crate::inhibit::FIRING_EXPIRES.as_millis() as i64;
+        let labels = r#"{"alertname":"DatabaseDown","cluster":"eu1"}"#;
+        conn.firing_seen("db", "DatabaseDown", labels, now_ms - 60_000, None, now_ms - 60_000)
+            .unwrap();
+        let steps = |path: &Path| {
+            let conn = open_connection(path).unwrap();
+            let mut stmt = conn.prepare_cached(fact_sql::FIRING_NAMED).unwrap();
+            let found: Vec<String> = stmt
+                .query_map(params!["DatabaseDown", since, now_ms], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(found, ["db"]);
+            stmt.get_status(rusqlite::StatementStatus::VmStep)
+        };
+        let fresh = steps(&path);
+
+        // 100,000 alerts of that name fire and resolve, through the store's own writes.
+        conn.conn.execute_batch("BEGIN").unwrap();
+        for i in 0..100_000i64 {
+            let fp = format!("h{i}");
+            conn.firing_seen(&fp, "DatabaseDown", labels, i, None, now_ms - 3_600_000).unwrap();
+            conn.firing_resolved(&fp, i).unwrap();
+        }
+        // And 100,000 others fire now under other names.
+        conn.conn
+            .execute_batch(&format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+                 INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, seen_ms)
+                 SELECT printf('o%06d', i), printf('Other%d', i % 50), '{{}}', i, {now_ms} - i FROM n;
+                 COMMIT;"
+            ))
+            .unwrap();
+        let rows: i64 = conn
+            .conn
+            .query_row("SELECT COUNT(*) FROM firing_alerts WHERE alertname = 'DatabaseDown'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 1, "a resolve deletes its alert's row: no history stays behind");
+        let after = steps(&path);
+        eprintln!("VM steps per inhibition lookup: fresh {fresh}, after 100k resolved and 100k others firing {after}");
+        assert!(after <= fresh + 5 && after < 60, "{after} VM steps vs {fresh} fresh");
+        let detail: String = conn
+            .conn
+            .query_row(&format!("EXPLAIN QUERY PLAN {}", fact_sql::FIRING_NAMED), params!["x", 0, 0], |r| {
+                r.get(3)
+            })
+            .unwrap();
+        assert!(detail.starts_with("SEARCH firing_alerts USING INDEX firing_by_name"), "{detail}");
+        // Alerts whose resolve never came are pruned once expired.
+        conn.firing_forget(now_ms, 1_000_000).unwrap();
+        let left: i64 = conn.conn.query_row("SELECT COUNT(*) FROM firing_alerts", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, 0);
+    }
+
+    /// A state file of layout 2 gets the tables added since when opened.
+    #[test]
+    fn a_layout_2_state_file_gets_the_firing_alerts_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let conn = open_connection(&path).unwrap();
+        prepare_schema(&conn).unwrap();
+        conn.execute_batch("DROP TABLE firing_alerts; PRAGMA user_version = 2;").unwrap();
+        drop(conn);
+        let conn = open_connection(&path).unwrap();
+        prepare_schema(&conn).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, LAYOUT);
+        conn.execute_batch("SELECT fingerprint, alertname, labels, starts_ms, ends_ms, seen_ms FROM firing_alerts")
+            .unwrap();
     }
 
     /// Expanding an id prefix and asking whether a run started an action

@@ -45,6 +45,7 @@ fn asked_by(h: &Harness, name: &str, actor: &str) -> Admission {
         force: None,
         budget: None,
         invalid: None,
+        inhibit: Vec::new(),
     }
 }
 

@@ -1133,3 +1133,51 @@ fn read_only_commands_never_create_state_and_say_where_they_looked() {
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
     assert!(text(&out).0.contains("say"));
 }
+
+/// `match` shows the window verdict and an inhibiting alert, as serve
+/// would decide now (a window of every whole day holds at any time).
+#[tokio::test]
+async fn match_shows_the_window_and_the_inhibiting_alert() {
+    let h = crate::support::Harness::new(
+        r#"apiVersion: pitcrew/v1
+name: fix
+trigger: {alertname: AppDown}
+risk: medium
+guardrails:
+  freeze: [always]
+  inhibit_while_firing: [['alertname="DbDown"']]
+steps: [{name: a, action: log, with: {message: m}}]
+"#,
+        "windows: [{name: always, from: \"00:00\", to: \"00:00\"}]\n",
+    );
+    // `match` decides at the wall clock's time: the database alert arrives then.
+    {
+        use pitcrew::clock::Clock;
+        h.clock.advance(chrono::Utc::now() - h.clock.now());
+    }
+    h.post(&crate::support::payload(vec![crate::support::alert(&[("alertname", "DbDown")])]))
+        .await;
+    let file = h.dir.path().join("alert.json");
+    std::fs::write(&file, crate::support::alert(&[("alertname", "AppDown")]).to_string()).unwrap();
+    let config = h.dir.path().join("pitcrew.yaml");
+    let (config, file) = (config.to_str().unwrap(), file.to_str().unwrap());
+    let out = pitcrew(&["--config", config, "match", "--alert", file, "--output", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &report[0]["matches"][0];
+    assert_eq!(
+        (m["verdict"].as_str(), m["decided_by"].as_str()),
+        (Some("blocked"), Some("inhibited")),
+        "{m:#}"
+    );
+    let checks = m["guardrails"].as_array().unwrap();
+    let freeze = checks.iter().find(|c| c["guardrail"] == "freeze").unwrap();
+    assert_eq!(freeze["verdict"], "approve");
+    assert!(
+        freeze["detail"]
+            .as_str()
+            .unwrap()
+            .contains("inside freeze window always (daily 00:00–00:00 UTC)")
+    );
+    let (table, _) = text(&pitcrew(&["--config", config, "match", "--alert", file]));
+    assert!(table.contains("freeze") && table.contains("DbDown is firing"), "{table}");
+}

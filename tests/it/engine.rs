@@ -501,6 +501,7 @@ steps:
         force: None,
         budget: None,
         invalid: None,
+        inhibit: Vec::new(),
     };
     h.engine.admit(admission, None).await.unwrap();
     h.run_queued().await;
@@ -540,6 +541,7 @@ steps:
     let resolved = pitcrew::runbook::Resolved {
         params: Default::default(),
         target: "chain".into(),
+        inhibit: Vec::new(),
     };
     let admission = h.engine.manual_admission(&rb, resolved, "user:test".into(), true, None).await;
     let id = admission.id.clone();

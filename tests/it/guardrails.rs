@@ -121,6 +121,7 @@ fn manual(h: &Harness, name: &str, instance: &str) -> Admission {
         force: None,
         budget: None,
         invalid: None,
+        inhibit: resolved.inhibit,
     }
 }
 

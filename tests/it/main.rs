@@ -40,3 +40,7 @@ mod report_on_postgres;
 mod server;
 mod simulate;
 mod support;
+mod windows;
+/// The same window and inhibition tests, on the PostgreSQL store.
+#[path = "windows.rs"]
+mod windows_on_postgres;

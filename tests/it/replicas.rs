@@ -691,6 +691,66 @@ fn deciding_on_postgres_costs_the_same_after_100k_blocked_executions() {
     );
 }
 
+/// Inhibition's lookup on PostgreSQL reads as few pages with 100,000
+/// alerts firing under other names (and 100,000 seen long ago) as with one
+/// alert: an index search by alertname, never a scan of what fires.
+#[test]
+fn inhibition_lookups_on_postgres_cost_the_same_with_100k_other_alerts_firing() {
+    let pg = crate::pg::cluster();
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let store = pitcrew::config::StoreConfig {
+        url: url.clone(),
+        password: Some(crate::pg::PASSWORD.to_string()),
+        lease: pitcrew::units::Duration::from_secs(15),
+    };
+    pitcrew::store::postgres::migrate_url(&store).unwrap();
+    let now_ms: i64 = 10_000_000_000;
+    let since = now_ms - pitcrew::inhibit::FIRING_EXPIRES.as_millis() as i64;
+    let plan = || -> Value {
+        let out = pg.admin(
+            &db,
+            &format!(
+                "SET plan_cache_mode = force_custom_plan; \
+                 PREPARE firing(text, bigint, bigint) AS {}; \
+                 EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE firing('DatabaseDown', {since}, {now_ms})",
+                pitcrew::store::postgres::FIRING_NAMED
+            ),
+        );
+        serde_json::from_str::<Value>(&out).unwrap()[0].clone()
+    };
+    let pages = |p: &Value| {
+        assert_eq!(p["Plan"]["Actual Rows"], 1, "{p:#}");
+        p["Plan"]["Shared Hit Blocks"].as_u64().unwrap() + p["Plan"]["Shared Read Blocks"].as_u64().unwrap()
+    };
+    pg.admin(
+        &db,
+        &format!(
+            "INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, seen_ms) \
+             VALUES ('db', 'DatabaseDown', '{{\"alertname\":\"DatabaseDown\"}}', {now_ms}, {now_ms}); ANALYZE;"
+        ),
+    );
+    pages(&plan());
+    let fresh = pages(&plan());
+    pg.admin(
+        &db,
+        &format!(
+            "INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, seen_ms)
+             SELECT 'o' || i, 'Other' || (i % 50), '{{}}', i, {now_ms} - i FROM generate_series(1, 100000) i;
+             INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, seen_ms)
+             SELECT 'stale' || i, 'DatabaseDown', '{{}}', i, {since} - i FROM generate_series(1, 100000) i;
+             ANALYZE;"
+        ),
+    );
+    pages(&plan());
+    let crowded_plan = plan();
+    // A one-row table is scanned (what the planner picks while it is that small); a crowded one never.
+    assert_ne!(crowded_plan["Plan"]["Node Type"], "Seq Scan", "{crowded_plan:#}");
+    let crowded = pages(&crowded_plan);
+    eprintln!("pages per inhibition lookup: one alert firing {fresh}, with 200,000 others {crowded}");
+    assert!(crowded <= fresh + 4 && crowded < 20, "{crowded} pages vs {fresh}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_longer_than_the_lease_takes_no_live_run_from_its_replica() {
     // Its own cluster: it is stopped for longer than the lease.
