@@ -756,17 +756,25 @@ mod tests {
     fn firing_samples_become_episodes_with_resends_and_resolves() {
         let labels = |name: &str| BTreeMap::from([("alertname".to_string(), name.to_string())]);
         let minute = 60_000;
+        // Minutes from a real instant (a zero `startsAt` means "not given").
+        let t0: i64 = 1_796_000_000_000 / minute * minute;
+        let at = |m: i64| t0 + m * minute;
         let series = BTreeMap::from([
             // 0..=4m, a gap, 10..=11m: two episodes.
-            (labels("Flap"), vec![0, minute, 2 * minute, 3 * minute, 4 * minute, 10 * minute, 11 * minute]),
+            (labels("Flap"), [0, 1, 2, 3, 4, 10, 11].into_iter().map(at).collect()),
             // Fires from 5m to the end (20m).
-            (labels("Long"), (5..=20).map(|m| m * minute).collect()),
+            (labels("Long"), (5..=20).map(at).collect()),
         ]);
-        let got: Vec<(i64, String, &str, i64)> = episodes(series, minute, 20 * minute, Some(6 * minute))
+        let got: Vec<(i64, String, &str, i64)> = episodes(series, minute, at(20), Some(6 * minute))
             .iter()
             .map(|n| {
                 let a = &n.alerts[0];
-                (n.at.timestamp_millis() / minute, a.name().to_string(), a.status.as_str(), a.starts_at.timestamp_millis() / minute)
+                (
+                    (n.at.timestamp_millis() - t0) / minute,
+                    a.name().to_string(),
+                    a.status.as_str(),
+                    (a.starts_at.timestamp_millis() - t0) / minute,
+                )
             })
             .collect();
         let want = [
@@ -780,13 +788,11 @@ mod tests {
         ];
         let want: Vec<(i64, String, &str, i64)> = want.iter().map(|(a, n, s, t)| (*a, n.to_string(), *s, *t)).collect();
         assert_eq!(got, want);
-        let resolved = episodes(
-            BTreeMap::from([(labels("Flap"), vec![0, minute])]),
-            minute,
-            20 * minute,
-            None,
+        let resolved = episodes(BTreeMap::from([(labels("Flap"), vec![at(0), at(1)])]), minute, at(20), None);
+        assert_eq!(resolved[1].alerts[0].ends_at.map(|t| t.timestamp_millis()), Some(at(2)));
+        assert_eq!(
+            resolved[0].alerts[0].fingerprint, resolved[1].alerts[0].fingerprint,
+            "one alert, two notifications"
         );
-        assert_eq!(resolved[1].alerts[0].ends_at.map(|t| t.timestamp_millis()), Some(2 * minute));
-        assert_eq!(resolved[0].alerts[0].fingerprint, resolved[1].alerts[0].fingerprint, "one alert, two notifications");
     }
 }
