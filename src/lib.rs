@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod store;
 
 pub mod alert;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -17,6 +18,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod runbook;
 pub mod server;
+pub mod slack;
 
 pub mod clock;
 pub mod diag;

@@ -11,6 +11,7 @@ mod approvals;
 #[path = "approvals.rs"]
 mod approvals_on_postgres;
 mod audit;
+mod authz;
 mod budget_prometheus;
 mod checkpoint;
 mod cli;
@@ -34,4 +35,5 @@ mod realparts;
 mod reload;
 mod replicas;
 mod server;
+mod slack;
 mod support;
