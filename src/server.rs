@@ -208,6 +208,9 @@ async fn drain(AxumState(state): AxumState<Shared>, req: Request, next: Next) ->
 /// - An `Origin` header (browsers send it on cross-site requests and on every
 ///   POST) not listed in `server.allowed_origins` is 403, on every endpoint.
 ///   Alertmanager, curl and the CLI send none.
+/// - Slack's interactions (`crate::slack`), when Slack is configured, skip
+///   the loopback rule: their signature authenticates them, and Slack
+///   reaches pitcrew under its public name.
 async fn browser_rules(AxumState(state): AxumState<Shared>, req: Request, next: Next) -> Response {
     let config = state.engine.config();
     // Slack's interactions are authenticated by their signature, not by

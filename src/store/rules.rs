@@ -383,12 +383,12 @@ fn checks_record(decision: &Decision) -> Value {
         .into()
 }
 
-/// A pending approval past its deadline: cancelled, denied by `system:timeout`.
 /// The `access.refused` record of a refusal by `permissions`.
 fn refused(refusal: &crate::authz::Refusal) -> Event {
     Event::new(kind::ACCESS_REFUSED, &refusal.actor, refusal.data())
 }
 
+/// A pending approval past its deadline: cancelled, denied by `system:timeout`.
 fn expire_approval(t: &mut Txn<'_>, id: &str, runbook: &str, target: &str) -> Result<(), StoreError> {
     let why = "approval timed out";
     let finished_ms = t.now_ms();

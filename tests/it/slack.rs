@@ -321,6 +321,19 @@ async fn a_signed_click_approves_and_everything_else_is_refused_with_nothing_cha
     let (status, answer) = interact(&h, &good, now, &sign(SIGNING_SECRET, now, &good)).await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert_eq!(snapshot(&h, &id).await, after);
+    // On another replica (its own memory of signatures, the same store) the
+    // replay finds the run no longer waiting: refused, nothing changes.
+    let other = Harness::with_store(
+        tempfile::tempdir().unwrap(),
+        h.clock.clone(),
+        h.engine.config().clone(),
+        h.engine.runbooks(),
+        h.store().clone(),
+    );
+    let (status, answer) = interact(&other, &good, now, &sign(SIGNING_SECRET, now, &good)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("not pending_approval"), "{answer}");
+    assert_eq!(snapshot(&h, &id).await, after);
 
     // The two-person rule: carol asked for this run through the API, and her
     // Slack user is the same person.
