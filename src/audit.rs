@@ -27,6 +27,9 @@ pub mod kind {
     pub const APPROVAL_DENIED: &str = "approval.denied";
     /// An approval refused by the two-person rule; the execution stays pending.
     pub const APPROVAL_REFUSED: &str = "approval.refused";
+    /// A manual run, an approval or a denial refused by the runbook's
+    /// `permissions` (or from a Slack user `slack.users` does not know).
+    pub const ACCESS_REFUSED: &str = "access.refused";
     pub const CONFIG_LOADED: &str = "config.loaded";
     pub const OVERRIDE: &str = "override";
     pub const EXECUTION_RECOVERED: &str = "execution.recovered";

@@ -54,6 +54,30 @@ struct RawConfig {
     store: Option<RawStore>,
     #[serde(default)]
     windows: Vec<crate::window::RawWindow>,
+    slack: Option<RawSlack>,
+}
+
+/// `slack:`, approvals from Slack (see `crate::slack`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlack {
+    api_url: Option<String>,
+    bot_token: Option<String>,
+    bot_token_file: Option<String>,
+    signing_secret: Option<String>,
+    signing_secret_file: Option<String>,
+    channel: String,
+    #[serde(default)]
+    users: std::collections::BTreeMap<String, String>,
+}
+
+/// One `auth.users` entry: a CLI identity (an OS user name) and its groups.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +112,8 @@ struct RawAuth {
     #[serde(default)]
     tokens: Vec<RawToken>,
     #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
     insecure_allow_remote: bool,
 }
 
@@ -98,6 +124,8 @@ struct RawToken {
     token: Option<String>,
     token_file: Option<String>,
     role: String,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 /// `server:`, the HTTP server's limits and browser rules.
@@ -192,6 +220,47 @@ pub struct ApiToken {
     pub name: String,
     pub token: String,
     pub role: Role,
+    /// Groups for runbook `permissions`.
+    pub groups: Vec<String>,
+}
+
+/// A CLI identity (`auth.users`): an OS user name and its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserGroups {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// `slack:`, approvals from Slack.
+#[derive(Clone)]
+pub struct SlackConfig {
+    /// The Web API's base URL (`https://slack.com/api`), without a final `/`.
+    pub api_url: String,
+    /// The bot token (`xoxb-…`), sent as a bearer token to the Web API.
+    pub bot_token: String,
+    /// The app's signing secret: what interaction requests are checked with.
+    pub signing_secret: String,
+    /// Where approval messages go (a channel name or id).
+    pub channel: String,
+    /// Slack user id → the pitcrew identity (an `auth.tokens` or `auth.users`
+    /// name) an approval from that user counts as.
+    pub users: std::collections::BTreeMap<String, String>,
+}
+
+impl SlackConfig {
+    pub const DEFAULT_API_URL: &str = "https://slack.com/api";
+}
+
+impl std::fmt::Debug for SlackConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackConfig")
+            .field("api_url", &self.api_url)
+            .field("bot_token", &"…")
+            .field("signing_secret", &"…")
+            .field("channel", &self.channel)
+            .field("users", &self.users)
+            .finish()
+    }
 }
 
 /// Where an SLO's remaining budget comes from.
@@ -338,6 +407,8 @@ pub struct Config {
     pub dry_run: bool,
     pub webhook_token: Option<String>,
     pub tokens: Vec<ApiToken>,
+    /// `auth.users`: groups of CLI identities.
+    pub users: Vec<UserGroups>,
     pub insecure_allow_remote: bool,
     pub prometheus_url: Option<String>,
     pub alertmanager_url: Option<String>,
@@ -363,6 +434,8 @@ pub struct Config {
     /// Named time windows (`windows:`), for `guardrails.freeze` and
     /// `guardrails.only_during`.
     pub windows: Vec<crate::window::Window>,
+    /// `slack:`; `None`: no Slack approvals.
+    pub slack: Option<SlackConfig>,
     pub redactor: Redactor,
 }
 
@@ -513,12 +586,36 @@ impl Config {
             if tokens.iter().any(|x: &ApiToken| x.token == token) {
                 cx.problem(&at, format!("token `{}` reuses another token's value", t.name));
             }
+            cx.groups(&format!("{at}.groups"), &t.groups);
             tokens.push(ApiToken {
                 name: t.name.clone(),
                 token,
                 role,
+                groups: t.groups.clone(),
             });
         }
+        let mut users: Vec<UserGroups> = Vec::new();
+        for (i, u) in raw.auth.users.iter().enumerate() {
+            let at = format!("auth.users[{i}]");
+            if u.name.is_empty() || u.name.contains(':') || u.name.chars().any(char::is_whitespace) {
+                cx.problem(
+                    &format!("{at}.name"),
+                    format!(
+                        "invalid user name {:?}: an OS user name, as `pitcrew` shows it after `user:`",
+                        u.name
+                    ),
+                );
+            }
+            if users.iter().any(|x| x.name == u.name) {
+                cx.problem(&format!("{at}.name"), format!("duplicate user `{}`", u.name));
+            }
+            cx.groups(&format!("{at}.groups"), &u.groups);
+            users.push(UserGroups {
+                name: u.name.clone(),
+                groups: u.groups.clone(),
+            });
+        }
+        let slack = raw.slack.and_then(|s| cx.slack(s, &tokens, &users));
         let prometheus_url = raw.prometheus.map(|u| cx.url("prometheus.url", &u.url));
         let alertmanager_url = raw.alertmanager.map(|u| cx.url("alertmanager.url", &u.url));
         let kubernetes_context = raw.kubernetes.and_then(|k| k.context).map(|c| cx.expand("kubernetes.context", &c));
@@ -729,6 +826,7 @@ impl Config {
             dry_run: raw.dry_run,
             webhook_token,
             tokens,
+            users,
             insecure_allow_remote: raw.auth.insecure_allow_remote,
             prometheus_url,
             alertmanager_url,
@@ -750,6 +848,7 @@ impl Config {
             server,
             store,
             windows,
+            slack,
             redactor: Redactor::new(secrets),
         })
     }
@@ -885,6 +984,62 @@ impl Cx<'_> {
             }
         };
         Some(CheckpointConfig { every, key_file, sink })
+    }
+
+    /// Group names: letters, digits, `-`, `_` and `.`.
+    fn groups(&mut self, at: &str, groups: &[String]) {
+        for (j, g) in groups.iter().enumerate() {
+            if !crate::authz::valid_group(g) {
+                self.problem(
+                    &format!("{at}[{j}]"),
+                    format!("invalid group name {g:?}: use letters, digits, -, _ and ."),
+                );
+            }
+        }
+    }
+
+    fn slack(&mut self, raw: RawSlack, tokens: &[ApiToken], users: &[UserGroups]) -> Option<SlackConfig> {
+        let api_url = match raw.api_url {
+            Some(u) => self.url("slack.api_url", &u),
+            None => SlackConfig::DEFAULT_API_URL.to_string(),
+        };
+        let bot_token = self.secret("slack.bot_token", raw.bot_token.as_deref(), raw.bot_token_file.as_deref());
+        if bot_token.is_none() && raw.bot_token.is_none() && raw.bot_token_file.is_none() {
+            self.problem("slack", "slack needs `bot_token_file` (or `bot_token`)");
+        }
+        let signing_secret = self.secret(
+            "slack.signing_secret",
+            raw.signing_secret.as_deref(),
+            raw.signing_secret_file.as_deref(),
+        );
+        if signing_secret.is_none() && raw.signing_secret.is_none() && raw.signing_secret_file.is_none() {
+            self.problem("slack", "slack needs `signing_secret_file` (or `signing_secret`)");
+        }
+        let channel = self.expand("slack.channel", &raw.channel);
+        if channel.trim().is_empty() {
+            self.problem("slack.channel", "slack.channel is empty");
+        }
+        for (id, name) in &raw.users {
+            let at = format!("slack.users.{id}");
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                self.problem(&at, format!("invalid Slack user id {id:?}: expected an id such as U024BE7LH"));
+            }
+            // An approval from Slack counts as this identity's: a name nobody
+            // has would approve with no groups, and hide a typo.
+            if !tokens.iter().any(|t| &t.name == name) && !users.iter().any(|u| &u.name == name) {
+                self.problem(
+                    &at,
+                    format!("Slack user {id} maps to `{name}`, which is neither an auth.tokens nor an auth.users name"),
+                );
+            }
+        }
+        Some(SlackConfig {
+            api_url,
+            bot_token: bot_token?,
+            signing_secret: signing_secret?,
+            channel,
+            users: raw.users,
+        })
     }
 
     /// A secret given inline (maybe `${VAR}`) or as `*_file`.

@@ -93,6 +93,8 @@ pub struct Engine {
     abandoned: Abandoned,
     /// Stops workers between steps.
     pub shutdown: CancellationToken,
+    /// Approvals in Slack (`slack:` in the config).
+    pub slack: Option<Arc<crate::slack::Slack>>,
 }
 
 /// The runbook sets of a serving process.
@@ -490,6 +492,10 @@ impl Engine {
     pub fn new(config: Arc<Config>, runbooks: Arc<RunbookSet>, store: Arc<dyn Store>) -> Engine {
         let deps = Arc::new(Deps::new(config.clone()));
         let budgets = Arc::new(Budgets::new(deps.clone()));
+        let slack = config
+            .slack
+            .clone()
+            .map(|c| Arc::new(crate::slack::Slack::new(c, config.redactor.clone())));
         drop(config);
         let worker_id = store.worker_id();
         Engine {
@@ -511,7 +517,33 @@ impl Engine {
             claims: AtomicU64::new(0),
             abandoned: Arc::default(),
             shutdown: CancellationToken::new(),
+            slack,
         }
+    }
+
+    /// The rules an approval is decided by now: the loaded runbooks'
+    /// `self_approval` and `permissions`, and the config's groups.
+    pub fn approvers(&self) -> crate::store::Approvers {
+        crate::authz::Approvers::new(self.config().clone(), self.runbooks())
+    }
+
+    /// Approves a pending run (CLI, API and Slack alike): the store checks
+    /// `permissions` and the two-person rule in the approval's transaction.
+    pub async fn approve(&self, id: &str, approver: &str) -> Result<Execution, StoreError> {
+        let exec = self.store.approve(id, approver, self.approvers()).await?;
+        self.wake.notify_waiters();
+        Ok(exec)
+    }
+
+    /// Runs `work` (a message to deliver) in the background, with the
+    /// notices: [`Engine::settle`] waits for it too.
+    pub fn background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.notices.spawn(work);
+    }
+
+    /// Denies a pending run (CLI, API and Slack alike), under `permissions`.
+    pub async fn deny(&self, id: &str, actor: &str, reason: Option<String>) -> Result<Execution, StoreError> {
+        self.store.deny(id, actor, reason, self.approvers()).await
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -806,6 +838,18 @@ impl Engine {
                     execution: execution.clone(),
                     runbook_url: self.notifier().runbook_url(run.runbook),
                 });
+                if let Some(slack) = &self.slack {
+                    let risk = self.runbooks().get(run.runbook).map(|r| r.risk.to_string());
+                    let ask = crate::slack::Ask {
+                        execution: run.id.to_string(),
+                        runbook: run.runbook.to_string(),
+                        target: run.target.to_string(),
+                        risk: risk.unwrap_or_else(|| "unknown".into()),
+                        guardrail: d.decided_by.to_string(),
+                        reason: d.reason.clone(),
+                    };
+                    self.notices.spawn(slack.clone().ask(self.store.clone(), ask));
+                }
             }
             if let Some(text) = &d.notify {
                 self.send_notice(Notice {

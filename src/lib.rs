@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod store;
 
 pub mod alert;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -20,6 +21,7 @@ pub mod report;
 pub mod runbook;
 pub mod server;
 pub mod simulate;
+pub mod slack;
 
 pub mod clock;
 pub mod diag;

@@ -44,14 +44,25 @@ pub struct AppState {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// More fields for the JSON body, beside `error`.
+    detail: serde_json::Map<String, Value>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
+            detail: serde_json::Map::new(),
         }
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -63,6 +74,13 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, format!("execution {id} is {state}, not pending_approval"))
             }
             e @ StoreError::SelfApproval { .. } => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+            StoreError::NotPermitted(refusal) => {
+                let mut e = ApiError::new(StatusCode::FORBIDDEN, refusal.to_string());
+                e.detail.insert("runbook".into(), json!(refusal.runbook));
+                e.detail.insert("permission".into(), json!(refusal.action.permission()));
+                e.detail.insert("action".into(), json!(refusal.action));
+                e
+            }
             other => {
                 tracing::error!(error = %crate::diag::chain(&other), "state store failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state store unavailable; retry later")
@@ -73,11 +91,13 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.message}))).into_response()
+        let mut body = self.detail;
+        body.insert("error".into(), Value::String(self.message));
+        (self.status, Json(Value::Object(body))).into_response()
     }
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then
 /// stops accepting, lets open requests finish (for at most
@@ -166,6 +186,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/report", get(report))
         .route("/v1/audit", get(audit))
         .route("/-/reload", post(reload))
+        .route(crate::slack::INTERACTIONS_PATH, post(crate::slack::interactions))
         // Outermost last: drain, then the browser rules.
         .layer(middleware::from_fn_with_state(state.clone(), browser_rules))
         .layer(middleware::from_fn_with_state(state.clone(), drain))
@@ -188,9 +209,15 @@ async fn drain(AxumState(state): AxumState<Shared>, req: Request, next: Next) ->
 /// - An `Origin` header (browsers send it on cross-site requests and on every
 ///   POST) not listed in `server.allowed_origins` is 403, on every endpoint.
 ///   Alertmanager, curl and the CLI send none.
+/// - Slack's interactions (`crate::slack`), when Slack is configured, skip
+///   the loopback rule: their signature authenticates them, and Slack
+///   reaches pitcrew under its public name.
 async fn browser_rules(AxumState(state): AxumState<Shared>, req: Request, next: Next) -> Response {
     let config = state.engine.config();
-    if config.tokens.is_empty() && !config.insecure_allow_remote {
+    // Slack's interactions are authenticated by their signature, not by
+    // where they come from: Slack reaches pitcrew under its public name.
+    let signed = req.uri().path() == crate::slack::INTERACTIONS_PATH && config.slack.is_some();
+    if config.tokens.is_empty() && !config.insecure_allow_remote && !signed {
         let host = req
             .headers()
             .get(header::HOST)
@@ -695,12 +722,7 @@ async fn approve(
     _: JsonWrite,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let exec = state
-        .engine
-        .store
-        .approve(&id, &actor, state.engine.runbooks().may_self_approve())
-        .await?;
-    state.engine.wake.notify_waiters();
+    let exec = state.engine.approve(&id, &actor).await?;
     Ok(Json(json!({"execution_id": exec.id, "state": exec.state, "approved_by": actor})))
 }
 
@@ -742,7 +764,7 @@ async fn deny(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?
     };
-    let exec = state.engine.store.deny(&id, &actor, request.reason).await?;
+    let exec = state.engine.deny(&id, &actor, request.reason).await?;
     Ok(Json(json!({"execution_id": exec.id, "state": exec.state, "denied_by": actor})))
 }
 

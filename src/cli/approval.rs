@@ -35,8 +35,9 @@ fn explain(e: StoreError) -> anyhow::Error {
     match e {
         StoreError::NotFound(id) => Failure::usage(format!("no execution {id}")),
         StoreError::WrongState { id, state } => Failure::usage(format!("execution {id} is {state}, not pending_approval")),
-        // A guardrail said no: exit 3, like any other blocked request.
-        e @ StoreError::SelfApproval { .. } => Failure {
+        // The two-person rule or the runbook's permissions said no: exit 3,
+        // like any other blocked request.
+        e @ (StoreError::SelfApproval { .. } | StoreError::NotPermitted(_)) => Failure {
             exit: Exit::Blocked,
             message: e.to_string(),
         }
@@ -50,11 +51,7 @@ pub fn approve(config_path: Option<&Path>, args: ApproveArgs) -> anyhow::Result<
     let actor = super::runtime::user_actor();
     super::runtime::tokio().block_on(async move {
         let id = super::runtime::resolve_id(&*engine.store, &args.id).await?;
-        engine
-            .store
-            .approve(&id, &actor, engine.runbooks().may_self_approve())
-            .await
-            .map_err(explain)?;
+        engine.approve(&id, &actor).await.map_err(explain)?;
         eprintln!("approved {id} as {actor}");
         if args.detach {
             if args.output == Output::Json {
@@ -72,14 +69,15 @@ pub fn approve(config_path: Option<&Path>, args: ApproveArgs) -> anyhow::Result<
 }
 
 pub fn deny(config_path: Option<&Path>, args: DenyArgs) -> anyhow::Result<Exit> {
-    let (_, store) = super::runtime::existing_store_only(config_path)?;
+    // The runbooks too: their permissions say who may deny.
+    let engine = super::runtime::engine_over_existing(config_path)?;
     let actor = super::runtime::user_actor();
     let rt = super::runtime::tokio();
-    let id = rt.block_on(super::runtime::resolve_id(&*store, &args.id))?;
-    rt.block_on(store.deny(&id, &actor, args.reason)).map_err(explain)?;
+    let id = rt.block_on(super::runtime::resolve_id(&*engine.store, &args.id))?;
+    rt.block_on(engine.deny(&id, &actor, args.reason)).map_err(explain)?;
     eprintln!("denied {id} as {actor}");
     if args.output == Output::Json {
-        print!("{}", output::json(&rt.block_on(store.execution(&id))?));
+        print!("{}", output::json(&rt.block_on(engine.store.execution(&id))?));
     }
     Ok(Exit::Done)
 }

@@ -369,6 +369,7 @@ fn describe(r: &Record) -> (String, String) {
         ),
         "approval.granted" => ("Approved".into(), format!("by {} (requested by {})", r.actor, s(&d["requester"]))),
         "approval.refused" => ("Approval refused".into(), with_reason(r.actor.clone(), &d["reason"])),
+        "access.refused" => (format!("Refused ({})", s(&d["action"])), with_reason(r.actor.clone(), &d["reason"])),
         "approval.denied" => ("Denied".into(), with_reason(format!("by {}", r.actor), &d["reason"])),
         "override" => (
             "Override".into(),

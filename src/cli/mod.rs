@@ -38,6 +38,7 @@ pub enum Exit {
     Done = 0,
     StepFailed = 1,
     Usage = 2,
+    /// Blocked by a guardrail, the two-person rule or the runbook's `permissions`.
     Blocked = 3,
     PendingApproval = 4,
     AuditBroken = 5,

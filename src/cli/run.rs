@@ -107,7 +107,15 @@ async fn admit_and_run(
     let force = args.force.then(|| args.reason.clone().unwrap_or_default());
     let admission = engine.manual_admission(&rb, resolved, actor, args.dry_run, force).await;
     let id = admission.id.clone();
-    let decision = engine.admit(admission, alert).await?;
+    let decision = engine.admit(admission, alert).await.map_err(|e| match e {
+        // The runbook's permissions said no: exit 3, like a guardrail.
+        e @ crate::store::StoreError::NotPermitted(_) => Failure {
+            exit: Exit::Blocked,
+            message: e.to_string(),
+        }
+        .into(),
+        other => anyhow::Error::from(other),
+    })?;
     print_decision(&decision);
     match decision.verdict {
         Verdict::Blocked => {

@@ -478,6 +478,7 @@ impl Cx<'_> {
         let guardrails = self.guardrails(&raw.guardrails);
         let (toil_minutes, effect) = self.effect(raw.toil_minutes.as_ref(), raw.verify_within.as_ref(), raw.stays_fixed.as_ref());
         let notify_url = raw.notify.as_ref().and_then(|n| self.notify_url(&n.url));
+        let permissions = raw.permissions.as_ref().map(|p| self.permissions(p));
         let raw_step_names: HashSet<&str> = raw.steps.iter().chain(raw.on_failure.iter()).map(|s| s.name.as_str()).collect();
         let mut names = HashSet::new();
         let steps = self.steps("steps", &raw.steps, STEP_ROOTS, &mut names);
@@ -567,6 +568,7 @@ impl Cx<'_> {
             toil_minutes,
             effect,
             notify_url,
+            permissions,
             steps,
             on_failure,
             tests,
@@ -792,6 +794,38 @@ impl Cx<'_> {
             effect.stays_fixed = d;
         }
         (toil, effect)
+    }
+
+    /// `permissions:`. A group no token or user is in is an error: the
+    /// permission could never be granted, which is most likely a typo.
+    fn permissions(&mut self, p: &super::raw::RawPermissions) -> super::Permissions {
+        if p.run.is_none() && p.approve.is_none() {
+            self.problem(
+                "permissions",
+                "permissions needs `run` or `approve` (or leave it out: any operator may)",
+            );
+        }
+        let known = crate::authz::known_groups(self.config);
+        for (key, list) in [("run", &p.run), ("approve", &p.approve)] {
+            for (i, group) in list.iter().flatten().enumerate() {
+                if !known.contains(group.as_str()) {
+                    let hint = if known.is_empty() {
+                        "no auth.tokens or auth.users entry in the config has groups".to_string()
+                    } else {
+                        format!("groups in the config: {}", known.iter().copied().collect::<Vec<_>>().join(", "))
+                    };
+                    self.problem_hint(
+                        &format!("permissions.{key}[{i}]"),
+                        format!("group `{group}` has no member: no auth.tokens or auth.users entry is in it"),
+                        Some(hint),
+                    );
+                }
+            }
+        }
+        super::Permissions {
+            run: p.run.clone(),
+            approve: p.approve.clone(),
+        }
     }
 
     /// A runbook's own notice URL: literal (no alert data decides where

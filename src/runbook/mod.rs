@@ -106,6 +106,15 @@ impl Default for Guardrails {
     }
 }
 
+/// `permissions:`: groups allowed to start a runbook by hand (`run`) and to
+/// approve or deny its runs (`approve`). A list left out allows any operator;
+/// an empty one allows nobody. Checked by `crate::authz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Permissions {
+    pub run: Option<Vec<String>>,
+    pub approve: Option<Vec<String>>,
+}
+
 pub struct Step {
     pub name: String,
     pub action: Arc<dyn Action>,
@@ -149,6 +158,8 @@ pub struct Runbook {
     /// the config's `notify.url`. A secret, like `notify.url`: the URL is
     /// the webhook's credential.
     pub notify_url: Option<String>,
+    /// Who may start it by hand and answer its approvals; `None`: any operator.
+    pub permissions: Option<Permissions>,
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
     pub tests: Vec<selftest::RunbookTest>,
@@ -231,14 +242,6 @@ impl RunbookSet {
             registry,
             index,
         }
-    }
-
-    /// Which runbooks let the requester of a run approve it, for
-    /// `Store::approve`. A runbook no longer loaded does not: the rule stays
-    /// on unless a loaded runbook turns it off.
-    pub fn may_self_approve(self: &Arc<Self>) -> crate::store::MaySelfApprove {
-        let set = self.clone();
-        Arc::new(move |name: &str| set.get(name).is_some_and(|r| r.guardrails.self_approval))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Runbook>> {

@@ -63,6 +63,10 @@ pub struct RawRunbook {
     /// Where this runbook's notices go instead of the config's `notify.url`.
     #[serde(default)]
     pub notify: Option<RawRunbookNotify>,
+    /// Who may start it by hand and who may approve or deny its runs, by group (`auth.tokens[].groups`,
+    /// `auth.users`). Without it, any operator may.
+    #[serde(default)]
+    pub permissions: Option<RawPermissions>,
     /// What it does, in order.
     pub steps: Vec<RawStep>,
     /// Steps run when a step fails (or its outcome is unknown after a crash); `{{error}}` says why.
@@ -187,6 +191,20 @@ pub struct RawGuardrails {
     /// alert pitcrew holds as firing matches every matcher of one list, the run is blocked (`inhibited`).
     #[serde(default)]
     pub inhibit_while_firing: Vec<Vec<String>>,
+}
+
+/// Who may start a runbook by hand and who may answer its approvals (`permissions: {run, approve}`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Permissions")]
+pub struct RawPermissions {
+    /// Groups whose members may start it by hand (`pitcrew run`, the API); `[]`: nobody, alerts only.
+    /// Left out: any operator.
+    #[serde(default)]
+    pub run: Option<Vec<String>>,
+    /// Groups whose members may approve or deny its runs (CLI, API, Slack); left out: any operator.
+    #[serde(default)]
+    pub approve: Option<Vec<String>>,
 }
 
 /// Where this runbook's own notices go (`notify: {url}`).

@@ -72,6 +72,10 @@ pub enum StoreError {
         "{approver} requested execution {id} and may not approve it too (requester {requester}, approver {approver}): another person must approve it, or the runbook sets guardrails.self_approval: true"
     )]
     SelfApproval { id: String, requester: String, approver: String },
+    /// The runbook's `permissions` do not allow this; audited as
+    /// `access.refused`, nothing else changed.
+    #[error("{0}")]
+    NotPermitted(crate::authz::Refusal),
     /// The execution is not in the state the operation needs.
     #[error("execution {id} is {state}")]
     WrongState { id: String, state: String },
@@ -121,6 +125,7 @@ impl StoreError {
             StoreError::NotFound(_) => "not_found",
             StoreError::WrongState { .. } => "wrong_state",
             StoreError::SelfApproval { .. } => "self_approval",
+            StoreError::NotPermitted(_) => "not_permitted",
             StoreError::Corrupt(_) => "corrupt",
             StoreError::Refused(_) => "refused",
             StoreError::Ambiguous { .. } => "ambiguous",
@@ -486,9 +491,10 @@ pub struct Pruned {
     pub more: bool,
 }
 
-/// Tells whether a runbook (by name) lets the requester of a run approve it
-/// (`guardrails.self_approval`).
-pub type MaySelfApprove = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// What an approval's transaction asks of the runbooks and the config: the
+/// two-person rule's exception (`guardrails.self_approval`) and the
+/// runbook's `permissions` (`Engine::approvers`).
+pub type Approvers = Arc<crate::authz::Approvers>;
 
 /// Whether the store can write, for readiness and for the process to tell
 /// a passing failure from one it cannot recover from.
@@ -515,6 +521,8 @@ pub trait Store: Send + Sync {
     async fn intake(&self, alerts: Vec<IntakeAlert>, config: Arc<Config>) -> Result<IntakeResult, StoreError>;
 
     /// A manual (or API) run: the same guardrails, without an alert intake.
+    /// A manual admission the runbook's `permissions.run` does not allow its
+    /// actor is refused with [`StoreError::NotPermitted`] and audited.
     async fn admit(&self, admission: Admission, alert: Option<Alert>, config: Arc<Config>) -> Result<Decision, StoreError>;
 
     /// The decision an admission would get now, without recording anything.
@@ -547,14 +555,17 @@ pub trait Store: Send + Sync {
     async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError>;
 
     /// Puts a pending execution back in the queue, approved by `approver`.
-    /// Refuses with [`StoreError::SelfApproval`] when `approver` is the
-    /// execution's requester (its actor) and `may_self_approve` says no for
-    /// its runbook; the refusal is audited and the execution stays pending.
-    async fn approve(&self, id: &str, approver: &str, may_self_approve: MaySelfApprove) -> Result<Execution, StoreError>;
+    /// Refuses with [`StoreError::NotPermitted`] when the runbook's
+    /// `permissions.approve` leaves `approver` out, and with
+    /// [`StoreError::SelfApproval`] when `approver` is the execution's
+    /// requester (its actor) and `rules` say no for its runbook; refusals
+    /// are audited and the execution stays pending.
+    async fn approve(&self, id: &str, approver: &str, rules: Approvers) -> Result<Execution, StoreError>;
 
-    /// Cancels a pending execution. Anyone, the requester included, may
-    /// deny: withdrawing a request needs no second person.
-    async fn deny(&self, id: &str, actor: &str, reason: Option<String>) -> Result<Execution, StoreError>;
+    /// Cancels a pending execution. The requester may always deny
+    /// (withdrawing a request needs no second person); anyone else needs
+    /// `permissions.approve` when the runbook sets it.
+    async fn deny(&self, id: &str, actor: &str, reason: Option<String>, rules: Approvers) -> Result<Execution, StoreError>;
 
     /// Pending approvals past their deadline are denied by `system:timeout`.
     async fn expire_approvals(&self) -> Result<Vec<String>, StoreError>;

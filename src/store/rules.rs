@@ -16,6 +16,7 @@ use super::effect;
 use super::writer::{SharedHealth, WriteQueue};
 use super::*;
 use crate::audit::{self, Event, kind};
+use crate::authz::Action;
 use crate::clock::Clock;
 use crate::guard::{self, Request, STORM_WINDOW, Verdict, Windows};
 use crate::inhibit;
@@ -477,6 +478,11 @@ fn checks_record(decision: &Decision) -> Value {
         .into()
 }
 
+/// The `access.refused` record of a refusal by `permissions`.
+fn refused(refusal: &crate::authz::Refusal) -> Event {
+    Event::new(kind::ACCESS_REFUSED, &refusal.actor, refusal.data())
+}
+
 /// A pending approval past its deadline: cancelled, denied by `system:timeout`.
 fn expire_approval(t: &mut Txn<'_>, id: &str, runbook: &str, target: &str) -> Result<(), StoreError> {
     let why = "approval timed out";
@@ -744,6 +750,16 @@ impl<B: Backend> Store for Ledger<B> {
 
     async fn admit(&self, admission: Admission, alert: Option<Alert>, config: std::sync::Arc<Config>) -> Result<Decision, StoreError> {
         self.write(move |t| {
+            // Who may start it by hand: decided here, so neither door (CLI,
+            // API) can skip it, and the refusal is audited with it.
+            if !admission.automated {
+                let rb = &admission.runbook;
+                let allowed = crate::authz::check(&config, rb.permissions.as_ref(), &rb.name, &admission.actor, Action::Run, None);
+                if let Err(refusal) = allowed {
+                    t.append(refused(&refusal).runbook(&rb.name, &admission.target))?;
+                    return Ok(Err(StoreError::NotPermitted(refusal)));
+                }
+            }
             // A manual run given an alert keeps it for templates and the timeline;
             // it is no delivery, so it never counts as one for dedupe.
             let given = match &alert {
@@ -753,9 +769,9 @@ impl<B: Backend> Store for Ledger<B> {
                 )),
                 None => None,
             };
-            admit_in(t, &admission, given, &config)
+            admit_in(t, &admission, given, &config).map(Ok)
         })
-        .await
+        .await?
     }
 
     async fn preview(&self, adm: Admission, config: std::sync::Arc<Config>) -> Result<Decision, StoreError> {
@@ -921,7 +937,7 @@ impl<B: Backend> Store for Ledger<B> {
         .await
     }
 
-    async fn approve(&self, id: &str, approver: &str, may_self_approve: MaySelfApprove) -> Result<Execution, StoreError> {
+    async fn approve(&self, id: &str, approver: &str, rules: Approvers) -> Result<Execution, StoreError> {
         let (id, approver) = (id.to_string(), approver.to_string());
         // The inner result lets a refusal keep what it wrote (the expiry, or
         // the refused self-approval).
@@ -942,13 +958,18 @@ impl<B: Backend> Store for Ledger<B> {
                     state: State::Cancelled.to_string(),
                 }));
             }
-            // The two-person rule. Decided here, in the transaction, against
-            // the stored requester, so no caller can skip it. The refusal is
-            // audited: an attempt to approve one's own run is what a reviewer
-            // of the log wants to see, and the identities are authenticated
-            // (real uid or API token), so nobody outside can fill the log.
+            // Permissions, then the two-person rule. Decided here, in the
+            // transaction, against the stored requester, so no caller can
+            // skip them. Refusals are audited: an attempt to approve one's
+            // own run is what a reviewer of the log wants to see, and the
+            // identities are authenticated (real uid, API token, signed Slack
+            // request), so nobody outside can fill the log.
             let requester = exec.actor.clone();
-            if requester == approver && !may_self_approve(&exec.runbook) {
+            if let Err(refusal) = rules.check(&exec.runbook, &approver, Action::Approve, Some(&requester)) {
+                t.append(refused(&refusal).execution(&exec.id, &exec.runbook, &exec.target))?;
+                return Ok(Err(StoreError::NotPermitted(refusal)));
+            }
+            if crate::authz::same_person(&requester, &approver) && !rules.may_self_approve(&exec.runbook) {
                 t.append(
                     Event::new(
                         kind::APPROVAL_REFUSED,
@@ -978,15 +999,19 @@ impl<B: Backend> Store for Ledger<B> {
         .await?
     }
 
-    async fn deny(&self, id: &str, actor: &str, reason: Option<String>) -> Result<Execution, StoreError> {
+    async fn deny(&self, id: &str, actor: &str, reason: Option<String>, rules: Approvers) -> Result<Execution, StoreError> {
         let (id, actor) = (id.to_string(), actor.to_string());
         self.write(move |t| {
             let exec = t.load(&id)?;
             if exec.state != State::PendingApproval {
-                return Err(StoreError::WrongState {
+                return Ok(Err(StoreError::WrongState {
                     id,
                     state: exec.state.to_string(),
-                });
+                }));
+            }
+            if let Err(refusal) = rules.check(&exec.runbook, &actor, Action::Deny, Some(&exec.actor)) {
+                t.append(refused(&refusal).execution(&exec.id, &exec.runbook, &exec.target))?;
+                return Ok(Err(StoreError::NotPermitted(refusal)));
             }
             let why = format!(
                 "denied by {actor}{}",
@@ -1019,9 +1044,9 @@ impl<B: Backend> Store for Ledger<B> {
                     &exec.target,
                 ),
             )?;
-            t.load(&id)
+            t.load(&id).map(Ok)
         })
-        .await
+        .await?
     }
 
     async fn expire_approvals(&self) -> Result<Vec<String>, StoreError> {

@@ -69,7 +69,7 @@ async fn the_requester_may_not_approve_their_own_run() {
     let h = harness(&needs_approval("fix", "", ""), "");
     let id = pending_run(&h, "fix", "user:alice").await;
 
-    let refused = h.store().approve(&id, "user:alice", h.engine.runbooks().may_self_approve()).await;
+    let refused = h.store().approve(&id, "user:alice", h.engine.approvers()).await;
     match refused {
         Err(e @ StoreError::SelfApproval { .. }) => {
             let shown = e.to_string();
@@ -90,11 +90,7 @@ async fn the_requester_may_not_approve_their_own_run() {
     );
 
     // Another person may; the audit names both.
-    let approved = h
-        .store()
-        .approve(&id, "user:bob", h.engine.runbooks().may_self_approve())
-        .await
-        .unwrap();
+    let approved = h.store().approve(&id, "user:bob", h.engine.approvers()).await.unwrap();
     assert_eq!(approved.state, State::Queued);
     let granted = records(&h, "approval.granted").await;
     assert_eq!(granted.len(), 1);
@@ -110,11 +106,7 @@ async fn self_approval_true_lets_the_requester_approve() {
     let h = harness(&needs_approval("fix", ", self_approval: true", ""), "");
     assert!(h.engine.runbooks().get("fix").unwrap().guardrails.self_approval);
     let id = pending_run(&h, "fix", "user:alice").await;
-    let approved = h
-        .store()
-        .approve(&id, "user:alice", h.engine.runbooks().may_self_approve())
-        .await
-        .unwrap();
+    let approved = h.store().approve(&id, "user:alice", h.engine.approvers()).await.unwrap();
     assert_eq!(approved.state, State::Queued);
     let granted = records(&h, "approval.granted").await;
     assert_eq!(
@@ -130,15 +122,16 @@ async fn any_person_may_approve_an_automated_run_and_the_requester_may_deny() {
         .await;
     let pending = h.store().executions(Default::default()).await.unwrap();
     assert_eq!(pending[0].actor, "alertmanager");
-    h.store()
-        .approve(&pending[0].id, "user:alice", h.engine.runbooks().may_self_approve())
-        .await
-        .unwrap();
+    h.store().approve(&pending[0].id, "user:alice", h.engine.approvers()).await.unwrap();
     h.run_queued().await;
 
     // Withdrawing one's own request needs no second person.
     let id = pending_run(&h, "fix", "user:alice").await;
-    let denied = h.store().deny(&id, "user:alice", Some("not now".into())).await.unwrap();
+    let denied = h
+        .store()
+        .deny(&id, "user:alice", Some("not now".into()), h.engine.approvers())
+        .await
+        .unwrap();
     assert_eq!(denied.state, State::Cancelled);
     let d = records(&h, "approval.denied").await;
     assert_eq!(

@@ -180,7 +180,10 @@ steps: [{name: a, action: log, with: {message: hi}}]
         })
         .await
         .unwrap();
-    h.store().deny(&waiting[0].id, "user:unknown", None).await.unwrap();
+    h.store()
+        .deny(&waiting[0].id, "user:unknown", None, h.engine.approvers())
+        .await
+        .unwrap();
     h.engine.settle().await;
     let failed = h
         .store()

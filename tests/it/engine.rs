@@ -208,11 +208,11 @@ impl Store for Flaky {
     async fn recover(&self, l: Liveness) -> Result<Recovery, StoreError> {
         self.inner.recover(l).await
     }
-    async fn approve(&self, id: &str, a: &str, m: MaySelfApprove) -> Result<Execution, StoreError> {
+    async fn approve(&self, id: &str, a: &str, m: Approvers) -> Result<Execution, StoreError> {
         self.inner.approve(id, a, m).await
     }
-    async fn deny(&self, id: &str, a: &str, r: Option<String>) -> Result<Execution, StoreError> {
-        self.inner.deny(id, a, r).await
+    async fn deny(&self, id: &str, a: &str, r: Option<String>, m: Approvers) -> Result<Execution, StoreError> {
+        self.inner.deny(id, a, r, m).await
     }
     async fn expire_approvals(&self) -> Result<Vec<String>, StoreError> {
         self.inner.expire_approvals().await

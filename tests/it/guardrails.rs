@@ -664,11 +664,7 @@ async fn approvals_grant_deny_and_time_out() {
     assert_eq!(state(&h, &a).await, State::PendingApproval);
     assert_eq!(run_all(&h).await, 0, "nothing runs before the approval");
 
-    let approved = h
-        .store()
-        .approve(&a, "user:alice", h.engine.runbooks().may_self_approve())
-        .await
-        .unwrap();
+    let approved = h.store().approve(&a, "user:alice", h.engine.approvers()).await.unwrap();
     assert_eq!(approved.state, State::Queued);
     assert_eq!(run_all(&h).await, 1);
     assert_eq!(state(&h, &a).await, State::Succeeded);
@@ -680,7 +676,11 @@ async fn approvals_grant_deny_and_time_out() {
     );
 
     let b = id(&decide(&h, firing(&h, "Broken", "b")).await);
-    let denied = h.store().deny(&b, "user:bob", Some("not during the sale".into())).await.unwrap();
+    let denied = h
+        .store()
+        .deny(&b, "user:bob", Some("not during the sale".into()), h.engine.approvers())
+        .await
+        .unwrap();
     assert_eq!(denied.state, State::Cancelled);
     let d = records(&h, "approval.denied").await;
     assert_eq!(
@@ -690,13 +690,13 @@ async fn approvals_grant_deny_and_time_out() {
     assert_eq!(run_all(&h).await, 0);
 
     for (exec, was) in [(&a, "succeeded"), (&b, "cancelled")] {
-        match h.store().approve(exec, "user:alice", h.engine.runbooks().may_self_approve()).await {
+        match h.store().approve(exec, "user:alice", h.engine.approvers()).await {
             Err(StoreError::WrongState { state, .. }) => assert_eq!(state, was),
             other => panic!("approving a {was} execution: {other:?}"),
         }
     }
     assert!(matches!(
-        h.store().deny(&a, "user:alice", None).await,
+        h.store().deny(&a, "user:alice", None, h.engine.approvers()).await,
         Err(StoreError::WrongState { .. })
     ));
 
@@ -713,7 +713,7 @@ async fn approvals_grant_deny_and_time_out() {
         .unwrap();
     assert_eq!(timeout.actor, "system:timeout");
     assert!(matches!(
-        h.store().approve(&c, "user:alice", h.engine.runbooks().may_self_approve()).await,
+        h.store().approve(&c, "user:alice", h.engine.approvers()).await,
         Err(StoreError::WrongState { .. })
     ));
 }
@@ -725,7 +725,7 @@ async fn an_approval_after_the_timeout_is_refused_even_before_the_sweep() {
     let h = harness(&runbook("fix", "Broken", "low", "approval: required, approval_timeout: 10m"), "");
     let a = id(&decide(&h, firing(&h, "Broken", "a")).await);
     h.advance("10m");
-    match h.store().approve(&a, "user:alice", h.engine.runbooks().may_self_approve()).await {
+    match h.store().approve(&a, "user:alice", h.engine.approvers()).await {
         Err(StoreError::WrongState { state, .. }) => assert_eq!(state, "cancelled"),
         other => panic!("late approval: {other:?}"),
     }
@@ -743,10 +743,7 @@ async fn an_approved_run_starts_the_cooldown_when_approved() {
     let h = harness(&runbook("fix", "Broken", "low", "approval: required, cooldown: 5m"), "");
     let a = id(&decide(&h, firing(&h, "Broken", "web-1")).await);
     h.advance("20m");
-    h.store()
-        .approve(&a, "user:alice", h.engine.runbooks().may_self_approve())
-        .await
-        .unwrap();
+    h.store().approve(&a, "user:alice", h.engine.approvers()).await.unwrap();
     run_all(&h).await;
     h.advance("1m");
     check(&decide(&h, firing(&h, "Broken", "web-1")).await, "blocked", "cooldown");
@@ -908,10 +905,7 @@ async fn force_skips_limits_budget_and_escalation_with_an_audited_override() {
     let first = with_budget(manual(&h, "fix", "web-1"));
     let first_id = first.id.clone();
     assert_eq!(h.engine.admit(first, None).await.unwrap().verdict, Verdict::PendingApproval);
-    h.store()
-        .approve(&first_id, "user:bob", h.engine.runbooks().may_self_approve())
-        .await
-        .unwrap();
+    h.store().approve(&first_id, "user:bob", h.engine.approvers()).await.unwrap();
     assert_eq!(run_all(&h).await, 1);
 
     h.advance("1m");

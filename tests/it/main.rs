@@ -11,6 +11,7 @@ mod approvals;
 #[path = "approvals.rs"]
 mod approvals_on_postgres;
 mod audit;
+mod authz;
 mod budget_prometheus;
 mod checkpoint;
 mod cli;
@@ -39,6 +40,7 @@ mod report;
 mod report_on_postgres;
 mod server;
 mod simulate;
+mod slack;
 mod support;
 mod windows;
 /// The same window and inhibition tests, on the PostgreSQL store.

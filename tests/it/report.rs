@@ -297,14 +297,11 @@ async fn the_report_counts_a_known_history_exactly() {
     let pending = |d: &[Record]| d[0].execution_id.clone().unwrap();
     let granted = pending(&deliver(&h, vec![firing(&h, "NeedsOk", "db-1")]).await);
     h.advance("3m");
-    h.store()
-        .approve(&granted, "user:bob", h.engine.runbooks().may_self_approve())
-        .await
-        .unwrap();
+    h.store().approve(&granted, "user:bob", h.engine.approvers()).await.unwrap();
     assert_eq!(h.run_queued().await[0].state, State::Succeeded);
     let denied = pending(&deliver(&h, vec![firing(&h, "NeedsOk", "db-2")]).await);
     h.advance("10m");
-    h.store().deny(&denied, "user:bob", None).await.unwrap();
+    h.store().deny(&denied, "user:bob", None, h.engine.approvers()).await.unwrap();
     deliver(&h, vec![firing(&h, "NeedsOk", "db-3")]).await;
     h.advance("61m");
     assert_eq!(h.store().expire_approvals().await.unwrap().len(), 1);
