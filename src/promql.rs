@@ -63,7 +63,9 @@ pub fn slots(query: &str) -> Vec<Slot<'_>> {
     let mut state = State::Code;
     let mut i = 0;
     while i < bytes.len() {
-        if query[i..].starts_with("{{") {
+        // Bytes, not `query[i..]`: `i` walks bytes and may stand inside a
+        // multi-byte character (a `{` never does, so the slices below are safe).
+        if bytes[i..].starts_with(b"{{") {
             let Some(len) = query[i + 2..].find("}}") else { break };
             let mut end = i + 2 + len;
             // `{{{x}}}`: the inner text keeps its opening brace; skip the
@@ -240,6 +242,15 @@ mod tests {
         ));
         // A comment ends at a line break, which a value could hold.
         assert!(matches!(check("up # {{alert.labels.a}}", typed), Err(PromqlError::Bare { .. })));
+    }
+
+    /// Found by the template property test: an escape before a multi-byte
+    /// character left the scan inside it.
+    #[test]
+    fn multi_byte_text_never_stops_the_scan() {
+        assert_eq!(slots("🌀\\{{"), []);
+        assert!(matches!(check("\"é\\🌀\"{{alert.labels.a}}", typed), Err(PromqlError::Bare { .. })));
+        assert_eq!(check("up{a=\"🌀\\é{{alert.labels.a}}\"}", typed), Ok(()));
     }
 
     #[test]
