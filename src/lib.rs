@@ -15,6 +15,7 @@ pub mod engine;
 pub mod guard;
 pub mod matcher;
 pub mod metrics;
+pub mod pagerduty;
 pub mod runbook;
 pub mod server;
 

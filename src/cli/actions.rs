@@ -93,7 +93,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         .collect();
     print!("{}", output::table(&["PARAMETER", "TYPE", "REQUIRED", "DESCRIPTION"], &rows));
     if !s.rbac.is_empty() {
-        println!("\nKubernetes RBAC:");
+        println!("\nKubernetes RBAC (in each cluster it acts on):");
         for r in &s.rbac {
             let group = if r.api_group.is_empty() { "\"\" (core)" } else { r.api_group };
             println!("  apiGroup {group}: {} — {}", r.resources.join(", "), r.verbs.join(", "));

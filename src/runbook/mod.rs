@@ -129,6 +129,9 @@ pub struct Runbook {
     /// the config's `notify.url`. A secret, like `notify.url`: the URL is
     /// the webhook's credential.
     pub notify_url: Option<String>,
+    /// `pagerduty.acknowledge`: acknowledge Alertmanager's incident when a
+    /// run started by an alert starts; page when it ends failed or unknown.
+    pub pagerduty_acknowledge: bool,
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
     pub tests: Vec<selftest::RunbookTest>,

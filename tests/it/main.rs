@@ -14,6 +14,7 @@ mod audit;
 mod budget_prometheus;
 mod checkpoint;
 mod cli;
+mod clusters;
 mod deploy;
 mod e2e;
 mod engine;
