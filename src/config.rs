@@ -1289,6 +1289,68 @@ budget_policy:
     }
 
     #[test]
+    fn kubernetes_clusters_are_checked_and_the_single_cluster_form_still_works() {
+        let c = Config::default();
+        assert_eq!(c.kubernetes_default_cluster.as_deref(), Some(DEFAULT_CLUSTER));
+        assert_eq!(c.kubernetes_clusters[DEFAULT_CLUSTER], ClusterSource::Auto { context: None });
+        let c = Config::parse(Path::new("p.yaml"), "kubernetes: {context: prod}\n").unwrap();
+        assert_eq!(
+            c.kubernetes_clusters[DEFAULT_CLUSTER],
+            ClusterSource::Auto {
+                context: Some("prod".into())
+            }
+        );
+        let c = Config::parse(
+            Path::new("/etc/pitcrew/p.yaml"),
+            "kubernetes:\n  clusters:\n    eu: {context: eu}\n    us: {kubeconfig: kc, context: us}\n    here: {in_cluster: true}\n",
+        )
+        .unwrap();
+        assert_eq!(c.kubernetes_default_cluster, None, "several clusters and no default");
+        assert_eq!(
+            c.kubernetes_clusters["us"],
+            ClusterSource::Kubeconfig {
+                kubeconfig: Some(PathBuf::from("/etc/pitcrew/kc")),
+                context: "us".into()
+            }
+        );
+        assert_eq!(c.kubernetes_clusters["here"], ClusterSource::InCluster);
+        let c = Config::parse(Path::new("p.yaml"), "kubernetes:\n  clusters:\n    eu: {context: eu}\n").unwrap();
+        assert_eq!(
+            c.kubernetes_default_cluster.as_deref(),
+            Some("eu"),
+            "the only cluster is the default"
+        );
+        for (text, want) in [
+            ("kubernetes:\n  context: a\n  clusters: {eu: {context: eu}}\n", "not both"),
+            ("kubernetes:\n  clusters: {eu: {kubeconfig: kc}}\n", "needs `context`"),
+            ("kubernetes:\n  clusters: {eu: {in_cluster: true, context: x}}\n", "takes no"),
+            (
+                "kubernetes:\n  default_cluster: us\n  clusters: {eu: {context: eu}}\n",
+                "unknown cluster `us`; configured clusters: eu",
+            ),
+            (
+                "kubernetes:\n  clusters: {eu: {context: eu, namespace: x}}\n",
+                "unknown key `namespace`",
+            ),
+        ] {
+            let err = Config::parse(Path::new("p.yaml"), text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_pagerduty_routing_key_is_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pd"), "0123456789abcdef0123456789abcdef\n").unwrap();
+        let c = Config::parse(&dir.path().join("p.yaml"), "pagerduty: {routing_key_file: pd}\n").unwrap();
+        let pd = c.pagerduty.as_ref().unwrap();
+        assert_eq!(pd.events_url, crate::pagerduty::DEFAULT_EVENTS_URL);
+        assert_eq!(pd.routing_key, "0123456789abcdef0123456789abcdef");
+        assert_eq!(c.redactor.text("key 0123456789abcdef0123456789abcdef"), "key [REDACTED]");
+        assert!(!format!("{pd:?}").contains("0123456789"));
+    }
+
+    #[test]
     fn notify_on_defaults_to_every_event_and_refuses_unknown_ones() {
         assert_eq!(Config::default().notify_on, NoticeEvent::ALL);
         let c = Config::parse(Path::new("p.yaml"), "notify:\n  on: [failed, storm]\n").unwrap();

@@ -217,7 +217,9 @@ fn a_literal_unknown_cluster_is_refused_at_load_naming_file_and_step() {
         "apiVersion: pitcrew/v1\nname: r\nsteps:\n  - name: restart\n    action: kubernetes.rollout_restart\n    with: {cluster: north, kind: deployment, namespace: a, name: b}\n  - name: templated\n    action: kubernetes.rollout_restart\n    with: {cluster: \"{{target}}\", kind: deployment, namespace: a, name: b}\n  - name: unnamed\n    action: kubernetes.rollout_restart\n    with: {kind: deployment, namespace: a, name: b}\n",
     )
     .unwrap();
-    let err = pitcrew::runbook::compile::load(&config, std::slice::from_ref(&rb)).unwrap_err().to_string();
+    let err = pitcrew::runbook::compile::load(&config, std::slice::from_ref(&rb))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rb.yaml:6"), "names the file and line: {err}");
     assert!(err.contains("step `restart`: unknown cluster `north`"), "{err}");
     assert!(err.contains("east, west"), "{err}");

@@ -28,6 +28,7 @@ mod guardrails_on_postgres;
 mod hostile;
 mod k8s_server;
 mod kubernetes;
+mod pagerduty;
 mod pg;
 mod plugins;
 mod properties;
