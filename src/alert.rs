@@ -112,6 +112,11 @@ pub struct Alert {
     pub fingerprint: String,
     #[serde(default, rename = "generatorURL", skip_serializing_if = "String::is_empty")]
     pub generator_url: String,
+    /// The `groupKey` of the webhook notification that delivered it first:
+    /// Alertmanager's PagerDuty integration keys its incident on it. Absent
+    /// for alerts given by hand, and for alerts stored before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_key: Option<String>,
 }
 
 impl Alert {
@@ -131,6 +136,8 @@ impl Alert {
         for v in alert.labels.values_mut().chain(alert.annotations.values_mut()) {
             *v = redactor.text(v);
         }
+        // It quotes the group's label values.
+        alert.group_key = alert.group_key.map(|k| redactor.text(&k));
         alert
     }
 
@@ -170,6 +177,7 @@ impl Alert {
             ends_at,
             fingerprint,
             generator_url: wire.generator_url,
+            group_key: None,
         }
     }
 
@@ -230,10 +238,14 @@ pub fn parse_webhook(body: &[u8], now: DateTime<Utc>) -> Result<Delivery, AlertE
         }
     };
     check_version(Some(&serde_json::Value::String(payload.version.clone())))?;
+    let group_key = Some(payload.group_key.clone()).filter(|k| !k.is_empty());
     let alerts = payload
         .alerts
         .into_iter()
-        .map(|w| Alert::from_wire(w, payload.status, now))
+        .map(|w| Alert {
+            group_key: group_key.clone(),
+            ..Alert::from_wire(w, payload.status, now)
+        })
         .collect();
     Ok(Delivery {
         alerts,
@@ -300,6 +312,7 @@ impl Alert {
             starts_at,
             ends_at: None,
             generator_url: String::new(),
+            group_key: None,
         };
         alert.fingerprint = label_fingerprint(&alert.labels);
         alert

@@ -35,6 +35,8 @@ pub mod kind {
     pub const EXECUTION_RECOVERED: &str = "execution.recovered";
     pub const ESCALATION_RESET: &str = "escalation.reset";
     pub const NOTIFICATION: &str = "notification";
+    /// A PagerDuty event delivered, or given up on after its retries.
+    pub const PAGERDUTY: &str = "pagerduty";
 }
 
 /// A record as stored and exported.

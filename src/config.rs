@@ -3,6 +3,7 @@
 //! are errors. `${VAR}` expands from the environment and `*_file` keys read
 //! secrets from files; both kinds of value are registered for redaction.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,7 @@ struct RawConfig {
     #[serde(default)]
     http: RawHttp,
     notify: Option<RawNotify>,
+    pagerduty: Option<RawPagerDuty>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -149,6 +151,27 @@ struct RawUrl {
 #[serde(deny_unknown_fields)]
 struct RawKubernetes {
     context: Option<String>,
+    clusters: Option<std::collections::BTreeMap<String, RawCluster>>,
+    default_cluster: Option<String>,
+}
+
+/// One of `kubernetes.clusters`: a kubeconfig context, or the pod's own cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    kubeconfig: Option<String>,
+    context: Option<String>,
+    #[serde(default)]
+    in_cluster: bool,
+}
+
+/// `pagerduty:`, the Events API v2.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPagerDuty {
+    events_url: Option<String>,
+    routing_key: Option<String>,
+    routing_key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -412,7 +435,15 @@ pub struct Config {
     pub insecure_allow_remote: bool,
     pub prometheus_url: Option<String>,
     pub alertmanager_url: Option<String>,
-    pub kubernetes_context: Option<String>,
+    /// Where Kubernetes actions act: every configured cluster by name.
+    /// Without `kubernetes.clusters`, one cluster named `default` (in the
+    /// pod's cluster, else the kubeconfig and `kubernetes.context`).
+    pub kubernetes_clusters: std::collections::BTreeMap<String, ClusterSource>,
+    /// The cluster a step without `cluster` acts on; `None` when several
+    /// are configured and none is named the default.
+    pub kubernetes_default_cluster: Option<String>,
+    /// PagerDuty Events API v2 (`pagerduty:`).
+    pub pagerduty: Option<PagerDutyConfig>,
     pub allowed_hosts: Vec<AllowedHost>,
     pub notify_url: Option<String>,
     /// Which events send a notice (`notify.on`).
@@ -618,7 +649,8 @@ impl Config {
         let slack = raw.slack.and_then(|s| cx.slack(s, &tokens, &users));
         let prometheus_url = raw.prometheus.map(|u| cx.url("prometheus.url", &u.url));
         let alertmanager_url = raw.alertmanager.map(|u| cx.url("alertmanager.url", &u.url));
-        let kubernetes_context = raw.kubernetes.and_then(|k| k.context).map(|c| cx.expand("kubernetes.context", &c));
+        let (kubernetes_clusters, kubernetes_default_cluster) = cx.clusters(raw.kubernetes);
+        let pagerduty = raw.pagerduty.and_then(|p| cx.pagerduty(p));
         let allowed_hosts = raw
             .http
             .allowed_hosts
@@ -830,7 +862,9 @@ impl Config {
             insecure_allow_remote: raw.auth.insecure_allow_remote,
             prometheus_url,
             alertmanager_url,
-            kubernetes_context,
+            kubernetes_clusters,
+            kubernetes_default_cluster,
+            pagerduty,
             allowed_hosts,
             notify_url,
             notify_on,
@@ -1042,6 +1076,92 @@ impl Cx<'_> {
         })
     }
 
+    /// `kubernetes:`: named clusters, or the single cluster of
+    /// `kubernetes.context` (named `default`).
+    fn clusters(&mut self, raw: Option<RawKubernetes>) -> (BTreeMap<String, ClusterSource>, Option<String>) {
+        let raw = raw.unwrap_or(RawKubernetes {
+            context: None,
+            clusters: None,
+            default_cluster: None,
+        });
+        let Some(list) = raw.clusters else {
+            let context = raw.context.map(|c| self.expand("kubernetes.context", &c));
+            if let Some(name) = &raw.default_cluster
+                && name != DEFAULT_CLUSTER
+            {
+                self.problem(
+                    "kubernetes.default_cluster",
+                    format!("unknown cluster `{name}`: without kubernetes.clusters the only cluster is `{DEFAULT_CLUSTER}`"),
+                );
+            }
+            let clusters = BTreeMap::from([(DEFAULT_CLUSTER.to_string(), ClusterSource::Auto { context })]);
+            return (clusters, Some(DEFAULT_CLUSTER.to_string()));
+        };
+        if raw.context.is_some() {
+            self.problem(
+                "kubernetes.context",
+                "give `kubernetes.context` or `kubernetes.clusters`, not both: name the context in a cluster (`clusters: {NAME: {context: CTX}}`)",
+            );
+        }
+        let mut clusters = BTreeMap::new();
+        for (name, c) in list {
+            let at = format!("kubernetes.clusters.{name}");
+            if !valid_cluster_name(&name) {
+                self.problem(&at, format!("invalid cluster name {name:?}: use letters, digits, `-`, `_` and `.`"));
+                continue;
+            }
+            let source = match (c.in_cluster, c.kubeconfig, c.context) {
+                (true, None, None) => ClusterSource::InCluster,
+                (true, _, _) => {
+                    self.problem(
+                        &at,
+                        format!("cluster `{name}`: `in_cluster: true` takes no `kubeconfig` or `context`"),
+                    );
+                    continue;
+                }
+                (false, kubeconfig, Some(context)) => ClusterSource::Kubeconfig {
+                    kubeconfig: kubeconfig.map(|k| self.path(&format!("{at}.kubeconfig"), &k)),
+                    context: self.expand(&format!("{at}.context"), &context),
+                },
+                (false, _, None) => {
+                    self.problem(
+                        &at,
+                        format!("cluster `{name}` needs `context` (with an optional `kubeconfig`) or `in_cluster: true`"),
+                    );
+                    continue;
+                }
+            };
+            clusters.insert(name, source);
+        }
+        let default = match raw.default_cluster {
+            Some(name) if clusters.contains_key(&name) => Some(name),
+            Some(name) => {
+                let known: Vec<&str> = clusters.keys().map(String::as_str).collect();
+                self.problem(
+                    "kubernetes.default_cluster",
+                    format!("unknown cluster `{name}`; configured clusters: {}", known.join(", ")),
+                );
+                None
+            }
+            // One cluster is the default without saying so.
+            None if clusters.len() == 1 => clusters.keys().next().cloned(),
+            None => None,
+        };
+        (clusters, default)
+    }
+
+    fn pagerduty(&mut self, raw: RawPagerDuty) -> Option<PagerDutyConfig> {
+        let events_url = self.url(
+            "pagerduty.events_url",
+            raw.events_url.as_deref().unwrap_or(crate::pagerduty::DEFAULT_EVENTS_URL),
+        );
+        let Some(routing_key) = self.secret("pagerduty.routing_key", raw.routing_key.as_deref(), raw.routing_key_file.as_deref()) else {
+            self.problem("pagerduty", "pagerduty needs `routing_key_file` (or `routing_key`)");
+            return None;
+        };
+        Some(PagerDutyConfig { events_url, routing_key })
+    }
+
     /// A secret given inline (maybe `${VAR}`) or as `*_file`.
     fn secret(&mut self, at: &str, inline: Option<&str>, file: Option<&str>) -> Option<String> {
         let value = match (inline, file) {
@@ -1068,6 +1188,43 @@ impl Cx<'_> {
         }
         self.secrets.push(value.clone());
         Some(value)
+    }
+}
+
+/// The cluster of a config without `kubernetes.clusters`.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+fn valid_cluster_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// How the client for one cluster is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// Without `kubernetes.clusters`: inside a pod, the pod's cluster; else
+    /// the kubeconfig (`KUBECONFIG` or `~/.kube/config`) with
+    /// `kubernetes.context` or its current context. A context named in the
+    /// config always wins over the pod's cluster.
+    Auto { context: Option<String> },
+    /// The pod's own service account.
+    InCluster,
+    /// A context of a kubeconfig file (`None`: the default file).
+    Kubeconfig { kubeconfig: Option<PathBuf>, context: String },
+}
+
+/// `pagerduty:`, checked. The routing key is a secret (redacted everywhere).
+#[derive(Clone)]
+pub struct PagerDutyConfig {
+    pub events_url: String,
+    pub routing_key: String,
+}
+
+impl std::fmt::Debug for PagerDutyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagerDutyConfig")
+            .field("events_url", &self.events_url)
+            .field("routing_key", &"<redacted>")
+            .finish()
     }
 }
 
@@ -1337,6 +1494,68 @@ budget_policy:
         ] {
             assert!(shown.contains(needle), "{needle} not in {shown}");
         }
+    }
+
+    #[test]
+    fn kubernetes_clusters_are_checked_and_the_single_cluster_form_still_works() {
+        let c = Config::default();
+        assert_eq!(c.kubernetes_default_cluster.as_deref(), Some(DEFAULT_CLUSTER));
+        assert_eq!(c.kubernetes_clusters[DEFAULT_CLUSTER], ClusterSource::Auto { context: None });
+        let c = Config::parse(Path::new("p.yaml"), "kubernetes: {context: prod}\n").unwrap();
+        assert_eq!(
+            c.kubernetes_clusters[DEFAULT_CLUSTER],
+            ClusterSource::Auto {
+                context: Some("prod".into())
+            }
+        );
+        let c = Config::parse(
+            Path::new("/etc/pitcrew/p.yaml"),
+            "kubernetes:\n  clusters:\n    eu: {context: eu}\n    us: {kubeconfig: kc, context: us}\n    here: {in_cluster: true}\n",
+        )
+        .unwrap();
+        assert_eq!(c.kubernetes_default_cluster, None, "several clusters and no default");
+        assert_eq!(
+            c.kubernetes_clusters["us"],
+            ClusterSource::Kubeconfig {
+                kubeconfig: Some(PathBuf::from("/etc/pitcrew/kc")),
+                context: "us".into()
+            }
+        );
+        assert_eq!(c.kubernetes_clusters["here"], ClusterSource::InCluster);
+        let c = Config::parse(Path::new("p.yaml"), "kubernetes:\n  clusters:\n    eu: {context: eu}\n").unwrap();
+        assert_eq!(
+            c.kubernetes_default_cluster.as_deref(),
+            Some("eu"),
+            "the only cluster is the default"
+        );
+        for (text, want) in [
+            ("kubernetes:\n  context: a\n  clusters: {eu: {context: eu}}\n", "not both"),
+            ("kubernetes:\n  clusters: {eu: {kubeconfig: kc}}\n", "needs `context`"),
+            ("kubernetes:\n  clusters: {eu: {in_cluster: true, context: x}}\n", "takes no"),
+            (
+                "kubernetes:\n  default_cluster: us\n  clusters: {eu: {context: eu}}\n",
+                "unknown cluster `us`; configured clusters: eu",
+            ),
+            (
+                "kubernetes:\n  clusters: {eu: {context: eu, namespace: x}}\n",
+                "unknown key `namespace`",
+            ),
+        ] {
+            let err = Config::parse(Path::new("p.yaml"), text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_pagerduty_routing_key_is_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pd"), "0123456789abcdef0123456789abcdef\n").unwrap();
+        let c = Config::parse(&dir.path().join("p.yaml"), "pagerduty: {routing_key_file: pd}\n").unwrap();
+        let pd = c.pagerduty.as_ref().unwrap();
+        assert_eq!(pd.events_url, crate::pagerduty::DEFAULT_EVENTS_URL);
+        assert_eq!(pd.routing_key, "0123456789abcdef0123456789abcdef");
+        assert_eq!(c.redactor.text("key 0123456789abcdef0123456789abcdef"), "key [REDACTED]");
+        assert!(!format!("{pd:?}").contains("0123456789"));
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Engine {
     finishing: tokio_util::task::TaskTracker,
     /// Notices being delivered (and recorded) in the background.
     notices: tokio_util::task::TaskTracker,
+    /// PagerDuty events (`pagerduty:` in the config), delivered on `notices`.
+    pagerduty: Option<crate::pagerduty::PagerDuty>,
     /// `pid:starttime`, so recovery can tell a dead worker from a live one.
     pub worker_id: String,
     /// Numbers this process's claims (`pid:starttime/N`), so one claim can
@@ -222,6 +224,7 @@ struct Notifier {
     deps: Arc<Deps>,
     sets: Sets,
     tasks: tokio_util::task::TaskTracker,
+    pagerduty: Option<crate::pagerduty::PagerDuty>,
 }
 
 impl Notifier {
@@ -305,6 +308,24 @@ impl Notifier {
             execution: Some((exec.id.clone(), exec.runbook.clone(), exec.target.clone())),
             runbook_url: self.runbook_url(&exec.runbook),
         });
+        self.page(exec, state, reason);
+    }
+
+    /// A run an alert started, of a runbook with `pagerduty.acknowledge`,
+    /// ended failed or unknown: page a human (this replica ran it).
+    fn page(&self, exec: &Execution, state: State, reason: &str) {
+        let Some(pd) = &self.pagerduty else { return };
+        let acknowledges = {
+            let current = self.sets.lock().expect("sets lock").current.clone();
+            current.get(&exec.runbook).is_some_and(|r| r.pagerduty_acknowledge)
+        };
+        if !acknowledges || !exec.automated || exec.dry_run {
+            return;
+        }
+        let about = (exec.id.clone(), exec.runbook.clone(), exec.target.clone());
+        let alertname = exec.alert.as_ref().map(|a| a.name());
+        let event = crate::pagerduty::PdEvent::page(&about, state.as_str(), reason, exec.risk, alertname);
+        pd.send(event, about);
     }
 }
 
@@ -498,6 +519,18 @@ impl Engine {
             .map(|c| Arc::new(crate::slack::Slack::new(c, config.redactor.clone())));
         drop(config);
         let worker_id = store.worker_id();
+        let metrics = Arc::new(Metrics::default());
+        let notices = tokio_util::task::TaskTracker::new();
+        let pagerduty = deps.config.pagerduty.clone().map(|pd| {
+            crate::pagerduty::PagerDuty::new(
+                pd,
+                deps.config.redactor.clone(),
+                deps.http().clone(),
+                store.clone(),
+                metrics.clone(),
+                notices.clone(),
+            )
+        });
         Engine {
             store,
             sets: Arc::new(Mutex::new(Loaded {
@@ -508,11 +541,12 @@ impl Engine {
             switch: tokio::sync::RwLock::new(()),
             deps,
             budgets,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             wake: Arc::new(Notify::new()),
             dispatch: Dispatch::default(),
             finishing: tokio_util::task::TaskTracker::new(),
-            notices: tokio_util::task::TaskTracker::new(),
+            notices,
+            pagerduty,
             worker_id,
             claims: AtomicU64::new(0),
             abandoned: Arc::default(),
@@ -1050,6 +1084,7 @@ impl Engine {
             deps: self.deps.clone(),
             sets: self.sets.clone(),
             tasks: self.notices.clone(),
+            pagerduty: self.pagerduty.clone(),
         }
     }
 
@@ -1095,6 +1130,7 @@ impl Engine {
             defer_ends: progress.is_none(),
             progress,
             pending: Mutex::new(pending),
+            acknowledged: std::sync::atomic::AtomicBool::new(false),
         };
         let failure: Option<String> = match &exec.resume_error {
             Some(e) => Some(e.clone()),
@@ -1136,9 +1172,35 @@ struct Run<'a> {
     /// Written with the next record (see [`Pending`]).
     pending: Mutex<Pending>,
     defer_ends: bool,
+    /// The PagerDuty acknowledge went out (once per run).
+    acknowledged: std::sync::atomic::AtomicBool,
 }
 
 impl Run<'_> {
+    /// The run's first step started (durably, so the run is claimed): an
+    /// alert's run of a runbook with `pagerduty.acknowledge` tells
+    /// PagerDuty that automation is on the incident Alertmanager opened.
+    /// Not for dry runs, nor again for a run resumed after a crash.
+    fn acknowledge(&self) {
+        let Some(pd) = &self.engine.pagerduty else { return };
+        let exec = self.exec;
+        if !self.rb.pagerduty_acknowledge || !exec.automated || exec.dry_run || !exec.steps.is_empty() {
+            return;
+        }
+        if self.acknowledged.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match exec.alert.as_ref().and_then(|a| a.group_key.as_deref()) {
+            Some(group_key) => pd.send(
+                crate::pagerduty::PdEvent::acknowledge(group_key),
+                (exec.id.clone(), exec.runbook.clone(), exec.target.clone()),
+            ),
+            None => {
+                tracing::warn!(execution = %exec.id, "no groupKey stored with the alert (stored before pitcrew kept it, or not from a webhook): PagerDuty not acknowledged")
+            }
+        }
+    }
+
     fn take_pending(&self) -> Pending {
         std::mem::take(&mut *self.pending.lock().expect("pending lock"))
     }
@@ -1348,6 +1410,7 @@ impl Run<'_> {
                 .await?;
             // The start is durable, the action not yet run.
             crate::failpoint::crash("engine.step_started");
+            self.acknowledge();
             self.report(Progress::StepStarted {
                 name: step.name.clone(),
                 action: action_name.clone(),

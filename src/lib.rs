@@ -17,6 +17,7 @@ pub mod guard;
 pub mod inhibit;
 pub mod matcher;
 pub mod metrics;
+pub mod pagerduty;
 pub mod report;
 pub mod runbook;
 pub mod server;

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub step_duration: Family<Labels, Histogram, fn() -> Histogram>,
     pub queue_depth: Gauge,
     pub budget_remaining: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub pagerduty_events: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -41,6 +42,7 @@ impl Default for Metrics {
             step_duration: Family::new_with_constructor(step_histogram as fn() -> Histogram),
             queue_depth: Gauge::default(),
             budget_remaining: Family::default(),
+            pagerduty_events: Family::default(),
         };
         registry.register(
             "pitcrew_alerts_received",
@@ -74,6 +76,11 @@ impl Default for Metrics {
             "Error budget remaining by SLO (1 = untouched)",
             m.budget_remaining.clone(),
         );
+        registry.register(
+            "pitcrew_pagerduty_events",
+            "PagerDuty events by action (acknowledge, trigger) and outcome (delivered, failed after retries, dropped with the queue full)",
+            m.pagerduty_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -97,6 +104,12 @@ impl Metrics {
         self.budget_remaining
             .get_or_create(&vec![("slo".into(), slo.into())])
             .set(remaining.unwrap_or(f64::NAN));
+    }
+
+    pub fn pagerduty(&self, action: &str, outcome: &str) {
+        self.pagerduty_events
+            .get_or_create(&vec![("action".into(), action.into()), ("outcome".into(), outcome.into())])
+            .inc();
     }
 
     pub fn render(&self) -> String {

@@ -93,7 +93,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         .collect();
     print!("{}", output::table(&["PARAMETER", "TYPE", "REQUIRED", "DESCRIPTION"], &rows));
     if !s.rbac.is_empty() {
-        println!("\nKubernetes RBAC:");
+        println!("\nKubernetes RBAC (in each cluster it acts on):");
         for r in &s.rbac {
             let group = if r.api_group.is_empty() { "\"\" (core)" } else { r.api_group };
             println!("  apiGroup {group}: {} — {}", r.resources.join(", "), r.verbs.join(", "));
@@ -121,7 +121,12 @@ fn reference(registry: &crate::action::Registry) -> String {
          A step's risk is the action's unless the step sets `risk:`. Idempotent actions may be retried \
          (`retries:`) and are run again after a crash; the others never are (after a crash their outcome \
          is `unknown` and the runbook's `on_failure` runs). Plugins add actions named `plugin.NAME` \
-         (see [plugins](plugins.md)).\n\n| action | risk | idempotent | what it does |\n|---|---|---|---|\n",
+         (see [plugins](plugins.md)).\n\n\
+         Every `kubernetes.*` action takes `cluster`: which of the config's `kubernetes.clusters` it acts on, \
+         usually from the alert (`cluster: \"{{alert.labels.cluster}}\"`); without it, `kubernetes.default_cluster`. \
+         A cluster that is not configured fails the step before any request; a literal name is checked by \
+         `pitcrew validate`. Each cluster's client is built once, on first use, and reused; the RBAC below \
+         applies in each cluster pitcrew acts on (see [configuration](config.md#many-clusters)).\n\n| action | risk | idempotent | what it does |\n|---|---|---|---|\n",
     );
     for a in registry.iter() {
         let s = a.spec();

@@ -64,7 +64,8 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                             guard::decide(&request, &Facts::default(), budget.as_ref(), &config)
                         }
                     };
-                    json!({"runbook": rb.name, "risk": rb.risk, "params": r.params, "target": r.target,
+                    let clusters = crate::action::kubernetes::step_clusters(&set, rb, Some(alert), &r, &config);
+                    json!({"runbook": rb.name, "risk": rb.risk, "params": r.params, "target": r.target, "clusters": clusters,
                            "verdict": decision.verdict, "decided_by": decision.decided_by, "reason": decision.reason, "dry_run": decision.dry_run, "guardrails": decision.checks})
                 }
                 Err(e) => json!({"runbook": rb.name, "risk": rb.risk, "error": e.to_string()}),
@@ -116,6 +117,20 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
                     if let Some(Value::Object(params)) = m.get("params") {
                         for (k, v) in params {
                             println!("    param {} = {}", output::visible(k), output::visible_json(&v.to_string()));
+                        }
+                    }
+                    for c in m["clusters"].as_array().into_iter().flatten() {
+                        match c.get("cluster") {
+                            Some(cluster) => println!(
+                                "    step {}: cluster {}",
+                                output::visible(c["step"].as_str().unwrap_or("")),
+                                output::visible(cluster.as_str().unwrap_or(""))
+                            ),
+                            None => println!(
+                                "    step {}: cluster ? ({})",
+                                output::visible(c["step"].as_str().unwrap_or("")),
+                                output::visible(c["error"].as_str().unwrap_or(""))
+                            ),
                         }
                     }
                     println!(

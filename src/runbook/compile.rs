@@ -479,6 +479,14 @@ impl Cx<'_> {
         let (toil_minutes, effect) = self.effect(raw.toil_minutes.as_ref(), raw.verify_within.as_ref(), raw.stays_fixed.as_ref());
         let notify_url = raw.notify.as_ref().and_then(|n| self.notify_url(&n.url));
         let permissions = raw.permissions.as_ref().map(|p| self.permissions(p));
+        let pagerduty_acknowledge = raw.pagerduty.as_ref().is_some_and(|p| p.acknowledge);
+        if pagerduty_acknowledge && self.config.pagerduty.is_none() {
+            self.problem_hint(
+                "pagerduty.acknowledge",
+                "pagerduty.acknowledge needs the config's `pagerduty` section",
+                Some("add `pagerduty: {routing_key_file: ...}` to pitcrew.yaml".into()),
+            );
+        }
         let raw_step_names: HashSet<&str> = raw.steps.iter().chain(raw.on_failure.iter()).map(|s| s.name.as_str()).collect();
         let mut names = HashSet::new();
         let steps = self.steps("steps", &raw.steps, STEP_ROOTS, &mut names);
@@ -569,6 +577,7 @@ impl Cx<'_> {
             effect,
             notify_url,
             permissions,
+            pagerduty_acknowledge,
             steps,
             on_failure,
             tests,
@@ -845,6 +854,39 @@ impl Cx<'_> {
         }
     }
 
+    /// A Kubernetes step's cluster, where it is known at load time: a
+    /// literal name must be configured, and a step naming none needs a
+    /// default cluster. A templated name is checked when the step runs.
+    fn cluster(&mut self, at: &str, step: &str, action: &str, with: &BTreeMap<String, Tpl>) {
+        if !action.starts_with("kubernetes.") {
+            return;
+        }
+        let clusters = &self.config.kubernetes_clusters;
+        let known = || clusters.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+        match with.get("cluster").map(|t| t.literal()) {
+            Some(Some(serde_json::Value::String(name))) if !clusters.contains_key(&name) => {
+                let hint = Some(format!("configured clusters (kubernetes.clusters): {}", known()));
+                self.problem_hint(
+                    &format!("{at}.with.cluster"),
+                    format!("step `{step}`: unknown cluster `{name}`"),
+                    hint,
+                );
+            }
+            None if self.config.kubernetes_default_cluster.is_none() => {
+                let hint = Some(format!(
+                    "name one with `cluster:` (configured: {}) or set kubernetes.default_cluster",
+                    known()
+                ));
+                self.problem_hint(
+                    &format!("{at}.action"),
+                    format!("step `{step}` names no cluster and kubernetes.default_cluster is not set"),
+                    hint,
+                );
+            }
+            _ => {}
+        }
+    }
+
     fn steps(&mut self, key: &str, raw: &[RawStep], roots: &[&str], names: &mut HashSet<String>) -> Vec<Step> {
         let mut out = Vec::new();
         for (i, s) in raw.iter().enumerate() {
@@ -913,6 +955,7 @@ impl Cx<'_> {
                 };
                 self.problems.push(Diagnostic::new(self.file, place, message).hint(hint));
             }
+            self.cluster(&at, &s.name, action.spec().name.as_str(), &with);
             let when = s.when.as_deref().and_then(|w| self.template(&format!("{at}.when"), w, roots));
             let timeout = s
                 .timeout

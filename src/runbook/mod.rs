@@ -160,6 +160,9 @@ pub struct Runbook {
     pub notify_url: Option<String>,
     /// Who may start it by hand and answer its approvals; `None`: any operator.
     pub permissions: Option<Permissions>,
+    /// `pagerduty.acknowledge`: acknowledge Alertmanager's incident when a
+    /// run started by an alert starts; page when it ends failed or unknown.
+    pub pagerduty_acknowledge: bool,
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
     pub tests: Vec<selftest::RunbookTest>,

@@ -67,6 +67,9 @@ pub struct RawRunbook {
     /// `auth.users`). Without it, any operator may.
     #[serde(default)]
     pub permissions: Option<RawPermissions>,
+    /// PagerDuty (the config's `pagerduty:`): acknowledge Alertmanager's incident while a run works on it.
+    #[serde(default)]
+    pub pagerduty: Option<RawRunbookPagerDuty>,
     /// What it does, in order.
     pub steps: Vec<RawStep>,
     /// Steps run when a step fails (or its outcome is unknown after a crash); `{{error}}` says why.
@@ -214,6 +217,18 @@ pub struct RawPermissions {
 pub struct RawRunbookNotify {
     /// A literal `http(s)` URL on a host in the config's `http.allowed_hosts`; treated as a secret.
     pub url: String,
+}
+
+/// What a runbook tells PagerDuty.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "RunbookPagerDuty")]
+pub struct RawRunbookPagerDuty {
+    /// When a run started by an alert starts, acknowledge the incident Alertmanager's own PagerDuty
+    /// integration opened for that notification; when the run ends `failed` or `unknown`, trigger an
+    /// incident (`pitcrew/<execution id>`) so a human is paged.
+    #[serde(default)]
+    pub acknowledge: bool,
 }
 
 /// A YAML scalar as text (`30` and `"30"` alike).

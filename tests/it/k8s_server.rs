@@ -180,6 +180,7 @@ impl Inner {
 pub struct K8sServer {
     url: String,
     state: Arc<Mutex<Inner>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl K8sServer {
@@ -189,13 +190,26 @@ impl K8sServer {
         let addr = listener.local_addr().expect("bound address");
         let state = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new().fallback(handle).with_state(state.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        // Each accepted connection is counted: a client built once and
+        // reused keeps one connection open across requests.
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         K8sServer {
             url: format!("http://{addr}"),
             state,
+            connections,
         }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> &str {

@@ -33,7 +33,7 @@ impl Harness {
     fn with_client(client: kube::Client, server: K8sServer) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let deps = Deps::new(Arc::new(Config::for_state_dir(dir.path())));
-        assert!(deps.kube.set(client).is_ok());
+        assert!(deps.kube.set("default", client));
         Harness { server, deps, dir }
     }
 
@@ -214,7 +214,7 @@ async fn rollout_restart_sends_what_kubectl_sends() {
     assert_eq!(stored.metadata.generation, Some(2));
     assert_eq!(
         out,
-        json!({"kind": "deployment", "namespace": "shop", "name": "web", "restartedAt": STARTED,
+        json!({"cluster": "default", "kind": "deployment", "namespace": "shop", "name": "web", "restartedAt": STARTED,
                "changed": true, "generation": 2, "dry_run": false})
     );
 }
@@ -555,7 +555,7 @@ async fn scale_sets_replicas_through_the_scale_subresource() {
     assert_eq!(stored.metadata.generation, Some(2));
     assert_eq!(
         out,
-        json!({"kind": "deployment", "namespace": "shop", "name": "web", "from": 3, "to": 5,
+        json!({"cluster": "default", "kind": "deployment", "namespace": "shop", "name": "web", "from": 3, "to": 5,
                "changed": true, "clamped": false, "dry_run": false})
     );
 }
@@ -771,7 +771,7 @@ async fn delete_pods_evicts_the_least_healthy_pod_through_the_eviction_api() {
     assert!(!terminating(&h, "web-old") && !terminating(&h, "web-new") && !terminating(&h, "api-1"));
     assert_eq!(
         out,
-        json!({"namespace": "shop", "selector": "app=web", "mode": "evict", "matched": 3, "dry_run": false,
+        json!({"cluster": "default", "namespace": "shop", "selector": "app=web", "mode": "evict", "matched": 3, "dry_run": false,
                "pods": [{"name": "web-crashing", "ready": false, "restarts": 7, "result": "evicted"}]})
     );
 
@@ -1011,7 +1011,7 @@ async fn logs_by_selector_saves_each_pod_log_as_an_artifact() {
     );
     assert_eq!(
         out,
-        json!({"namespace": "shop", "pods": 3, "logs": [
+        json!({"cluster": "default", "namespace": "shop", "pods": 3, "logs": [
             {"pod": "web-crashing", "file": "step-web-crashing.log", "bytes": 12, "truncated": false},
             {"pod": "web-new", "file": "step-web-new.log", "bytes": 0, "truncated": false},
             {"pod": "web-old", "file": "step-web-old.log", "bytes": 10, "truncated": false},

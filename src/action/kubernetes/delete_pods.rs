@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{api_error, check_namespace};
+use super::{CLUSTER_DOC, api_error, check_namespace};
 use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, input, lenient};
 use crate::runbook::Risk;
 
@@ -34,6 +34,7 @@ impl DeletePods {
             ParamType::String,
             "label selector, e.g. app=checkout; an empty selector is refused",
         )
+        .param("cluster", ParamType::String, CLUSTER_DOC)
         .param("max", ParamType::Integer, "most pods to evict (default 1)")
         .param(
             "mode",
@@ -76,6 +77,7 @@ impl Action for DeletePods {
             selector,
             max,
             mode,
+            cluster,
         } = input(input_value)?;
         check_namespace("namespace", &namespace)?;
         let selector = selector.trim().to_string();
@@ -93,7 +95,8 @@ impl Action for DeletePods {
             "delete" => Mode::Delete,
             other => return Err(ActionError::input("mode", format!("expected evict or delete, got {other:?}"))),
         };
-        let api: Api<Pod> = Api::namespaced(super::client(cx).await?, &namespace);
+        let cluster = cx.deps.kube.resolve(cluster.as_deref())?;
+        let api: Api<Pod> = Api::namespaced(super::client(cx, Some(cluster)).await?, &namespace);
 
         let listed = api.list(&ListParams::default().labels(&selector)).await.map_err(|e| {
             api_error(
@@ -129,6 +132,7 @@ impl Action for DeletePods {
             }));
         }
         Ok(json!({
+            "cluster": cluster,
             "namespace": namespace,
             "selector": selector,
             "mode": mode.word(),
@@ -150,6 +154,8 @@ struct Input {
     max: Option<i64>,
     #[serde(default)]
     mode: Option<String>,
+    #[serde(default, deserialize_with = "super::opt_cluster")]
+    cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams, LogParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{api_error, check_name, check_namespace};
+use super::{CLUSTER_DOC, api_error, check_name, check_namespace};
 use crate::action::{Action, ActionContext, ActionError, ParamType, Spec, input, lenient};
 use crate::runbook::Risk;
 use crate::units::Duration;
@@ -31,6 +31,7 @@ impl Logs {
             true,
         )
         .required("namespace", ParamType::String, "namespace of the pods")
+        .param("cluster", ParamType::String, CLUSTER_DOC)
         .param("selector", ParamType::String, "label selector, e.g. app=checkout")
         .param("pod", ParamType::String, "one pod by name")
         .param("container", ParamType::String, "container name (default: all)")
@@ -78,6 +79,7 @@ impl Action for Logs {
             tail,
             since,
             max_pods,
+            cluster,
         } = input(input_value)?;
         // A selector matching a whole fleet must not read every log into
         // the artifacts in one step.
@@ -115,7 +117,8 @@ impl Action for Logs {
             }
             (Some(selector), None) => Source::Selector(selector.trim().to_string()),
         };
-        let api: Api<Pod> = Api::namespaced(super::client(cx).await?, &namespace);
+        let cluster = cx.deps.kube.resolve(cluster.as_deref())?;
+        let api: Api<Pod> = Api::namespaced(super::client(cx, Some(cluster)).await?, &namespace);
 
         let pods = match &source {
             Source::Pod(name) => vec![api.get(name).await.map_err(|e| {
@@ -188,6 +191,7 @@ impl Action for Logs {
             return Err(ActionError::Failed(format!("no log could be read: {first}")));
         }
         let mut out = json!({
+            "cluster": cluster,
             "namespace": namespace,
             "pods": matched,
             "logs": saved,
@@ -216,6 +220,8 @@ struct Input {
     since: Option<Duration>,
     #[serde(default, deserialize_with = "lenient::opt_int")]
     max_pods: Option<i64>,
+    #[serde(default, deserialize_with = "super::opt_cluster")]
+    cluster: Option<String>,
 }
 
 const DEFAULT_MAX_PODS: usize = 20;

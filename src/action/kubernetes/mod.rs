@@ -1,7 +1,7 @@
 //! Kubernetes actions through the `kube` client.
 //!
-//! Shared here: the client (in-cluster, else kubeconfig with the configured
-//! context), name checks done before any request is sent, and the mapping of
+//! Shared here: one client per configured cluster (`kubernetes.clusters`;
+//! in-cluster, or a kubeconfig context), name checks done before any request is sent, and the mapping of
 //! API server answers to step outcomes. The client never retries on its own:
 //! a PodDisruptionBudget refusing an eviction answers 429, and that must
 //! reach the step at once instead of hiding behind minutes of backoff.
@@ -12,29 +12,162 @@ pub mod patch;
 pub mod rollout_restart;
 pub mod scale;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use k8s_openapi::api::apps::v1 as apps;
 use kube::api::{ApiResource, PatchParams};
 use kube::config::KubeConfigOptions;
 
 use super::{ActionContext, ActionError};
+use crate::config::{ClusterSource, Config};
 
 pub(crate) const WORKLOADS: &[&str] = &["deployment", "statefulset", "daemonset"];
+
+/// The `cluster` parameter every Kubernetes action takes.
+pub(crate) const CLUSTER_DOC: &str =
+    "which of kubernetes.clusters to act on, e.g. {{alert.labels.cluster}} (default: kubernetes.default_cluster)";
+
+/// Reads `cluster`: a string, as rendered.
+pub(crate) fn opt_cluster<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    crate::action::lenient::string(d).map(Some)
+}
 
 /// The field manager our writes show in `managedFields`.
 const FIELD_MANAGER: &str = "pitcrew";
 
-/// The shared client: the one in `deps` (tests set it), else built once from
-/// the environment.
-pub async fn client(cx: &ActionContext<'_>) -> Result<kube::Client, ActionError> {
-    cx.deps
-        .kube
-        .get_or_try_init(|| connect(cx.deps.config.kubernetes_context.clone()))
-        .await
-        .cloned()
+/// One client per configured cluster, built on first use and reused by
+/// every later step. A cluster whose client cannot be built (a broken
+/// kubeconfig, a missing context) fails only the steps that name it, and
+/// is tried again by the next one: the others are untouched.
+pub struct Clusters {
+    slots: BTreeMap<String, Slot>,
+    default: Option<String>,
 }
 
-async fn connect(context: Option<String>) -> Result<kube::Client, ActionError> {
-    let config = match (&context, kube::Config::incluster()) {
+struct Slot {
+    source: ClusterSource,
+    client: tokio::sync::OnceCell<kube::Client>,
+    /// Clients built for this cluster (one, once built).
+    built: AtomicU64,
+}
+
+impl Clusters {
+    pub fn new(config: &Config) -> Clusters {
+        let slots = config
+            .kubernetes_clusters
+            .iter()
+            .map(|(name, source)| {
+                let slot = Slot {
+                    source: source.clone(),
+                    client: tokio::sync::OnceCell::new(),
+                    built: AtomicU64::new(0),
+                };
+                (name.clone(), slot)
+            })
+            .collect();
+        Clusters {
+            slots,
+            default: config.kubernetes_default_cluster.clone(),
+        }
+    }
+
+    /// Sets a cluster's client before first use (tests, embedders).
+    /// `false` if the cluster is not configured or has its client already.
+    pub fn set(&self, cluster: &str, client: kube::Client) -> bool {
+        self.slots.get(cluster).is_some_and(|slot| slot.client.set(client).is_ok())
+    }
+
+    /// How many clients were built for `cluster` so far.
+    pub fn built(&self, cluster: &str) -> u64 {
+        self.slots.get(cluster).map_or(0, |slot| slot.built.load(Ordering::Relaxed))
+    }
+
+    /// The cluster a step acts on: the one it names, else the default.
+    /// Checked before any request; the error names the known clusters.
+    pub fn resolve<'a>(&'a self, named: Option<&'a str>) -> Result<&'a str, ActionError> {
+        let known = || self.slots.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+        let name = match named {
+            Some(name) => name,
+            None => self.default.as_deref().ok_or_else(|| {
+                ActionError::input(
+                    "cluster",
+                    format!(
+                        "no cluster named and kubernetes.default_cluster is not set; configured clusters: {}",
+                        known()
+                    ),
+                )
+            })?,
+        };
+        if self.slots.contains_key(name) {
+            Ok(name)
+        } else {
+            Err(ActionError::input(
+                "cluster",
+                format!("unknown cluster {name:?}; configured clusters: {}", known()),
+            ))
+        }
+    }
+
+    /// The client for a resolved cluster, built on first use.
+    async fn client(&self, cluster: &str) -> Result<kube::Client, ActionError> {
+        let slot = self
+            .slots
+            .get(cluster)
+            .ok_or_else(|| ActionError::input("cluster", format!("unknown cluster {cluster:?}")))?;
+        slot.client
+            .get_or_try_init(|| async {
+                let client = connect(&slot.source).await.map_err(|e| match e {
+                    ActionError::Unavailable(m) => ActionError::Unavailable(format!("cluster {cluster}: {m}")),
+                    other => other,
+                })?;
+                slot.built.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(cluster, "kubernetes client built");
+                Ok(client)
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// The client for the cluster a step names (`cluster`), else the default
+/// cluster. An unknown cluster fails the step before any request.
+pub async fn client(cx: &ActionContext<'_>, cluster: Option<&str>) -> Result<kube::Client, ActionError> {
+    let name = cx.deps.kube.resolve(cluster)?;
+    cx.deps.kube.client(name).await
+}
+
+async fn connect(source: &ClusterSource) -> Result<kube::Client, ActionError> {
+    let config = match source {
+        ClusterSource::InCluster => {
+            kube::Config::incluster().map_err(|e| ActionError::Unavailable(format!("not in a cluster: {}", chain(&e))))?
+        }
+        ClusterSource::Kubeconfig { kubeconfig, context } => {
+            let options = KubeConfigOptions {
+                context: Some(context.clone()),
+                ..KubeConfigOptions::default()
+            };
+            let loaded = match kubeconfig {
+                Some(path) => match kube::config::Kubeconfig::read_from(path) {
+                    Ok(file) => kube::Config::from_custom_kubeconfig(file, &options).await,
+                    Err(e) => Err(e),
+                },
+                None => kube::Config::from_kubeconfig(&options).await,
+            };
+            let shown = kubeconfig
+                .as_ref()
+                .map_or("the default kubeconfig".to_string(), |p| p.display().to_string());
+            loaded.map_err(|e| ActionError::Unavailable(format!("kubeconfig {shown}, context {context}: {}", chain(&e))))?
+        }
+        ClusterSource::Auto { context } => auto(context.clone()).await?,
+    };
+    from_config(config)
+}
+
+/// Without `kubernetes.clusters`: in a pod, the pod's cluster, else the
+/// kubeconfig.
+async fn auto(context: Option<String>) -> Result<kube::Config, ActionError> {
+    Ok(match (&context, kube::Config::incluster()) {
         (None, Ok(in_cluster)) => in_cluster,
         // A context named in pitcrew's config picks a cluster on purpose: in a
         // pod that also has a kubeconfig, acting on the pod's own cluster
@@ -52,8 +185,7 @@ async fn connect(context: Option<String>) -> Result<kube::Client, ActionError> {
                 ActionError::Unavailable(format!("no kubernetes configuration: kubeconfig: {}{also}", chain(&e)))
             })?
         }
-    };
-    from_config(config)
+    })
 }
 
 /// Builds a client that never retries: every answer, 429 included, goes
@@ -68,6 +200,37 @@ pub fn from_config(mut config: kube::Config) -> Result<kube::Client, ActionError
 pub fn client_for_url(url: &str) -> Result<kube::Client, ActionError> {
     let uri = url.parse().map_err(|e| ActionError::input("url", format!("{url:?}: {e}")))?;
     from_config(kube::Config::new(uri))
+}
+
+/// The cluster each Kubernetes step of a run would act on, for `pitcrew
+/// match`: `{"step", "cluster"}`, or `{"step", "error"}` when the name is
+/// unknown or cannot be told before the run (it renders from a step's output).
+pub fn step_clusters(
+    set: &crate::runbook::RunbookSet,
+    rb: &crate::runbook::Runbook,
+    alert: Option<&crate::alert::Alert>,
+    resolved: &crate::runbook::Resolved,
+    config: &Config,
+) -> Vec<serde_json::Value> {
+    let clusters = Clusters::new(config);
+    let ctx = crate::runbook::RunbookSet::step_context(rb, alert, resolved, "", &serde_json::Map::new(), None);
+    let mut out = Vec::new();
+    for step in rb.steps.iter().chain(rb.on_failure.iter()) {
+        if !step.action.spec().name.starts_with("kubernetes.") {
+            continue;
+        }
+        let named = match step.with.get("cluster").map(|t| set.templates.render_string(t, &ctx)) {
+            None => Ok(None),
+            Some(Ok(name)) => Ok(Some(name)),
+            Some(Err(e)) => Err(format!("decided when the step runs: {e}")),
+        };
+        let cluster = named.and_then(|named| clusters.resolve(named.as_deref()).map(str::to_string).map_err(|e| e.to_string()));
+        out.push(match cluster {
+            Ok(cluster) => serde_json::json!({"step": step.name, "cluster": cluster}),
+            Err(error) => serde_json::json!({"step": step.name, "error": error}),
+        });
+    }
+    out
 }
 
 /// RFC 1123 label (namespaces, container names) — checked before any request goes out.

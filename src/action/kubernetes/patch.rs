@@ -6,7 +6,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch as Kube
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{api_error, check_name, check_namespace, patch_params, plural, resource_name};
+use super::{CLUSTER_DOC, api_error, check_name, check_namespace, patch_params, plural, resource_name};
 use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, StaticWith, input, lenient};
 use crate::runbook::Risk;
 use crate::runbook::template::Tpl;
@@ -26,6 +26,7 @@ impl Patch {
             true,
         )
         .required("api_version", ParamType::String, "e.g. v1 or apps/v1")
+        .param("cluster", ParamType::String, CLUSTER_DOC)
         .required("kind", ParamType::String, "e.g. ConfigMap")
         .required("namespace", ParamType::String, "namespace of the object")
         .required("name", ParamType::String, "name of the object")
@@ -87,6 +88,7 @@ impl Action for Patch {
             name,
             patch,
             patch_type,
+            cluster,
         } = input(input_value)?;
         let ar = api_resource(&api_version, &kind)?;
         check_namespace("namespace", &namespace)?;
@@ -95,7 +97,8 @@ impl Action for Patch {
         patch_type.check(&patch)?;
         let what = format!("{kind} {namespace}/{name}");
         let needs = format!("patch on {} in namespace {namespace}", resource_name(&ar));
-        let client = super::client(cx).await?;
+        let cluster = cx.deps.kube.resolve(cluster.as_deref())?;
+        let client = super::client(cx, Some(cluster)).await?;
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
         let pp = patch_params(cx.dry_run);
 
@@ -119,6 +122,7 @@ impl Action for Patch {
         .map_err(|e| api_error(&e, &what, &needs))?;
 
         Ok(json!({
+            "cluster": cluster,
             "api_version": api_version,
             "kind": kind,
             "namespace": namespace,
@@ -145,6 +149,8 @@ struct Input {
     patch: Value,
     #[serde(default)]
     patch_type: Option<String>,
+    #[serde(default, deserialize_with = "super::opt_cluster")]
+    cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use kube::api::{Api, DynamicObject, Patch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Workload, api_error, check_name, check_namespace, patch_params, resource_name};
+use super::{CLUSTER_DOC, Workload, api_error, check_name, check_namespace, patch_params, resource_name};
 use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, input, lenient};
 use crate::runbook::Risk;
 
@@ -31,6 +31,7 @@ impl RolloutRestart {
         .required("kind", ParamType::OneOf(super::WORKLOADS), "deployment, statefulset or daemonset")
         .required("namespace", ParamType::String, "namespace of the workload")
         .required("name", ParamType::String, "name of the workload")
+        .param("cluster", ParamType::String, CLUSTER_DOC)
         .rbac("apps", &["deployments", "statefulsets", "daemonsets"], &["get", "patch"])
         .example("kind: deployment\nnamespace: \"{{params.namespace}}\"\nname: \"{{params.deployment}}\"\n");
         RolloutRestart { spec }
@@ -54,14 +55,20 @@ impl Action for RolloutRestart {
     }
 
     async fn run(&self, input_value: &Value, cx: &ActionContext<'_>) -> Result<Value, ActionError> {
-        let Input { kind, namespace, name } = input(input_value)?;
+        let Input {
+            kind,
+            namespace,
+            name,
+            cluster,
+        } = input(input_value)?;
         let kind = Workload::parse("kind", &kind, super::WORKLOADS)?;
         check_namespace("namespace", &namespace)?;
         check_name("name", &name)?;
+        let cluster = cx.deps.kube.resolve(cluster.as_deref())?;
         let what = format!("{} {namespace}/{name}", kind.word());
         let ar = kind.resource();
         let resource = resource_name(&ar);
-        let api: Api<DynamicObject> = Api::namespaced_with(super::client(cx).await?, &namespace, &ar);
+        let api: Api<DynamicObject> = Api::namespaced_with(super::client(cx, Some(cluster)).await?, &namespace, &ar);
 
         let current = api
             .get(&name)
@@ -74,6 +81,7 @@ impl Action for RolloutRestart {
         }
         let stamp = cx.started_at.to_rfc3339_opts(SecondsFormat::Secs, true);
         let mut output = json!({
+            "cluster": cluster,
             "kind": kind.word(),
             "namespace": namespace,
             "name": name,
@@ -113,4 +121,6 @@ struct Input {
     namespace: String,
     #[serde(deserialize_with = "lenient::string")]
     name: String,
+    #[serde(default, deserialize_with = "super::opt_cluster")]
+    cluster: Option<String>,
 }

@@ -7,7 +7,7 @@ use kube::api::{Api, DynamicObject, Patch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Workload, api_error, check_name, check_namespace, patch_params, resource_name};
+use super::{CLUSTER_DOC, Workload, api_error, check_name, check_namespace, patch_params, resource_name};
 use crate::action::{Action, ActionContext, ActionError, DryRun, ParamType, Spec, input, lenient};
 use crate::runbook::Risk;
 
@@ -28,6 +28,7 @@ impl Scale {
         .required("kind", ParamType::OneOf(KINDS), "deployment, statefulset or replicaset")
         .required("namespace", ParamType::String, "namespace of the workload")
         .required("name", ParamType::String, "name of the workload")
+        .param("cluster", ParamType::String, CLUSTER_DOC)
         .param("replicas", ParamType::Integer, "absolute replica count")
         .param("by", ParamType::Integer, "relative change, e.g. 2 or -1")
         .param("min", ParamType::Integer, "lower bound after the change")
@@ -78,11 +79,12 @@ impl Action for Scale {
         check_namespace("namespace", &input.namespace)?;
         check_name("name", &input.name)?;
         let change = Change::from_input(&input)?;
+        let cluster = cx.deps.kube.resolve(input.cluster.as_deref())?;
         let (namespace, name) = (&input.namespace, &input.name);
         let what = format!("{} {namespace}/{name}", kind.word());
         let ar = kind.resource();
         let resource = resource_name(&ar);
-        let api: Api<DynamicObject> = Api::namespaced_with(super::client(cx).await?, namespace, &ar);
+        let api: Api<DynamicObject> = Api::namespaced_with(super::client(cx, Some(cluster)).await?, namespace, &ar);
 
         let scale = api
             .get_scale(name)
@@ -91,6 +93,7 @@ impl Action for Scale {
         let from = i64::from(scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0));
         let (to, clamped) = change.target(from);
         let mut output = json!({
+            "cluster": cluster,
             "kind": kind.word(),
             "namespace": namespace,
             "name": name,
@@ -130,6 +133,8 @@ struct Input {
     namespace: String,
     #[serde(deserialize_with = "lenient::string")]
     name: String,
+    #[serde(default, deserialize_with = "super::opt_cluster")]
+    cluster: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_int")]
     replicas: Option<i64>,
     #[serde(default, deserialize_with = "lenient::opt_int")]
