@@ -35,3 +35,4 @@ mod reload;
 mod replicas;
 mod server;
 mod support;
+mod ui;
