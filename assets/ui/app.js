@@ -333,7 +333,7 @@
         h('td', {}, e.runbook),
         h('td', {}, e.target),
         h('td', {}, stateBadge(e.state), e.dry_run ? ' dry run' : ''),
-        h('td', { class: 'muted' }, e.reason || ''),
+        h('td', { class: 'muted wrap' }, e.reason || ''),
         h('td', {}, e.actor),
         h('td', { class: 'mono' }, when(e.created_at)),
       ),
@@ -431,7 +431,7 @@
         h('td', {}, e.target),
         h('td', {}, e.risk),
         h('td', {}, e.actor),
-        h('td', { class: 'muted' }, e.reason || ''),
+        h('td', { class: 'muted wrap' }, e.reason || ''),
         h('td', { class: 'mono' }, when(e.created_at)),
         h('td', { class: 'mono' }, when(e.approval_deadline)),
         h('td', {}, decisionButtons(e.id, null)),
@@ -475,11 +475,11 @@
         h('td', {}, stateBadge(s.state)),
         h('td', { class: 'mono' }, when(s.started_at)),
         h('td', { class: 'mono' }, when(s.finished_at)),
-        h('td', {}, s.error ? h('span', { class: 'flag' }, s.error) : '', s.output !== null && s.output !== undefined ? json(s.output) : ''),
+        h('td', { class: 'wrap' }, s.error ? h('span', { class: 'flag' }, s.error) : '', s.output !== null && s.output !== undefined ? json(s.output) : ''),
       ),
     );
     const rows = records.map((r) =>
-      h('tr', {}, h('td', { class: 'mono' }, String(r.seq)), h('td', { class: 'mono' }, when(r.ts)), h('td', {}, r.kind), h('td', {}, r.actor), h('td', {}, json(r.data))),
+      h('tr', {}, h('td', { class: 'mono' }, String(r.seq)), h('td', { class: 'mono' }, when(r.ts)), h('td', {}, r.kind), h('td', {}, r.actor), h('td', { class: 'wrap' }, json(r.data))),
     );
     return h(
       'section',
@@ -546,11 +546,11 @@
       h(
         'tr',
         { 'data-runbook': r.name },
-        h('td', {}, h('strong', {}, r.name), r.description ? h('div', { class: 'muted' }, r.description) : null),
+        h('td', { class: 'wrap' }, h('strong', {}, r.name), r.description ? h('div', { class: 'muted' }, r.description) : null),
         h('td', {}, r.risk),
         h('td', {}, r.owner || ''),
-        h('td', { class: 'mono' }, r.trigger ? [].concat(r.trigger.alertname || []).concat(r.trigger.matchers || []).join(' ') : 'manual'),
-        h('td', { class: 'mono' }, guardrailText(r.guardrails)),
+        h('td', { class: 'mono wrap' }, r.trigger ? [].concat(r.trigger.alertname || []).concat(r.trigger.matchers || []).join(' ') : 'manual'),
+        h('td', { class: 'mono wrap' }, guardrailText(r.guardrails)),
         h('td', {}, (cooldowns.get(r.name) || []).map((c) => h('div', {}, `${c.target} until ${when(c.until)}`))),
         h('td', {}, (breakers.get(r.name) || []).map((b) => h('div', { class: 'flag' }, `${b.target} since ${when(b.tripped_at)}`))),
         h('td', {}, flagged.has(r.name) ? h('span', { class: 'flag', title: 'the alert often comes back after this runbook ran' }, 'flagged') : ''),
@@ -564,7 +564,7 @@
       h('h2', {}, 'Tripped escalation breakers'),
       table(
         ['runbook', 'target', 'tripped', 'reason'],
-        guard.breakers.map((b) => h('tr', {}, h('td', {}, b.runbook), h('td', {}, b.target), h('td', { class: 'mono' }, when(b.tripped_at)), h('td', {}, b.reason))),
+        guard.breakers.map((b) => h('tr', {}, h('td', {}, b.runbook), h('td', {}, b.target), h('td', { class: 'mono' }, when(b.tripped_at)), h('td', { class: 'wrap' }, b.reason))),
         'No breaker is tripped.',
       ),
       h('h2', {}, 'Cooldowns running'),
@@ -597,7 +597,7 @@
         h('td', {}, h('strong', {}, b.tier)),
         h('td', {}, (b.auto || []).join(', ')),
         h('td', {}, (b.approve || []).join(', ')),
-        h('td', { class: 'muted' }, b.reason || ''),
+        h('td', { class: 'muted wrap' }, b.reason || ''),
       ),
     );
     return h(

@@ -13,7 +13,7 @@ use pitcrew::server::AppState;
 use serde_json::{Value, json};
 
 use crate::realparts::{binary, free_port};
-use crate::support::{Harness, alert, payload};
+use crate::support::{Backend, Harness, alert, payload};
 
 const OPERATOR: &str = "operator-secret-1";
 const VIEWER: &str = "viewer-secret-1";
@@ -53,13 +53,23 @@ struct Served {
 
 impl Served {
     async fn start(runbooks: &str, workers: bool) -> Served {
+        Served::start_on(Backend::Sqlite, runbooks, workers).await
+    }
+
+    async fn start_on(backend: Backend, runbooks: &str, workers: bool) -> Served {
+        Served::start_with(backend, runbooks, "", workers).await
+    }
+
+    /// `config`: more top-level config keys.
+    async fn start_with(backend: Backend, runbooks: &str, config: &str, workers: bool) -> Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let h = Harness::new(
+        let h = Harness::new_on(
+            backend,
             runbooks,
             &format!(
                 "auth:\n  webhook_token: {HOOK}\n  tokens:\n    - {{name: vera, token: {VIEWER}, role: viewer}}\n    - {{name: olga, token: {OPERATOR}, role: operator}}\n\
-                 server:\n  allowed_origins: [\"http://{address}\"]\n"
+                 server:\n  allowed_origins: [\"http://{address}\"]\n{config}"
             ),
         );
         let state = Arc::new(AppState::new(h.engine.clone()));
@@ -339,7 +349,7 @@ async fn the_event_stream_tails_the_audit_log_resumes_after_a_seq_and_shows_no_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_replicas_event_stream_shows_what_another_replica_did() {
-    let a = Harness::new_on(crate::support::Backend::Postgres, RUNBOOKS, "");
+    let a = Harness::new_on(Backend::Postgres, RUNBOOKS, "");
     // A second replica: the same config (the same database) from another folder.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("runbooks")).unwrap();
@@ -412,9 +422,18 @@ async fn event_streams_may_take_only_half_the_connections() {
 
 #[tokio::test]
 async fn guardrail_state_lists_running_cooldowns_and_tripped_breakers_and_audit_verify_is_cached() {
+    guardrail_state(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_guardrail_state_lists_running_cooldowns_and_tripped_breakers() {
+    guardrail_state(Backend::Postgres).await;
+}
+
+async fn guardrail_state(backend: Backend) {
     let flappy = "---\napiVersion: pitcrew/v1\nname: flappy\ntrigger: {alertname: Flap}\ntarget: \"{{alert.labels.instance}}\"\n\
                   guardrails: {escalate_after: 1/1h}\nsteps:\n  - name: note\n    action: log\n    with: {message: again}\n";
-    let s = Served::start(&format!("{RUNBOOKS}{flappy}"), true).await;
+    let s = Served::start_on(backend, &format!("{RUNBOOKS}{flappy}"), true).await;
     s.alert(vec![stuck("web-1"), stuck("web-2")]).await;
     poll("two runs finished", Duration::from_secs(20), || async {
         let done = s.executions("runbook=restart-web&status=succeeded").await;
@@ -913,15 +932,49 @@ async fn in_a_browser_the_execution_list_pages_through_10_000_executions() {
 #[tokio::test]
 #[ignore = "writes docs/dashboard.png; run by hand after changing the page"]
 async fn screenshot() {
-    let s = Served::start(RUNBOOKS, true).await;
-    for i in 1..=6 {
-        s.alert(vec![stuck(&format!("web-{i}"))]).await;
-    }
-    s.alert(vec![db_down("db-1"), stuck("web-1")]).await;
-    poll("the runs to end", Duration::from_secs(20), || async {
-        (s.executions("status=succeeded").await.len() == 6).then_some(())
-    })
+    // A node drain whose API is down fails; the rest is the usual week.
+    let down = crate::realparts::closed_port();
+    let drain = format!(
+        "---\napiVersion: pitcrew/v1\nname: drain-node\ndescription: Drains a node under memory pressure\n\
+         trigger: {{alertname: NodePressure}}\ntarget: \"{{{{alert.labels.instance}}}}\"\nsteps:\n  - name: drain\n    action: http\n    \
+         with: {{method: POST, url: \"http://127.0.0.1:{down}/v1/drain\"}}\n"
+    );
+    let s = Served::start_with(
+        Backend::Sqlite,
+        &format!("{RUNBOOKS}{drain}"),
+        &format!("http: {{allowed_hosts: [\"127.0.0.1:{down}\"]}}\n"),
+        true,
+    )
     .await;
+    let at = |minutes: u32, mut a: Value| {
+        a["startsAt"] = json!(format!("2026-11-27T12:{minutes:02}:00Z"));
+        a
+    };
+    let settle = |n: usize| {
+        let s = &s;
+        async move {
+            poll("the runs to end", Duration::from_secs(20), || async {
+                let active = s.executions("status=queued").await.len() + s.executions("status=running").await.len();
+                (active == 0 && s.executions("limit=1000").await.len() == n).then_some(())
+            })
+            .await
+        }
+    };
+    s.alert(vec![stuck("web-1"), stuck("web-2"), stuck("web-3")]).await;
+    settle(3).await;
+    s.h.advance("4m");
+    s.alert(vec![at(4, stuck("web-2"))]).await; // still in its cooldown: blocked
+    settle(4).await;
+    s.h.advance("3m");
+    s.alert(vec![at(7, alert(&[("alertname", "NodePressure"), ("instance", "node-4")]))])
+        .await;
+    settle(5).await;
+    s.h.advance("5m");
+    s.alert(vec![at(12, stuck("web-4")), at(12, stuck("web-5"))]).await;
+    settle(7).await;
+    s.h.advance("2m");
+    s.alert(vec![at(14, db_down("db-1"))]).await;
+    settle(8).await;
     let b = Browser::start().await;
     b.goto(&s.url("/ui/")).await;
     b.type_into("#token", OPERATOR).await;
@@ -931,6 +984,14 @@ async fn screenshot() {
     b.wait_for("live").await;
     let png = b.screenshot().await;
     std::fs::write(crate::support::repo().join("docs/dashboard.png"), png).unwrap();
+    // Every view of that week renders without a script error.
+    for (view, want) in [("runbooks", "Cooldowns running"), ("report", "Runs by outcome"), ("approvals", "Pending approvals"), ("budgets", "Error budgets")] {
+        b.click(&format!("a[href='#/{view}']")).await;
+        b.wait_for(want).await;
+    }
+    let id = s.executions("status=failed").await[0]["id"].as_str().unwrap().to_string();
+    b.goto(&s.url(&format!("/ui/#/executions/{id}"))).await;
+    b.wait_for("Audit records").await;
     b.assert_no_errors(&["status of 401"]).await;
     b.quit().await;
 }
