@@ -11,6 +11,9 @@ have prometheus || missing+=(prometheus)
 have pgbouncer || missing+=(pgbouncer)
 have psql || missing+=(postgresql-client)
 have python3 || missing+=(python3)
+# The dashboard's tests drive a headless Chromium through ChromeDriver.
+have chromium || missing+=(chromium)
+have chromedriver || missing+=(chromium-driver)
 # The server binaries are off PATH (/usr/lib/postgresql/<version>/bin).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 

@@ -32,11 +32,26 @@ use crate::engine::Engine;
 use crate::guard::Verdict;
 use crate::store::{AuditFilter, ExecutionFilter, Health, State, StoreError};
 
+pub mod events;
+pub mod ui;
+
 /// Shared by all handlers.
 pub struct AppState {
     pub engine: Arc<Engine>,
     /// Set on SIGTERM: new requests get 503 while in-flight work finishes.
     pub draining: AtomicBool,
+    /// The dashboard's caches and open event streams.
+    pub ui: ui::Dashboard,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>) -> AppState {
+        AppState {
+            engine,
+            draining: AtomicBool::new(false),
+            ui: ui::Dashboard::default(),
+        }
+    }
 }
 
 /// An API error: status plus a message safe to show.
@@ -187,6 +202,13 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/audit", get(audit))
         .route("/-/reload", post(reload))
         .route(crate::slack::INTERACTIONS_PATH, post(crate::slack::interactions))
+        .route("/v1/events", get(events::events))
+        .route("/v1/guardrails", get(ui::guardrails))
+        .route("/v1/audit/verify", get(ui::verify))
+        .route("/", get(ui::to_index))
+        .route("/ui", get(ui::to_index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::file))
         // Outermost last: drain, then the browser rules.
         .layer(middleware::from_fn_with_state(state.clone(), browser_rules))
         .layer(middleware::from_fn_with_state(state.clone(), drain))

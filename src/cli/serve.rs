@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::{Exit, Failure};
 use crate::checkpoint::Checkpointer;
@@ -65,7 +65,7 @@ pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let reloads = tokio::spawn(reload_on_hangup(engine.clone(), hangup));
         tracing::info!(address = %listener.local_addr()?, runbooks = engine.runbooks().runbooks.len(), "pitcrew listening");
-        let state = Arc::new(AppState { engine: engine.clone(), draining: AtomicBool::new(false) });
+        let state = Arc::new(AppState::new(engine.clone()));
         let workers = tokio::spawn(engine.clone().run_workers(args.workers));
         let background = tokio::spawn(background(engine.clone()));
         // The first tick is at once: the head now holds `config.loaded`.

@@ -193,6 +193,9 @@ pub trait Read {
     /// Every audit record in order, one at a time; `visit` says whether to go on.
     fn audit_walk(&mut self, visit: &mut dyn FnMut(audit::Stored) -> bool) -> Result<(), StoreError>;
     fn breakers(&mut self) -> Result<Vec<Breaker>, StoreError>;
+    /// Per target, the latest admission of `runbook` after `since_ms`,
+    /// latest first, at most `limit`: a range of the `runs_by_runbook` index.
+    fn recent_runs(&mut self, runbook: &str, since_ms: i64, limit: usize) -> Result<Vec<(String, i64)>, StoreError>;
     fn queue_depth(&mut self) -> Result<u64, StoreError>;
     /// Execution ids that start with `prefix`, in id order, up to `limit`:
     /// a range search on the primary key between `prefix` and

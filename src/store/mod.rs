@@ -572,6 +572,19 @@ pub trait Store: Send + Sync {
 
     async fn breakers(&self) -> Result<Vec<Breaker>, StoreError>;
 
+    /// The targets `runbook` really ran on (admitted, not dry) since `since`,
+    /// each with its latest run's admission, latest first, at most `limit`:
+    /// the cooldowns still running. An index range over that window only.
+    async fn recent_runs(&self, runbook: &str, since: DateTime<Utc>, limit: usize) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
+
+    /// A counter this process bumps after each of its commits, for readers
+    /// that follow the audit log (the dashboard's event stream) to wake at
+    /// once rather than at their next poll. Commits of other processes
+    /// sharing the store are not seen here: such readers poll too.
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     async fn reset_breaker(&self, runbook: &str, target: &str, actor: &str) -> Result<bool, StoreError>;
 
     /// Appends free-standing events (config.loaded, notifications).

@@ -822,6 +822,19 @@ impl Read for PgConn {
             .collect())
     }
 
+    fn recent_runs(&mut self, runbook: &str, since_ms: i64, limit: usize) -> Result<Vec<(String, i64)>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        Ok(self
+            .query(
+                "SELECT target, MAX(admitted_ms) AS ms FROM executions \
+                 WHERE runbook = $1 AND admitted_ms > $2 GROUP BY target ORDER BY ms DESC LIMIT $3",
+                &[&runbook, &since_ms, &limit],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     fn queue_depth(&mut self) -> Result<u64, StoreError> {
         let row = self.query_opt("SELECT COUNT(*) FROM executions WHERE state = 'queued'", &[])?;
         Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))

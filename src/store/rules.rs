@@ -1065,6 +1065,22 @@ impl<B: Backend> Store for Ledger<B> {
         self.read(|conn| conn.breakers()).await
     }
 
+    async fn recent_runs(&self, runbook: &str, since: DateTime<Utc>, limit: usize) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let (runbook, since_ms) = (runbook.to_string(), since.timestamp_millis());
+        self.read(move |conn| {
+            Ok(conn
+                .recent_runs(&runbook, since_ms, limit)?
+                .into_iter()
+                .map(|(target, ms)| (target, ts(ms)))
+                .collect())
+        })
+        .await
+    }
+
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.queue.commits())
+    }
+
     async fn reset_breaker(&self, runbook: &str, target: &str, actor: &str) -> Result<bool, StoreError> {
         let (runbook, target, actor) = (runbook.to_string(), target.to_string(), actor.to_string());
         self.write(move |t| {

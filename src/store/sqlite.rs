@@ -64,6 +64,13 @@ macro_rules! audit_columns {
     };
 }
 
+/// Executions in list order (`executions`, newest first): a page of the
+/// list, and the keyset cursor of the next, are an index walk at any history.
+macro_rules! listed_index {
+    () => {
+        "CREATE INDEX IF NOT EXISTS executions_listed ON executions(created_ms, id);"
+    };
+}
 const SCHEMA: &str = concat!(
     r#"
 -- Notifications seen, for dedupe: the first 16 bytes of the SHA-256 of
@@ -98,6 +105,9 @@ CREATE INDEX IF NOT EXISTS active_by_target ON executions(runbook, target)
 CREATE INDEX IF NOT EXISTS active_by_fingerprint ON executions(fingerprint)
     WHERE state IN ('queued', 'running', 'pending_approval');
 CREATE INDEX IF NOT EXISTS executions_fingerprint ON executions(fingerprint);
+"#,
+    listed_index!(),
+    r#"
 CREATE TABLE IF NOT EXISTS steps (
     execution_id TEXT NOT NULL,
     phase TEXT NOT NULL,
@@ -204,7 +214,10 @@ fn prepare_schema(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     if version == LAYOUT {
-        // Made by this layout: nothing to create (and start-up stays fast).
+        // Made by this layout: nothing to create (and start-up stays fast)
+        // but the list's index, added later without a new layout (an older
+        // pitcrew reads the file as before).
+        conn.execute_batch(listed_index!())?;
         return Ok(());
     }
     let legacy: bool = conn.query_row(
@@ -1019,6 +1032,17 @@ impl Read for SqliteConn {
                 tripped_at: ts(r.get(2)?),
                 reason: r.get(3)?,
             })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn recent_runs(&mut self, runbook: &str, since_ms: i64, limit: usize) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT target, MAX(admitted_ms) AS ms FROM executions INDEXED BY runs_by_runbook \
+             WHERE runbook = ?1 AND admitted_ms > ?2 GROUP BY target ORDER BY ms DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![runbook, since_ms, limit.min(i64::MAX as usize) as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

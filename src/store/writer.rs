@@ -50,6 +50,8 @@ pub(super) struct WriteQueue {
     sender: Sender<Job>,
     /// Jobs sent and not yet taken by the writer.
     waiting: Arc<AtomicUsize>,
+    /// Bumped after each job answered: see `Store::commits`.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 /// The writer's end of a [`WriteQueue`].
@@ -66,6 +68,7 @@ impl WriteQueue {
             WriteQueue {
                 sender,
                 waiting: waiting.clone(),
+                commits: tokio::sync::watch::Sender::new(0),
             },
             Inbox { receiver, waiting },
         )
@@ -86,7 +89,16 @@ impl WriteQueue {
             return Err(StoreError::Closed);
         }
         // A dropped completion means the writer could not begin the transaction.
-        rx.await.map_err(|_| StoreError::NotStarted)?
+        let outcome = rx.await.map_err(|_| StoreError::NotStarted)?;
+        if outcome.is_ok() {
+            self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        outcome
+    }
+
+    /// Follows the commits of jobs sent here.
+    pub(super) fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 }
 

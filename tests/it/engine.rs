@@ -220,6 +220,14 @@ impl Store for Flaky {
     async fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
         self.inner.breakers().await
     }
+    async fn recent_runs(
+        &self,
+        r: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        self.inner.recent_runs(r, since, limit).await
+    }
     async fn reset_breaker(&self, r: &str, t: &str, a: &str) -> Result<bool, StoreError> {
         self.inner.reset_breaker(r, t, a).await
     }

@@ -44,6 +44,7 @@ mod server;
 mod simulate;
 mod slack;
 mod support;
+mod ui;
 mod windows;
 /// The same window and inhibition tests, on the PostgreSQL store.
 #[path = "windows.rs"]

@@ -683,10 +683,7 @@ async fn on_shutdown_serve_stops_accepting_closes_idle_connections_and_returns()
     let h = Harness::new(ECHO, "");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let state = std::sync::Arc::new(pitcrew::server::AppState {
-        engine: h.engine.clone(),
-        draining: std::sync::atomic::AtomicBool::new(false),
-    });
+    let state = std::sync::Arc::new(pitcrew::server::AppState::new(h.engine.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(pitcrew::server::serve(listener, state, async move {
         let _ = stopped.await;

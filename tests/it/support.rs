@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::body::Body;
@@ -109,10 +108,7 @@ impl Harness {
         store: Arc<dyn Store>,
     ) -> Harness {
         let engine = Arc::new(Engine::new(config, runbooks, store));
-        let app = router(Arc::new(AppState {
-            engine: engine.clone(),
-            draining: AtomicBool::new(false),
-        }));
+        let app = router(Arc::new(AppState::new(engine.clone())));
         Harness { dir, clock, engine, app }
     }
 
@@ -162,10 +158,7 @@ impl Harness {
     pub async fn listen(&self) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let state = Arc::new(AppState {
-            engine: self.engine.clone(),
-            draining: AtomicBool::new(false),
-        });
+        let state = Arc::new(AppState::new(self.engine.clone()));
         tokio::spawn(pitcrew::server::serve(listener, state, std::future::pending()));
         address
     }
