@@ -334,65 +334,9 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
         };
         record("inhibited", skippable(blocked), detail, &mut checks);
     }
-    // Windows: automated runs above low risk wait for a person during a
-    // freeze, or outside the hours automation is allowed. A person starting
-    // a run by hand is that person.
-    let windowed = !rb.guardrails.freeze.is_empty() || !rb.guardrails.only_during.is_empty();
-    if windowed {
-        let now = chrono::DateTime::from_timestamp_millis(req.now_ms).unwrap_or_default();
-        let applies = req.automated && rb.risk > Risk::Low;
-        let why_not = if req.automated {
-            format!("runbook risk {} runs in any window", rb.risk)
-        } else {
-            "manual run: windows hold automated runs only".to_string()
-        };
-        if !rb.guardrails.freeze.is_empty() {
-            let inside = rb
-                .guardrails
-                .freeze
-                .iter()
-                .filter_map(|n| config.window(n))
-                .find(|w| w.contains(now));
-            let (verdict, detail) = match inside {
-                Some(w) if applies => (
-                    CheckVerdict::Approve,
-                    format!("inside freeze window {w}: {} risk needs approval", rb.risk),
-                ),
-                Some(w) => (CheckVerdict::Pass, format!("inside freeze window {w}; {why_not}")),
-                None => (
-                    CheckVerdict::Pass,
-                    format!("outside every freeze window ({})", rb.guardrails.freeze.join(", ")),
-                ),
-            };
-            record("freeze", verdict, detail, &mut checks);
-        }
-        if !rb.guardrails.only_during.is_empty() {
-            let inside = rb
-                .guardrails
-                .only_during
-                .iter()
-                .filter_map(|n| config.window(n))
-                .find(|w| w.contains(now));
-            let (verdict, detail) = match inside {
-                Some(w) => (CheckVerdict::Pass, format!("inside window {w}")),
-                None if applies => (
-                    CheckVerdict::Approve,
-                    format!(
-                        "outside every window of only_during ({}): {} risk needs approval",
-                        rb.guardrails.only_during.join(", "),
-                        rb.risk
-                    ),
-                ),
-                None => (
-                    CheckVerdict::Pass,
-                    format!(
-                        "outside every window of only_during ({}); {why_not}",
-                        rb.guardrails.only_during.join(", ")
-                    ),
-                ),
-            };
-            record("outside_window", verdict, detail, &mut checks);
-        }
+    let now = chrono::DateTime::from_timestamp_millis(req.now_ms).unwrap_or_default();
+    for (name, verdict, detail) in window_checks(rb, config, now, req.automated) {
+        record(name, verdict, detail, &mut checks);
     }
     // Error budget.
     if let Some(b) = budget {
@@ -538,4 +482,75 @@ pub fn decide(req: &Request<'_>, facts: &Facts, budget: Option<&BudgetStatus>, c
         notify,
         storm_notice: storm_notice && decided_by == "storm_brake",
     }
+}
+
+/// The window guardrails (`freeze`, `only_during`) of a run at `now`: each
+/// check's name, verdict and detail. Automated runs above low risk wait for
+/// a person during a freeze, or outside the hours automation is allowed; a
+/// person starting a run by hand is that person. Also what the dashboard
+/// shows as a runbook's window state.
+pub fn window_checks(
+    rb: &Runbook,
+    config: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+    automated: bool,
+) -> Vec<(&'static str, CheckVerdict, String)> {
+    let mut checks = Vec::new();
+    if rb.guardrails.freeze.is_empty() && rb.guardrails.only_during.is_empty() {
+        return checks;
+    }
+    let applies = automated && rb.risk > Risk::Low;
+    let why_not = if automated {
+        format!("runbook risk {} runs in any window", rb.risk)
+    } else {
+        "manual run: windows hold automated runs only".to_string()
+    };
+    if !rb.guardrails.freeze.is_empty() {
+        let inside = rb
+            .guardrails
+            .freeze
+            .iter()
+            .filter_map(|n| config.window(n))
+            .find(|w| w.contains(now));
+        let (verdict, detail) = match inside {
+            Some(w) if applies => (
+                CheckVerdict::Approve,
+                format!("inside freeze window {w}: {} risk needs approval", rb.risk),
+            ),
+            Some(w) => (CheckVerdict::Pass, format!("inside freeze window {w}; {why_not}")),
+            None => (
+                CheckVerdict::Pass,
+                format!("outside every freeze window ({})", rb.guardrails.freeze.join(", ")),
+            ),
+        };
+        checks.push(("freeze", verdict, detail));
+    }
+    if !rb.guardrails.only_during.is_empty() {
+        let inside = rb
+            .guardrails
+            .only_during
+            .iter()
+            .filter_map(|n| config.window(n))
+            .find(|w| w.contains(now));
+        let (verdict, detail) = match inside {
+            Some(w) => (CheckVerdict::Pass, format!("inside window {w}")),
+            None if applies => (
+                CheckVerdict::Approve,
+                format!(
+                    "outside every window of only_during ({}): {} risk needs approval",
+                    rb.guardrails.only_during.join(", "),
+                    rb.risk
+                ),
+            ),
+            None => (
+                CheckVerdict::Pass,
+                format!(
+                    "outside every window of only_during ({}); {why_not}",
+                    rb.guardrails.only_during.join(", ")
+                ),
+            ),
+        };
+        checks.push(("outside_window", verdict, detail));
+    }
+    checks
 }

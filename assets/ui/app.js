@@ -542,6 +542,9 @@
     };
     const cooldowns = byRunbook(guard.cooldowns);
     const breakers = byRunbook(guard.breakers);
+    const windows = byRunbook(guard.windows || []);
+    // An automated run waits for approval now when a window check says so.
+    const windowCell = (w) => (w.verdict === 'approve' ? h('div', { class: 'flag', title: 'automated runs wait for approval' }, w.detail) : h('div', { class: 'muted' }, w.detail));
     const rows = runbooks.map((r) =>
       h(
         'tr',
@@ -553,6 +556,7 @@
         h('td', { class: 'mono wrap' }, guardrailText(r.guardrails)),
         h('td', {}, (cooldowns.get(r.name) || []).map((c) => h('div', {}, `${c.target} until ${when(c.until)}`))),
         h('td', {}, (breakers.get(r.name) || []).map((b) => h('div', { class: 'flag' }, `${b.target} since ${when(b.tripped_at)}`))),
+        h('td', { class: 'wrap' }, (windows.get(r.name) || []).map(windowCell)),
         h('td', {}, flagged.has(r.name) ? h('span', { class: 'flag', title: 'the alert often comes back after this runbook ran' }, 'flagged') : ''),
       ),
     );
@@ -560,7 +564,7 @@
       'section',
       {},
       h('h1', {}, 'Runbooks'),
-      table(['runbook', 'risk', 'owner', 'trigger', 'guardrails', 'cooldowns running', 'breakers tripped', 'effectiveness'], rows, 'No runbooks loaded.'),
+      table(['runbook', 'risk', 'owner', 'trigger', 'guardrails', 'cooldowns running', 'breakers tripped', 'windows now', 'effectiveness'], rows, 'No runbooks loaded.'),
       h('h2', {}, 'Tripped escalation breakers'),
       table(
         ['runbook', 'target', 'tripped', 'reason'],

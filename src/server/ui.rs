@@ -229,9 +229,22 @@ pub async fn guardrails(AxumState(state): AxumState<Shared>, _: Viewer) -> Resul
             }));
         }
     }
+    // What the window guardrails would say of an automated run now: the
+    // same checks a decision records.
+    let config = state.engine.config();
+    let windows: Vec<Value> = set
+        .runbooks
+        .iter()
+        .flat_map(|rb| {
+            crate::guard::window_checks(rb, &config, now, true)
+                .into_iter()
+                .map(move |(check, verdict, detail)| json!({"runbook": rb.name, "check": check, "verdict": verdict, "detail": detail}))
+        })
+        .collect();
     Ok(Json(json!({
         "now": now.to_rfc3339_opts(SecondsFormat::Secs, true),
         "breakers": breakers,
         "cooldowns": cooldowns,
+        "windows": windows,
     })))
 }

@@ -776,7 +776,23 @@ async fn in_a_browser_an_operator_enters_a_token_sees_runs_arrive_live_and_appro
 
 #[tokio::test]
 async fn in_a_browser_every_view_loads_and_shows_guardrails_budgets_and_audit_state() {
-    let s = Served::start(RUNBOOKS, true).await;
+    // A freeze that holds at the harness's time, on a runbook automated runs
+    // of which it holds (medium risk), and one it does not (low risk).
+    let frozen = "---\napiVersion: pitcrew/v1\nname: drain-node\nrisk: medium\nguardrails: {freeze: [release-week]}\n\
+                  steps:\n  - name: note\n    action: log\n    with: {message: drain}\n\
+                  ---\napiVersion: pitcrew/v1\nname: note-node\nrisk: low\nguardrails: {freeze: [release-week]}\n\
+                  steps:\n  - name: note\n    action: log\n    with: {message: note}\n";
+    let windows = "windows:\n  - {name: release-week, start: 2026-11-23T00:00:00Z, end: 2026-11-30T00:00:00Z}\n";
+    let s = Served::start_with(Backend::Sqlite, &format!("{RUNBOOKS}{frozen}"), windows, true).await;
+    let g: Value = s.get("/v1/guardrails", VIEWER).await.json().await.unwrap();
+    let mut held: Vec<(&str, &str)> = g["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["runbook"].as_str().unwrap(), w["verdict"].as_str().unwrap()))
+        .collect();
+    held.sort();
+    assert_eq!(held, [("drain-node", "approve"), ("note-node", "pass")], "{g}");
     s.alert(vec![stuck("web-1"), db_down("db-1")]).await;
     poll("the run to succeed", Duration::from_secs(20), || async {
         (s.executions("status=succeeded").await.len() == 1).then_some(())
@@ -799,6 +815,8 @@ async fn in_a_browser_every_view_loads_and_shows_guardrails_budgets_and_audit_st
         "cooldown",
         "web-1 until 2026-11-27 12:10:00Z",
         "No breaker is tripped",
+        "inside freeze window release-week (2026-11-23T00:00:00Z – 2026-11-30T00:00:00Z): medium risk needs approval",
+        "runbook risk low runs in any window",
     ] {
         assert!(text.contains(want), "{want} not in:\n{text}");
     }
