@@ -236,7 +236,7 @@ pub async fn guardrails(AxumState(state): AxumState<Shared>, _: Viewer) -> Resul
         .runbooks
         .iter()
         .flat_map(|rb| {
-            crate::guard::window_checks(rb, &config, now, true)
+            crate::guard::window_checks(rb, config, now, true)
                 .into_iter()
                 .map(move |(check, verdict, detail)| json!({"runbook": rb.name, "check": check, "verdict": verdict, "detail": detail}))
         })
