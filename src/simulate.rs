@@ -279,7 +279,13 @@ pub async fn simulate(
     let config = Arc::new(config);
     let start = history.first().map_or_else(Utc::now, |n| n.at);
     let clock = ManualClock::new(start);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(scratch.path(), config.redactor.clone(), Arc::new(clock.clone()))?);
+    // Thrown away afterwards: nothing to wait for the disk for.
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(
+        scratch.path(),
+        config.redactor.clone(),
+        Arc::new(clock.clone()),
+        crate::store::sqlite::Durability::Scratch,
+    )?);
     let engine = Engine::new(config.clone(), runbooks.clone(), store.clone());
     let result = replay(&engine, &clock, &runbooks, history, options).await;
     // The store's threads let go of the folder before it is removed.

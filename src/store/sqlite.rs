@@ -485,9 +485,28 @@ impl Backend for Sqlite {
 /// The embedded store.
 pub type SqliteStore = Ledger<Sqlite>;
 
+/// Whether commits wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is on disk before anyone hears of it (see `sync_loop`).
+    Durable,
+    /// Never fsynced: for a store thrown away when its process ends
+    /// (`pitcrew simulate`'s), where waiting for the disk is all the cost.
+    Scratch,
+}
+
 impl Ledger<Sqlite> {
     /// Opens (creating if needed) `state_dir/state.db`.
     pub fn open(state_dir: &Path, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(state_dir, redactor, clock, Durability::Durable)
+    }
+
+    pub fn open_with(
+        state_dir: &Path,
+        redactor: Redactor,
+        clock: Arc<dyn Clock>,
+        durability: Durability,
+    ) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Open {
             path: state_dir.display().to_string(),
             source,
@@ -497,7 +516,10 @@ impl Ledger<Sqlite> {
         prepare_schema(&writer.conn)?;
         // Commits write the WAL without waiting for the disk; the syncer
         // thread fsyncs it and only then answers the jobs (see `sync_loop`).
-        writer.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        writer.conn.execute_batch(match durability {
+            Durability::Durable => "PRAGMA synchronous=NORMAL;",
+            Durability::Scratch => "PRAGMA synchronous=OFF;",
+        })?;
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let spawn_error = |source| StoreError::Open {
             path: path.display().to_string(),
@@ -510,7 +532,7 @@ impl Ledger<Sqlite> {
             .name("pitcrew-store-sync".into())
             .spawn({
                 let health = health.clone();
-                move || sync_loop(wal, unsynced, health)
+                move || sync_loop(wal, unsynced, health, durability)
             })
             .map_err(spawn_error)?;
         let (queue, inbox) = WriteQueue::new();
@@ -557,13 +579,15 @@ impl Ledger<Sqlite> {
 /// could not write, so a retry could report success for lost data: the
 /// store stops (every later write fails closed) and the process must be
 /// restarted to recover from the WAL on disk.
-fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>, health: SharedHealth) {
+///
+/// A [`Durability::Scratch`] store answers every group at once.
+fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>, health: SharedHealth, durability: Durability) {
     let mut file: Option<std::fs::File> = None;
     let mut failed: Option<String> = None;
     while let Ok(first) = unsynced.recv() {
         let mut groups = vec![first];
         groups.extend(unsynced.try_iter());
-        if failed.is_none() {
+        if failed.is_none() && durability == Durability::Durable {
             let synced = match &file {
                 _ if crate::failpoint::fail("store.fsync") => Err(std::io::Error::other("failpoint store.fsync")),
                 Some(f) => f.sync_data(),
