@@ -45,30 +45,9 @@ fn runbooks(docs: &[String]) -> String {
     docs.join("---\n")
 }
 
-/// A firing alert for `instance` that started now: every call at a new
-/// clock time is a new notification, not a duplicate.
-fn firing(h: &Harness, alertname: &str, instance: &str) -> Value {
-    let mut a = alert(&[("alertname", alertname), ("instance", instance)]);
-    a["startsAt"] = json!(h.clock.now().to_rfc3339_opts(SecondsFormat::Millis, true));
-    a
-}
-
-/// Posts one webhook delivery; returns the `guardrail.decision` records it
-/// produced, in order.
-async fn deliver(h: &Harness, alerts: Vec<Value>) -> Vec<Record> {
-    let before = h.audit().await.last().map(|r| r.seq).unwrap_or(0);
-    let (status, body) = h.post(&payload(alerts)).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    h.audit()
-        .await
-        .into_iter()
-        .filter(|r| r.seq > before && r.kind == "guardrail.decision")
-        .collect()
-}
-
 /// Posts one alert and returns its single decision.
 async fn decide(h: &Harness, alert: Value) -> Record {
-    let mut d = deliver(h, vec![alert]).await;
+    let mut d = h.deliver(vec![alert]).await;
     assert_eq!(d.len(), 1, "expected one decision, got {d:#?}");
     d.remove(0)
 }
@@ -158,7 +137,7 @@ async fn run_all(h: &Harness) -> usize {
 #[tokio::test(start_paused = true)]
 async fn the_same_notification_twice_starts_one_execution() {
     let h = harness(&runbook("fix", "Broken", "low", ""), "");
-    let a = firing(&h, "Broken", "web-1");
+    let a = h.firing_now("Broken", "web-1");
     let (status, body) = h.post(&payload(vec![a.clone()])).await;
     assert_eq!(
         (status, body),
@@ -182,11 +161,11 @@ async fn the_same_notification_twice_starts_one_execution() {
 #[tokio::test(start_paused = true)]
 async fn cooldown_blocks_the_same_target_until_it_passes() {
     let h = harness(&runbook("fix", "Broken", "low", "cooldown: 5m"), "");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
 
     h.advance("2m");
-    let blocked = decide(&h, firing(&h, "Broken", "web-1")).await;
+    let blocked = decide(&h, h.firing_now("Broken", "web-1")).await;
     check(&blocked, "blocked", "cooldown");
     assert_eq!(reason(&blocked), "last run on web-1 started 2m ago; cooldown 5m (3m left)");
     let exec = h.store().execution(&id(&blocked)).await.unwrap();
@@ -194,12 +173,12 @@ async fn cooldown_blocks_the_same_target_until_it_passes() {
     assert!(exec.reason.as_deref().unwrap().starts_with("cooldown: "), "{:?}", exec.reason);
 
     // Another target has its own cooldown.
-    check(&decide(&h, firing(&h, "Broken", "web-2")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-2")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
 
     // Five minutes after the first run started, web-1 may run again.
     h.advance("3m");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
 }
 
@@ -213,7 +192,7 @@ async fn dry_runs_do_not_start_a_cooldown() {
     assert_eq!(h.engine.admit(dry, None).await.unwrap().verdict, Verdict::Run);
     assert_eq!(run_all(&h).await, 1);
     h.advance("1m");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
 }
 
 /// A runbook whose alert's `mode` label picks what its run does: `render`
@@ -239,7 +218,7 @@ steps:
 "#;
 
 fn moded(h: &Harness, instance: &str, mode: &str) -> Value {
-    let mut a = firing(h, "Broken", instance);
+    let mut a = h.firing_now("Broken", instance);
     a["labels"]["mode"] = json!(mode);
     a
 }
@@ -280,19 +259,19 @@ async fn a_run_that_never_started_an_action_does_not_start_a_cooldown() {
 async fn rate_limit_counts_runs_per_target() {
     let h = harness(&runbook("fix", "Broken", "low", "rate_limit: 2/1h"), "");
     for _ in 0..2 {
-        check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+        check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
         assert_eq!(run_all(&h).await, 1);
         h.advance("1m");
     }
-    let blocked = decide(&h, firing(&h, "Broken", "web-1")).await;
+    let blocked = decide(&h, h.firing_now("Broken", "web-1")).await;
     check(&blocked, "blocked", "rate_limit");
     assert_eq!(reason(&blocked), "2 runs on web-1 in the last 1h (limit 2/1h)");
-    check(&decide(&h, firing(&h, "Broken", "web-2")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-2")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
 
     // The first run leaves the window an hour after it started.
     h.advance("58m");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
 }
 
 #[tokio::test(start_paused = true)]
@@ -305,14 +284,14 @@ async fn runbook_rate_limit_counts_runs_across_targets() {
         "",
     );
     for target in ["a", "b"] {
-        check(&decide(&h, firing(&h, "Broken", target)).await, "run", "all");
+        check(&decide(&h, h.firing_now("Broken", target)).await, "run", "all");
         assert_eq!(run_all(&h).await, 1);
     }
-    let blocked = decide(&h, firing(&h, "Broken", "c")).await;
+    let blocked = decide(&h, h.firing_now("Broken", "c")).await;
     check(&blocked, "blocked", "runbook_rate_limit");
     assert_eq!(reason(&blocked), "2 runs of fix in the last 1h (limit 2/1h)");
     // Another runbook is not limited by it.
-    check(&decide(&h, firing(&h, "Other", "c")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Other", "c")).await, "run", "all");
 }
 
 #[tokio::test(start_paused = true)]
@@ -321,10 +300,10 @@ async fn global_limit_counts_automated_runs_of_every_runbook() {
         &runbooks(&[runbook("one", "One", "low", ""), runbook("two", "Two", "low", "")]),
         "limits: {global: 2/10m}\n",
     );
-    check(&decide(&h, firing(&h, "One", "a")).await, "run", "all");
-    check(&decide(&h, firing(&h, "Two", "b")).await, "run", "all");
+    check(&decide(&h, h.firing_now("One", "a")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Two", "b")).await, "run", "all");
     assert_eq!(run_all(&h).await, 2);
-    let blocked = decide(&h, firing(&h, "One", "c")).await;
+    let blocked = decide(&h, h.firing_now("One", "c")).await;
     check(&blocked, "blocked", "global_limit");
     assert_eq!(reason(&blocked), "2 automated runs in the last 10m (limit 2/10m)");
 
@@ -338,8 +317,8 @@ async fn global_limit_counts_automated_runs_of_every_runbook() {
     let d = h.engine.admit(manual(&h, "two", "e"), None).await.unwrap();
     assert_eq!(d.verdict, Verdict::Run);
     assert_eq!(run_all(&h).await, 1);
-    check(&decide(&h, firing(&h, "One", "f")).await, "run", "all");
-    let second = decide(&h, firing(&h, "Two", "g")).await;
+    check(&decide(&h, h.firing_now("One", "f")).await, "run", "all");
+    let second = decide(&h, h.firing_now("Two", "g")).await;
     check(&second, "run", "all");
     assert_eq!(
         guardrail(&second, "global_limit").unwrap()["detail"],
@@ -350,14 +329,14 @@ async fn global_limit_counts_automated_runs_of_every_runbook() {
 #[tokio::test(start_paused = true)]
 async fn a_run_cancelled_before_it_started_counts_toward_no_limit() {
     let h = harness(&runbook("fix", "Broken", "low", "rate_limit: 1/1h, cooldown: 30m"), "");
-    let first = firing(&h, "Broken", "web-1");
+    let first = h.firing_now("Broken", "web-1");
     check(&decide(&h, first.clone()).await, "run", "all");
     h.advance("10s");
-    deliver(&h, vec![resolved(first)]).await;
+    h.deliver(vec![resolved(first)]).await;
     assert_eq!(run_all(&h).await, 0, "cancelled: the alert resolved before it ran");
 
     h.advance("10s");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
 }
 
 // ---------------------------------------------------------------- re-sends
@@ -372,11 +351,11 @@ async fn resend(h: &Harness, alert: &Value) -> Value {
 #[tokio::test(start_paused = true)]
 async fn a_resent_alert_blocked_by_the_cooldown_is_decided_again_until_it_runs() {
     let h = harness(&runbook("fix", "Broken", "low", "cooldown: 10m"), "");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
     h.advance("1m");
     // A second episode on the same target, blocked by the cooldown.
-    let again = firing(&h, "Broken", "web-1");
+    let again = h.firing_now("Broken", "web-1");
     let mut again = again;
     again["labels"]["episode"] = json!("2");
     check(&decide(&h, again.clone()).await, "blocked", "cooldown");
@@ -413,10 +392,10 @@ async fn a_resent_alert_blocked_by_the_escalation_breaker_stays_a_duplicate() {
         &runbook("fix", "Broken", "low", "escalate_after: 1/1h"),
         "notify: {url: \"http://127.0.0.1:9/\"}",
     );
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
     h.advance("1m");
-    let again = firing(&h, "Broken", "web-1");
+    let again = h.firing_now("Broken", "web-1");
     check(&decide(&h, again.clone()).await, "blocked", "escalated");
     h.advance("10m");
     assert_eq!(resend(&h, &again).await["duplicates"], 1, "a human must reset the breaker first");
@@ -427,21 +406,21 @@ async fn a_resent_alert_blocked_by_the_escalation_breaker_stays_a_duplicate() {
 #[tokio::test(start_paused = true)]
 async fn a_late_resolve_of_an_older_episode_cancels_nothing_of_the_current_one() {
     let h = harness(&runbook("fix", "Broken", "low", "approval: required, concurrency: 2"), "");
-    let old = firing(&h, "Broken", "web-1");
+    let old = h.firing_now("Broken", "web-1");
     let old_run = id(&decide(&h, old.clone()).await);
     h.advance("1m");
     // The same alert (same fingerprint) fires again as a new episode.
-    let current = firing(&h, "Broken", "web-1");
+    let current = h.firing_now("Broken", "web-1");
     assert_eq!(old["fingerprint"], current["fingerprint"]);
     let current_run = id(&decide(&h, current.clone()).await);
     assert_eq!(state(&h, &old_run).await, State::PendingApproval);
 
     // The old episode's resolve arrives late: only its own run is cancelled.
-    deliver(&h, vec![resolved(old)]).await;
+    h.deliver(vec![resolved(old)]).await;
     assert_eq!(state(&h, &old_run).await, State::Cancelled);
     assert_eq!(state(&h, &current_run).await, State::PendingApproval);
 
-    deliver(&h, vec![resolved(current)]).await;
+    h.deliver(vec![resolved(current)]).await;
     assert_eq!(state(&h, &current_run).await, State::Cancelled);
 }
 
@@ -450,12 +429,12 @@ async fn a_late_resolve_of_an_older_episode_cancels_nothing_of_the_current_one()
 #[tokio::test(start_paused = true)]
 async fn concurrency_blocks_while_a_run_on_the_target_is_queued() {
     let h = harness(&runbook("fix", "Broken", "low", ""), "");
-    let first = decide(&h, firing(&h, "Broken", "web-1")).await;
+    let first = decide(&h, h.firing_now("Broken", "web-1")).await;
     check(&first, "run", "all");
     assert_eq!(state(&h, &id(&first)).await, State::Queued);
 
     h.advance("10s");
-    let second = decide(&h, firing(&h, "Broken", "web-1")).await;
+    let second = decide(&h, h.firing_now("Broken", "web-1")).await;
     check(&second, "blocked", "concurrency");
     assert_eq!(reason(&second), "1 run(s) of fix on web-1 in progress (limit 1)");
     assert_eq!(
@@ -466,7 +445,7 @@ async fn concurrency_blocks_while_a_run_on_the_target_is_queued() {
 
     assert_eq!(run_all(&h).await, 1);
     h.advance("10s");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
 }
 
 #[tokio::test(start_paused = true)]
@@ -477,7 +456,7 @@ async fn two_runbooks_for_one_alert_each_take_their_own_lock_on_the_target() {
         &runbooks(&[runbook("collect", "Broken", "low", ""), runbook("fix", "Broken", "medium", "")]),
         "",
     );
-    let d = deliver(&h, vec![firing(&h, "Broken", "web-1")]).await;
+    let d = h.deliver(vec![h.firing_now("Broken", "web-1")]).await;
     assert_eq!(d.len(), 2);
     for rec in &d {
         check(rec, "run", "all");
@@ -493,7 +472,7 @@ async fn storm_brake_pauses_medium_risk_and_notifies_once() {
         &runbooks(&[runbook("fix", "Broken", "medium", ""), runbook("collect", "Broken", "low", "")]),
         "limits: {storm_brake: 3}\n",
     );
-    let calm = deliver(&h, ["a", "b", "c"].iter().map(|t| firing(&h, "Broken", t)).collect()).await;
+    let calm = h.deliver(["a", "b", "c"].iter().map(|t| h.firing_now("Broken", t)).collect()).await;
     assert_eq!(calm.len(), 6);
     calm.iter().for_each(|d| check(d, "run", "all"));
     assert_eq!(
@@ -503,7 +482,7 @@ async fn storm_brake_pauses_medium_risk_and_notifies_once() {
     assert_eq!(run_all(&h).await, 6);
 
     h.advance("1m");
-    let storm = deliver(&h, vec![firing(&h, "Broken", "d")]).await;
+    let storm = h.deliver(vec![h.firing_now("Broken", "d")]).await;
     let by_runbook = |ds: &[Record], rb: &str| ds.iter().find(|d| d.runbook.as_deref() == Some(rb)).unwrap().clone();
     let fix = by_runbook(&storm, "fix");
     check(&fix, "blocked", "storm_brake");
@@ -511,7 +490,7 @@ async fn storm_brake_pauses_medium_risk_and_notifies_once() {
     check(&by_runbook(&storm, "collect"), "run", "all");
 
     h.advance("1m");
-    let more = deliver(&h, vec![firing(&h, "Broken", "e"), firing(&h, "Broken", "a")]).await;
+    let more = h.deliver(vec![h.firing_now("Broken", "e"), h.firing_now("Broken", "a")]).await;
     assert_eq!(
         more.iter()
             .filter(|d| verdict(d) == ("blocked".into(), "storm_brake".into()))
@@ -535,7 +514,7 @@ async fn storm_brake_pauses_medium_risk_and_notifies_once() {
     // Five quiet minutes after the last alert, the storm is over.
     h.advance("5m");
     check(
-        &by_runbook(&deliver(&h, vec![firing(&h, "Broken", "f")]).await, "fix"),
+        &by_runbook(&h.deliver(vec![h.firing_now("Broken", "f")]).await, "fix"),
         "run",
         "all",
     );
@@ -543,7 +522,7 @@ async fn storm_brake_pauses_medium_risk_and_notifies_once() {
 
     // A new storm gets its own notice.
     h.advance("1m");
-    let next = deliver(&h, ["g", "h", "i"].iter().map(|t| firing(&h, "Broken", t)).collect()).await;
+    let next = h.deliver(["g", "h", "i"].iter().map(|t| h.firing_now("Broken", t)).collect()).await;
     check(&by_runbook(&next[4..], "fix"), "blocked", "storm_brake");
     assert_eq!(records(&h, "notification").await.len(), 2);
 }
@@ -551,27 +530,29 @@ async fn storm_brake_pauses_medium_risk_and_notifies_once() {
 #[tokio::test(start_paused = true)]
 async fn a_storm_longer_than_the_window_is_still_one_storm() {
     let h = harness(&runbook("fix", "Broken", "medium", ""), "limits: {storm_brake: 3}\n");
-    let first = deliver(&h, ["a", "b", "c", "d"].iter().map(|t| firing(&h, "Broken", t)).collect()).await;
+    let first = h
+        .deliver(["a", "b", "c", "d"].iter().map(|t| h.firing_now("Broken", t)).collect())
+        .await;
     check(&first[3], "blocked", "storm_brake");
     // Twelve more minutes of it: a new target every minute keeps more than
     // three targets alerting in every five-minute window.
     for minute in 1..=12 {
         h.advance("1m");
         check(
-            &decide(&h, firing(&h, "Broken", &format!("t{minute}"))).await,
+            &decide(&h, h.firing_now("Broken", &format!("t{minute}"))).await,
             "blocked",
             "storm_brake",
         );
     }
     assert_eq!(records(&h, "notification").await.len(), 1, "one storm, one notice");
     h.advance("5m");
-    check(&decide(&h, firing(&h, "Broken", "calm")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "calm")).await, "run", "all");
 }
 
 #[tokio::test(start_paused = true)]
 async fn storm_brake_leaves_manual_runs_alone() {
     let h = harness(&runbook("fix", "Broken", "high", ""), "limits: {storm_brake: 1}\n");
-    deliver(&h, vec![firing(&h, "Broken", "a"), firing(&h, "Broken", "b")]).await;
+    h.deliver(vec![h.firing_now("Broken", "a"), h.firing_now("Broken", "b")]).await;
     let d = h.engine.admit(manual(&h, "fix", "c"), None).await.unwrap();
     assert_eq!(d.verdict, Verdict::Run, "{d:?}");
 }
@@ -582,11 +563,11 @@ async fn storm_brake_leaves_manual_runs_alone() {
 async fn escalation_trips_the_breaker_until_reset() {
     let h = harness(&runbook("fix", "Broken", "low", "escalate_after: 2/1h"), "");
     for _ in 0..2 {
-        check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+        check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
         assert_eq!(run_all(&h).await, 1);
         h.advance("10m");
     }
-    let tripped = decide(&h, firing(&h, "Broken", "web-1")).await;
+    let tripped = decide(&h, h.firing_now("Broken", "web-1")).await;
     check(&tripped, "blocked", "escalated");
     assert_eq!(
         reason(&tripped),
@@ -606,12 +587,12 @@ async fn escalation_trips_the_breaker_until_reset() {
     );
 
     // Other targets are not affected.
-    check(&decide(&h, firing(&h, "Broken", "web-2")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-2")).await, "run", "all");
     run_all(&h).await;
 
     // Tripped stays tripped, long after the window, without more notices.
     h.advance("3h");
-    let still = decide(&h, firing(&h, "Broken", "web-1")).await;
+    let still = decide(&h, h.firing_now("Broken", "web-1")).await;
     check(&still, "blocked", "escalated");
     assert!(
         reason(&still).contains("`pitcrew reset fix web-1` re-arms it"),
@@ -633,22 +614,22 @@ async fn escalation_trips_the_breaker_until_reset() {
     );
     assert!(h.store().breakers().await.unwrap().is_empty());
     h.advance("1m");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
 }
 
 #[tokio::test(start_paused = true)]
 async fn runs_before_a_reset_do_not_count_toward_escalation() {
     let h = harness(&runbook("fix", "Broken", "low", "escalate_after: 1/1h"), "");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
     run_all(&h).await;
     h.advance("1m");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "blocked", "escalated");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "blocked", "escalated");
     h.store().reset_breaker("fix", "web-1", "user:alice").await.unwrap();
     h.advance("1m");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
     run_all(&h).await;
     h.advance("1m");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "blocked", "escalated");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "blocked", "escalated");
     assert_eq!(records(&h, "notification").await.len(), 2, "one notice per trip");
 }
 
@@ -657,7 +638,7 @@ async fn runs_before_a_reset_do_not_count_toward_escalation() {
 #[tokio::test(start_paused = true)]
 async fn approvals_grant_deny_and_time_out() {
     let h = harness(&runbook("fix", "Broken", "low", "approval: required, approval_timeout: 10m"), "");
-    let pending = decide(&h, firing(&h, "Broken", "a")).await;
+    let pending = decide(&h, h.firing_now("Broken", "a")).await;
     check(&pending, "pending_approval", "approval");
     assert_eq!(reason(&pending), "runbook fix requires approval");
     let a = id(&pending);
@@ -675,7 +656,7 @@ async fn approvals_grant_deny_and_time_out() {
         ("user:alice", Some(a.as_str()))
     );
 
-    let b = id(&decide(&h, firing(&h, "Broken", "b")).await);
+    let b = id(&decide(&h, h.firing_now("Broken", "b")).await);
     let denied = h
         .store()
         .deny(&b, "user:bob", Some("not during the sale".into()), h.engine.approvers())
@@ -700,7 +681,7 @@ async fn approvals_grant_deny_and_time_out() {
         Err(StoreError::WrongState { .. })
     ));
 
-    let c = id(&decide(&h, firing(&h, "Broken", "c")).await);
+    let c = id(&decide(&h, h.firing_now("Broken", "c")).await);
     h.advance("9m");
     assert!(h.store().expire_approvals().await.unwrap().is_empty(), "not yet");
     h.advance("2m");
@@ -723,7 +704,7 @@ async fn an_approval_after_the_timeout_is_refused_even_before_the_sweep() {
     // `serve` sweeps expired approvals every second; without it running, a
     // late `pitcrew approve` must not slip through either.
     let h = harness(&runbook("fix", "Broken", "low", "approval: required, approval_timeout: 10m"), "");
-    let a = id(&decide(&h, firing(&h, "Broken", "a")).await);
+    let a = id(&decide(&h, h.firing_now("Broken", "a")).await);
     h.advance("10m");
     match h.store().approve(&a, "user:alice", h.engine.approvers()).await {
         Err(StoreError::WrongState { state, .. }) => assert_eq!(state, "cancelled"),
@@ -741,12 +722,12 @@ async fn an_approval_after_the_timeout_is_refused_even_before_the_sweep() {
 #[tokio::test(start_paused = true)]
 async fn an_approved_run_starts_the_cooldown_when_approved() {
     let h = harness(&runbook("fix", "Broken", "low", "approval: required, cooldown: 5m"), "");
-    let a = id(&decide(&h, firing(&h, "Broken", "web-1")).await);
+    let a = id(&decide(&h, h.firing_now("Broken", "web-1")).await);
     h.advance("20m");
     h.store().approve(&a, "user:alice", h.engine.approvers()).await.unwrap();
     run_all(&h).await;
     h.advance("1m");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "blocked", "cooldown");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "blocked", "cooldown");
 }
 
 // ---------------------------------------------------------------- error budget
@@ -772,7 +753,7 @@ fn budget_runbooks(slos: &[&str]) -> String {
 
 /// Fires one `Budget` alert; decisions by runbook name.
 async fn budget_decisions(h: &Harness) -> BTreeMap<String, Record> {
-    let ds = deliver(h, vec![firing(h, "Budget", "web-1")]).await;
+    let ds = h.deliver(vec![h.firing_now("Budget", "web-1")]).await;
     ds.into_iter().map(|d| (d.runbook.clone().unwrap(), d)).collect()
 }
 
@@ -786,7 +767,7 @@ async fn the_webhook_never_waits_on_prometheus_for_a_budget_not_yet_known() {
         silent.local_addr().unwrap()
     );
     let h = harness(&runbook("fix", "Broken", "medium", "slo: api"), &config);
-    let d = decide(&h, firing(&h, "Broken", "web-1")).await;
+    let d = decide(&h, h.firing_now("Broken", "web-1")).await;
     // Not evaluated on the webhook's path: unknown, so medium risk waits for a human.
     check(&d, "pending_approval", "budget");
     assert_eq!(d.data["budget"]["tier"], "unknown");
@@ -983,7 +964,7 @@ fn touching(file: &std::path::Path, guardrails: &str) -> String {
 }
 
 async fn assert_shadow_run(h: &Harness, file: &std::path::Path, why: &str) {
-    let d = decide(h, firing(h, "Broken", "web-1")).await;
+    let d = decide(h, h.firing_now("Broken", "web-1")).await;
     check(&d, "run", "all");
     assert_eq!(d.data["dry_run"], true);
     assert_eq!(
@@ -1038,7 +1019,7 @@ async fn without_shadow_mode_the_same_step_runs() {
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("touched");
     let h = harness(&touching(&file, ""), "");
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
     assert!(file.exists());
 }
@@ -1056,21 +1037,21 @@ async fn limits_and_breakers_survive_a_restart() {
         "",
     );
     for name in ["Cool", "Rate", "Esc"] {
-        check(&decide(&h, firing(&h, name, "web-1")).await, "run", "all");
+        check(&decide(&h, h.firing_now(name, "web-1")).await, "run", "all");
     }
     assert_eq!(run_all(&h).await, 3);
     h.advance("1m");
-    check(&decide(&h, firing(&h, "Esc", "web-1")).await, "blocked", "escalated");
+    check(&decide(&h, h.firing_now("Esc", "web-1")).await, "blocked", "escalated");
 
     let h = h.restart();
     h.advance("1m");
-    check(&decide(&h, firing(&h, "Cool", "web-1")).await, "blocked", "cooldown");
-    check(&decide(&h, firing(&h, "Rate", "web-1")).await, "blocked", "rate_limit");
+    check(&decide(&h, h.firing_now("Cool", "web-1")).await, "blocked", "cooldown");
+    check(&decide(&h, h.firing_now("Rate", "web-1")).await, "blocked", "rate_limit");
     assert_eq!(h.store().breakers().await.unwrap().len(), 1);
     h.advance("2h");
     let h = h.restart();
-    check(&decide(&h, firing(&h, "Esc", "web-1")).await, "blocked", "escalated");
-    check(&decide(&h, firing(&h, "Cool", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Esc", "web-1")).await, "blocked", "escalated");
+    check(&decide(&h, h.firing_now("Cool", "web-1")).await, "run", "all");
     assert_eq!(h.store().verify_audit().await.unwrap().unwrap(), h.audit().await.len() as u64);
 }
 
@@ -1083,7 +1064,7 @@ async fn a_flapping_alert_is_remediated_at_most_once_per_cooldown() {
     for i in 0..30 {
         let notification = match (i % 2, &last_firing) {
             (0, _) => {
-                let a = firing(&h, "Flappy", "web-1");
+                let a = h.firing_now("Flappy", "web-1");
                 last_firing = Some(a.clone());
                 a
             }
@@ -1207,7 +1188,7 @@ async fn preview_shows_the_current_verdict_and_writes_nothing() {
     assert_eq!((d.verdict, d.decided_by), (Verdict::Run, "all"));
     assert_eq!(h.audit().await.len(), before);
 
-    check(&decide(&h, firing(&h, "Broken", "web-1")).await, "run", "all");
+    check(&decide(&h, h.firing_now("Broken", "web-1")).await, "run", "all");
     assert_eq!(run_all(&h).await, 1);
     h.advance("1m");
     let before = h.audit().await.len();
@@ -1242,18 +1223,18 @@ async fn retention_prunes_ended_executions_in_small_writes_and_keeps_the_audit()
     let h = harness(&docs, "retention: {executions: 30d}");
     let mut old = Vec::new();
     for instance in ["web-1", "web-2", "web-3"] {
-        old.push(id(&decide(&h, firing(&h, "Broken", instance)).await));
+        old.push(id(&decide(&h, h.firing_now("Broken", instance)).await));
     }
     assert_eq!(run_all(&h).await, 3);
     h.advance("1m");
-    let blocked = decide(&h, firing(&h, "Broken", "web-1")).await;
+    let blocked = decide(&h, h.firing_now("Broken", "web-1")).await;
     check(&blocked, "blocked", "cooldown");
     old.push(id(&blocked));
-    let waiting = id(&decide(&h, firing(&h, "Asking", "db-1")).await);
+    let waiting = id(&decide(&h, h.firing_now("Asking", "db-1")).await);
     let records_before = h.audit().await.len();
 
     h.advance("31d");
-    let recent = id(&decide(&h, firing(&h, "Broken", "web-9")).await);
+    let recent = id(&decide(&h, h.firing_now("Broken", "web-9")).await);
     assert_eq!(run_all(&h).await, 1);
 
     // One write prunes at most its batch, oldest first.
@@ -1294,7 +1275,7 @@ async fn retention_prunes_ended_executions_in_small_writes_and_keeps_the_audit()
 #[tokio::test(start_paused = true)]
 async fn retention_zero_keeps_history_forever() {
     let h = harness(&runbook("fix", "Broken", "low", ""), "retention: {executions: 0}");
-    let run = id(&decide(&h, firing(&h, "Broken", "web-1")).await);
+    let run = id(&decide(&h, h.firing_now("Broken", "web-1")).await);
     assert_eq!(run_all(&h).await, 1);
     h.advance("3650d");
     assert_eq!(h.engine.prune_history().await.unwrap(), 0);

@@ -12,7 +12,7 @@ use pitcrew::guard::BudgetStatus;
 use pitcrew::store::{Effectiveness, ExecutionFilter, State};
 use serde_json::{Value, json};
 
-use crate::support::{Harness, alert, payload, resolved};
+use crate::support::{Harness, payload, resolved};
 
 fn harness(runbooks: &str, config: &str) -> Harness {
     Harness::new_on(crate::support::backend_of(module_path!()), runbooks, config)
@@ -32,29 +32,10 @@ fn runbook(name: &str, alertname: &str, extra: &str, guardrails: &str) -> String
     )
 }
 
-/// A firing alert that started now (a new episode at every clock time).
-fn firing(h: &Harness, alertname: &str, instance: &str) -> Value {
-    let mut a = alert(&[("alertname", alertname), ("instance", instance)]);
-    a["startsAt"] = json!(h.clock.now().to_rfc3339_opts(SecondsFormat::Millis, true));
-    a
-}
-
-/// Posts alerts; returns the decisions they produced.
-async fn deliver(h: &Harness, alerts: Vec<Value>) -> Vec<Record> {
-    let before = h.audit().await.last().map(|r| r.seq).unwrap_or(0);
-    let (status, body) = h.post(&payload(alerts)).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    h.audit()
-        .await
-        .into_iter()
-        .filter(|r| r.seq > before && r.kind == "guardrail.decision")
-        .collect()
-}
-
 /// Fires one alert and runs what it queued; returns its execution id.
 async fn fire_and_run(h: &Harness, alertname: &str, instance: &str) -> (String, Value) {
-    let a = firing(h, alertname, instance);
-    let d = deliver(h, vec![a.clone()]).await;
+    let a = h.firing_now(alertname, instance);
+    let d = h.deliver(vec![a.clone()]).await;
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].data["verdict"], "run", "{:#}", d[0].data);
     let outcomes = h.run_queued().await;
@@ -95,11 +76,11 @@ async fn runs_are_judged_from_resolves_and_refires_in_their_windows() {
     // Resolved 5m after the run, and nothing fires for an hour: effective.
     let (fixed, a) = fire_and_run(&h, "Broken", "web-1").await;
     h.advance("5m");
-    deliver(&h, vec![resolved(a)]).await;
+    h.deliver(vec![resolved(a)]).await;
     // Resolved 20m after the run: too late, judged when the resolve arrives.
     let (late, b) = fire_and_run(&h, "Broken", "web-2").await;
     h.advance("20m");
-    deliver(&h, vec![resolved(b)]).await;
+    h.deliver(vec![resolved(b)]).await;
     assert_eq!(
         judged(&late, &judgments(&h).await),
         Some((
@@ -110,9 +91,9 @@ async fn runs_are_judged_from_resolves_and_refires_in_their_windows() {
     // Resolved after 1m, fires again 30m later: ineffective at the re-fire.
     let (refired, c) = fire_and_run(&h, "Broken", "web-3").await;
     h.advance("1m");
-    deliver(&h, vec![resolved(c)]).await;
+    h.deliver(vec![resolved(c)]).await;
     h.advance("30m");
-    let again = deliver(&h, vec![firing(&h, "Broken", "web-3")]).await;
+    let again = h.deliver(vec![h.firing_now("Broken", "web-3")]).await;
     let again_id = again[0].execution_id.clone().unwrap();
     assert_eq!(
         judged(&refired, &judgments(&h).await),
@@ -126,7 +107,7 @@ async fn runs_are_judged_from_resolves_and_refires_in_their_windows() {
     // Resolved, and fires again only after stays_fixed: effective.
     let (outlived, e) = fire_and_run(&h, "Broken", "web-5").await;
     h.advance("1m");
-    deliver(&h, vec![resolved(e)]).await;
+    h.deliver(vec![resolved(e)]).await;
     let stayed = "the alert resolved and did not fire again within stays_fixed 1h".to_string();
     // 70m in: web-1's resolve (at 5m) has stayed fixed for an hour.
     h.advance("13m");
@@ -141,7 +122,7 @@ async fn runs_are_judged_from_resolves_and_refires_in_their_windows() {
     );
     // web-5 fires again only after stays_fixed: the chore finds it effective.
     h.advance("2h");
-    deliver(&h, vec![firing(&h, "Broken", "web-5")]).await;
+    h.deliver(vec![h.firing_now("Broken", "web-5")]).await;
     assert_eq!(h.store().judge_effectiveness().await.unwrap(), 1);
     let all = judgments(&h).await;
     assert_eq!(judged(&outlived, &all), Some((true, stayed)));
@@ -174,14 +155,14 @@ async fn a_failed_or_dry_run_is_not_judged_and_a_run_resolved_while_running_wait
     // A dry run is never watched.
     let (_, s) = fire_and_run(&h, "Shadow", "web-1").await;
     h.advance("1m");
-    deliver(&h, vec![resolved(s)]).await;
+    h.deliver(vec![resolved(s)]).await;
     // The resolve arrives before the run is executed: the run still ends
     // successfully (it had not been cancelled: it was claimed first).
-    let a = firing(&h, "Broken", "web-2");
-    deliver(&h, vec![a.clone()]).await;
+    let a = h.firing_now("Broken", "web-2");
+    h.deliver(vec![a.clone()]).await;
     let exec = h.store().claim(&h.engine.worker_id, None).await.unwrap().unwrap();
     h.advance("1m");
-    deliver(&h, vec![resolved(a)]).await;
+    h.deliver(vec![resolved(a)]).await;
     h.advance("1m");
     let outcome = h.engine.execute(exec, None).await.unwrap();
     assert_eq!(outcome.state, State::Succeeded);
@@ -207,7 +188,7 @@ async fn min_effectiveness_blocks_automation_after_five_judged_runs_and_escalate
         fire_and_run(&h, "Broken", &format!("web-{i}")).await;
         h.advance("16m");
     }
-    let blocked = deliver(&h, vec![firing(&h, "Broken", "web-6")]).await;
+    let blocked = h.deliver(vec![h.firing_now("Broken", "web-6")]).await;
     assert_eq!(blocked[0].data["verdict"], "blocked", "{:#}", blocked[0].data);
     assert_eq!(blocked[0].data["decided_by"], "ineffective");
     assert_eq!(
@@ -220,7 +201,7 @@ async fn min_effectiveness_blocks_automation_after_five_judged_runs_and_escalate
     assert_eq!(exec.state, State::Blocked);
     // Escalated once: the next block sends no notice.
     h.advance("1m");
-    let again = deliver(&h, vec![firing(&h, "Broken", "web-7")]).await;
+    let again = h.deliver(vec![h.firing_now("Broken", "web-7")]).await;
     assert_eq!(again[0].data["decided_by"], "ineffective");
     assert!(again[0].data.get("escalated").is_none());
     let notices = records(&h, "notification").await;
@@ -289,32 +270,32 @@ async fn the_report_counts_a_known_history_exactly() {
     let start = h.clock.now();
     // fix: three runs, fixed 2m, 4m and 1m after the alert came in.
     for (instance, took) in [("web-1", "2m"), ("web-2", "4m"), ("web-1", "1m")] {
-        deliver(&h, vec![firing(&h, "Broken", instance)]).await;
+        h.deliver(vec![h.firing_now("Broken", instance)]).await;
         h.advance(took);
         assert_eq!(h.run_queued().await.len(), 1);
     }
     // gate: granted after 3m (and run), denied after 10m, one expires.
     let pending = |d: &[Record]| d[0].execution_id.clone().unwrap();
-    let granted = pending(&deliver(&h, vec![firing(&h, "NeedsOk", "db-1")]).await);
+    let granted = pending(&h.deliver(vec![h.firing_now("NeedsOk", "db-1")]).await);
     h.advance("3m");
     h.store().approve(&granted, "user:bob", h.engine.approvers()).await.unwrap();
     assert_eq!(h.run_queued().await[0].state, State::Succeeded);
-    let denied = pending(&deliver(&h, vec![firing(&h, "NeedsOk", "db-2")]).await);
+    let denied = pending(&h.deliver(vec![h.firing_now("NeedsOk", "db-2")]).await);
     h.advance("10m");
     h.store().deny(&denied, "user:bob", None, h.engine.approvers()).await.unwrap();
-    deliver(&h, vec![firing(&h, "NeedsOk", "db-3")]).await;
+    h.deliver(vec![h.firing_now("NeedsOk", "db-3")]).await;
     h.advance("61m");
     assert_eq!(h.store().expire_approvals().await.unwrap().len(), 1);
     // cool: one run, then blocked by its cooldown; a resolve is no alert received.
-    let hot = firing(&h, "Hot", "h-1");
-    deliver(&h, vec![hot.clone()]).await;
+    let hot = h.firing_now("Hot", "h-1");
+    h.deliver(vec![hot.clone()]).await;
     h.run_queued().await;
     h.advance("1m");
-    deliver(&h, vec![firing(&h, "Hot", "h-1"), resolved(hot)]).await;
+    h.deliver(vec![h.firing_now("Hot", "h-1"), resolved(hot)]).await;
     // Outside the range: not counted.
     h.advance("1h");
     let until = h.clock.now();
-    deliver(&h, vec![firing(&h, "Broken", "web-9")]).await;
+    h.deliver(vec![h.firing_now("Broken", "web-9")]).await;
 
     let r = build(&h, start, until).await;
     let runs = |s: u64, c: u64, b: u64| json!({"succeeded": s, "failed": 0, "unknown": 0, "cancelled": c, "blocked": b, "pending_approval": 0, "queued": 0, "running": 0});
@@ -391,7 +372,7 @@ async fn the_report_api_needs_a_viewer_and_answers_the_shared_shape() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("since"), "{body}");
     // One run through the webhook, then the report over the last day.
-    let hook = payload(vec![firing(&h, "Broken", "web-1")]);
+    let hook = payload(vec![h.firing_now("Broken", "web-1")]);
     let hook_auth = [("content-type", "application/json"), ("authorization", "Bearer hook-secret-1")];
     let (status, _) = h.call("POST", "/v1/alerts/alertmanager", &hook_auth, hook.to_string()).await;
     assert_eq!(status, StatusCode::ACCEPTED);

@@ -189,6 +189,27 @@ impl Harness {
         self.store().audit(AuditFilter::default()).await.unwrap()
     }
 
+    /// A firing alert for `instance` that started now: every call at a new
+    /// clock time is a new notification, not a duplicate.
+    pub fn firing_now(&self, alertname: &str, instance: &str) -> Value {
+        let mut a = alert(&[("alertname", alertname), ("instance", instance)]);
+        a["startsAt"] = json!(pitcrew::clock::Clock::now(&self.clock).to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        a
+    }
+
+    /// Posts one webhook delivery; returns the `guardrail.decision` records
+    /// it produced, in order.
+    pub async fn deliver(&self, alerts: Vec<Value>) -> Vec<Record> {
+        let before = self.audit().await.last().map(|r| r.seq).unwrap_or(0);
+        let (status, body) = self.post(&payload(alerts)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        self.audit()
+            .await
+            .into_iter()
+            .filter(|r| r.seq > before && r.kind == "guardrail.decision")
+            .collect()
+    }
+
     pub async fn kinds(&self) -> Vec<String> {
         self.audit().await.into_iter().map(|r| r.kind).collect()
     }
