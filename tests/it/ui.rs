@@ -544,6 +544,9 @@ impl Browser {
             let port = free_port();
             let mut driver = tokio::process::Command::new(&chromedriver)
                 .arg(format!("--port={port}"))
+                // Chromium's own scratch folders go with the profile, not
+                // into the shared /tmp (they outlive a killed browser).
+                .env("TMPDIR", profile.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
