@@ -360,6 +360,12 @@ pub trait Conn: Tx + Send {
     fn rollback(&mut self);
 }
 
+/// A `firing_alerts` row (fingerprint, labels as JSON) as inhibition reads it.
+pub fn firing_from_row(fingerprint: String, labels: String) -> Result<crate::inhibit::Firing, StoreError> {
+    let labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("firing alert {fingerprint}: labels: {e}")))?;
+    Ok(crate::inhibit::Firing { fingerprint, labels })
+}
+
 #[cfg(test)]
 mod tests {
     use super::prefix_end;

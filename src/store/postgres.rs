@@ -36,7 +36,7 @@ use ::postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
 use super::backend::{
     AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, ReportRecord, ReportRun, StepKey, StepRow, StoredWithPrev, Tx, Victim,
-    Watch, prefix_end,
+    Watch, firing_from_row, prefix_end,
 };
 use super::rules::{Backend, Ledger, ReadJob, ts};
 use super::writer::{SharedHealth, WriteQueue, write_loop};
@@ -942,11 +942,7 @@ impl Read for PgConn {
             None => self.query(FIRING_ALL, &[&seen_after_ms, &now_ms])?,
         };
         for row in rows {
-            let fingerprint: String = row.get(0);
-            let labels: String = row.get(1);
-            let labels =
-                serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("firing alert {fingerprint}: labels: {e}")))?;
-            if !visit(crate::inhibit::Firing { fingerprint, labels }) {
+            if !visit(firing_from_row(row.get(0), row.get(1))?) {
                 break;
             }
         }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::backend::{
     AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, ReportRecord, ReportRun, StepKey, StepRow, StoredWithPrev, Tx, Victim,
-    Watch, prefix_end,
+    Watch, firing_from_row, prefix_end,
 };
 use super::rules::{Backend, Ledger, ReadJob, ts};
 use super::writer::{Committed, SharedHealth, WriteQueue, write_loop};
@@ -1143,11 +1143,7 @@ impl Read for SqliteConn {
             None => stmt.query(params![seen_after_ms, now_ms])?,
         };
         while let Some(row) = rows.next()? {
-            let fingerprint: String = row.get(0)?;
-            let labels: String = row.get(1)?;
-            let labels =
-                serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("firing alert {fingerprint}: labels: {e}")))?;
-            if !visit(crate::inhibit::Firing { fingerprint, labels }) {
+            if !visit(firing_from_row(row.get(0)?, row.get(1)?)?) {
                 break;
             }
         }
