@@ -12,7 +12,7 @@ use chrono::SecondsFormat;
 use pitcrew::audit::Record;
 use pitcrew::clock::Clock;
 use pitcrew::guard::{CheckVerdict, Verdict};
-use pitcrew::store::{Admission, ExecutionFilter, State, StepState, StoreError, new_id};
+use pitcrew::store::{Admission, ExecutionFilter, State, StepState, StoreError};
 use serde_json::{Value, json};
 
 use crate::support::{Harness, alert, payload, resolved};
@@ -86,22 +86,7 @@ fn guardrail(d: &Record, name: &str) -> Option<Value> {
 
 /// A manual admission (`pitcrew run NAME --param instance=...`).
 fn manual(h: &Harness, name: &str, instance: &str) -> Admission {
-    let rb = h.engine.runbooks().get(name).unwrap_or_else(|| panic!("no runbook {name}")).clone();
-    let overrides = BTreeMap::from([("instance".to_string(), instance.to_string())]);
-    let resolved = h.engine.runbooks().resolve(&rb, None, &overrides).unwrap();
-    Admission {
-        id: new_id(),
-        runbook: rb,
-        target: resolved.target,
-        params: resolved.params,
-        actor: "user:alice".into(),
-        automated: false,
-        dry_run: false,
-        force: None,
-        budget: None,
-        invalid: None,
-        inhibit: resolved.inhibit,
-    }
+    h.manual(name, &[("instance", instance)])
 }
 
 /// The same admission as an alert would produce (for previews).

@@ -189,6 +189,28 @@ impl Harness {
         self.store().audit(AuditFilter::default()).await.unwrap()
     }
 
+    /// `pitcrew run NAME --param K=V…` by alice, resolved as the CLI
+    /// resolves it, not yet admitted.
+    pub fn manual(&self, name: &str, params: &[(&str, &str)]) -> pitcrew::store::Admission {
+        let set = self.engine.runbooks();
+        let rb = set.get(name).unwrap_or_else(|| panic!("no runbook {name}")).clone();
+        let overrides = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let resolved = set.resolve(&rb, None, &overrides).unwrap();
+        pitcrew::store::Admission {
+            id: pitcrew::store::new_id(),
+            runbook: rb,
+            target: resolved.target,
+            params: resolved.params,
+            actor: "user:alice".into(),
+            automated: false,
+            dry_run: false,
+            force: None,
+            budget: None,
+            invalid: None,
+            inhibit: resolved.inhibit,
+        }
+    }
+
     /// A firing alert for `instance` that started now: every call at a new
     /// clock time is a new notification, not a duplicate.
     pub fn firing_now(&self, alertname: &str, instance: &str) -> Value {

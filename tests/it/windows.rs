@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
 use pitcrew::audit::Record;
-use pitcrew::store::{Admission, State, new_id};
+use pitcrew::store::{Admission, State};
 use serde_json::{Value, json};
 
 use crate::support::{Harness, alert, payload, resolved};
@@ -105,25 +105,7 @@ fn detail<'a>(d: &'a Record, guardrail: &str) -> &'a str {
 
 /// `pitcrew run NAME --param instance=…` by alice.
 fn manual(h: &Harness, name: &str, instance: &str) -> Admission {
-    let rb = h.engine.runbooks().get(name).unwrap().clone();
-    let overrides = BTreeMap::from([
-        ("instance".to_string(), instance.to_string()),
-        ("cluster".to_string(), "eu1".to_string()),
-    ]);
-    let resolved = h.engine.runbooks().resolve(&rb, None, &overrides).unwrap();
-    Admission {
-        id: new_id(),
-        runbook: rb,
-        target: resolved.target,
-        params: resolved.params,
-        actor: "user:alice".into(),
-        automated: false,
-        dry_run: false,
-        force: None,
-        budget: None,
-        invalid: None,
-        inhibit: resolved.inhibit,
-    }
+    h.manual(name, &[("instance", instance), ("cluster", "eu1")])
 }
 
 trait ClockText {
