@@ -2,8 +2,12 @@
 # read its memory, query its state. Source it after `cd` to the repository.
 command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; exit 2; }
 # The shipped build (fat LTO): the numbers are those of the binary users run.
-cargo build --profile dist --quiet
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/dist/pitcrew
+# PITCREW_BIN=path runs that binary instead, unbuilt: to compare two builds
+# on a noisy host, interleave runs of each.
+if [ -z "${PITCREW_BIN:-}" ]; then
+  cargo build --profile dist --quiet
+fi
+BIN=${PITCREW_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/dist/pitcrew}
 WORK=$(mktemp -d)
 SERVERS=()
 trap 'kill $(jobs -p) ${SERVERS[@]+"${SERVERS[@]}"} 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
