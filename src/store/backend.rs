@@ -308,10 +308,10 @@ pub trait Tx: Read {
 
     /// A step about to run (input already redacted, as JSON).
     fn step_start(&mut self, key: StepKey<'_>, name: &str, action: &str, idempotent: bool, input: &str, ms: i64) -> Result<(), StoreError>;
-    /// A step's end; false when the step has no row (skipped before it started).
-    fn step_end(&mut self, key: StepKey<'_>, end: StepRow<'_>) -> Result<bool, StoreError>;
-    /// A step that ended without starting (skipped).
-    fn step_insert_ended(&mut self, key: StepKey<'_>, name: &str, end: StepRow<'_>) -> Result<(), StoreError>;
+    /// A step's end: its row ends, or, for a step that ended without
+    /// starting (skipped: no row yet), is written ended. One statement that
+    /// answers nothing, so a backend may send it with its next round trip.
+    fn step_end(&mut self, key: StepKey<'_>, name: &str, end: StepRow<'_>) -> Result<(), StoreError>;
 
     fn breaker_trip(&mut self, runbook: &str, target: &str, ms: i64, reason: &str) -> Result<(), StoreError>;
     /// Resets a tripped breaker; false when none was tripped.

@@ -20,6 +20,7 @@
 pub mod backend;
 pub mod copy;
 pub mod effect;
+mod pg_session;
 pub mod postgres;
 pub mod rules;
 pub mod sqlite;

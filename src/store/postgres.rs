@@ -18,26 +18,36 @@
 //!   nothing.
 //! - Background chores run on the holder of the `chores` lease.
 //!
-//! The driver is `postgres`, the blocking face of `tokio-postgres`: the
-//! store's rules are synchronous code run by the writer thread inside one
-//! transaction (`super::rules`), the same for SQLite and PostgreSQL, so the
-//! blocking client keeps one implementation of them. It runs its own small
-//! runtime per connection and must not be called from the async runtime's
-//! threads (not even `spawn_blocking`'s), so reads run on reader threads of
-//! their own.
+//! The driver is `tokio-postgres`, driven blocking from plain threads
+//! (`super::pg_session`): the store's rules are synchronous code run by the
+//! writer thread inside one transaction (`super::rules`), the same for
+//! SQLite and PostgreSQL, so one implementation of them serves both. Each
+//! connection runs its own small runtime and must not be used from the
+//! async runtime's threads (not even `spawn_blocking`'s), so reads run on
+//! reader threads of their own. The session pipelines what the lock makes
+//! expensive: a write nothing reads the answer of goes out with the next
+//! statement that needs one, the commit included.
+//!
+//! Plans: a statement is prepared once per connection, and PostgreSQL may
+//! plan it once for any value (its generic plan). That is right only for a
+//! search whose best plan cannot depend on the value: a key, or an insert.
+//! A statement whose best plan does (the guardrail facts, a claim whose
+//! `state = 'queued'` also matches the queue's partial index, a cutoff) is
+//! sent planned for its values every time (`PgConn::query_planned`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::postgres::types::ToSql;
+use ::postgres::types::{ToSql, Type};
 use ::postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
 use super::backend::{
     AlertRow, AuditRow, ChainHead, Conn, Ending, NewExecution, Read, ReportRecord, ReportRun, StepKey, StepRow, StoredWithPrev, Tx, Victim,
     Watch, firing_from_row, prefix_end,
 };
+use super::pg_session::{Params, Session};
 use super::rules::{Backend, Ledger, ReadJob, ts};
 use super::writer::{SharedHealth, WriteQueue, write_loop};
 use super::*;
@@ -163,7 +173,7 @@ impl From<::postgres::Error> for StoreError {
 /// How to reach the database.
 #[derive(Clone)]
 struct Target {
-    config: ::postgres::Config,
+    config: tokio_postgres::Config,
     /// For messages: the URL (it holds no password).
     url: String,
     /// This replica's id, when it joined as one.
@@ -172,7 +182,7 @@ struct Target {
 
 impl Target {
     fn new(store: &StoreConfig) -> Result<Target, StoreError> {
-        let mut config: ::postgres::Config = store.url.parse().map_err(|e: ::postgres::Error| StoreError::Database {
+        let mut config: tokio_postgres::Config = store.url.parse().map_err(|e: ::postgres::Error| StoreError::Database {
             message: format!("store.url: {e}"),
             disk: false,
         })?;
@@ -193,32 +203,45 @@ impl Target {
         })
     }
 
+    /// A plain blocking client (migrations, copies, one-off work).
     fn connect(&self) -> Result<Client, StoreError> {
-        let mut client = self.config.connect(NoTls).map_err(|e| {
-            let mut err = StoreError::from(e);
-            if let StoreError::Database { message, .. } = &mut err {
-                *message = format!("cannot connect to {}: {message}", self.url);
-            }
-            err
-        })?;
-        // A statement stuck behind a lock is an outage to report, not to wait out.
-        // A session paused inside a transaction (its process stopped, its
-        // network gone) would hold the chain lock, and every replica's
-        // writes with it: the server ends it instead, and its group, never
-        // acknowledged, is rolled back.
-        client.batch_execute(
-            "SET statement_timeout = '30s'; SET lock_timeout = '30s'; SET client_min_messages = warning; \
-             SET idle_in_transaction_session_timeout = '5s'",
-        )?;
+        let mut client = ::postgres::Config::from(self.config.clone())
+            .connect(NoTls)
+            .map_err(|e| self.unreachable(e.into()))?;
+        client.batch_execute(SESSION_SETTINGS)?;
         Ok(client)
     }
+
+    /// A connection for the store's own threads (see `pg_session`).
+    fn session(&self) -> Result<Session, StoreError> {
+        let mut session = Session::connect(&self.config).map_err(|e| self.unreachable(e))?;
+        session.batch_execute(SESSION_SETTINGS)?;
+        Ok(session)
+    }
+
+    fn unreachable(&self, mut err: StoreError) -> StoreError {
+        if let StoreError::Database { message, .. } = &mut err {
+            *message = format!("cannot connect to {}: {message}", self.url);
+        }
+        err
+    }
 }
+
+/// Every connection's settings. A statement stuck behind a lock is an
+/// outage to report, not to wait out. A session paused inside a
+/// transaction (its process stopped, its network gone) would hold the chain
+/// lock, and every replica's writes with it: the server ends it instead,
+/// and its group, never acknowledged, is rolled back.
+const SESSION_SETTINGS: &str = "SET statement_timeout = '30s'; SET lock_timeout = '30s'; SET client_min_messages = warning; \
+     SET idle_in_transaction_session_timeout = '5s'";
+
+impl Target {}
 
 /// A connection, reconnected when the server went away; statements are
 /// prepared once per connection.
 pub struct PgConn {
     target: Target,
-    client: Option<Client>,
+    client: Option<Session>,
     statements: HashMap<&'static str, Statement>,
     names: HashMap<String, i32>,
     /// Rows changed since this connection was made (see [`Tx::changes`]).
@@ -236,16 +259,6 @@ pub struct PgConn {
     /// steadily for a whole lease (see `Replica::renewing_since`). Until
     /// then it takes no run from another replica on the word of a lease.
     trusts_leases: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Plan each statement for its values, every time. A plan made once
-    /// without them (PostgreSQL's generic plan, which it may switch to on
-    /// its own after five runs) cannot tell a hot target from a fresh one:
-    /// measured, the facts query for a new target then walked every run of
-    /// the runbook (`runs_by_runbook`, 102 pages after 100,000 executions,
-    /// against 10 planned for the value) — the cost the store contract rules
-    /// out. Planning costs the writer about a third of its throughput end to
-    /// end (602 vs 919 runs/s, one replica); a per-(runbook, target) row of
-    /// facts kept in the deciding transaction would make both unnecessary.
-    custom_plans: bool,
 }
 
 /// Audit rows as columns, for one `INSERT … SELECT FROM unnest(…)`.
@@ -275,8 +288,6 @@ impl Drop for PgConn {
     }
 }
 
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
 impl PgConn {
     fn new(target: Target) -> PgConn {
         PgConn {
@@ -290,28 +301,15 @@ impl PgConn {
             unwritten: Unwritten::default(),
             head_at_begin: None,
             trusts_leases: None,
-            custom_plans: false,
         }
     }
 
-    /// The writer's connection: its decisions are planned for their values
-    /// (see `custom_plans`).
-    fn writer(target: Target) -> PgConn {
-        let mut conn = PgConn::new(target);
-        conn.custom_plans = true;
-        conn
-    }
-
     /// The client, connecting first if there is none (or it broke).
-    fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+    fn client(&mut self) -> Result<&mut Session, StoreError> {
+        if self.client.as_ref().is_none_or(Session::is_closed) {
             self.statements.clear();
             self.names.clear();
-            let mut client = self.target.connect()?;
-            if self.custom_plans {
-                client.batch_execute("SET plan_cache_mode = force_custom_plan")?;
-            }
-            self.client = Some(client);
+            self.client = Some(self.target.session()?);
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -345,24 +343,54 @@ impl PgConn {
     }
 
     fn query(&mut self, sql: &'static str, params: Params<'_>) -> Result<Vec<::postgres::Row>, StoreError> {
-        let s = self.statement(sql)?;
-        let r = self.client()?.query(&s, params);
-        self.track(r)
+        self.again_if_closed(|conn| {
+            let s = conn.statement(sql)?;
+            let r = conn.client()?.query(&s, params);
+            conn.track(r)
+        })
     }
 
     fn query_opt(&mut self, sql: &'static str, params: Params<'_>) -> Result<Option<::postgres::Row>, StoreError> {
-        let s = self.statement(sql)?;
-        let r = self.client()?.query_opt(&s, params);
-        self.track(r)
+        self.again_if_closed(|conn| {
+            let s = conn.statement(sql)?;
+            let r = conn.client()?.query_opt(&s, params);
+            conn.track(r)
+        })
     }
 
-    /// Writes the audit records appended since the last write, in one statement.
+    /// Outside a transaction, a query that failed because its connection
+    /// had been closed (the server restarted while the connection sat idle
+    /// in its thread) goes once more, on a new connection: every such query
+    /// is a read, or a lease's upsert that may run twice, and without this
+    /// each idle connection's first use after a restart fails.
+    fn again_if_closed<T>(&mut self, mut f: impl FnMut(&mut PgConn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match f(self) {
+            Err(StoreError::Database { .. }) if !self.in_tx && self.client.as_ref().is_some_and(Session::is_closed) => f(self),
+            result => result,
+        }
+    }
+
+    /// A write whose answer nothing reads: sent with the transaction's next
+    /// round trip (see `pg_session`; the commit is one), and counted as a
+    /// change now. Outside a transaction nothing would send it: it runs now.
+    fn defer(&mut self, sql: &'static str, params: Params<'_>) -> Result<(), StoreError> {
+        if !self.in_tx {
+            return self.execute(sql, params).map(drop);
+        }
+        let s = self.statement(sql)?;
+        self.client()?.defer(&s, params)?;
+        self.changed += 1;
+        Ok(())
+    }
+
+    /// Writes the audit records appended since the last write, in one
+    /// statement, sent with the next round trip.
     fn write_audit(&mut self) -> Result<(), StoreError> {
         if self.unwritten.seq.is_empty() {
             return Ok(());
         }
         let r = std::mem::take(&mut self.unwritten);
-        self.execute(
+        self.defer(
             "INSERT INTO audit (seq, ts_us, kind, actor, execution_id, runbook, target, data, hash) \
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::integer[], $5::text[], $6::text[], \
              $7::text[], $8::text[], $9::bytea[])",
@@ -382,9 +410,37 @@ impl PgConn {
     }
 
     /// A statement built at run time (filters): not cached.
+    /// A query planned for the values it is sent with, every time: sent as
+    /// an unnamed statement with its parameters' types, parsed, planned and
+    /// run in one round trip. For the reads whose best plan depends on the
+    /// value: a plan made once without them (PostgreSQL's generic plan,
+    /// which a prepared statement switches to on its own after five runs)
+    /// cannot tell a hot target from a fresh one. Measured, the facts query
+    /// for a new target then walked every run of the runbook
+    /// (`runs_by_runbook`, 102 pages after 100,000 executions, against 10
+    /// planned for the value): the cost the store contract rules out.
+    /// Every other statement is prepared once and may go generic: planning
+    /// them all for their values took more of the server's time than
+    /// running them (pg_stat_statements on the two-replica bench).
+    fn query_planned(&mut self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<::postgres::Row>, StoreError> {
+        self.again_if_closed(|conn| {
+            let r = conn.client()?.query_typed(sql, params);
+            conn.track(r)
+        })
+    }
+
+    /// A write planned for its values (see `query_planned`), counted as a change.
+    fn execute_planned(&mut self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<(), StoreError> {
+        self.query_planned(sql, params)?;
+        self.changed += 1;
+        Ok(())
+    }
+
     fn query_dynamic(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<::postgres::Row>, StoreError> {
-        let r = self.client()?.query(sql, params);
-        self.track(r)
+        self.again_if_closed(|conn| {
+            let r = conn.client()?.query_text(sql, params);
+            conn.track(r)
+        })
     }
 
     fn name_id(&mut self, name: &str) -> Result<i32, StoreError> {
@@ -392,7 +448,7 @@ impl PgConn {
             return Ok(*id);
         }
         // Under the chain lock: no other writer adds names meanwhile.
-        self.execute("INSERT INTO audit_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", &[&name])?;
+        self.defer("INSERT INTO audit_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", &[&name])?;
         let row = self.query_opt("SELECT id FROM audit_names WHERE name = $1", &[&name])?;
         let id: i32 = row
             .ok_or_else(|| StoreError::Corrupt(format!("audit name {name} vanished")))?
@@ -522,8 +578,8 @@ const FACT_PARTS: [(&str, &str); 7] = [
 
 /// The facts query with the parts `used` (bit i: `FACT_PARTS[i]`) and the
 /// names of its parameters in order: one round trip per decision, asking
-/// only what the runbook's guardrails look at. The writer plans each
-/// decision for its values (see `custom_plans`), and a query of two parts
+/// only what the runbook's guardrails look at. Each decision is planned for
+/// its values (see `PgConn::query_planned`), and a query of two parts
 /// plans in a fraction of the time of all seven. At most 128 texts, made
 /// once each.
 pub fn facts_sql(used: u8) -> (&'static str, &'static [&'static str]) {
@@ -589,14 +645,9 @@ impl PgConn {
         params: &[i64],
         visit: &mut dyn FnMut(&::postgres::Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        use ::postgres::fallible_iterator::FallibleIterator;
         let statement = self.statement(sql)?;
-        let client = self.client()?;
-        let mut rows = client.query_raw(&statement, params.iter())?;
-        while let Some(row) = rows.next()? {
-            visit(&row)?;
-        }
-        Ok(())
+        self.client()?
+            .for_each_row(&statement, params, &mut |row| visit(row).map(|()| true))
     }
 }
 
@@ -630,9 +681,22 @@ impl Read for PgConn {
                 }
             })
             .collect();
-        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
+        let params: Vec<(&(dyn ToSql + Sync), Type)> = values
+            .iter()
+            .zip(names.iter())
+            .map(|(v, name)| {
+                let ty = if matches!(*name, "runbook" | "target") {
+                    Type::TEXT
+                } else {
+                    Type::INT8
+                };
+                (v.as_ref(), ty)
+            })
+            .collect();
         let row = self
-            .query_opt(sql, &params)?
+            .query_planned(sql, &params)?
+            .into_iter()
+            .next()
             .ok_or_else(|| StoreError::Corrupt("facts query returned no row".into()))?;
         // The columns of the parts asked, in order.
         let mut column = 0usize;
@@ -786,7 +850,6 @@ impl Read for PgConn {
     }
 
     fn audit_walk(&mut self, visit: &mut dyn FnMut(audit::Stored) -> bool) -> Result<(), StoreError> {
-        use ::postgres::fallible_iterator::FallibleIterator;
         // Streamed a row at a time: the whole log never sits in memory.
         let sql = "SELECT a.seq, a.ts_us, COALESCE(k.name, ''), COALESCE(n.name, ''), a.execution_id, a.runbook, a.target, \
              a.data, a.hash FROM audit a LEFT JOIN audit_names k ON k.id = a.kind LEFT JOIN audit_names n ON n.id = a.actor \
@@ -795,15 +858,7 @@ impl Read for PgConn {
         // However long the log: the walk is one statement, and the reader
         // holds it up while it hashes.
         client.batch_execute("SET statement_timeout = 0")?;
-        let walked = (|| -> Result<(), StoreError> {
-            let mut rows = client.query_raw(sql, std::iter::empty::<i64>())?;
-            while let Some(row) = rows.next()? {
-                if !visit(stored_from_row(&row)) {
-                    break;
-                }
-            }
-            Ok(())
-        })();
+        let walked = client.for_each_row(sql, &[], &mut |row| Ok(visit(stored_from_row(row))));
         let restored = client.batch_execute("SET statement_timeout = '30s'");
         walked?;
         Ok(restored?)
@@ -938,8 +993,11 @@ impl Read for PgConn {
         visit: &mut dyn FnMut(crate::inhibit::Firing) -> bool,
     ) -> Result<(), StoreError> {
         let rows = match alertname {
-            Some(name) => self.query(FIRING_NAMED, &[&name, &seen_after_ms, &now_ms])?,
-            None => self.query(FIRING_ALL, &[&seen_after_ms, &now_ms])?,
+            Some(name) => self.query_planned(
+                FIRING_NAMED,
+                &[(&name, Type::TEXT), (&seen_after_ms, Type::INT8), (&now_ms, Type::INT8)],
+            )?,
+            None => self.query_planned(FIRING_ALL, &[(&seen_after_ms, Type::INT8), (&now_ms, Type::INT8)])?,
         };
         for row in rows {
             if !visit(firing_from_row(row.get(0), row.get(1))?) {
@@ -999,7 +1057,7 @@ impl Tx for PgConn {
 
     fn alert_mark(&mut self, id: &[u8; 16], received_seq: Option<u64>, decided_ms: Option<i64>) -> Result<(), StoreError> {
         let (id, seq) = (&id[..], received_seq.map(|s| s as i64));
-        self.execute(
+        self.defer(
             "UPDATE alerts SET received_seq = $2, decided_ms = $3 WHERE id = $1",
             &[&id, &seq, &decided_ms],
         )?;
@@ -1015,7 +1073,7 @@ impl Tx for PgConn {
         ends_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "INSERT INTO firing_alerts (fingerprint, alertname, labels, starts_ms, ends_ms, seen_ms) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (fingerprint) DO UPDATE SET alertname = excluded.alertname, labels = excluded.labels, \
              starts_ms = excluded.starts_ms, ends_ms = excluded.ends_ms, seen_ms = excluded.seen_ms \
@@ -1026,7 +1084,7 @@ impl Tx for PgConn {
     }
 
     fn firing_resolved(&mut self, fingerprint: &str, starts_ms: i64) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "DELETE FROM firing_alerts WHERE fingerprint = $1 AND starts_ms <= $2",
             &[&fingerprint, &starts_ms],
         )?;
@@ -1035,15 +1093,16 @@ impl Tx for PgConn {
 
     fn firing_forget(&mut self, before_ms: i64, limit: usize) -> Result<(), StoreError> {
         let limit = limit as i64;
-        self.execute(
+        // Planned for the cutoff: a generic plan guesses a third of the
+        // rows are past it, and may walk the whole table to find the few.
+        self.execute_planned(
             "DELETE FROM firing_alerts WHERE fingerprint IN (SELECT fingerprint FROM firing_alerts WHERE seen_ms < $1 LIMIT $2)",
-            &[&before_ms, &limit],
-        )?;
-        Ok(())
+            &[(&before_ms, Type::INT8), (&limit, Type::INT8)],
+        )
     }
 
     fn target_alerting(&mut self, target: &str, ms: i64) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "INSERT INTO target_alerts (target, ms) VALUES ($1, $2) ON CONFLICT (target) DO UPDATE SET ms = excluded.ms",
             &[&target, &ms],
         )?;
@@ -1052,7 +1111,7 @@ impl Tx for PgConn {
 
     fn execution_insert(&mut self, e: NewExecution<'_>) -> Result<(), StoreError> {
         let alert_seq = e.alert_seq.map(|s| s as i64);
-        self.execute(
+        self.defer(
             "INSERT INTO executions (id, runbook, target, state, reason, actor, alert_seq, alert, fingerprint, params, dry_run, \
              automated, risk, created_ms, admitted_ms, finished_ms, approval_deadline_ms, queued_by) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
@@ -1094,18 +1153,29 @@ impl Tx for PgConn {
         }))
     }
 
+    /// Planned for its values: a generic plan may search the queue's
+    /// partial index (`state = 'queued'` matches it) rather than the primary
+    /// key, measured ten times slower per claim with a backlog queued.
     fn claim(&mut self, id: &str, worker: &str, started_ms: i64) -> Result<bool, StoreError> {
-        Ok(self.execute(
-            "UPDATE executions SET state = 'running', claimed_by = $2, started_ms = COALESCE(started_ms, $3) \
-             WHERE id = $1 AND state = 'queued' AND EXISTS (SELECT 1 FROM replicas p \
-             WHERE p.id = split_part($2, '/', 1) AND p.lease_until >= clock_timestamp())",
-            &[&id, &worker, &started_ms],
-        )? > 0)
+        let claimed = !self
+            .query_planned(
+                "UPDATE executions SET state = 'running', claimed_by = $2, started_ms = COALESCE(started_ms, $3) \
+                 WHERE id = $1 AND state = 'queued' AND EXISTS (SELECT 1 FROM replicas p \
+                 WHERE p.id = split_part($2, '/', 1) AND p.lease_until >= clock_timestamp()) RETURNING 1",
+                &[(&id, Type::TEXT), (&worker, Type::TEXT), (&started_ms, Type::INT8)],
+            )?
+            .is_empty();
+        self.changed += u64::from(claimed);
+        Ok(claimed)
     }
 
     fn oldest_queued(&mut self, id: Option<&str>) -> Result<Option<String>, StoreError> {
         let row = match id {
-            Some(id) => self.query_opt("SELECT id FROM executions WHERE id = $1 AND state = 'queued'", &[&id])?,
+            // Planned for the value, as `claim` (the queue's index matches too).
+            Some(id) => self
+                .query_planned("SELECT id FROM executions WHERE id = $1 AND state = 'queued'", &[(&id, Type::TEXT)])?
+                .into_iter()
+                .next(),
             None => self.query_opt(
                 "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, pos LIMIT 1",
                 &[],
@@ -1115,7 +1185,7 @@ impl Tx for PgConn {
     }
 
     fn requeue(&mut self, id: &str, resume_error: Option<&str>) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "UPDATE executions SET state = 'queued', claimed_by = NULL, queued_by = NULL, \
              resume_error = COALESCE($2, resume_error) WHERE id = $1",
             &[&id, &resume_error],
@@ -1147,7 +1217,7 @@ impl Tx for PgConn {
     }
 
     fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "UPDATE executions SET state = 'queued', queued_by = NULL, \
              admitted_ms = CASE WHEN NOT dry_run THEN $2::bigint END, reason = NULL WHERE id = $1",
             &[&id, &admitted_ms],
@@ -1211,7 +1281,7 @@ impl Tx for PgConn {
 
     fn step_start(&mut self, key: StepKey<'_>, name: &str, action: &str, idempotent: bool, input: &str, ms: i64) -> Result<(), StoreError> {
         let (idx, attempt) = (key.index as i32, key.attempt as i32);
-        self.execute(
+        self.defer(
             "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, started_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'started', $8, $9) \
              ON CONFLICT (execution_id, phase, idx, attempt) DO UPDATE SET name = excluded.name, action = excluded.action, \
@@ -1232,29 +1302,13 @@ impl Tx for PgConn {
         Ok(())
     }
 
-    fn step_end(&mut self, key: StepKey<'_>, end: StepRow<'_>) -> Result<bool, StoreError> {
+    fn step_end(&mut self, key: StepKey<'_>, name: &str, end: StepRow<'_>) -> Result<(), StoreError> {
         let (idx, attempt) = (key.index as i32, key.attempt as i32);
-        Ok(self.execute(
-            "UPDATE steps SET state = $5, output = $6, error = $7, finished_ms = $8 \
-             WHERE execution_id = $1 AND phase = $2 AND idx = $3 AND attempt = $4",
-            &[
-                &key.execution_id,
-                &key.phase.as_str(),
-                &idx,
-                &attempt,
-                &end.state.as_str(),
-                &end.output,
-                &end.error,
-                &end.finished_ms,
-            ],
-        )? > 0)
-    }
-
-    fn step_insert_ended(&mut self, key: StepKey<'_>, name: &str, end: StepRow<'_>) -> Result<(), StoreError> {
-        let (idx, attempt) = (key.index as i32, key.attempt as i32);
-        self.execute(
+        self.defer(
             "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, output, error, \
-             started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, '', true, $6, 'null', $7, $8, $9, $9)",
+             started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, '', true, $6, 'null', $7, $8, $9, $9) \
+             ON CONFLICT (execution_id, phase, idx, attempt) DO UPDATE SET state = excluded.state, output = excluded.output, \
+             error = excluded.error, finished_ms = excluded.finished_ms",
             &[
                 &key.execution_id,
                 &key.phase.as_str(),
@@ -1271,7 +1325,7 @@ impl Tx for PgConn {
     }
 
     fn breaker_trip(&mut self, runbook: &str, target: &str, ms: i64, reason: &str) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "INSERT INTO breakers (runbook, target, tripped_ms, reason) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (runbook, target) DO UPDATE SET tripped_ms = excluded.tripped_ms, reason = excluded.reason",
             &[&runbook, &target, &ms, &reason],
@@ -1292,7 +1346,7 @@ impl Tx for PgConn {
     }
 
     fn storm_held(&mut self, ms: i64) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "INSERT INTO notices (kind, ms) VALUES ('storm', $1) ON CONFLICT (kind) DO UPDATE SET ms = excluded.ms",
             &[&ms],
         )?;
@@ -1323,15 +1377,16 @@ impl Tx for PgConn {
             }
         }
         pruned.more = rows.len() == limit && rows.last().is_some_and(|r| r.get::<_, i64>(0) == last);
-        self.execute(
+        // Planned for the cutoff, as `firing_forget`.
+        self.execute_planned(
             "DELETE FROM target_alerts WHERE target IN (SELECT target FROM target_alerts WHERE ms < $1 LIMIT $2)",
-            &[&storm_cutoff_ms, &lim],
+            &[(&storm_cutoff_ms, Type::INT8), (&lim, Type::INT8)],
         )?;
         Ok((pruned, last))
     }
 
     fn watch_insert(&mut self, w: &Watch) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "INSERT INTO effect_watch (execution_id, runbook, target, fingerprint, starts_at, verify_ms, stays_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
@@ -1349,13 +1404,13 @@ impl Tx for PgConn {
 
     fn watch_ended(&mut self, id: &str, ended_ms: Option<i64>) -> Result<(), StoreError> {
         match ended_ms {
-            Some(ms) => self.execute(
+            Some(ms) => self.defer(
                 "UPDATE effect_watch SET ended_ms = $2, \
                  due_ms = CASE WHEN resolved_ms IS NULL THEN $2 + verify_ms ELSE resolved_ms + stays_ms END \
                  WHERE execution_id = $1",
                 &[&id, &ms],
             )?,
-            None => self.execute("DELETE FROM effect_watch WHERE execution_id = $1", &[&id])?,
+            None => self.defer("DELETE FROM effect_watch WHERE execution_id = $1", &[&id])?,
         };
         Ok(())
     }
@@ -1385,7 +1440,7 @@ impl Tx for PgConn {
     }
 
     fn watch_set(&mut self, id: &str, resolved_ms: Option<i64>, due_ms: Option<i64>) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "UPDATE effect_watch SET resolved_ms = $2, due_ms = $3 WHERE execution_id = $1",
             &[&id, &resolved_ms, &due_ms],
         )?;
@@ -1410,8 +1465,8 @@ impl Tx for PgConn {
     }
 
     fn watch_judged(&mut self, w: &Watch, effective: bool) -> Result<(), StoreError> {
-        self.execute("DELETE FROM effect_watch WHERE execution_id = $1", &[&w.execution_id])?;
-        self.execute(
+        self.defer("DELETE FROM effect_watch WHERE execution_id = $1", &[&w.execution_id])?;
+        self.defer(
             "INSERT INTO effectiveness (runbook, judged, effective, notified) VALUES ($1, 1, $2, false) \
              ON CONFLICT (runbook) DO UPDATE SET judged = effectiveness.judged + 1, \
              effective = effectiveness.effective + excluded.effective",
@@ -1421,7 +1476,7 @@ impl Tx for PgConn {
     }
 
     fn effect_notified(&mut self, runbook: &str, notified: bool) -> Result<(), StoreError> {
-        self.execute(
+        self.defer(
             "INSERT INTO effectiveness (runbook, judged, effective, notified) VALUES ($1, 0, 0, $2) \
              ON CONFLICT (runbook) DO UPDATE SET notified = excluded.notified",
             &[&runbook, &notified],
@@ -1475,6 +1530,7 @@ impl Conn for PgConn {
         }
     }
 
+    /// One round trip: the writes still deferred, the audit records, COMMIT.
     fn commit(&mut self) -> Result<(), StoreError> {
         if let Err(e) = self.write_audit() {
             self.rollback();
@@ -1482,7 +1538,9 @@ impl Conn for PgConn {
         }
         self.in_tx = false;
         self.head_at_begin = None;
-        // Durable when it returns (synchronous_commit on, the server's default).
+        // Durable when it returns (synchronous_commit on, the server's
+        // default). A deferred write that failed is the error reported, not
+        // the COMMIT after it (which PostgreSQL answers with a rollback).
         self.client()?.batch_execute("COMMIT")?;
         Ok(())
     }
@@ -1493,6 +1551,7 @@ impl Conn for PgConn {
         if let Some(client) = self.client.as_mut()
             && !client.is_closed()
         {
+            client.discard_deferred();
             let _ = client.batch_execute("ROLLBACK");
         }
         // Names this transaction added are gone with it, and its records.
@@ -1765,10 +1824,12 @@ impl Ledger<Postgres> {
             let (target, replica) = (target.clone(), replica.clone());
             let url = target.url.clone();
             on_plain_thread(move || -> Result<PgConn, StoreError> {
-                let mut writer = PgConn::writer(target);
+                if join {
+                    migrate(&mut target.connect()?)?;
+                }
+                let mut writer = PgConn::new(target);
                 writer.trusts_leases = Some(replica.trusts_leases.clone());
                 if join {
-                    migrate(writer.client()?)?;
                     replica.heartbeat()?;
                 } else {
                     let known = writer.query_opt(

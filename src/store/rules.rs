@@ -567,6 +567,7 @@ fn requeue(t: &mut Txn<'_>, exec: &Execution, actor: &str, cause: &str) -> Resul
                 index: step.index,
                 attempt: step.attempt,
             },
+            &step.name,
             StepRow {
                 state: StepState::Unknown,
                 output: None,
@@ -647,11 +648,8 @@ fn record_pending(t: &mut Txn<'_>, exec: &Execution, pending: Pending) -> Result
             error: error.as_deref(),
             finished_ms: t.now.timestamp_millis(),
         };
-        if !t.tx.step_end(key, row())? {
-            // A step skipped before it started (`when` false) has no row yet.
-            let row = row();
-            t.tx.step_insert_ended(key, &step.name, row)?;
-        }
+        // A step skipped before it started (`when` false) has no row yet.
+        t.tx.step_end(key, &step.name, row())?;
         t.append(
             Event::new(
                 kind::STEP_FINISHED,

@@ -1441,28 +1441,13 @@ impl Tx for SqliteConn {
         Ok(())
     }
 
-    fn step_end(&mut self, key: StepKey<'_>, end: StepRow<'_>) -> Result<bool, StoreError> {
-        Ok(run_sql(
-            &self.conn,
-            "UPDATE steps SET state = ?5, output = ?6, error = ?7, finished_ms = ?8 WHERE execution_id = ?1 AND phase = ?2 AND idx = ?3 AND attempt = ?4",
-            params![
-                key.execution_id,
-                key.phase.as_str(),
-                key.index,
-                key.attempt,
-                end.state.as_str(),
-                end.output,
-                end.error,
-                end.finished_ms
-            ],
-        )? > 0)
-    }
-
-    fn step_insert_ended(&mut self, key: StepKey<'_>, name: &str, end: StepRow<'_>) -> Result<(), StoreError> {
+    fn step_end(&mut self, key: StepKey<'_>, name: &str, end: StepRow<'_>) -> Result<(), StoreError> {
         run_sql(
             &self.conn,
             "INSERT INTO steps (execution_id, phase, idx, attempt, name, action, idempotent, state, input, output, error, started_ms, finished_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, '', 1, ?6, 'null', ?7, ?8, ?9, ?9)",
+             VALUES (?1, ?2, ?3, ?4, ?5, '', 1, ?6, 'null', ?7, ?8, ?9, ?9) \
+             ON CONFLICT (execution_id, phase, idx, attempt) DO UPDATE SET state = excluded.state, output = excluded.output, \
+             error = excluded.error, finished_ms = excluded.finished_ms",
             params![
                 key.execution_id,
                 key.phase.as_str(),
