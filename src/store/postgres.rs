@@ -409,7 +409,6 @@ impl PgConn {
         Ok(())
     }
 
-    /// A statement built at run time (filters): not cached.
     /// A query planned for the values it is sent with, every time: sent as
     /// an unnamed statement with its parameters' types, parsed, planned and
     /// run in one round trip. For the reads whose best plan depends on the
@@ -436,6 +435,7 @@ impl PgConn {
         Ok(())
     }
 
+    /// A statement built at run time (filters): not cached.
     fn query_dynamic(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<::postgres::Row>, StoreError> {
         self.again_if_closed(|conn| {
             let r = conn.client()?.query_text(sql, params);
