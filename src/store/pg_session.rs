@@ -242,9 +242,6 @@ impl ToSql for Encoded {
     }
 
     fn encode_format(&self, _: &Type) -> Format {
-        match self.format {
-            Format::Text => Format::Text,
-            Format::Binary => Format::Binary,
-        }
+        self.format
     }
 }

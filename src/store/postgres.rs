@@ -207,19 +207,20 @@ impl Target {
     fn connect(&self) -> Result<Client, StoreError> {
         let mut client = ::postgres::Config::from(self.config.clone())
             .connect(NoTls)
-            .map_err(|e| self.unreachable(e.into()))?;
+            .map_err(|e| self.cannot_connect(e.into()))?;
         client.batch_execute(SESSION_SETTINGS)?;
         Ok(client)
     }
 
     /// A connection for the store's own threads (see `pg_session`).
     fn session(&self) -> Result<Session, StoreError> {
-        let mut session = Session::connect(&self.config).map_err(|e| self.unreachable(e))?;
+        let mut session = Session::connect(&self.config).map_err(|e| self.cannot_connect(e))?;
         session.batch_execute(SESSION_SETTINGS)?;
         Ok(session)
     }
 
-    fn unreachable(&self, mut err: StoreError) -> StoreError {
+    /// Names the database in a failed connection's error.
+    fn cannot_connect(&self, mut err: StoreError) -> StoreError {
         if let StoreError::Database { message, .. } = &mut err {
             *message = format!("cannot connect to {}: {message}", self.url);
         }
