@@ -18,6 +18,15 @@ fn store_lines(lease: &str) -> String {
     format!("{}  lease: {lease}\n", postgres_store_config())
 }
 
+/// The runbook `note`: one `log` step on the target `labels.n` of each
+/// alert named `alertname`.
+fn note_runbook(alertname: &str) -> String {
+    format!(
+        "apiVersion: pitcrew/v1\nname: note\ntrigger: {{alertname: {alertname}}}\ntarget: \"{{{{alert.labels.n}}}}\"\n\
+         steps:\n  - name: note\n    action: log\n    with: {{message: \"fixed {{{{alert.labels.n}}}}\"}}\n"
+    )
+}
+
 /// Posts `alerts` to `url` as one delivery; the status.
 async fn post(client: &reqwest::Client, url: &str, alerts: Vec<Value>) -> u16 {
     match client
@@ -409,16 +418,7 @@ async fn postgres_restarted_under_load_loses_nothing_acknowledged_and_pitcrew_re
         pg.database(),
         pg.password_file().display()
     );
-    let rb = r#"apiVersion: pitcrew/v1
-name: note
-trigger: {alertname: Load}
-target: "{{alert.labels.n}}"
-steps:
-  - name: note
-    action: log
-    with: {message: "load {{alert.labels.n}}"}
-"#;
-    let (_dir, config) = setup(rb, &store);
+    let (_dir, config) = setup(&note_runbook("Load"), &store);
     let serve = Serve::start(&config).await;
     let client = reqwest::Client::new();
     let (mut acked, mut refused) = (BTreeSet::new(), 0usize);
@@ -762,16 +762,7 @@ async fn a_pipelined_write_the_database_refuses_keeps_nothing_of_its_delivery() 
     let url = pg.database();
     let db = url.rsplit('/').next().unwrap().to_string();
     let store = format!("store:\n  url: {url}\n  password_file: {}\n", pg.password_file().display());
-    let rb = r#"apiVersion: pitcrew/v1
-name: note
-trigger: {alertname: Pipelined}
-target: "{{alert.labels.n}}"
-steps:
-  - name: note
-    action: log
-    with: {message: "fixed {{alert.labels.n}}"}
-"#;
-    let (_dir, config) = setup(rb, &store);
+    let (_dir, config) = setup(&note_runbook("Pipelined"), &store);
     let serve = Serve::start(&config).await;
     pg.admin(
         &db,
