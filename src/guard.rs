@@ -47,6 +47,10 @@ pub struct Facts {
     /// A firing alert that holds every matcher of one `inhibit_while_firing`
     /// rule (looked up only for runbooks that have such rules).
     pub inhibited_by: Option<Inhibitor>,
+    /// Not a guardrail's: a run of this runbook on this target is watched
+    /// for effectiveness and its alert resolved (asked with `resolved_watch`
+    /// in [`Windows`], so a re-fire is noticed in the decision's round trip).
+    pub resolved_watch: bool,
 }
 
 /// Judged runs a runbook needs before `min_effectiveness` may block it.
@@ -79,6 +83,8 @@ pub struct Windows {
     pub storm_brake: Option<u32>,
     /// `guardrails.min_effectiveness`: the store reads the runbook's judged runs.
     pub effectiveness: bool,
+    /// The store says whether a watched run resolved ([`Facts::resolved_watch`]).
+    pub resolved_watch: bool,
 }
 
 impl Windows {
@@ -92,6 +98,7 @@ impl Windows {
             escalation_ms: ms(rb.guardrails.escalate_after),
             storm_brake: config.storm_brake,
             effectiveness: rb.guardrails.min_effectiveness.is_some(),
+            resolved_watch: false,
         }
     }
 }

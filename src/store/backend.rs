@@ -260,8 +260,11 @@ pub trait Tx: Read {
     fn chain_head(&mut self) -> Result<Option<ChainHead>, StoreError>;
     fn append_audit(&mut self, row: AuditRow<'_>) -> Result<(), StoreError>;
 
-    /// Adds a notification to the dedupe set; false when it was there.
-    fn alert_insert(&mut self, id: &[u8; 16]) -> Result<bool, StoreError>;
+    /// Adds a delivery's notifications to the dedupe set, in order: for
+    /// each, whether it was new (an id given twice is new the first time).
+    /// One statement for the whole delivery, where statements cost a round
+    /// trip each.
+    fn alerts_insert(&mut self, ids: &[[u8; 16]]) -> Result<Vec<bool>, StoreError>;
     /// Keeps (or clears) what reconsidering the notification needs.
     fn alert_mark(&mut self, id: &[u8; 16], received_seq: Option<u64>, decided_ms: Option<i64>) -> Result<(), StoreError>;
     /// A firing notification of the alert `fingerprint`: it fires now
@@ -296,6 +299,15 @@ pub trait Tx: Read {
     /// Ends a run; true when it still counts against its limits (it was
     /// admitted, and `uncount` did not clear that).
     fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<bool, StoreError>;
+    /// Ends a run only while it runs under `claim` (fencing, as
+    /// [`Tx::claim_held`]); `None` when it does not, and nothing is written.
+    /// A backend whose statements cost a round trip checks and ends in one.
+    fn end_held(&mut self, id: &str, claim: Option<&str>, ending: Ending<'_>) -> Result<Option<bool>, StoreError> {
+        if !self.claim_held(id, claim)? {
+            return Ok(None);
+        }
+        self.end(id, ending).map(Some)
+    }
     /// Pending approval → queued, counted from `admitted_ms` if not a dry run.
     fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError>;
     /// Running executions and their claims.

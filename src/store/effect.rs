@@ -66,7 +66,8 @@ pub(super) fn resolved(t: &mut Txn<'_>, alert: &Alert) -> Result<(), StoreError>
     let now = t.now_ms();
     for w in t.tx.watch_episode(&fingerprint, &starts_at)? {
         match w.ended_ms {
-            Some(end) if now > end + w.verify_ms => {
+            // At the window's end, as `judge_due` would judge it then.
+            Some(end) if now >= end + w.verify_ms => {
                 let why = format!(
                     "the alert resolved {} after the run ended, later than verify_within {}",
                     span(now - end),
@@ -83,13 +84,16 @@ pub(super) fn resolved(t: &mut Txn<'_>, alert: &Alert) -> Result<(), StoreError>
 }
 
 /// An alert the runbook answers fired now on the target: runs whose alert
-/// resolved less than `stays_fixed` ago did not fix it.
-pub(super) fn refired(t: &mut Txn<'_>, runbook: &str, target: &str) -> Result<(), StoreError> {
+/// resolved less than `stays_fixed` ago did not fix it. Returns how many
+/// were judged.
+pub(super) fn refired(t: &mut Txn<'_>, runbook: &str, target: &str) -> Result<usize, StoreError> {
     let now = t.now_ms();
+    let mut judged = 0;
     for w in t.tx.watch_resolved(runbook, target)? {
         let Some(resolved) = w.resolved_ms else { continue };
-        if now > resolved + w.stays_ms {
-            // Its window closed: the next judging pass finds it effective.
+        if now >= resolved + w.stays_ms {
+            // Its window closed (`judge_due` agrees, whichever looks first):
+            // the next judging pass finds it effective.
             continue;
         }
         match w.ended_ms {
@@ -100,12 +104,13 @@ pub(super) fn refired(t: &mut Txn<'_>, runbook: &str, target: &str) -> Result<()
                     span(w.stays_ms)
                 );
                 judge(t, &w, false, &why)?;
+                judged += 1;
             }
             // Still running: the resolve no longer counts.
             None => t.tx.watch_set(&w.execution_id, None, None)?,
         }
     }
-    Ok(())
+    Ok(judged)
 }
 
 /// Judges watched runs whose window closed by now (of one runbook, or of

@@ -13,9 +13,10 @@
 //!   lease in `replicas` that a heartbeat thread renews on the database's
 //!   clock (never the replicas' own, which may disagree). A run whose
 //!   claimer's lease expired is recovered by any replica, by the crash rule.
-//! - Fencing: every write of a run checks its claim (`claim_held`) under the
-//!   lock, so a replica back from a pause finds its claims gone and writes
-//!   nothing.
+//! - Fencing: every write of a run checks its claim under the lock
+//!   (`claim_held`; the run's end checks it in its own statement,
+//!   `end_held`), so a replica back from a pause finds its claims gone and
+//!   writes nothing.
 //! - Background chores run on the holder of the `chores` lease.
 //!
 //! The driver is `tokio-postgres`, driven blocking from plain threads
@@ -31,9 +32,10 @@
 //! Plans: a statement is prepared once per connection, and PostgreSQL may
 //! plan it once for any value (its generic plan). That is right only for a
 //! search whose best plan cannot depend on the value: a key, or an insert.
-//! A statement whose best plan does (the guardrail facts, a claim whose
-//! `state = 'queued'` also matches the queue's partial index, a cutoff) is
-//! sent planned for its values every time (`PgConn::query_planned`).
+//! A statement whose best plan does (most guardrail facts: a window's
+//! count; a cutoff) is sent planned for its values every time
+//! (`PgConn::query_planned`). Where a literal would let a generic plan take
+//! the wrong index, the value is a parameter instead (`CLAIM`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -56,6 +58,18 @@ use crate::clock::Clock;
 use crate::config::StoreConfig;
 use crate::guard::{Facts, STORM_WINDOW, Windows};
 use crate::redact::Redactor;
+
+/// How `end` and `end_held` end a run (`e`); `$5` is an `Uncount`, and
+/// whether a step started an action is a search on the steps' primary key
+/// prefix.
+macro_rules! end_set {
+    () => {
+        "SET state = $2, reason = $3, finished_ms = $4, \
+         admitted_ms = CASE WHEN $5 = 'yes' OR ($5 = 'unless_started' AND NOT EXISTS \
+         (SELECT 1 FROM steps WHERE execution_id = $1 AND action <> '')) THEN NULL ELSE e.admitted_ms END, \
+         claimed_by = CASE WHEN $6 THEN NULL ELSE e.claimed_by END"
+    };
+}
 
 /// The advisory lock every write transaction takes first (see the module docs).
 pub(super) const CHAIN_LOCK: i64 = 0x7069_7463_7265_7701; // "pitcrew" + 1
@@ -542,7 +556,14 @@ fn stored_from_row(r: &::postgres::Row) -> audit::Stored {
 /// The parts of the facts query, one per fact, in [`Facts`] order. `{rb}`,
 /// `{t}` and `{w}` (the part's cutoff) become parameters. Each part is an
 /// index search over the rows decisions look at, as on SQLite.
-const FACT_PARTS: [(&str, &str); 7] = [
+///
+/// The active count hides its values from the planner (`(SELECT {rb})`):
+/// its best plan is the same for any target, and the values mislead it.
+/// On a target with a long history and a backlog queued elsewhere, the
+/// planner multiplied "most rows are this target's" by "a tenth of rows
+/// are active" and walked every active run of every target (153 pages,
+/// against 3): it cannot know that the target's runs all ended.
+const FACT_PARTS: [(&str, &str); 8] = [
     (
         "last_run",
         "(SELECT admitted_ms FROM executions WHERE runbook = {rb} AND target = {t} AND admitted_ms IS NOT NULL \
@@ -562,7 +583,8 @@ const FACT_PARTS: [(&str, &str); 7] = [
     ),
     (
         "active",
-        "(SELECT COUNT(*) FROM executions WHERE runbook = {rb} AND target = {t} AND state IN ('queued', 'running', 'pending_approval'))",
+        "(SELECT COUNT(*) FROM executions WHERE runbook = (SELECT {rb}) AND target = (SELECT {t}) \
+         AND state IN ('queued', 'running', 'pending_approval'))",
     ),
     (
         "storm",
@@ -575,13 +597,17 @@ const FACT_PARTS: [(&str, &str); 7] = [
          (SELECT COUNT(*) FROM executions WHERE runbook = {rb} AND target = {t} AND admitted_ms IS NOT NULL AND admitted_ms > \
          GREATEST({w}, COALESCE((SELECT ms FROM breaker_resets WHERE runbook = {rb} AND target = {t}), {w})))",
     ),
+    (
+        "resolved_watch",
+        "EXISTS (SELECT 1 FROM effect_watch WHERE runbook = {rb} AND target = {t} AND resolved_ms IS NOT NULL)",
+    ),
 ];
 
 /// The facts query with the parts `used` (bit i: `FACT_PARTS[i]`) and the
 /// names of its parameters in order: one round trip per decision, asking
 /// only what the runbook's guardrails look at. Each decision is planned for
 /// its values (see `PgConn::query_planned`), and a query of two parts
-/// plans in a fraction of the time of all seven. At most 128 texts, made
+/// plans in a fraction of the time of all eight. At most 256 texts, made
 /// once each.
 pub fn facts_sql(used: u8) -> (&'static str, &'static [&'static str]) {
     type Made = HashMap<u8, (&'static str, &'static [&'static str])>;
@@ -621,8 +647,28 @@ pub const FIRING_NAMED: &str =
 /// Every alert firing now, for a rule without an alertname.
 pub const FIRING_ALL: &str = "SELECT fingerprint, labels FROM firing_alerts WHERE seen_ms > $1 AND (ends_ms IS NULL OR ends_ms > $2)";
 
+/// The parts whose best plan is the same for any value: searches of one
+/// runbook and target's own index entries (`active_by_target`,
+/// `effect_resolved`). A query of only these is prepared once and may go
+/// generic; planning it for its values took fifteen times as long as
+/// running it (pg_stat_statements, two-replica bench). A window's count, a
+/// runbook's last run or the storm's targets are planned for their values
+/// (see `PgConn::query_planned`).
+pub const GENERIC_FACTS: u8 = 1 << 4 | 1 << 7;
+
+/// Queued → running under a replica's worker ($2) while its lease runs.
+/// The state is a parameter ($4, `queued`), not text: a plan made once for
+/// any value (the generic plan, which a prepared statement may switch to)
+/// could search the queue's partial index, whose predicate `state =
+/// 'queued'` would match, instead of the primary key: measured ten times
+/// slower per claim with a backlog queued. With a parameter that index
+/// cannot serve, and the claim needs no planning per call.
+pub const CLAIM: &str = "UPDATE executions SET state = 'running', claimed_by = $2, started_ms = COALESCE(started_ms, $3) \
+     WHERE id = $1 AND state = $4 AND EXISTS (SELECT 1 FROM replicas p \
+     WHERE p.id = split_part($2, '/', 1) AND p.lease_until >= clock_timestamp()) RETURNING 1";
+
 /// Every part: what a runbook using every guardrail asks (for tests).
-pub const ALL_FACTS: u8 = 0b111_1111;
+pub const ALL_FACTS: u8 = 0b1111_1111;
 
 fn watch_from_row(r: &::postgres::Row) -> Watch {
     Watch {
@@ -664,6 +710,7 @@ impl Read for PgConn {
             true,
             w.storm_brake.is_some(),
             w.escalation_ms != 0,
+            w.resolved_watch,
         ];
         let used = uses.iter().enumerate().fold(0u8, |m, (i, on)| if *on { m | (1 << i) } else { m });
         let (sql, names) = facts_sql(used);
@@ -694,8 +741,13 @@ impl Read for PgConn {
                 (v.as_ref(), ty)
             })
             .collect();
-        let row = self
-            .query_planned(sql, &params)?
+        let rows = if used & !GENERIC_FACTS == 0 {
+            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+            self.query(sql, &values)?
+        } else {
+            self.query_planned(sql, &params)?
+        };
+        let row = rows
             .into_iter()
             .next()
             .ok_or_else(|| StoreError::Corrupt("facts query returned no row".into()))?;
@@ -727,6 +779,9 @@ impl Read for PgConn {
         if w.escalation_ms != 0 {
             facts.breaker_tripped = row.get::<_, bool>(next());
             facts.escalation_runs = count(next());
+        }
+        if w.resolved_watch {
+            facts.resolved_watch = row.get::<_, bool>(next());
         }
         Ok(facts)
     }
@@ -1051,9 +1106,21 @@ impl Tx for PgConn {
         Ok(())
     }
 
-    fn alert_insert(&mut self, id: &[u8; 16]) -> Result<bool, StoreError> {
-        let id = &id[..];
-        Ok(self.execute("INSERT INTO alerts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", &[&id])? > 0)
+    /// Rows are inserted in array order, so an id given twice is inserted
+    /// (and returned) the first time.
+    fn alerts_insert(&mut self, ids: &[[u8; 16]]) -> Result<Vec<bool>, StoreError> {
+        let given: Vec<&[u8]> = ids.iter().map(|id| &id[..]).collect();
+        let inserted: HashSet<[u8; 16]> = self
+            .query(
+                "INSERT INTO alerts (id) SELECT unnest($1::bytea[]) ON CONFLICT (id) DO NOTHING RETURNING id",
+                &[&given],
+            )?
+            .iter()
+            .filter_map(|r| r.get::<_, &[u8]>(0).try_into().ok())
+            .collect();
+        self.changed += inserted.len() as u64;
+        let mut first = HashSet::with_capacity(inserted.len());
+        Ok(ids.iter().map(|id| inserted.contains(id) && first.insert(*id)).collect())
     }
 
     fn alert_mark(&mut self, id: &[u8; 16], received_seq: Option<u64>, decided_ms: Option<i64>) -> Result<(), StoreError> {
@@ -1154,29 +1221,16 @@ impl Tx for PgConn {
         }))
     }
 
-    /// Planned for its values: a generic plan may search the queue's
-    /// partial index (`state = 'queued'` matches it) rather than the primary
-    /// key, measured ten times slower per claim with a backlog queued.
     fn claim(&mut self, id: &str, worker: &str, started_ms: i64) -> Result<bool, StoreError> {
-        let claimed = !self
-            .query_planned(
-                "UPDATE executions SET state = 'running', claimed_by = $2, started_ms = COALESCE(started_ms, $3) \
-                 WHERE id = $1 AND state = 'queued' AND EXISTS (SELECT 1 FROM replicas p \
-                 WHERE p.id = split_part($2, '/', 1) AND p.lease_until >= clock_timestamp()) RETURNING 1",
-                &[(&id, Type::TEXT), (&worker, Type::TEXT), (&started_ms, Type::INT8)],
-            )?
-            .is_empty();
+        let claimed = !self.query(CLAIM, &[&id, &worker, &started_ms, &"queued"])?.is_empty();
         self.changed += u64::from(claimed);
         Ok(claimed)
     }
 
     fn oldest_queued(&mut self, id: Option<&str>) -> Result<Option<String>, StoreError> {
         let row = match id {
-            // Planned for the value, as `claim` (the queue's index matches too).
-            Some(id) => self
-                .query_planned("SELECT id FROM executions WHERE id = $1 AND state = 'queued'", &[(&id, Type::TEXT)])?
-                .into_iter()
-                .next(),
+            // The state a parameter, as in `CLAIM`.
+            Some(id) => self.query_opt("SELECT id FROM executions WHERE id = $1 AND state = $2", &[&id, &"queued"])?,
             None => self.query_opt(
                 "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, pos LIMIT 1",
                 &[],
@@ -1196,13 +1250,11 @@ impl Tx for PgConn {
 
     fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<bool, StoreError> {
         let row = self.query_opt(
-            // `$5` is an `Uncount`; whether a step started an action is a
-            // search on the steps' primary key prefix.
-            "UPDATE executions SET state = $2, reason = $3, finished_ms = $4, \
-             admitted_ms = CASE WHEN $5 = 'yes' OR ($5 = 'unless_started' AND NOT EXISTS \
-             (SELECT 1 FROM steps WHERE execution_id = $1 AND action <> '')) THEN NULL ELSE admitted_ms END, \
-             claimed_by = CASE WHEN $6 THEN NULL ELSE claimed_by END WHERE id = $1 \
-             RETURNING admitted_ms IS NOT NULL",
+            concat!(
+                "UPDATE executions e ",
+                end_set!(),
+                " WHERE e.id = $1 RETURNING admitted_ms IS NOT NULL"
+            ),
             &[
                 &id,
                 &ending.state.as_str(),
@@ -1215,6 +1267,31 @@ impl Tx for PgConn {
         // A query, not an `execute`: the change is counted here.
         self.changed += 1;
         Ok(row.is_some_and(|r| r.get(0)))
+    }
+
+    /// The fence of `claim_held` as the end's own condition: one round trip.
+    fn end_held(&mut self, id: &str, claim: Option<&str>, ending: Ending<'_>) -> Result<Option<bool>, StoreError> {
+        let row = self.query_opt(
+            concat!(
+                "UPDATE executions e ",
+                end_set!(),
+                " WHERE e.id = $1 AND e.state = 'running' AND e.claimed_by = $7 AND EXISTS (SELECT 1 FROM replicas p \
+                 WHERE p.id = split_part(e.claimed_by, '/', 1) AND p.lease_until >= clock_timestamp()) \
+                 RETURNING admitted_ms IS NOT NULL"
+            ),
+            &[
+                &id,
+                &ending.state.as_str(),
+                &ending.reason,
+                &ending.finished_ms,
+                &ending.uncount.as_str(),
+                &ending.release_claim,
+                &claim,
+            ],
+        )?;
+        let Some(row) = row else { return Ok(None) };
+        self.changed += 1;
+        Ok(Some(row.get(0)))
     }
 
     fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError> {

@@ -140,9 +140,13 @@ fn decide(
     config: &Config,
     now_ms: i64,
     own: Option<&str>,
+    refire: bool,
 ) -> Result<(Decision, guard::Facts), StoreError> {
     let rb = &adm.runbook;
-    let windows = Windows::for_runbook(rb, config);
+    let windows = Windows {
+        resolved_watch: refire,
+        ..Windows::for_runbook(rb, config)
+    };
     let mut f = read.facts(&rb.name, &adm.target, windows, now_ms)?;
     if windows.effectiveness
         && let Some(e) = read.effectiveness(Some(&rb.name))?.into_iter().next()
@@ -258,13 +262,15 @@ impl AlertRef<'_> {
 /// recorded and its runs decided.
 fn intake(t: &mut Txn<'_>, mut alerts: Vec<IntakeAlert>, config: &Config) -> Result<IntakeResult, StoreError> {
     let mut result = IntakeResult::default();
-    for item in alerts.iter_mut() {
+    // One statement for the delivery's new notifications (the common case);
+    // the dedupe rule is read only for one seen before.
+    let ids: Vec<[u8; 16]> = alerts.iter().map(|item| item.dedupe_id).collect();
+    let new = t.tx.alerts_insert(&ids)?;
+    for (item, new) in alerts.iter_mut().zip(new) {
         let alert = &item.alert;
         let now_ms = t.now_ms();
         track_firing(t, alert)?;
-        // One statement for a new notification (the common case); the
-        // dedupe rule is read only for one seen before.
-        let seen = if t.tx.alert_insert(&item.dedupe_id)? {
+        let seen = if new {
             Dedupe::New
         } else {
             dedupe(t.tx, &item.dedupe_id, now_ms, config)?
@@ -312,11 +318,9 @@ fn intake(t: &mut Txn<'_>, mut alerts: Vec<IntakeAlert>, config: &Config) -> Res
                 t.tx.target_alerting(&adm.target, now_ms)?;
             }
             // A new firing alert the runbook answers: its earlier runs on the
-            // target did not keep it fixed.
-            if alert.status == crate::alert::AlertStatus::Firing && adm.invalid.is_none() && !was_reconsidered {
-                effect::refired(t, &adm.runbook.name, &adm.target)?;
-            }
-            let decision = admit_in(t, adm, Some(AlertRef::Received(alert, received)), config)?;
+            // target did not keep it fixed (looked at while deciding).
+            let refire = alert.status == crate::alert::AlertStatus::Firing && !was_reconsidered;
+            let decision = admit_in(t, adm, Some(AlertRef::Received(alert, received)), refire, config)?;
             only_waited &= decision.verdict == Verdict::Blocked && passes_with_time(decision.decided_by);
             result.executions.push((adm.id.clone(), decision));
         }
@@ -333,8 +337,10 @@ fn intake(t: &mut Txn<'_>, mut alerts: Vec<IntakeAlert>, config: &Config) -> Res
     Ok(result)
 }
 
-/// Decides and records one admission. Shared by alert intake and manual runs.
-fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, config: &Config) -> Result<Decision, StoreError> {
+/// Decides and records one admission. Shared by alert intake and manual
+/// runs. `refire`: the alert fires anew, so runs of the runbook on the
+/// target whose alert resolved lately did not fix it (`effect::refired`).
+fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, refire: bool, config: &Config) -> Result<Decision, StoreError> {
     let rb = &adm.runbook;
     let now_ms = t.now_ms();
     let exec_event = |kind: &'static str, actor: &str, data: Value| Event::new(kind, actor, data).execution(&adm.id, &rb.name, &adm.target);
@@ -363,7 +369,15 @@ fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, confi
         (decision, guard::Facts::default())
     } else {
         let own = alert.as_ref().map(|a| a.alert().fingerprint.as_str());
-        decide(t.tx, adm, config, now_ms, own)?
+        // Whether a watched run resolved is asked with the facts: one round
+        // trip, where the answer is nearly always no.
+        let (decision, facts) = decide(t.tx, adm, config, now_ms, own, refire)?;
+        if facts.resolved_watch && effect::refired(t, &rb.name, &adm.target)? > 0 && rb.guardrails.min_effectiveness.is_some() {
+            // A judgment changes what `min_effectiveness` reads.
+            decide(t.tx, adm, config, now_ms, own, false)?
+        } else {
+            (decision, facts)
+        }
     };
     let state = match decision.verdict {
         Verdict::Run => State::Queued,
@@ -767,14 +781,14 @@ impl<B: Backend> Store for Ledger<B> {
                 )),
                 None => None,
             };
-            admit_in(t, &admission, given, &config).map(Ok)
+            admit_in(t, &admission, given, false, &config).map(Ok)
         })
         .await?
     }
 
     async fn preview(&self, adm: Admission, config: std::sync::Arc<Config>) -> Result<Decision, StoreError> {
         let now_ms = self.clock.now().timestamp_millis();
-        self.read(move |conn| decide(conn, &adm, &config, now_ms, None).map(|(d, _)| d))
+        self.read(move |conn| decide(conn, &adm, &config, now_ms, None, false).map(|(d, _)| d))
             .await
     }
 
@@ -873,34 +887,44 @@ impl<B: Backend> Store for Ledger<B> {
     async fn finish(&self, execution: &Execution, pending: Pending, state: State, reason: Option<String>) -> Result<(), StoreError> {
         let held = execution.clone();
         self.write(move |t| {
-            // Fencing, as for a step's start: a run recovered from under this
-            // worker is the new claimer's to end.
-            fence(t, &held, &pending)?;
-            record_pending(t, &held, pending)?;
             let reason = reason.map(|r| t.redactor.text(&r));
             let finished_ms = t.now_ms();
             // A run that never started an action (its first step failed to
             // render, every step was skipped by `when`) changed nothing on
             // its target: like a run cancelled before it started, it does not
-            // start a cooldown or use a limit. Asked of the steps table after
-            // `pending` is written, not of `held`: that is the execution as
-            // claimed, without the steps this worker ran since (or resumed).
-            // A dry run never counted: nothing to ask.
+            // start a cooldown or use a limit. Asked of the steps table, not
+            // of `held`: that is the execution as claimed, without the steps
+            // this worker ran since (or resumed). A step that started an
+            // action has its row from its start, a write of its own before
+            // the action ran; `pending` holds only ends. A dry run never
+            // counted: nothing to ask.
             let uncount = if held.dry_run {
                 Uncount::No
             } else {
                 Uncount::UnlessAnActionStarted
             };
-            let counts = t.tx.end(
-                &held.id,
-                Ending {
-                    state,
-                    reason: reason.as_deref(),
-                    finished_ms,
-                    uncount,
-                    release_claim: true,
-                },
-            )?;
+            let ending = Ending {
+                state,
+                reason: reason.as_deref(),
+                finished_ms,
+                uncount,
+                release_claim: true,
+            };
+            let counts = if pending.claim.is_some() {
+                // The claim taken with this write is its fence.
+                record_pending(t, &held, pending)?;
+                t.tx.end(&held.id, ending)?
+            } else {
+                // Fencing, as for a step's start: a run recovered from under
+                // this worker is the new claimer's to end. Checked by the end
+                // itself, before anything else is written, so a fenced job
+                // fails alone.
+                let counts =
+                    t.tx.end_held(&held.id, held.claimed_by.as_deref(), ending)?
+                        .ok_or_else(|| StoreError::ClaimLost(held.id.clone()))?;
+                record_pending(t, &held, pending)?;
+                counts
+            };
             // A success that ran no action fixed nothing: not judged.
             effect::ended(t, &held.id, (state == State::Succeeded && counts).then_some(finished_ms))?;
             t.append(

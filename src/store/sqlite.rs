@@ -788,6 +788,9 @@ mod fact_sql {
     pub const STORM_NOTIFIED: &str = "SELECT COUNT(*) FROM notices WHERE kind = 'storm' AND ms > ?1";
     pub const BREAKER: &str = "SELECT COUNT(*) FROM breakers WHERE runbook = ?1 AND target = ?2";
     pub const BREAKER_RESET: &str = "SELECT ms FROM breaker_resets WHERE runbook = ?1 AND target = ?2";
+    /// A watched run of this runbook on this target whose alert resolved.
+    pub const RESOLVED_WATCH: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM effect_watch INDEXED BY effect_resolved \
+        WHERE runbook = ?1 AND target = ?2 AND resolved_ms IS NOT NULL LIMIT 1)";
     /// Alerts named ?1 firing now (seen since ?2, not ended at ?3).
     pub const FIRING_NAMED: &str = "SELECT fingerprint, labels FROM firing_alerts INDEXED BY firing_by_name \
         WHERE alertname = ?1 AND seen_ms > ?2 AND (ends_ms IS NULL OR ends_ms > ?3)";
@@ -797,7 +800,8 @@ mod fact_sql {
         WHERE seen_ms > ?1 AND (ends_ms IS NULL OR ends_ms > ?2)";
 
     #[cfg(test)]
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
+        RESOLVED_WATCH,
         LAST_RUN,
         TARGET_RUNS,
         RUNBOOK_RUNS,
@@ -857,6 +861,7 @@ fn facts(conn: &Connection, runbook: &str, target: &str, w: Windows, now_ms: i64
         ineffective_notified: false,
         // Looked up by the rules (`inhibit_while_firing`), not per runbook and target.
         inhibited_by: None,
+        resolved_watch: w.resolved_watch && count(conn, fact_sql::RESOLVED_WATCH, params![runbook, target])? > 0,
     })
 }
 
@@ -1219,8 +1224,10 @@ impl Tx for SqliteConn {
         Ok(())
     }
 
-    fn alert_insert(&mut self, id: &[u8; 16]) -> Result<bool, StoreError> {
-        Ok(run_sql(&self.conn, "INSERT OR IGNORE INTO alerts (id) VALUES (?1)", [&id[..]])? > 0)
+    fn alerts_insert(&mut self, ids: &[[u8; 16]]) -> Result<Vec<bool>, StoreError> {
+        ids.iter()
+            .map(|id| Ok(run_sql(&self.conn, "INSERT OR IGNORE INTO alerts (id) VALUES (?1)", [&id[..]])? > 0))
+            .collect()
     }
 
     fn alert_mark(&mut self, id: &[u8; 16], received_seq: Option<u64>, decided_ms: Option<i64>) -> Result<(), StoreError> {
@@ -1854,6 +1861,7 @@ mod tests {
             escalation_ms: 6 * hour,
             storm_brake: Some(20),
             effectiveness: true,
+            resolved_watch: true,
         };
 
         let conn = open_connection(&path).unwrap();

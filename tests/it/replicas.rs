@@ -617,6 +617,11 @@ fn deciding_on_postgres_costs_the_same_after_100k_blocked_executions() {
              VALUES ('recent1', 'rb', 't', 'succeeded', 'alertmanager', '{{}}', false, true, 'medium', {r1}, {r1}, {r1}),
                     ('recent2', 'rb', 't', 'running', 'alertmanager', '{{}}', false, true, 'medium', {r2}, {r2}, NULL);
              INSERT INTO target_alerts (target, ms) SELECT 'other' || i, {old} + i FROM generate_series(1, 100000) i;
+             -- A backlog: 10,000 runs of the runbook queued on other targets.
+             INSERT INTO executions (id, runbook, target, state, actor, params, dry_run, automated, risk, created_ms, admitted_ms)
+             SELECT 'q' || lpad(i::text, 6, '0'), 'rb', 'queued' || i, 'queued', 'alertmanager', '{{}}', false, true, 'medium',
+                    {old} + i, {old} + i
+             FROM generate_series(1, 10000) i;
              ANALYZE;",
             r1 = now_ms - hour / 2,
             r2 = now_ms - hour / 4,
@@ -689,6 +694,59 @@ fn deciding_on_postgres_costs_the_same_after_100k_blocked_executions() {
         out.trim().parse::<u64>().unwrap() > 1000,
         "the table is big enough for a scan to show"
     );
+
+    // The parts prepared once (`GENERIC_FACTS`), in the plan made for any
+    // value: as few pages, hot target or fresh.
+    let (generic, params) = pitcrew::store::postgres::facts_sql(pitcrew::store::postgres::GENERIC_FACTS);
+    assert_eq!(params, ["runbook", "target"]);
+    let generic_plan = |target: &str| -> Value {
+        let out = pg.admin(
+            &db,
+            &format!(
+                "SET plan_cache_mode = force_generic_plan; PREPARE facts(text, text) AS {generic}; \
+                 EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE facts('rb', '{target}')"
+            ),
+        );
+        serde_json::from_str::<Value>(&out).unwrap()[0].clone()
+    };
+    pages(&generic_plan("t"));
+    let (fresh, stormed, queued) = (
+        pages(&generic_plan("fresh")),
+        pages(&generic_plan("t")),
+        pages(&generic_plan("queued7")),
+    );
+    eprintln!("pages read per decision, generic plan: fresh {fresh}, after 100,000 executions {stormed}, in a backlog {queued}");
+    assert!(
+        fresh < 20 && stormed <= fresh + 10 && queued <= fresh + 10,
+        "generic plan: {stormed} pages after 100,000 executions, {queued} in a backlog, vs {fresh} on a fresh target"
+    );
+
+    // The claim, prepared once, in the plan made for any value: a search of
+    // the primary key, never of the queue's 10,000 entries, even when the
+    // statistics were taken with the queue empty (as when a backlog builds
+    // up faster than autovacuum analyzes).
+    pg.admin(
+        &db,
+        "UPDATE executions SET state = 'running' WHERE state = 'queued'; ANALYZE executions; \
+         UPDATE executions SET state = 'queued' WHERE id LIKE 'q%'",
+    );
+    let out = pg.admin(
+        &db,
+        &format!(
+            "SET plan_cache_mode = force_generic_plan; PREPARE claim(text, text, bigint, text) AS {}; \
+             EXPLAIN (FORMAT JSON) EXECUTE claim('q000007', 'r-x/1', 0, 'queued')",
+            pitcrew::store::postgres::CLAIM
+        ),
+    );
+    let plan = serde_json::from_str::<Value>(&out).unwrap()[0].clone();
+    let mut nodes = Vec::new();
+    walk(&plan["Plan"], &mut nodes);
+    let indexes: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n["Relation Name"] == "executions" && n["Node Type"].as_str().is_some_and(|t| t.ends_with("Scan")))
+        .map(|n| n["Index Name"].as_str().unwrap_or("(no index)"))
+        .collect();
+    assert_eq!(indexes, ["executions_pkey"], "the claim's generic plan: {plan:#}");
 }
 
 /// Inhibition's lookup on PostgreSQL reads as few pages with 100,000
