@@ -11,7 +11,7 @@ use pitcrew::guard::Decision;
 use pitcrew::store::*;
 use serde_json::{Value, json};
 
-use crate::support::{Harness, alert, payload, resolved};
+use crate::support::{Backend, Harness, alert, payload, resolved};
 
 async fn one_run(h: &Harness, labels: &[(&str, &str)]) -> Execution {
     let (status, _) = h.post(&payload(vec![alert(labels)])).await;
@@ -779,29 +779,37 @@ async fn a_run_whose_state_cannot_be_written_twice_in_a_row_goes_to_recovery() {
     assert!(h.engine.recover().await.unwrap().resumed.is_empty(), "recovered once");
 }
 
-#[tokio::test]
+/// On both backends: PostgreSQL checks the claim in the end's own statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_lost_its_claim_cannot_end_the_run() {
-    let h = Harness::new(
-        "apiVersion: pitcrew/v1\nname: r\ntrigger: {alertname: R}\nsteps: [{name: a, action: log, with: {message: m}}]\n",
-        "",
-    );
-    h.post(&payload(vec![alert(&[("alertname", "R")])])).await;
-    let first = h.store().claim("first:1", None).await.unwrap().expect("queued");
-    // The first worker is taken for dead; the run is recovered and claimed again.
-    h.store().recover(Arc::new(|_: &str| false)).await.unwrap();
-    let second = h
-        .store()
-        .claim("second:1", Some(first.id.clone()))
-        .await
-        .unwrap()
-        .expect("requeued");
-    assert_eq!(second.claimed_by.as_deref(), Some("second:1"));
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let h = Harness::new_on(
+            backend,
+            "apiVersion: pitcrew/v1\nname: r\ntrigger: {alertname: R}\nsteps: [{name: a, action: log, with: {message: m}}]\n",
+            "",
+        );
+        // Two workers of this process (a replica's claims must name it).
+        let (one, two) = (format!("{}/1", h.store().worker_id()), format!("{}/2", h.store().worker_id()));
+        h.post(&payload(vec![alert(&[("alertname", "R")])])).await;
+        let first = h.store().claim(&one, None).await.unwrap().expect("queued");
+        // The first worker is taken for dead; the run is recovered and claimed again.
+        h.store().recover(Arc::new(|_: &str| false)).await.unwrap();
+        let second = h.store().claim(&two, Some(first.id.clone())).await.unwrap().expect("requeued");
+        assert_eq!(second.claimed_by.as_deref(), Some(two.as_str()));
 
-    let late = h
-        .store()
-        .finish(&first, Pending::default(), State::Failed, Some("late".into()))
-        .await;
-    assert!(matches!(late, Err(StoreError::ClaimLost(_))), "{late:?}");
-    let now = h.store().execution(&first.id).await.unwrap();
-    assert_eq!((now.state, now.claimed_by.as_deref()), (State::Running, Some("second:1")));
+        let late = h
+            .store()
+            .finish(&first, Pending::default(), State::Failed, Some("late".into()))
+            .await;
+        assert!(matches!(late, Err(StoreError::ClaimLost(_))), "{backend:?}: {late:?}");
+        let now = h.store().execution(&first.id).await.unwrap();
+        assert_eq!(
+            (now.state, now.claimed_by.as_deref()),
+            (State::Running, Some(two.as_str())),
+            "{backend:?}"
+        );
+        // The second worker still ends it.
+        h.store().finish(&second, Pending::default(), State::Succeeded, None).await.unwrap();
+        assert_eq!(h.store().execution(&first.id).await.unwrap().state, State::Succeeded, "{backend:?}");
+    }
 }

@@ -176,6 +176,42 @@ async fn a_failed_or_dry_run_is_not_judged_and_a_run_resolved_while_running_wait
     assert!(all[0].1);
 }
 
+/// A re-fire that makes the judgment tipping a runbook under
+/// `min_effectiveness` counts in the decision it arrives with: that very
+/// alert is blocked, not run once more.
+#[tokio::test(start_paused = true)]
+async fn a_refire_judging_the_fifth_run_blocks_its_own_decision() {
+    let h = harness(
+        &runbook("fix", "Broken", "verify_within: 15m\nstays_fixed: 1h\n", "min_effectiveness: 50%"),
+        "",
+    );
+    for i in 1..=4 {
+        fire_and_run(&h, "Broken", &format!("web-{i}")).await;
+        h.advance("16m");
+    }
+    // Four judged (at this decision), so the fifth run goes ahead...
+    let (fifth, a) = fire_and_run(&h, "Broken", "web-5").await;
+    assert_eq!(judgments(&h).await.len(), 4);
+    h.advance("1m");
+    h.deliver(vec![resolved(a)]).await;
+    // ...and its alert fires again within stays_fixed: judged at this
+    // delivery, which is decided on five judged runs, none effective.
+    h.advance("10m");
+    let again = h.deliver(vec![h.firing_now("Broken", "web-5")]).await;
+    let all = judgments(&h).await;
+    assert_eq!(all.len(), 5);
+    assert_eq!(
+        all.last().unwrap(),
+        &(
+            fifth,
+            false,
+            "an alert fired again on web-5 10m after the resolve, within stays_fixed 1h".to_string()
+        )
+    );
+    assert_eq!(again[0].data["verdict"], "blocked", "{:#}", again[0].data);
+    assert_eq!(again[0].data["decided_by"], "ineffective");
+}
+
 #[tokio::test(start_paused = true)]
 async fn min_effectiveness_blocks_automation_after_five_judged_runs_and_escalates_once() {
     let h = harness(
