@@ -36,6 +36,7 @@ pub struct NewExecution<'a> {
 }
 
 /// How an execution leaves the active set.
+#[derive(Clone)]
 pub struct Ending<'a> {
     pub state: State,
     pub reason: Option<&'a str>,
@@ -299,14 +300,25 @@ pub trait Tx: Read {
     /// Ends a run; true when it still counts against its limits (it was
     /// admitted, and `uncount` did not clear that).
     fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<bool, StoreError>;
-    /// Ends a run only while it runs under `claim` (fencing, as
-    /// [`Tx::claim_held`]); `None` when it does not, and nothing is written.
-    /// A backend whose statements cost a round trip checks and ends in one.
-    fn end_held(&mut self, id: &str, claim: Option<&str>, ending: Ending<'_>) -> Result<Option<bool>, StoreError> {
-        if !self.claim_held(id, claim)? {
-            return Ok(None);
+    /// [`Tx::claim`] for each of (id, worker, started_ms), ids distinct:
+    /// whether each was queued. A backend whose statements cost a round
+    /// trip claims a group's runs in one.
+    fn claims(&mut self, claims: &[(&str, &str, i64)]) -> Result<Vec<bool>, StoreError> {
+        claims.iter().map(|(id, worker, ms)| self.claim(id, worker, *ms)).collect()
+    }
+    /// Ends each run, ids distinct, only while it runs under its claim
+    /// (fencing, as [`Tx::claim_held`]): for each, `None` when it does not
+    /// (nothing of it is written), else as [`Tx::end`].
+    fn ends_held(&mut self, ends: &[(&str, Option<&str>, Ending<'_>)]) -> Result<Vec<Option<bool>>, StoreError> {
+        let mut out = Vec::with_capacity(ends.len());
+        for (id, claim, ending) in ends {
+            out.push(if self.claim_held(id, *claim)? {
+                Some(self.end(id, ending.clone())?)
+            } else {
+                None
+            });
         }
-        self.end(id, ending).map(Some)
+        Ok(out)
     }
     /// Pending approval → queued, counted from `admitted_ms` if not a dry run.
     fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError>;

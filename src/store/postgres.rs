@@ -14,8 +14,8 @@
 //!   clock (never the replicas' own, which may disagree). A run whose
 //!   claimer's lease expired is recovered by any replica, by the crash rule.
 //! - Fencing: every write of a run checks its claim under the lock
-//!   (`claim_held`; the run's end checks it in its own statement,
-//!   `end_held`), so a replica back from a pause finds its claims gone and
+//!   (`claim_held`; a run's end checks it in its own statement,
+//!   `END_HELD`), so a replica back from a pause finds its claims gone and
 //!   writes nothing.
 //! - Background chores run on the holder of the `chores` lease.
 //!
@@ -58,18 +58,6 @@ use crate::clock::Clock;
 use crate::config::StoreConfig;
 use crate::guard::{Facts, STORM_WINDOW, Windows};
 use crate::redact::Redactor;
-
-/// How `end` and `end_held` end a run (`e`); `$5` is an `Uncount`, and
-/// whether a step started an action is a search on the steps' primary key
-/// prefix.
-macro_rules! end_set {
-    () => {
-        "SET state = $2, reason = $3, finished_ms = $4, \
-         admitted_ms = CASE WHEN $5 = 'yes' OR ($5 = 'unless_started' AND NOT EXISTS \
-         (SELECT 1 FROM steps WHERE execution_id = $1 AND action <> '')) THEN NULL ELSE e.admitted_ms END, \
-         claimed_by = CASE WHEN $6 THEN NULL ELSE e.claimed_by END"
-    };
-}
 
 /// The advisory lock every write transaction takes first (see the module docs).
 pub(super) const CHAIN_LOCK: i64 = 0x7069_7463_7265_7701; // "pitcrew" + 1
@@ -656,16 +644,33 @@ pub const FIRING_ALL: &str = "SELECT fingerprint, labels FROM firing_alerts WHER
 /// (see `PgConn::query_planned`).
 pub const GENERIC_FACTS: u8 = 1 << 4 | 1 << 7;
 
-/// Queued → running under a replica's worker ($2) while its lease runs.
-/// The state is a parameter ($4, `queued`), not text: a plan made once for
-/// any value (the generic plan, which a prepared statement may switch to)
-/// could search the queue's partial index, whose predicate `state =
-/// 'queued'` would match, instead of the primary key: measured ten times
-/// slower per claim with a backlog queued. With a parameter that index
-/// cannot serve, and the claim needs no planning per call.
-pub const CLAIM: &str = "UPDATE executions SET state = 'running', claimed_by = $2, started_ms = COALESCE(started_ms, $3) \
-     WHERE id = $1 AND state = $4 AND EXISTS (SELECT 1 FROM replicas p \
-     WHERE p.id = split_part($2, '/', 1) AND p.lease_until >= clock_timestamp()) RETURNING 1";
+/// Queued → running, for each run (`$1`) under its worker (`$2`) while the
+/// worker's replica's lease runs; returns the ids claimed. The state is a
+/// parameter (`$4`, `queued`), not text: a plan made once for any value
+/// (the generic plan, which a prepared statement may switch to) could
+/// search the queue's partial index, whose predicate `state = 'queued'`
+/// would match, instead of the primary key: measured ten times slower per
+/// claim with a backlog queued. With a parameter that index cannot serve,
+/// and the claims need no planning per call.
+pub const CLAIMS: &str = "UPDATE executions e SET state = 'running', claimed_by = c.worker, \
+     started_ms = COALESCE(e.started_ms, c.started_ms) \
+     FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c (id, worker, started_ms) \
+     WHERE e.id = c.id AND e.state = $4 AND EXISTS (SELECT 1 FROM replicas p \
+     WHERE p.id = split_part(c.worker, '/', 1) AND p.lease_until >= clock_timestamp()) RETURNING e.id";
+
+/// Ends each run (`$1`) still running under its claim (`$2`, whose
+/// replica's lease runs: fencing, as `claim_held`); returns the ids ended
+/// and whether each still counts. `$6` is an `Uncount`; whether a step
+/// started an action is a search on the steps' primary key prefix.
+pub const END_HELD: &str = "UPDATE executions e SET state = c.state, reason = c.reason, finished_ms = c.finished_ms, \
+     admitted_ms = CASE WHEN c.uncount = 'yes' OR (c.uncount = 'unless_started' AND NOT EXISTS \
+     (SELECT 1 FROM steps s WHERE s.execution_id = e.id AND s.action <> '')) THEN NULL ELSE e.admitted_ms END, \
+     claimed_by = CASE WHEN c.release THEN NULL ELSE e.claimed_by END \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::boolean[]) \
+     AS c (id, claim, state, reason, finished_ms, uncount, release) \
+     WHERE e.id = c.id AND e.state = 'running' AND e.claimed_by = c.claim AND EXISTS (SELECT 1 FROM replicas p \
+     WHERE p.id = split_part(c.claim, '/', 1) AND p.lease_until >= clock_timestamp()) \
+     RETURNING e.id, e.admitted_ms IS NOT NULL";
 
 /// Every part: what a runbook using every guardrail asks (for tests).
 pub const ALL_FACTS: u8 = 0b1111_1111;
@@ -1222,9 +1227,21 @@ impl Tx for PgConn {
     }
 
     fn claim(&mut self, id: &str, worker: &str, started_ms: i64) -> Result<bool, StoreError> {
-        let claimed = !self.query(CLAIM, &[&id, &worker, &started_ms, &"queued"])?.is_empty();
-        self.changed += u64::from(claimed);
-        Ok(claimed)
+        Ok(self.claims(&[(id, worker, started_ms)])?[0])
+    }
+
+    /// One statement for the group's claims: `CLAIMS`.
+    fn claims(&mut self, claims: &[(&str, &str, i64)]) -> Result<Vec<bool>, StoreError> {
+        let ids: Vec<&str> = claims.iter().map(|c| c.0).collect();
+        let workers: Vec<&str> = claims.iter().map(|c| c.1).collect();
+        let started: Vec<i64> = claims.iter().map(|c| c.2).collect();
+        let claimed: HashSet<String> = self
+            .query(CLAIMS, &[&ids, &workers, &started, &"queued"])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        self.changed += claimed.len() as u64;
+        Ok(ids.iter().map(|id| claimed.contains(*id)).collect())
     }
 
     fn oldest_queued(&mut self, id: Option<&str>) -> Result<Option<String>, StoreError> {
@@ -1250,11 +1267,13 @@ impl Tx for PgConn {
 
     fn end(&mut self, id: &str, ending: Ending<'_>) -> Result<bool, StoreError> {
         let row = self.query_opt(
-            concat!(
-                "UPDATE executions e ",
-                end_set!(),
-                " WHERE e.id = $1 RETURNING admitted_ms IS NOT NULL"
-            ),
+            // `$5` is an `Uncount`; whether a step started an action is a
+            // search on the steps' primary key prefix.
+            "UPDATE executions SET state = $2, reason = $3, finished_ms = $4, \
+             admitted_ms = CASE WHEN $5 = 'yes' OR ($5 = 'unless_started' AND NOT EXISTS \
+             (SELECT 1 FROM steps WHERE execution_id = $1 AND action <> '')) THEN NULL ELSE admitted_ms END, \
+             claimed_by = CASE WHEN $6 THEN NULL ELSE claimed_by END WHERE id = $1 \
+             RETURNING admitted_ms IS NOT NULL",
             &[
                 &id,
                 &ending.state.as_str(),
@@ -1269,29 +1288,22 @@ impl Tx for PgConn {
         Ok(row.is_some_and(|r| r.get(0)))
     }
 
-    /// The fence of `claim_held` as the end's own condition: one round trip.
-    fn end_held(&mut self, id: &str, claim: Option<&str>, ending: Ending<'_>) -> Result<Option<bool>, StoreError> {
-        let row = self.query_opt(
-            concat!(
-                "UPDATE executions e ",
-                end_set!(),
-                " WHERE e.id = $1 AND e.state = 'running' AND e.claimed_by = $7 AND EXISTS (SELECT 1 FROM replicas p \
-                 WHERE p.id = split_part(e.claimed_by, '/', 1) AND p.lease_until >= clock_timestamp()) \
-                 RETURNING admitted_ms IS NOT NULL"
-            ),
-            &[
-                &id,
-                &ending.state.as_str(),
-                &ending.reason,
-                &ending.finished_ms,
-                &ending.uncount.as_str(),
-                &ending.release_claim,
-                &claim,
-            ],
-        )?;
-        let Some(row) = row else { return Ok(None) };
-        self.changed += 1;
-        Ok(Some(row.get(0)))
+    /// One statement for the group's ends: `END_HELD`.
+    fn ends_held(&mut self, ends: &[(&str, Option<&str>, Ending<'_>)]) -> Result<Vec<Option<bool>>, StoreError> {
+        let ids: Vec<&str> = ends.iter().map(|e| e.0).collect();
+        let claims: Vec<Option<&str>> = ends.iter().map(|e| e.1).collect();
+        let states: Vec<&str> = ends.iter().map(|e| e.2.state.as_str()).collect();
+        let reasons: Vec<Option<&str>> = ends.iter().map(|e| e.2.reason).collect();
+        let finished: Vec<i64> = ends.iter().map(|e| e.2.finished_ms).collect();
+        let uncounts: Vec<&str> = ends.iter().map(|e| e.2.uncount.as_str()).collect();
+        let releases: Vec<bool> = ends.iter().map(|e| e.2.release_claim).collect();
+        let ended: HashMap<String, bool> = self
+            .query(END_HELD, &[&ids, &claims, &states, &reasons, &finished, &uncounts, &releases])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        self.changed += ended.len() as u64;
+        Ok(ids.iter().map(|id| ended.get(*id).copied()).collect())
     }
 
     fn approved(&mut self, id: &str, admitted_ms: i64) -> Result<(), StoreError> {

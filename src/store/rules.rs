@@ -624,23 +624,151 @@ fn started_event(exec: &Execution, worker: &str, resumed: bool) -> Event {
 
 /// Fencing: a worker may write a run's records only while it still holds
 /// the claim it started with. Checked before writing (a job that fails after
-/// writing sinks its whole group). A claim taken with this very write
-/// (`pending.claim`) is checked by the claim itself.
-fn fence(t: &mut Txn<'_>, exec: &Execution, pending: &Pending) -> Result<(), StoreError> {
-    if pending.claim.is_none() && !t.tx.claim_held(&exec.id, exec.claimed_by.as_deref())? {
+/// writing sinks its whole group).
+fn fence(t: &mut Txn<'_>, exec: &Execution) -> Result<(), StoreError> {
+    if !t.tx.claim_held(&exec.id, exec.claimed_by.as_deref())? {
         return Err(StoreError::ClaimLost(exec.id.clone()));
     }
     Ok(())
 }
 
-/// Writes what a worker did since its last write (see [`Pending`]): first
-/// its claim, which fails the whole job when the execution is no longer
-/// queued, then the ends of its steps.
+/// A job's first write when it is one the writer makes for the whole group
+/// in one statement before any job runs (`Tx::claims`, `Tx::ends_held`):
+/// a run's claim, and a run's end. Each run costs a claim and an end; on a
+/// backend where a statement is a round trip, under a lock every replica
+/// waits for, sharing them is what the group commit does for the rest.
+/// Moving them to the front of the group is sound: the group's jobs are
+/// concurrent requests, so any order of them is one they could have come in.
+pub(super) enum FirstWrite {
+    /// Queued → running under `worker`.
+    Claim { id: String, worker: String, started_ms: i64 },
+    /// The run ends, if it still runs under `claim` (fencing).
+    End {
+        id: String,
+        claim: Option<String>,
+        state: State,
+        reason: Option<String>,
+        uncount: Uncount,
+    },
+}
+
+impl FirstWrite {
+    fn id(&self) -> &str {
+        match self {
+            FirstWrite::Claim { id, .. } | FirstWrite::End { id, .. } => id,
+        }
+    }
+}
+
+/// What a [`FirstWrite`] did.
+pub(super) enum FirstWritten {
+    /// Whether the run was queued (and is now claimed).
+    Claimed(bool),
+    /// `None`: the run no longer runs under the claim, nothing written;
+    /// else whether it still counts (`Tx::end`).
+    Ended(Option<bool>),
+}
+
+impl FirstWritten {
+    pub(super) fn changed(&self) -> bool {
+        matches!(self, FirstWritten::Claimed(true) | FirstWritten::Ended(Some(_)))
+    }
+}
+
+/// Makes a group's first writes, in their order: one statement for the
+/// claims and one for the ends. A run written twice in one group (it cannot
+/// happen: a worker waits for each write) is written the first time; the
+/// second finds it taken or ended, as it would have one after the other.
+pub(super) fn first_writes(t: &mut Txn<'_>, firsts: &[&FirstWrite]) -> Result<Vec<FirstWritten>, StoreError> {
+    let now_ms = t.now_ms();
+    let mut seen = HashSet::new();
+    let (mut claims, mut ends) = (Vec::new(), Vec::new());
+    let mut written: Vec<FirstWritten> = firsts
+        .iter()
+        .enumerate()
+        .map(|(i, first)| {
+            let again = !seen.insert(first.id());
+            match first {
+                FirstWrite::Claim { .. } if again => FirstWritten::Claimed(false),
+                FirstWrite::End { .. } if again => FirstWritten::Ended(None),
+                FirstWrite::Claim { .. } => {
+                    claims.push(i);
+                    FirstWritten::Claimed(false)
+                }
+                FirstWrite::End { .. } => {
+                    ends.push(i);
+                    FirstWritten::Ended(None)
+                }
+            }
+        })
+        .collect();
+    if !claims.is_empty() {
+        let rows: Vec<(&str, &str, i64)> = claims
+            .iter()
+            .filter_map(|&i| match firsts[i] {
+                FirstWrite::Claim { id, worker, started_ms } => Some((id.as_str(), worker.as_str(), *started_ms)),
+                FirstWrite::End { .. } => None,
+            })
+            .collect();
+        for (&i, claimed) in claims.iter().zip(t.tx.claims(&rows)?) {
+            written[i] = FirstWritten::Claimed(claimed);
+        }
+    }
+    if !ends.is_empty() {
+        let reasons: Vec<Option<String>> = ends
+            .iter()
+            .map(|&i| match firsts[i] {
+                FirstWrite::End { reason, .. } => reason.as_deref().map(|r| t.redactor.text(r)),
+                FirstWrite::Claim { .. } => None,
+            })
+            .collect();
+        let rows: Vec<(&str, Option<&str>, Ending<'_>)> = ends
+            .iter()
+            .zip(&reasons)
+            .filter_map(|(&i, reason)| match firsts[i] {
+                FirstWrite::End {
+                    id, claim, state, uncount, ..
+                } => Some((
+                    id.as_str(),
+                    claim.as_deref(),
+                    Ending {
+                        state: *state,
+                        reason: reason.as_deref(),
+                        finished_ms: now_ms,
+                        uncount: *uncount,
+                        release_claim: true,
+                    },
+                )),
+                FirstWrite::Claim { .. } => None,
+            })
+            .collect();
+        for (&i, ended) in ends.iter().zip(t.tx.ends_held(&rows)?) {
+            written[i] = FirstWritten::Ended(ended);
+        }
+    }
+    Ok(written)
+}
+
+/// The records of a run's end, after its row was ended (`counts`: it still
+/// counts, `Tx::end`).
+fn end_records(t: &mut Txn<'_>, held: &Execution, state: State, counts: bool, reason: Option<&str>) -> Result<(), StoreError> {
+    // A success that ran no action fixed nothing: not judged.
+    effect::ended(t, &held.id, (state == State::Succeeded && counts).then(|| t.now_ms()))?;
+    t.append(
+        Event::new(kind::EXECUTION_FINISHED, &held.actor, json!({"state": state, "reason": reason})).execution(
+            &held.id,
+            &held.runbook,
+            &held.target,
+        ),
+    )?;
+    Ok(())
+}
+
+/// Writes what a worker did since its last write (see [`Pending`]): its
+/// claim's record (the claim itself is the job's first write), then the
+/// ends of its steps.
 fn record_pending(t: &mut Txn<'_>, exec: &Execution, pending: Pending) -> Result<(), StoreError> {
     if let Some(claim) = &pending.claim {
-        if !t.tx.claim(&exec.id, &claim.worker, claim.started_at.timestamp_millis())? {
-            return Err(StoreError::Taken(exec.id.clone()));
-        }
         t.append(started_event(exec, &claim.worker, resumed(exec)))?;
     }
     for step in pending.ended {
@@ -740,6 +868,39 @@ impl<B: Backend> Ledger<B> {
         self.queue.write(f).await
     }
 
+    /// A write of a run this worker holds: its claim, when `pending`
+    /// carries one (a first write, shared with the group's), or else a
+    /// check that the claim still holds (fencing), then `f`.
+    async fn write_held<T, F>(&self, execution: &Execution, pending: Pending, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>, &Execution, Pending) -> Result<T, StoreError> + Send + 'static,
+    {
+        let held = execution.clone();
+        let Some(claim) = &pending.claim else {
+            return self
+                .write(move |t| {
+                    fence(t, &held)?;
+                    f(t, &held, pending)
+                })
+                .await;
+        };
+        let first = FirstWrite::Claim {
+            id: held.id.clone(),
+            worker: claim.worker.clone(),
+            started_ms: claim.started_at.timestamp_millis(),
+        };
+        self.queue
+            .write_after(first, move |t, written| {
+                // No longer queued: taken by another worker, or cancelled.
+                if !matches!(written, FirstWritten::Claimed(true)) {
+                    return Err(StoreError::Taken(held.id.clone()));
+                }
+                f(t, &held, pending)
+            })
+            .await
+    }
+
     /// Runs `f` on one of the backend's read connections.
     pub(super) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -831,10 +992,8 @@ impl<B: Backend> Store for Ledger<B> {
     }
 
     async fn step_started(&self, execution: &Execution, pending: Pending, step: StepStart) -> Result<(), StoreError> {
-        let held = execution.clone();
-        self.write(move |t| {
-            fence(t, &held, &pending)?;
-            record_pending(t, &held, pending)?;
+        self.write_held(execution, pending, move |t, held, pending| {
+            record_pending(t, held, pending)?;
             let (id, runbook, target) = (&held.id, &held.runbook, &held.target);
             let mut input = step.input;
             t.redactor.in_place(&mut input);
@@ -863,18 +1022,13 @@ impl<B: Backend> Store for Ledger<B> {
         if pending.is_empty() {
             return Ok(());
         }
-        let held = execution.clone();
-        self.write(move |t| {
-            fence(t, &held, &pending)?;
-            record_pending(t, &held, pending)
-        })
-        .await
+        self.write_held(execution, pending, record_pending).await
     }
 
     async fn release(&self, execution: &Execution) -> Result<(), StoreError> {
         let held = execution.clone();
         self.write(move |t| {
-            fence(t, &held, &Pending::default())?;
+            fence(t, &held)?;
             // Its steps' records may be behind what ran (the failed write may
             // have carried a step's end): the same rule as after a crash.
             let exec = t.load(&held.id)?;
@@ -885,58 +1039,58 @@ impl<B: Backend> Store for Ledger<B> {
     }
 
     async fn finish(&self, execution: &Execution, pending: Pending, state: State, reason: Option<String>) -> Result<(), StoreError> {
+        // A run that never started an action (its first step failed to
+        // render, every step was skipped by `when`) changed nothing on its
+        // target: like a run cancelled before it started, it does not start
+        // a cooldown or use a limit. Asked of the steps table, not of the
+        // execution as claimed, which lacks the steps this worker ran since
+        // (or resumed). A step that started an action has its row from its
+        // start, a write of its own before the action ran; `pending` holds
+        // only ends. A dry run never counted: nothing to ask.
+        let uncount = if execution.dry_run {
+            Uncount::No
+        } else {
+            Uncount::UnlessAnActionStarted
+        };
+        if pending.claim.is_some() {
+            // Claimed by this very write (no step started): the claim is its fence.
+            return self
+                .write_held(execution, pending, move |t, held, pending| {
+                    record_pending(t, held, pending)?;
+                    let reason = reason.map(|r| t.redactor.text(&r));
+                    let ending = Ending {
+                        state,
+                        reason: reason.as_deref(),
+                        finished_ms: t.now_ms(),
+                        uncount,
+                        release_claim: true,
+                    };
+                    let counts = t.tx.end(&held.id, ending)?;
+                    end_records(t, held, state, counts, reason.as_deref())
+                })
+                .await;
+        }
+        // Fencing, as for a step's start: a run recovered from under this
+        // worker is the new claimer's to end. The end checks the claim
+        // itself, as the group's first write: a fenced job writes nothing.
         let held = execution.clone();
-        self.write(move |t| {
-            let reason = reason.map(|r| t.redactor.text(&r));
-            let finished_ms = t.now_ms();
-            // A run that never started an action (its first step failed to
-            // render, every step was skipped by `when`) changed nothing on
-            // its target: like a run cancelled before it started, it does not
-            // start a cooldown or use a limit. Asked of the steps table, not
-            // of `held`: that is the execution as claimed, without the steps
-            // this worker ran since (or resumed). A step that started an
-            // action has its row from its start, a write of its own before
-            // the action ran; `pending` holds only ends. A dry run never
-            // counted: nothing to ask.
-            let uncount = if held.dry_run {
-                Uncount::No
-            } else {
-                Uncount::UnlessAnActionStarted
-            };
-            let ending = Ending {
-                state,
-                reason: reason.as_deref(),
-                finished_ms,
-                uncount,
-                release_claim: true,
-            };
-            let counts = if pending.claim.is_some() {
-                // The claim taken with this write is its fence.
+        let first = FirstWrite::End {
+            id: held.id.clone(),
+            claim: held.claimed_by.clone(),
+            state,
+            reason: reason.clone(),
+            uncount,
+        };
+        self.queue
+            .write_after(first, move |t, written| {
+                let FirstWritten::Ended(Some(counts)) = written else {
+                    return Err(StoreError::ClaimLost(held.id.clone()));
+                };
                 record_pending(t, &held, pending)?;
-                t.tx.end(&held.id, ending)?
-            } else {
-                // Fencing, as for a step's start: a run recovered from under
-                // this worker is the new claimer's to end. Checked by the end
-                // itself, before anything else is written, so a fenced job
-                // fails alone.
-                let counts =
-                    t.tx.end_held(&held.id, held.claimed_by.as_deref(), ending)?
-                        .ok_or_else(|| StoreError::ClaimLost(held.id.clone()))?;
-                record_pending(t, &held, pending)?;
-                counts
-            };
-            // A success that ran no action fixed nothing: not judged.
-            effect::ended(t, &held.id, (state == State::Succeeded && counts).then_some(finished_ms))?;
-            t.append(
-                Event::new(kind::EXECUTION_FINISHED, &held.actor, json!({"state": state, "reason": reason})).execution(
-                    &held.id,
-                    &held.runbook,
-                    &held.target,
-                ),
-            )?;
-            Ok(())
-        })
-        .await
+                let reason = reason.map(|r| t.redactor.text(&r));
+                end_records(t, &held, state, counts, reason.as_deref())
+            })
+            .await
     }
 
     async fn recover(&self, is_alive: Liveness) -> Result<Recovery, StoreError> {

@@ -1686,8 +1686,8 @@ mod tests {
     use super::*;
     use crate::audit::{Event, kind};
     use crate::store::backend::Uncount;
-    use crate::store::rules::Txn;
-    use crate::store::writer::{Job, job, run_group};
+    use crate::store::rules::{FirstWrite, FirstWritten, Txn};
+    use crate::store::writer::{Job, job, job_after, run_group};
     use serde_json::json;
 
     /// A state file from before numbered layouts is upgraded in place: the
@@ -2121,6 +2121,66 @@ mod tests {
             "not run outside the transaction"
         );
         assert_eq!(counted(), 2, "nothing of the rolled back group was kept, nothing after it ran");
+    }
+
+    /// A job's first write (a claim, made for the whole group before any
+    /// job runs) is that job's own: the job failing after it takes the group
+    /// down, so the claim is not kept, whatever the job wrote itself. A
+    /// claim that found its run taken fails its job alone.
+    #[tokio::test]
+    async fn a_job_failing_after_its_claim_rolls_back_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = SqliteConn::open(&path).unwrap();
+        conn.conn.execute_batch(SCHEMA).unwrap();
+        conn.conn
+            .execute_batch(
+                "INSERT INTO executions (id, runbook, target, state, actor, params, dry_run, automated, risk, created_ms) \
+                 VALUES ('queued', 'rb', 't', 'queued', 'a', '{}', 0, 1, 'medium', 1), \
+                        ('taken', 'rb', 't', 'running', 'a', '{}', 0, 1, 'medium', 1)",
+            )
+            .unwrap();
+        let clock = crate::clock::SystemClock;
+        let health: SharedHealth = Arc::new(Mutex::new(Health::Writable));
+        let mut finish = |jobs: Vec<Job>| {
+            conn.begin().unwrap();
+            run_group(&mut conn, jobs, &Redactor::default(), &clock, &health).answer(None);
+        };
+        let state = |id: &str| -> String {
+            let conn = open_connection(&path).unwrap();
+            conn.query_row("SELECT state FROM executions WHERE id = ?1", [id], |r| r.get(0))
+                .unwrap()
+        };
+        let claim = |id: &str| {
+            Some(FirstWrite::Claim {
+                id: id.into(),
+                worker: "w/1".into(),
+                started_ms: 1,
+            })
+        };
+        let insert = |t: &mut Txn<'_>, target: &str| t.tx.target_alerting(target, 1);
+
+        let (taken, taken_rx) = job_after(claim("taken"), |_t, written| match written {
+            Some(FirstWritten::Claimed(true)) => Ok(()),
+            _ => Err(StoreError::Taken("taken".into())),
+        });
+        let (ok, ok_rx) = job(move |t| insert(t, "a"));
+        finish(vec![taken, ok]);
+        assert!(matches!(taken_rx.await.unwrap(), Err(StoreError::Taken(_))));
+        assert!(ok_rx.await.unwrap().is_ok(), "a claim that found its run taken fails alone");
+
+        let (ok, ok_rx) = job(move |t| insert(t, "b"));
+        let (half, half_rx) = job_after(claim("queued"), |_t, written| {
+            assert!(matches!(written, Some(FirstWritten::Claimed(true))));
+            Err::<(), _>(StoreError::Corrupt("boom".into()))
+        });
+        finish(vec![ok, half]);
+        assert!(matches!(ok_rx.await.unwrap(), Err(StoreError::RolledBack(why)) if why.contains("boom")));
+        assert!(matches!(half_rx.await.unwrap(), Err(StoreError::Corrupt(_))));
+        assert_eq!(state("queued"), "queued", "the claim of the failed job was not kept");
+        let conn = open_connection(&path).unwrap();
+        let targets: i64 = conn.query_row("SELECT COUNT(*) FROM target_alerts", [], |r| r.get(0)).unwrap();
+        assert_eq!(targets, 1, "nothing else of the failed group was kept");
     }
 }
 

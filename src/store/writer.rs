@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 
 use super::backend::Conn;
-use super::rules::Txn;
+use super::rules::{FirstWrite, FirstWritten, Txn, first_writes};
 use super::{Health, StoreError};
 use crate::clock::Clock;
 use crate::redact::Redactor;
@@ -32,7 +32,17 @@ pub(super) enum Uncommitted {
     Failed(String),
 }
 
-pub(super) type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
+/// One caller's work in a group commit.
+pub(super) struct Job {
+    /// Its first write, when it is one the group's jobs share a statement
+    /// for (see [`FirstWrite`]): made for the whole group before any job
+    /// runs, its outcome handed to `run`.
+    first: Option<FirstWrite>,
+    run: RunJob,
+}
+
+/// A job's work, given what its first write did.
+type RunJob = Box<dyn FnOnce(&mut Txn<'_>, Option<FirstWritten>) -> Completion + Send>;
 
 /// The store's [`Health`], set by the writer (and SQLite's sync thread).
 pub(super) type SharedHealth = Arc<Mutex<Health>>;
@@ -80,7 +90,23 @@ impl WriteQueue {
         T: Send + 'static,
         F: FnOnce(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (job, rx) = job(f);
+        self.send(job(f)).await
+    }
+
+    /// Makes `first` with the group's other first writes, then runs `f`
+    /// with its outcome; resolves after the commit.
+    pub(super) async fn write_after<T, F>(&self, first: FirstWrite, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>, FirstWritten) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.send(job_after(Some(first), move |t, written| {
+            f(t, written.expect("a job's first write is made before it runs"))
+        }))
+        .await
+    }
+
+    async fn send<T>(&self, (job, rx): (Job, tokio::sync::oneshot::Receiver<Result<T, StoreError>>)) -> Result<T, StoreError> {
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= WRITE_QUEUE {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(StoreError::Busy);
@@ -108,13 +134,24 @@ where
     T: Send + 'static,
     F: FnOnce(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
 {
+    job_after(None, move |t, _| f(t))
+}
+
+/// A job whose first write is `first` (if any).
+pub(super) fn job_after<T, F>(first: Option<FirstWrite>, f: F) -> (Job, tokio::sync::oneshot::Receiver<Result<T, StoreError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Txn<'_>, Option<FirstWritten>) -> Result<T, StoreError> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move |t: &mut Txn<'_>| {
+    let run: RunJob = Box::new(move |t: &mut Txn<'_>, written: Option<FirstWritten>| -> Completion {
         let result = if let Some(why) = &t.failed {
             Err(StoreError::RolledBack(why.clone()))
         } else {
+            // A first write that changed something is this job's write.
+            let wrote_first = written.as_ref().is_some_and(FirstWritten::changed);
             let before = t.tx.changes();
-            let r = f(t);
+            let r = f(t, written);
             if let Err(e) = &r {
                 if let StoreError::Database { disk: true, .. } = e {
                     t.disk.get_or_insert(e.to_string());
@@ -125,7 +162,7 @@ where
                     // failed statement): the jobs before this one are gone
                     // too, and the ones after must not run.
                     t.failed = Some(format!("the database rolled the transaction back: {}", crate::diag::chain(e)));
-                } else if t.tx.changes() != before {
+                } else if wrote_first || t.tx.changes() != before {
                     // It failed half way: the whole group is rolled back.
                     t.failed = Some(e.to_string());
                 }
@@ -143,7 +180,7 @@ where
             let _ = tx.send(outcome);
         })
     });
-    (job, rx)
+    (Job { first, run }, rx)
 }
 
 /// A committed group: its jobs' answers, held until the commit is durable.
@@ -178,7 +215,30 @@ pub(super) fn run_group<C: Conn>(
 ) -> Committed {
     let changes_before = conn.changes();
     let mut tx = Txn::new(conn, redactor, clock.now());
-    let completions: Vec<Completion> = batch.into_iter().map(|job| job(&mut tx)).collect();
+    let firsts: Vec<&FirstWrite> = batch.iter().filter_map(|job| job.first.as_ref()).collect();
+    let mut written = if firsts.is_empty() {
+        Vec::new()
+    } else {
+        match first_writes(&mut tx, &firsts) {
+            Ok(written) => written,
+            Err(e) => {
+                if let StoreError::Database { disk: true, .. } = &e {
+                    tx.disk.get_or_insert(e.to_string());
+                }
+                // Every job of the group fails, as if each had failed half way.
+                tx.failed = Some(format!("the group's first writes failed: {}", crate::diag::chain(&e)));
+                Vec::new()
+            }
+        }
+    }
+    .into_iter();
+    let completions: Vec<Completion> = batch
+        .into_iter()
+        .map(|job| {
+            let first = job.first.as_ref().and_then(|_| written.next());
+            (job.run)(&mut tx, first)
+        })
+        .collect();
     let (failed, disk) = (tx.failed.take(), tx.disk.take());
     let committed = match failed {
         Some(why) => {

@@ -721,32 +721,43 @@ fn deciding_on_postgres_costs_the_same_after_100k_blocked_executions() {
         "generic plan: {stormed} pages after 100,000 executions, {queued} in a backlog, vs {fresh} on a fresh target"
     );
 
-    // The claim, prepared once, in the plan made for any value: a search of
-    // the primary key, never of the queue's 10,000 entries, even when the
-    // statistics were taken with the queue empty (as when a backlog builds
-    // up faster than autovacuum analyzes).
+    // A group's claims and ends, each one statement prepared once, in the
+    // plan made for any value: searches of the primary key, never of the
+    // queue's 10,000 entries nor of the table, even when the statistics
+    // were taken with the queue empty (as when a backlog builds up faster
+    // than autovacuum analyzes).
     pg.admin(
         &db,
         "UPDATE executions SET state = 'running' WHERE state = 'queued'; ANALYZE executions; \
          UPDATE executions SET state = 'queued' WHERE id LIKE 'q%'",
     );
-    let out = pg.admin(
-        &db,
-        &format!(
-            "SET plan_cache_mode = force_generic_plan; PREPARE claim(text, text, bigint, text) AS {}; \
-             EXPLAIN (FORMAT JSON) EXECUTE claim('q000007', 'r-x/1', 0, 'queued')",
-            pitcrew::store::postgres::CLAIM
-        ),
+    let scans = |prepare: &str, execute: &str| -> Vec<String> {
+        let out = pg.admin(
+            &db,
+            &format!("SET plan_cache_mode = force_generic_plan; PREPARE {prepare}; EXPLAIN (FORMAT JSON) EXECUTE {execute}"),
+        );
+        let plan = serde_json::from_str::<Value>(&out).unwrap()[0].clone();
+        let mut nodes = Vec::new();
+        walk(&plan["Plan"], &mut nodes);
+        nodes
+            .iter()
+            .filter(|n| n["Relation Name"] == "executions" && n["Node Type"].as_str().is_some_and(|t| t.ends_with("Scan")))
+            .map(|n| n["Index Name"].as_str().unwrap_or("(no index)").to_string())
+            .collect()
+    };
+    let claims = scans(
+        &format!("claims(text[], text[], bigint[], text) AS {}", pitcrew::store::postgres::CLAIMS),
+        "claims('{q000007,q000008}', '{r-x/1,r-x/2}', '{0,0}', 'queued')",
     );
-    let plan = serde_json::from_str::<Value>(&out).unwrap()[0].clone();
-    let mut nodes = Vec::new();
-    walk(&plan["Plan"], &mut nodes);
-    let indexes: Vec<&str> = nodes
-        .iter()
-        .filter(|n| n["Relation Name"] == "executions" && n["Node Type"].as_str().is_some_and(|t| t.ends_with("Scan")))
-        .map(|n| n["Index Name"].as_str().unwrap_or("(no index)"))
-        .collect();
-    assert_eq!(indexes, ["executions_pkey"], "the claim's generic plan: {plan:#}");
+    assert_eq!(claims, ["executions_pkey"], "the claims' generic plan");
+    let ends = scans(
+        &format!(
+            "ends(text[], text[], text[], text[], bigint[], text[], boolean[]) AS {}",
+            pitcrew::store::postgres::END_HELD
+        ),
+        "ends('{recent2}', '{r-x/1}', '{succeeded}', '{NULL}', '{0}', '{unless_started}', '{true}')",
+    );
+    assert_eq!(ends, ["executions_pkey"], "the ends' generic plan");
 }
 
 /// Inhibition's lookup on PostgreSQL reads as few pages with 100,000
