@@ -681,69 +681,59 @@ impl FirstWritten {
 /// second finds it taken or ended, as it would have one after the other.
 pub(super) fn first_writes(t: &mut Txn<'_>, firsts: &[&FirstWrite]) -> Result<Vec<FirstWritten>, StoreError> {
     let now_ms = t.now_ms();
-    let mut seen = HashSet::new();
-    let (mut claims, mut ends) = (Vec::new(), Vec::new());
     let mut written: Vec<FirstWritten> = firsts
         .iter()
-        .enumerate()
-        .map(|(i, first)| {
-            let again = !seen.insert(first.id());
-            match first {
-                FirstWrite::Claim { .. } if again => FirstWritten::Claimed(false),
-                FirstWrite::End { .. } if again => FirstWritten::Ended(None),
-                FirstWrite::Claim { .. } => {
-                    claims.push(i);
-                    FirstWritten::Claimed(false)
-                }
-                FirstWrite::End { .. } => {
-                    ends.push(i);
-                    FirstWritten::Ended(None)
-                }
-            }
+        .map(|first| match first {
+            FirstWrite::Claim { .. } => FirstWritten::Claimed(false),
+            FirstWrite::End { .. } => FirstWritten::Ended(None),
         })
         .collect();
+    let mut seen = HashSet::new();
+    let (mut claims, mut ends) = (Vec::new(), Vec::new());
+    for (i, first) in firsts.iter().enumerate() {
+        if !seen.insert(first.id()) {
+            continue;
+        }
+        match first {
+            FirstWrite::Claim { id, worker, started_ms } => claims.push((i, (id.as_str(), worker.as_str(), *started_ms))),
+            FirstWrite::End {
+                id,
+                claim,
+                state,
+                reason,
+                uncount,
+            } => ends.push((
+                i,
+                id.as_str(),
+                claim.as_deref(),
+                *state,
+                reason.as_deref().map(|r| t.redactor.text(r)),
+                *uncount,
+            )),
+        }
+    }
     if !claims.is_empty() {
-        let rows: Vec<(&str, &str, i64)> = claims
-            .iter()
-            .filter_map(|&i| match firsts[i] {
-                FirstWrite::Claim { id, worker, started_ms } => Some((id.as_str(), worker.as_str(), *started_ms)),
-                FirstWrite::End { .. } => None,
-            })
-            .collect();
-        for (&i, claimed) in claims.iter().zip(t.tx.claims(&rows)?) {
-            written[i] = FirstWritten::Claimed(claimed);
+        let rows: Vec<(&str, &str, i64)> = claims.iter().map(|(_, row)| *row).collect();
+        for ((i, _), claimed) in claims.iter().zip(t.tx.claims(&rows)?) {
+            written[*i] = FirstWritten::Claimed(claimed);
         }
     }
     if !ends.is_empty() {
-        let reasons: Vec<Option<String>> = ends
-            .iter()
-            .map(|&i| match firsts[i] {
-                FirstWrite::End { reason, .. } => reason.as_deref().map(|r| t.redactor.text(r)),
-                FirstWrite::Claim { .. } => None,
-            })
-            .collect();
         let rows: Vec<(&str, Option<&str>, Ending<'_>)> = ends
             .iter()
-            .zip(&reasons)
-            .filter_map(|(&i, reason)| match firsts[i] {
-                FirstWrite::End {
-                    id, claim, state, uncount, ..
-                } => Some((
-                    id.as_str(),
-                    claim.as_deref(),
-                    Ending {
-                        state: *state,
-                        reason: reason.as_deref(),
-                        finished_ms: now_ms,
-                        uncount: *uncount,
-                        release_claim: true,
-                    },
-                )),
-                FirstWrite::Claim { .. } => None,
+            .map(|(_, id, claim, state, reason, uncount)| {
+                let ending = Ending {
+                    state: *state,
+                    reason: reason.as_deref(),
+                    finished_ms: now_ms,
+                    uncount: *uncount,
+                    release_claim: true,
+                };
+                (*id, *claim, ending)
             })
             .collect();
-        for (&i, ended) in ends.iter().zip(t.tx.ends_held(&rows)?) {
-            written[i] = FirstWritten::Ended(ended);
+        for ((i, ..), ended) in ends.iter().zip(t.tx.ends_held(&rows)?) {
+            written[*i] = FirstWritten::Ended(ended);
         }
     }
     Ok(written)
