@@ -35,7 +35,7 @@
 //! A statement whose best plan does (most guardrail facts: a window's
 //! count; a cutoff) is sent planned for its values every time
 //! (`PgConn::query_planned`). Where a literal would let a generic plan take
-//! the wrong index, the value is a parameter instead (`CLAIM`).
+//! the wrong index, the value is a parameter instead (`CLAIMS`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -1246,7 +1246,7 @@ impl Tx for PgConn {
 
     fn oldest_queued(&mut self, id: Option<&str>) -> Result<Option<String>, StoreError> {
         let row = match id {
-            // The state a parameter, as in `CLAIM`.
+            // The state a parameter, as in `CLAIMS`.
             Some(id) => self.query_opt("SELECT id FROM executions WHERE id = $1 AND state = $2", &[&id, &"queued"])?,
             None => self.query_opt(
                 "SELECT id FROM executions WHERE state = 'queued' ORDER BY created_ms, pos LIMIT 1",

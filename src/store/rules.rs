@@ -372,7 +372,12 @@ fn admit_in(t: &mut Txn<'_>, adm: &Admission, alert: Option<AlertRef<'_>>, refir
         // Whether a watched run resolved is asked with the facts: one round
         // trip, where the answer is nearly always no.
         let (decision, facts) = decide(t.tx, adm, config, now_ms, own, refire)?;
-        if facts.resolved_watch && effect::refired(t, &rb.name, &adm.target)? > 0 && rb.guardrails.min_effectiveness.is_some() {
+        let judged = if facts.resolved_watch {
+            effect::refired(t, &rb.name, &adm.target)?
+        } else {
+            0
+        };
+        if judged > 0 && rb.guardrails.min_effectiveness.is_some() {
             // A judgment changes what `min_effectiveness` reads.
             decide(t.tx, adm, config, now_ms, own, false)?
         } else {
