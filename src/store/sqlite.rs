@@ -2055,6 +2055,13 @@ mod tests {
         }
     }
 
+    /// Runs `jobs` as one group commit and answers them.
+    fn commit_group(conn: &mut SqliteConn, jobs: Vec<Job>) {
+        let health: SharedHealth = Arc::new(Mutex::new(Health::Writable));
+        conn.begin().unwrap();
+        run_group(conn, jobs, &Redactor::default(), &crate::clock::SystemClock, &health).answer(None);
+    }
+
     /// Without savepoints, a job that fails after writing must take its whole
     /// group down with it (nothing half done is committed), while a job that
     /// fails before writing fails alone.
@@ -2070,12 +2077,7 @@ mod tests {
             let n = ROWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             t.tx.target_alerting(&format!("t{n}"), 1)
         };
-        let clock = crate::clock::SystemClock;
-        let health: SharedHealth = Arc::new(Mutex::new(Health::Writable));
-        let mut finish = |jobs: Vec<Job>| {
-            conn.begin().unwrap();
-            run_group(&mut conn, jobs, &Redactor::default(), &clock, &health).answer(None);
-        };
+        let mut finish = |jobs: Vec<Job>| commit_group(&mut conn, jobs);
         let counted = || -> i64 {
             let conn = open_connection(&path).unwrap();
             conn.query_row("SELECT COUNT(*) FROM target_alerts", [], |r| r.get(0)).unwrap()
@@ -2145,12 +2147,7 @@ mod tests {
                         ('taken', 'rb', 't', 'running', 'a', '{}', 0, 1, 'medium', 1)",
             )
             .unwrap();
-        let clock = crate::clock::SystemClock;
-        let health: SharedHealth = Arc::new(Mutex::new(Health::Writable));
-        let mut finish = |jobs: Vec<Job>| {
-            conn.begin().unwrap();
-            run_group(&mut conn, jobs, &Redactor::default(), &clock, &health).answer(None);
-        };
+        let mut finish = |jobs: Vec<Job>| commit_group(&mut conn, jobs);
         let state = |id: &str| -> String {
             let conn = open_connection(&path).unwrap();
             conn.query_row("SELECT state FROM executions WHERE id = ?1", [id], |r| r.get(0))
