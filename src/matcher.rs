@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use regex::Regex;
 
@@ -51,7 +51,7 @@ pub struct Matcher {
     pub name: String,
     pub op: MatchOp,
     pub value: String,
-    regex: Option<Regex>,
+    regex: Option<Pattern>,
 }
 
 impl Matcher {
@@ -112,8 +112,10 @@ impl Matcher {
         match (self.op, &self.regex) {
             (MatchOp::Equal, _) => v == self.value,
             (MatchOp::NotEqual, _) => v != self.value,
-            (MatchOp::Regex, Some(re)) => re.is_match(v),
-            (MatchOp::NotRegex, Some(re)) => !re.is_match(v),
+            // A pattern that cannot be built matches nothing either way:
+            // `!~` must not start to match every alert.
+            (MatchOp::Regex, Some(re)) => re.regex().is_some_and(|re| re.is_match(v)),
+            (MatchOp::NotRegex, Some(re)) => re.regex().is_some_and(|re| !re.is_match(v)),
             (_, None) => false,
         }
     }
@@ -132,24 +134,24 @@ impl fmt::Display for Matcher {
     }
 }
 
-/// Compiles `^(?:re)$`, sharing one compiled regex per pattern. Runbooks
+/// Checks `^(?:re)$`, sharing one [`Pattern`] per pattern. Runbooks
 /// repeat the same few patterns (`severity=~"warning|critical"`) thousands of
 /// times; a `Regex` is large and warms its own caches, so sharing keeps
 /// 10,000 runbooks small and their matching fast.
-fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
+fn anchored(pattern: &str) -> Result<Pattern, PatternError> {
     shared_regex(&format!("^(?:{pattern})$"))
 }
 
-/// One compiled `Regex` per distinct pattern, for the whole process, up to
+/// One [`Pattern`] per distinct pattern, for the whole process, up to
 /// [`REGEX_CACHE_MAX`] patterns: past that the cache starts over, so runbook
-/// sets loaded one after another cannot grow it forever (regexes already
+/// sets loaded one after another cannot grow it forever (patterns already
 /// handed out live on with the runbooks that hold them).
-pub fn shared_regex(pattern: &str) -> Result<Regex, regex::Error> {
+pub fn shared_regex(pattern: &str) -> Result<Pattern, PatternError> {
     let cache = regex_cache();
     if let Some(re) = cache.lock().expect("regex cache lock").get(pattern) {
         return Ok(re.clone());
     }
-    let re = Regex::new(pattern)?;
+    let re = Pattern::new(pattern)?;
     let mut cache = cache.lock().expect("regex cache lock");
     if cache.len() >= REGEX_CACHE_MAX {
         cache.clear();
@@ -158,8 +160,94 @@ pub fn shared_regex(pattern: &str) -> Result<Regex, regex::Error> {
     Ok(re)
 }
 
-fn regex_cache() -> &'static Mutex<HashMap<String, Regex>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+/// A regular expression whose syntax is checked when it is read and which
+/// is compiled when first used. Compiling is most of the cost of loading
+/// runbooks (each `Regex` builds forward and reverse automata, ~0.1 ms even
+/// for `.+`), and most patterns of a large set never meet an alert that
+/// gets that far.
+///
+/// Parsing finds every syntax error `Regex::new` would. The one error left
+/// to compiling is a program over the size limit, which only counted
+/// repetition (`\w{500}`) or a very long pattern can reach: those are
+/// compiled at once, so that error too is the loader's, never a first
+/// match's.
+#[derive(Clone)]
+pub struct Pattern(Arc<LazyRegex>);
+
+struct LazyRegex {
+    source: String,
+    compiled: OnceLock<Option<Regex>>,
+}
+
+/// A pattern that is not a valid regular expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PatternError(String);
+
+/// Longer patterns are compiled when read (see [`Pattern`]).
+const LAZY_MAX_LEN: usize = 1024;
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Pattern, PatternError> {
+        // The regex crate's defaults (Unicode, UTF-8 only, nesting limit), so
+        // what parses here is what `Regex::new` accepts.
+        let hir = regex_syntax::Parser::new().parse(source).map_err(|e| PatternError(e.to_string()))?;
+        let pattern = Pattern(Arc::new(LazyRegex {
+            source: source.to_string(),
+            compiled: OnceLock::new(),
+        }));
+        if source.len() > LAZY_MAX_LEN || has_counted_repetition(&hir) {
+            let re = Regex::new(source).map_err(|e| PatternError(e.to_string()))?;
+            let _ = pattern.0.compiled.set(Some(re));
+        }
+        Ok(pattern)
+    }
+
+    /// The compiled regex; `None` only if it cannot be built, which
+    /// [`Pattern::new`] has ruled out (logged if it happens anyway).
+    pub fn regex(&self) -> Option<&Regex> {
+        self.0
+            .compiled
+            .get_or_init(|| {
+                Regex::new(&self.0.source)
+                    .map_err(
+                        |e| tracing::error!(pattern = %self.0.source, error = %e, "a checked pattern does not compile; it matches nothing"),
+                    )
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Whether `haystack` matches (never, if the pattern cannot be built).
+    pub fn is_match(&self, haystack: &str) -> bool {
+        self.regex().is_some_and(|re| re.is_match(haystack))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0.source
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Pattern").field(&self.0.source).finish()
+    }
+}
+
+/// `x{n}`, `x{n,m}`, `x{n,}` with a count above one: the repetitions that
+/// copy their sub-program, so the only way to a program over the size limit.
+fn has_counted_repetition(hir: &regex_syntax::hir::Hir) -> bool {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Repetition(r) => r.min > 1 || r.max.is_some_and(|m| m > 1) || has_counted_repetition(&r.sub),
+        HirKind::Capture(c) => has_counted_repetition(&c.sub),
+        HirKind::Concat(subs) | HirKind::Alternation(subs) => subs.iter().any(has_counted_repetition),
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_) => false,
+    }
+}
+
+fn regex_cache() -> &'static Mutex<HashMap<String, Pattern>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Pattern>>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
@@ -297,6 +385,44 @@ mod tests {
         assert!(matches!(Matcher::parse("l~\"a\""), Err(MatcherError::Syntax(_))));
         assert!(matches!(Matcher::parse("=a"), Err(MatcherError::LabelName(_))));
         assert!(matches!(Matcher::parse("l=\"a"), Err(MatcherError::Syntax(_))));
+    }
+
+    #[test]
+    fn patterns_are_checked_when_read_and_compiled_when_first_used() {
+        // Every error `Regex::new` gives comes from `Pattern::new`, in its words.
+        for bad in ["(", "a{2,1}", r"\p{NoSuchClass}", r"\w{100}{100}{100}", "[z-a]"] {
+            let ours = Pattern::new(bad).map(|_| ()).expect_err(bad).to_string();
+            let theirs = Regex::new(bad).map(|_| ()).expect_err(bad).to_string();
+            assert_eq!(ours, theirs, "{bad}");
+        }
+        let lazy = Pattern::new(".+").unwrap();
+        assert!(lazy.0.compiled.get().is_none(), "compiled before any use");
+        assert!(lazy.is_match("x") && !lazy.is_match(""));
+        assert!(lazy.0.compiled.get().is_some());
+        // Counted repetition can exceed the size limit: compiled at once.
+        assert!(Pattern::new("[a-z]{2,8}").unwrap().0.compiled.get().is_some());
+        // Clones share one compiled regex.
+        let shared = shared_regex("^(?:shared|once)$").unwrap();
+        assert!(shared_regex("^(?:shared|once)$").unwrap().is_match("once"));
+        assert!(shared.0.compiled.get().is_some());
+    }
+
+    #[test]
+    fn a_pattern_that_cannot_be_built_matches_nothing_either_way() {
+        let broken = Pattern(Arc::new(LazyRegex {
+            source: "(".into(),
+            compiled: OnceLock::new(),
+        }));
+        for op in [MatchOp::Regex, MatchOp::NotRegex] {
+            let m = Matcher {
+                name: "l".into(),
+                op,
+                value: "(".into(),
+                regex: Some(broken.clone()),
+            };
+            assert!(!m.matches(&Alert::firing("X").label_set("l", "shop")), "{op:?}");
+        }
+        assert!(!broken.is_match("("));
     }
 
     #[test]

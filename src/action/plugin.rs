@@ -37,7 +37,7 @@ pub struct PluginParam {
     pub ty: ParamType,
     pub required: bool,
     pub default: Option<Value>,
-    pub pattern: Option<regex::Regex>,
+    pub pattern: Option<crate::matcher::Pattern>,
     pub doc: String,
 }
 

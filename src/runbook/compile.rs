@@ -90,6 +90,7 @@ pub fn load_runbooks(config: &Config, registry: Registry, paths: &[PathBuf], pro
             problems.append(&mut cx.problems);
         }
     }
+    templates.forget_references();
     RunbookSet::new(runbooks, templates, registry)
 }
 
@@ -313,7 +314,7 @@ impl Cx<'_> {
     /// undeclared params, alert fields the context does not have, steps
     /// that do not exist or have not run yet. Each is a problem at `at`.
     fn references(&mut self, at: &str, source: &str, roots: &[&str]) {
-        for path in super::template::references(source, roots) {
+        for path in self.templates.take_references(source, roots) {
             if let Some((message, hint)) = self.reference_problem(&path) {
                 self.problem_hint(at, format!("`{{{{{}}}}}`: {message}", path.join(".")), hint);
             }

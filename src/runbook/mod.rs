@@ -45,7 +45,7 @@ pub struct ParamDef {
     pub kind: ParamKind,
     pub default: Option<Tpl>,
     pub required: bool,
-    pub pattern: Option<regex::Regex>,
+    pub pattern: Option<crate::matcher::Pattern>,
     pub min: Option<i64>,
     pub max: Option<i64>,
 }

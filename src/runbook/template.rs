@@ -6,7 +6,7 @@
 //! JSON values one field at a time; nothing rendered is ever parsed again as
 //! code or shell text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
 use handlebars::{Context, Handlebars, RenderErrorReason};
@@ -127,6 +127,11 @@ pub struct Templates {
     /// typed number or duration, where escaping changes nothing).
     hb_promql: Handlebars<'static>,
     next_id: usize,
+    /// The paths each template compiled since the last
+    /// [`Templates::take_references`] refers to, by source: the loader
+    /// checks them right after compiling, and parsing a template again is
+    /// a large part of loading runbooks.
+    referenced: HashMap<String, Vec<String>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -151,6 +156,7 @@ impl Default for Templates {
             hb_url,
             hb_promql,
             next_id: 0,
+            referenced: HashMap::new(),
         }
     }
 }
@@ -176,7 +182,7 @@ impl Templates {
             return Ok(Tpl::Literal(Value::String(source.to_string())));
         }
         let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
-        check_elements(&template.elements, roots, true, &mut Vec::new())?;
+        self.check(source, &template, roots)?;
         if let Some(segments) = single_path(source) {
             return Ok(Tpl::Path {
                 segments,
@@ -216,7 +222,7 @@ impl Templates {
             ));
         }
         let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
-        check_elements(&template.elements, roots, true, &mut Vec::new())?;
+        self.check(source, &template, roots)?;
         url_path_templated(source)?;
         if has_unescaped(&template.elements) {
             return Err(TemplateError::Syntax(
@@ -240,7 +246,7 @@ impl Templates {
             return Ok(Tpl::Literal(Value::String(source.to_string())));
         }
         let template = Template::compile(source).map_err(|e| syntax_error(&e))?;
-        check_elements(&template.elements, roots, true, &mut Vec::new())?;
+        self.check(source, &template, roots)?;
         crate::promql::check(source, |path| typed.iter().any(|t| t == path))?;
         let id = format!("p{}", self.next_id);
         self.next_id += 1;
@@ -249,6 +255,32 @@ impl Templates {
             id,
             source: source.to_string(),
         })
+    }
+
+    /// Checks a parsed template's paths against `roots`, keeping what it
+    /// refers to for [`Templates::take_references`].
+    fn check(&mut self, source: &str, template: &Template, roots: &[&str]) -> Result<(), TemplateError> {
+        let mut found = Vec::new();
+        check_elements(&template.elements, roots, true, &mut found)?;
+        self.referenced.insert(source.to_string(), found);
+        Ok(())
+    }
+
+    /// What a template compiled with `roots` refers to, as [`references`]
+    /// finds it, without parsing it again when it was just compiled.
+    pub fn take_references(&mut self, source: &str, roots: &[&str]) -> Vec<Vec<String>> {
+        if !source.contains("{{") {
+            return Vec::new();
+        }
+        match self.referenced.remove(source) {
+            Some(found) => found.iter().map(|raw| split_path(raw)).collect(),
+            None => references(source, roots),
+        }
+    }
+
+    /// Forgets references nobody took (a loaded set keeps no such state).
+    pub fn forget_references(&mut self) {
+        self.referenced = HashMap::new();
     }
 
     /// Renders a compiled value against a context.
