@@ -7,11 +7,22 @@ DURATION=${DURATION:-10s}
 source bench/lib.sh
 mkdir -p "$WORK/runbooks"
 cp bench/runbooks/bench-log.yaml "$WORK/runbooks/"
-echo "== startup with the example runbooks"
-mkdir -p "$WORK/ex"
-start "$WORK/ex" "$PWD/runbooks" "$PWD/plugins"
-echo "start to ready: ${STARTUP} ms; idle RSS $(rss $PID)"
-stop $PID
+echo "== startup with the example runbooks: 7 starts with a new state dir, then 7 with it existing"
+new=() existing=()
+for i in 1 2 3 4 5 6 7; do
+  mkdir -p "$WORK/ex$i"
+  start "$WORK/ex$i" "$PWD/runbooks" "$PWD/plugins"
+  new+=("$STARTUP")
+  if [ "$i" = 1 ]; then sleep 1; idle=$(rss $PID); fi
+  stop $PID
+done
+for i in 1 2 3 4 5 6 7; do
+  start "$WORK/ex$i" "$PWD/runbooks" "$PWD/plugins"
+  existing+=("$STARTUP")
+  stop $PID
+done
+spread() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {printf "median %s ms (%s-%s)", v[int((NR+1)/2)], v[1], v[NR]}'; }
+echo "start to ready, new state dir: $(spread "${new[@]}"); existing state: $(spread "${existing[@]}"); idle RSS $idle"
 
 for per in 1 10; do
   echo "== durable intake, $per alert(s) per request (no runbook matches), wrk -t2 -c32 -d$DURATION"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::clock::SystemClock;
 use crate::engine::Engine;
 use crate::store::postgres::PgStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{Durability, SqliteStore, StateFile};
 use crate::store::{Store, StoreError};
 
 use super::Failure;
@@ -15,14 +15,18 @@ use super::Failure;
 /// The store the config names: PostgreSQL under `store:`, else the
 /// embedded SQLite file in `state_dir`.
 pub fn open_store(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
-    let failed = |e: crate::store::StoreError| Failure {
+    Ok(match &config.store {
+        Some(pg) => Arc::new(PgStore::open(pg, config.redactor.clone(), Arc::new(SystemClock)).map_err(store_failed)?),
+        None => Arc::new(SqliteStore::open(&config.state_dir, config.redactor.clone(), Arc::new(SystemClock)).map_err(store_failed)?),
+    })
+}
+
+fn store_failed(e: StoreError) -> anyhow::Error {
+    Failure {
         exit: super::Exit::Usage,
         message: crate::diag::chain(&e),
-    };
-    Ok(match &config.store {
-        Some(pg) => Arc::new(PgStore::open(pg, config.redactor.clone(), Arc::new(SystemClock)).map_err(failed)?),
-        None => Arc::new(SqliteStore::open(&config.state_dir, config.redactor.clone(), Arc::new(SystemClock)).map_err(failed)?),
-    })
+    }
+    .into()
 }
 
 /// For commands about what is already recorded (history, the audit log,
@@ -107,7 +111,7 @@ fn require_state(config: &crate::config::Config) -> anyhow::Result<()> {
 
 /// Loads config and runbooks, opens the store, builds the engine.
 pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
-    build_engine(config_path, false)
+    build_engine(config_path, Start::Plain)
 }
 
 /// An engine for acting on a recorded run (`approve`): refuses like the
@@ -116,14 +120,34 @@ pub fn engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
 /// over a store opened in full (it may run the approved run here, and on
 /// PostgreSQL its claims need this process joined as a replica).
 pub fn engine_over_existing(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
-    build_engine(config_path, true)
+    build_engine(config_path, Start::OverExisting)
 }
 
-fn build_engine(config_path: Option<&Path>, existing: bool) -> anyhow::Result<Arc<Engine>> {
+/// `serve`'s engine: the embedded state file is made ready on another
+/// thread while the runbooks load, since neither needs the other (most of
+/// the time to ready on a new state file). Unlike the other commands, a
+/// serve refused for its runbooks may so leave the state file it would
+/// have made anyway.
+pub fn serving_engine(config_path: Option<&Path>) -> anyhow::Result<Arc<Engine>> {
+    build_engine(config_path, Start::Serving)
+}
+
+#[derive(PartialEq)]
+enum Start {
+    Plain,
+    OverExisting,
+    Serving,
+}
+
+fn build_engine(config_path: Option<&Path>, start: Start) -> anyhow::Result<Arc<Engine>> {
     let mut config = super::load_config(config_path)?;
-    if existing {
+    if start == Start::OverExisting {
         require_state(&config)?;
     }
+    let state_file = (start == Start::Serving && config.store.is_none()).then(|| {
+        let dir = config.state_dir.clone();
+        std::thread::spawn(move || StateFile::prepare(&dir, Durability::Durable))
+    });
     let runbooks = Arc::new(super::load_runbooks(&config, &[])?);
     // A runbook's own notice URL is a credential like `notify.url`, and so
     // are the values plugins are handed from our environment: the store and
@@ -139,7 +163,16 @@ fn build_engine(config_path: Option<&Path>, existing: bool) -> anyhow::Result<Ar
         .with(runbooks.runbooks.iter().filter_map(|r| r.notify_url.as_deref()))
         .with(passed.iter().map(String::as_str));
     let config = Arc::new(config);
-    let store = open_store(&config)?;
+    let store = match state_file {
+        Some(preparing) => {
+            let file = preparing
+                .join()
+                .expect("the state file's thread does not panic")
+                .map_err(store_failed)?;
+            Arc::new(SqliteStore::open_prepared(file, config.redactor.clone(), Arc::new(SystemClock)).map_err(store_failed)?)
+        }
+        None => open_store(&config)?,
+    };
     Ok(Arc::new(Engine::new(config, runbooks, store)))
 }
 

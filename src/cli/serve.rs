@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub fn run(config_path: Option<&Path>, args: Args) -> anyhow::Result<Exit> {
-    let engine = super::runtime::engine(config_path)?;
+    let engine = super::runtime::serving_engine(config_path)?;
     let config = engine.config().clone();
     let listen = args.listen.unwrap_or(config.listen);
     if !listen.ip().is_loopback() && config.webhook_token.is_none() && !config.insecure_allow_remote {

@@ -431,6 +431,30 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The writer's connection to a state file made now: its switch to WAL
+/// and its tables are written unsynced, then the file and its folder are
+/// synced once (two fsyncs where SQLite's own would be seven: the rollback
+/// journal of the switch, the folder twice, the WAL). Nothing is lost by
+/// that: until the file and the folder are synced here no commit has been
+/// acknowledged, and a crash before leaves an empty file, or one without
+/// tables, which the next start completes as it would any older layout.
+fn create(path: &Path, durability: Durability) -> Result<SqliteConn, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch("PRAGMA synchronous=OFF; PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    prepare_schema(&conn)?;
+    if durability == Durability::Durable {
+        let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
+        let folder = path.parent().unwrap_or(Path::new("."));
+        sync(path).and_then(|()| sync(folder)).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(SqliteConn { conn, names: Names::new() })
+}
+
 /// A connection to the state file, for the writer or for reads.
 pub struct SqliteConn {
     conn: Connection,
@@ -500,6 +524,35 @@ pub enum Durability {
     Scratch,
 }
 
+/// `state_dir/state.db`, made if needed, with this layout's tables, and
+/// the connection the store's writer will use: everything about opening
+/// the embedded store that needs no runbooks, so `serve` does it while the
+/// runbooks load.
+pub struct StateFile {
+    path: PathBuf,
+    writer: SqliteConn,
+    durability: Durability,
+}
+
+impl StateFile {
+    pub fn prepare(state_dir: &Path, durability: Durability) -> Result<StateFile, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Open {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let path = state_dir.join("state.db");
+        let writer = match std::fs::metadata(&path) {
+            Ok(m) if m.len() > 0 => {
+                let writer = SqliteConn::open(&path)?;
+                prepare_schema(&writer.conn)?;
+                writer
+            }
+            _ => create(&path, durability)?,
+        };
+        Ok(StateFile { path, writer, durability })
+    }
+}
+
 impl Ledger<Sqlite> {
     /// Opens (creating if needed) `state_dir/state.db`.
     pub fn open(state_dir: &Path, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
@@ -512,13 +565,12 @@ impl Ledger<Sqlite> {
         clock: Arc<dyn Clock>,
         durability: Durability,
     ) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Open {
-            path: state_dir.display().to_string(),
-            source,
-        })?;
-        let path = state_dir.join("state.db");
-        let writer = SqliteConn::open(&path)?;
-        prepare_schema(&writer.conn)?;
+        SqliteStore::open_prepared(StateFile::prepare(state_dir, durability)?, redactor, clock)
+    }
+
+    /// The store over a state file [`StateFile::prepare`] made ready.
+    pub fn open_prepared(file: StateFile, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        let StateFile { path, writer, durability } = file;
         // Commits write the WAL without waiting for the disk; the syncer
         // thread fsyncs it and only then answers the jobs (see `sync_loop`).
         writer.conn.execute_batch(match durability {
@@ -1995,6 +2047,33 @@ mod tests {
         assert_eq!(version, LAYOUT);
         conn.execute_batch("SELECT fingerprint, alertname, labels, starts_ms, ends_ms, seen_ms FROM firing_alerts")
             .unwrap();
+    }
+
+    /// A new state file is made in WAL mode with every table; one whose
+    /// making was cut short (switched to WAL, no tables yet, as a crash
+    /// before `create` synced it can leave it) is completed by the next start.
+    #[test]
+    fn a_new_state_file_is_complete_and_an_unfinished_one_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = StateFile::prepare(dir.path(), Durability::Durable).unwrap();
+        let check = |path: &Path| {
+            let conn = Connection::open(path).unwrap();
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+            assert_eq!((mode.as_str(), version), ("wal", LAYOUT), "{}", path.display());
+            conn.execute_batch("SELECT COUNT(*) FROM executions; SELECT COUNT(*) FROM audit")
+                .unwrap();
+        };
+        check(&made.path);
+        drop(made);
+        // Reopened as an existing file, nothing is made again.
+        check(&StateFile::prepare(dir.path(), Durability::Durable).unwrap().path);
+
+        let cut_short = tempfile::tempdir().unwrap();
+        let path = cut_short.path().join("state.db");
+        Connection::open(&path).unwrap().execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 0);
+        check(&StateFile::prepare(cut_short.path(), Durability::Durable).unwrap().path);
     }
 
     /// Expanding an id prefix and asking whether a run started an action
