@@ -41,6 +41,45 @@ async fn intact_chain_verifies() {
     assert!(out.contains(&format!("ok: {n} records")), "{out}");
 }
 
+/// Another process reading the state file while the store writes (an
+/// operator's `sqlite3`, a benchmark's counts) takes nothing away, also
+/// from a state file made just now: the store never drops its locks on it
+/// (closing any descriptor of a file drops every POSIX lock the process
+/// holds on it, and a reader that believes itself the last one checkpoints
+/// the WAL and deletes it).
+#[tokio::test]
+async fn another_process_reading_a_new_state_file_takes_nothing_away() {
+    let h = Harness::new(RB, "");
+    let db = h.dir.path().join("state/state.db");
+    let count_elsewhere = || {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); print(db.execute('SELECT COUNT(*) FROM audit').fetchone()[0]); db.close()"])
+            .arg(&db)
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap()
+    };
+    worked(&h).await;
+    let first = h.store().verify_audit().await.unwrap().unwrap();
+    assert_eq!(count_elsewhere(), first);
+    worked(&h).await;
+    let second = h.store().verify_audit().await.unwrap().unwrap();
+    assert!(second > first);
+    assert_eq!(
+        count_elsewhere(),
+        second,
+        "the other process sees every record written after its first look"
+    );
+    let h = h.restart();
+    assert_eq!(
+        h.store().verify_audit().await.unwrap().unwrap(),
+        second,
+        "every record survives a restart"
+    );
+    assert_eq!(verify_cli(&h).0, 0);
+}
+
 #[tokio::test]
 async fn a_changed_record_is_named() {
     let h = Harness::new(RB, "");
