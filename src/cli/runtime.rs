@@ -148,7 +148,16 @@ fn build_engine(config_path: Option<&Path>, start: Start) -> anyhow::Result<Arc<
         let dir = config.state_dir.clone();
         std::thread::spawn(move || StateFile::prepare(&dir, Durability::Durable))
     });
-    let runbooks = Arc::new(super::load_runbooks(&config, &[])?);
+    let runbooks = match super::load_runbooks(&config, &[]) {
+        Ok(set) => Arc::new(set),
+        Err(refused) => {
+            // Not left half made by the exit that follows.
+            if let Some(preparing) = state_file {
+                let _ = preparing.join();
+            }
+            return Err(refused);
+        }
+    };
     // A runbook's own notice URL is a credential like `notify.url`, and so
     // are the values plugins are handed from our environment: the store and
     // the clients redact them too.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::loader::{Positions, parse_docs, parse_one, yaml_files};
+use super::loader::{Positions, parse_files, parse_one, yaml_files};
 use super::raw::{RawParam, RawPluginManifest, RawRunbook, RawStep, Scalar};
 use super::selftest::{Expect, RunbookTest};
 use super::template::{Templates, Tpl};
@@ -45,15 +45,16 @@ pub fn load_runbooks(config: &Config, registry: Registry, paths: &[PathBuf], pro
         }
     };
     let mut seen: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
+    let mut texts = Vec::with_capacity(files.len());
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(Diagnostic::new(&file, (1, 1), format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        for doc in parse_docs::<RawRunbook>(&file, &text) {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => texts.push((file, text)),
+            Err(e) => problems.push(Diagnostic::new(&file, (1, 1), format!("cannot read: {e}"))),
+        }
+    }
+    let parsed = parse_files::<RawRunbook>(&texts);
+    for ((file, _), docs) in texts.iter().zip(parsed) {
+        for doc in docs {
             let doc = match doc {
                 Ok(d) => d,
                 Err(d) => {
@@ -62,7 +63,7 @@ pub fn load_runbooks(config: &Config, registry: Registry, paths: &[PathBuf], pro
                 }
             };
             let mut cx = Cx {
-                file: &file,
+                file,
                 pos: &doc.positions,
                 problems: Vec::new(),
                 templates: &mut templates,
@@ -77,7 +78,7 @@ pub fn load_runbooks(config: &Config, registry: Registry, paths: &[PathBuf], pro
             if let Some(rb) = cx.runbook(doc.value, digest(&doc.source)) {
                 if let Some((other, line)) = seen.get(&rb.name) {
                     cx.problems.push(
-                        Diagnostic::new(&file, name_pos, format!("duplicate runbook name `{}`", rb.name))
+                        Diagnostic::new(file, name_pos, format!("duplicate runbook name `{}`", rb.name))
                             .hint(Some(format!("first defined at {}:{line}", other.display()))),
                     );
                 } else {

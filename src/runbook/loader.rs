@@ -207,33 +207,70 @@ pub struct Doc<T> {
 /// Deserializes every document of a file. Serde errors become diagnostics
 /// with their position; parsing goes on with the next document.
 pub fn parse_docs<T: DeserializeOwned>(file: &Path, text: &str) -> Vec<Result<Doc<T>, Diagnostic>> {
-    let positions = index_positions(text);
-    let sources = split_documents(text);
+    with_positions(file, text, deserialize_docs(text), index_positions(text))
+}
+
+/// [`parse_docs`] for many files, read in order: the position index of
+/// every file is built on another thread while this one deserializes them
+/// (the two passes are each about a third of loading runbooks).
+pub fn parse_files<T: DeserializeOwned>(files: &[(PathBuf, String)]) -> Vec<Vec<Result<Doc<T>, Diagnostic>>> {
+    std::thread::scope(|scope| {
+        let indexing = scope.spawn(|| files.iter().map(|(_, text)| index_positions(text)).collect::<Vec<_>>());
+        let values: Vec<_> = files.iter().map(|(_, text)| deserialize_docs::<T>(text)).collect();
+        let positions = indexing.join().expect("indexing positions does not panic");
+        files
+            .iter()
+            .zip(values)
+            .zip(positions)
+            .map(|(((file, text), values), positions)| with_positions(file, text, values, positions))
+            .collect()
+    })
+}
+
+/// Each document of `text`, deserialized; stops when an error repeats
+/// itself (after some scanner errors the document iterator yields the same
+/// error forever) and never takes more documents than the text has lines
+/// (each needs at least one).
+fn deserialize_docs<T: DeserializeOwned>(text: &str) -> Vec<Result<T, serde_yaml::Error>> {
+    let most = text.lines().count() + 1;
     let mut out = Vec::new();
     let mut last_error_at = None;
-    // After some scanner errors the document iterator yields the same error
-    // forever: stop when it repeats, and never take more documents than the
-    // text has lines (each needs at least one).
-    let most = text.lines().count() + 1;
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate().take(most) {
+    for document in serde_yaml::Deserializer::from_str(text).take(most) {
         let result = T::deserialize(document);
+        if let Err(e) = &result {
+            let at = e.location().map(|l| l.index());
+            if at.is_some() && at == last_error_at {
+                break;
+            }
+            last_error_at = at;
+        }
+        out.push(result);
+    }
+    out
+}
+
+/// Documents with their positions and sources; errors become diagnostics,
+/// and none is taken after one without a place to go on from (no location,
+/// or a text the index could not read).
+fn with_positions<T>(
+    file: &Path,
+    text: &str,
+    values: Vec<Result<T, serde_yaml::Error>>,
+    positions: Vec<Positions>,
+) -> Vec<Result<Doc<T>, Diagnostic>> {
+    let sources = split_documents(text);
+    let mut out = Vec::new();
+    for (index, result) in values.into_iter().enumerate() {
         let pos = positions.get(index).cloned().unwrap_or_default();
-        let source = sources.get(index).cloned().unwrap_or_default();
         match result {
             Ok(value) => out.push(Ok(Doc {
                 value,
                 positions: pos,
-                source,
+                source: sources.get(index).cloned().unwrap_or_default(),
             })),
             Err(e) => {
-                let at = e.location().map(|l| l.index());
-                if at.is_some() && at == last_error_at {
-                    break;
-                }
-                last_error_at = at;
-                let fatal = e.location().is_none() || positions.is_empty();
                 out.push(Err(serde_diagnostic(file, &e, &pos)));
-                if fatal {
+                if e.location().is_none() || positions.is_empty() {
                     break;
                 }
             }

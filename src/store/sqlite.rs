@@ -536,6 +536,9 @@ pub enum Durability {
 pub struct StateFile {
     path: PathBuf,
     writer: SqliteConn,
+    /// The readers' pool starts with one, so the first read (a readiness
+    /// probe) does not open it.
+    reader: SqliteConn,
     durability: Durability,
 }
 
@@ -554,7 +557,13 @@ impl StateFile {
             }
             _ => create(&path, durability)?,
         };
-        Ok(StateFile { path, writer, durability })
+        let reader = SqliteConn::open(&path)?;
+        Ok(StateFile {
+            path,
+            writer,
+            reader,
+            durability,
+        })
     }
 }
 
@@ -575,7 +584,12 @@ impl Ledger<Sqlite> {
 
     /// The store over a state file [`StateFile::prepare`] made ready.
     pub fn open_prepared(file: StateFile, redactor: Redactor, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
-        let StateFile { path, writer, durability } = file;
+        let StateFile {
+            path,
+            writer,
+            reader,
+            durability,
+        } = file;
         // Commits write the WAL without waiting for the disk; the syncer
         // thread fsyncs it and only then answers the jobs (see `sync_loop`).
         writer.conn.execute_batch(match durability {
@@ -609,7 +623,7 @@ impl Ledger<Sqlite> {
         Ok(Ledger::new(
             Sqlite {
                 path,
-                readers: Arc::default(),
+                readers: Arc::new(Mutex::new(vec![reader])),
             },
             queue,
             health,
