@@ -227,24 +227,29 @@ pub fn parse_files<T: DeserializeOwned>(files: &[(PathBuf, String)]) -> Vec<Vec<
     })
 }
 
-/// Each document of `text`, deserialized; stops when an error repeats
-/// itself (after some scanner errors the document iterator yields the same
-/// error forever) and never takes more documents than the text has lines
-/// (each needs at least one).
+/// Each document of `text`, deserialized; stops after an error without a
+/// location, or when an error repeats itself (after some scanner errors the
+/// document iterator yields the same error forever), and never takes more
+/// documents than the text has lines (each needs at least one).
 fn deserialize_docs<T: DeserializeOwned>(text: &str) -> Vec<Result<T, serde_yaml::Error>> {
     let most = text.lines().count() + 1;
     let mut out = Vec::new();
     let mut last_error_at = None;
     for document in serde_yaml::Deserializer::from_str(text).take(most) {
         let result = T::deserialize(document);
-        if let Err(e) = &result {
-            let at = e.location().map(|l| l.index());
-            if at.is_some() && at == last_error_at {
-                break;
-            }
-            last_error_at = at;
+        let Err(e) = &result else {
+            out.push(result);
+            continue;
+        };
+        let at = e.location().map(|l| l.index());
+        if at.is_some() && at == last_error_at {
+            break;
         }
+        last_error_at = at;
         out.push(result);
+        if at.is_none() {
+            break;
+        }
     }
     out
 }

@@ -451,7 +451,16 @@ fn create(path: &Path, durability: Durability) -> Result<SqliteConn, StoreError>
     conn.set_prepared_statement_cache_capacity(64);
     prepare_schema(&conn)?;
     if durability == Durability::Durable {
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_checkpoint(PASSIVE);")?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        // FULL waits for another process's reader, if any: only a complete
+        // checkpoint syncs the file (and so its header).
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(StoreError::Open {
+                path: path.display().to_string(),
+                source: std::io::Error::other("another process held the new state file; start again"),
+            });
+        }
         // The first write after a checkpoint starts the WAL over and syncs
         // its new header: done here, not in the first record's commit
         // (`serve` makes the file while its runbooks load).
