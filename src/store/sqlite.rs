@@ -676,10 +676,19 @@ fn sync_loop(wal: PathBuf, unsynced: Receiver<Committed>, health: SharedHealth, 
             let synced = match &file {
                 _ if crate::failpoint::fail("store.fsync") => Err(std::io::Error::other("failpoint store.fsync")),
                 Some(f) => f.sync_data(),
-                // The WAL exists once the writer has committed: open it on first use.
-                None => std::fs::File::open(&wal).and_then(|f| f.sync_data().map(|()| f)).map(|f| {
-                    file = Some(f);
-                }),
+                // The WAL exists once the writer has committed: open it on first
+                // use. It may be new (a clean stop deletes it), and FULL, which
+                // this stands for, syncs a new WAL's folder too: its name is as
+                // much a part of the commit as its bytes.
+                None => std::fs::File::open(&wal)
+                    .and_then(|f| f.sync_data().map(|()| f))
+                    .and_then(|f| {
+                        let folder = wal.parent().unwrap_or(Path::new("."));
+                        std::fs::File::open(folder).and_then(|d| d.sync_all()).map(|()| f)
+                    })
+                    .map(|f| {
+                        file = Some(f);
+                    }),
             };
             if let Err(e) = synced {
                 tracing::error!(error = %e, wal = %wal.display(), "fsync of the state WAL failed; the store stops accepting writes, restart pitcrew");
