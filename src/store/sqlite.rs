@@ -419,11 +419,19 @@ impl From<rusqlite::Error> for StoreError {
 /// again: a webhook's worth of alerts many times over.
 const MIN_ROOM: u64 = 16 << 20;
 
+/// Durable on commit (FULL fsyncs the WAL), safe across processes (WAL),
+/// patient with another process holding the write lock.
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    open_synced(path, "FULL")
+}
+
+/// `synchronous` is set first, so it also governs the switch to WAL of a
+/// new file.
+fn open_synced(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    // Durable on commit (FULL fsyncs the WAL), safe across processes (WAL),
-    // patient with another process holding the write lock.
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={synchronous}; PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;"
+    ))?;
     // Savepoint sub-journals stay in memory instead of temp files.
     conn.execute_batch("PRAGMA temp_store=MEMORY;")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -445,10 +453,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// holds on it, SQLite's included, and another process could then take the
 /// WAL away from under the writer.
 fn create(path: &Path, durability: Durability) -> Result<SqliteConn, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.execute_batch("PRAGMA synchronous=OFF; PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;")?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.set_prepared_statement_cache_capacity(64);
+    let conn = open_synced(path, "OFF")?;
     prepare_schema(&conn)?;
     if durability == Durability::Durable {
         conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
