@@ -680,9 +680,13 @@ impl FirstWritten {
     }
 }
 
-/// Makes a group's first writes, in their order: one statement for the
-/// claims and one for the ends. A run written twice in one group (it cannot
-/// happen: a worker waits for each write) is written the first time; the
+/// Makes a group's first writes: one statement for the claims and one for
+/// the ends. One worker never has two writes of a run in a group (it waits
+/// for each), but two workers may: the holder's end, and the claim of a
+/// stale copy of the run a refill read while it was still queued. A claim
+/// and an end of one run decide independently (a claim needs it queued, an
+/// end needs it running under the end's claim), so each is made as if
+/// alone. Of two claims, or two ends, of one run the first is made; the
 /// second finds it taken or ended, as it would have one after the other.
 pub(super) fn first_writes(t: &mut Txn<'_>, firsts: &[&FirstWrite]) -> Result<Vec<FirstWritten>, StoreError> {
     let now_ms = t.now_ms();
@@ -693,9 +697,13 @@ pub(super) fn first_writes(t: &mut Txn<'_>, firsts: &[&FirstWrite]) -> Result<Ve
             FirstWrite::End { .. } => FirstWritten::Ended(None),
         })
         .collect();
-    let mut seen = HashSet::new();
+    let (mut claimed, mut ended) = (HashSet::new(), HashSet::new());
     let (mut claims, mut ends) = (Vec::new(), Vec::new());
     for (i, first) in firsts.iter().enumerate() {
+        let seen = match first {
+            FirstWrite::Claim { .. } => &mut claimed,
+            FirstWrite::End { .. } => &mut ended,
+        };
         if !seen.insert(first.id()) {
             continue;
         }

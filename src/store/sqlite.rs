@@ -2305,6 +2305,55 @@ mod tests {
         let targets: i64 = conn.query_row("SELECT COUNT(*) FROM target_alerts", [], |r| r.get(0)).unwrap();
         assert_eq!(targets, 1, "nothing else of the failed group was kept");
     }
+
+    /// A refill may read a run while it is queued and hand it to a second
+    /// worker after the first ran it: that worker's claim can ride in the
+    /// same group as the first worker's end. The claim fails (the run is
+    /// not queued); the end is made, not refused as a lost claim (which
+    /// would hand a healthy run to recovery, to be recorded `unknown`).
+    #[tokio::test]
+    async fn a_stale_claim_in_the_group_of_the_runs_end_leaves_the_end_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = SqliteConn::open(&path).unwrap();
+        conn.conn.execute_batch(SCHEMA).unwrap();
+        conn.conn
+            .execute_batch(
+                "INSERT INTO executions (id, runbook, target, state, actor, params, dry_run, automated, risk, created_ms, claimed_by) \
+                 VALUES ('run', 'rb', 't', 'running', 'a', '{}', 0, 1, 'medium', 1, 'w/1')",
+            )
+            .unwrap();
+        let (stale, stale_rx) = job_after(
+            Some(FirstWrite::Claim {
+                id: "run".into(),
+                worker: "w/2".into(),
+                started_ms: 2,
+            }),
+            |_t, written| match written {
+                Some(FirstWritten::Claimed(true)) => Ok(()),
+                _ => Err(StoreError::Taken("run".into())),
+            },
+        );
+        let end = FirstWrite::End {
+            id: "run".into(),
+            claim: Some("w/1".into()),
+            state: State::Succeeded,
+            reason: None,
+            uncount: Uncount::No,
+        };
+        let (holder, holder_rx) = job_after(Some(end), |_t, written| match written {
+            Some(FirstWritten::Ended(Some(_))) => Ok(()),
+            _ => Err(StoreError::ClaimLost("run".into())),
+        });
+        commit_group(&mut conn, vec![stale, holder]);
+        assert!(matches!(stale_rx.await.unwrap(), Err(StoreError::Taken(_))));
+        assert!(holder_rx.await.unwrap().is_ok(), "the holder's end was refused");
+        let conn = open_connection(&path).unwrap();
+        let state: String = conn
+            .query_row("SELECT state FROM executions WHERE id = 'run'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(state, "succeeded");
+    }
 }
 
 #[cfg(test)]
