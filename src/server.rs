@@ -507,7 +507,19 @@ async fn webhook(AxumState(state): AxumState<Shared>, headers: HeaderMap, body: 
         metrics.alerts_truncated.inc_by(delivery.truncated_alerts);
         tracing::warn!(truncated = delivery.truncated_alerts, receiver = %delivery.receiver, group = %delivery.group_key, "Alertmanager left alerts out of this notification (max_alerts)");
     }
-    let result = engine.intake(delivery.alerts).await.inspect_err(|_| metrics.rejected("store"))?;
+    // On a task of its own: once the store has the alerts, intake must go
+    // on to hand the queued runs to the workers and send its notices even
+    // if the sender hangs up meanwhile (Alertmanager's timeout), which
+    // drops this handler.
+    let alerts = delivery.alerts;
+    let intake = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.intake(alerts).await }
+    });
+    let result = intake
+        .await
+        .map_err(|e| reject(StatusCode::INTERNAL_SERVER_ERROR, "store", format!("intake failed: {e}")))?
+        .inspect_err(|_| metrics.rejected("store"))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"accepted": result.accepted, "duplicates": result.duplicates, "reconsidered": result.reconsidered})),

@@ -702,3 +702,46 @@ async fn on_shutdown_serve_stops_accepting_closes_idle_connections_and_returns()
     );
     assert!(TcpStream::connect(address).await.is_err(), "no longer accepting");
 }
+
+/// Alertmanager gives up on a slow delivery and hangs up, which drops the
+/// request's handler. Once the alert went to the store, intake finishes
+/// anyway: the runs it queued are handed to the workers, its notices go
+/// out, it is counted. Here the handler is dropped while the store's
+/// writer waits for a lock another connection holds on the state file.
+#[tokio::test]
+async fn a_sender_hanging_up_during_intake_does_not_cut_intake_short() {
+    let h = Harness::new(
+        "apiVersion: pitcrew/v1\nname: fix\ntrigger: {alertname: Broken}\nsteps:\n  - {name: note, action: log, with: {message: fixing}}\n",
+        "",
+    );
+    let mut commits = h.store().commits().expect("the store tells its commits");
+    let body = payload(vec![alert(&[("alertname", "Broken"), ("instance", "web-1")])]).to_string();
+    let (chunks, mut stream) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let request = Request::post("/v1/alerts/alertmanager")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(futures::stream::poll_fn(move |cx| stream.poll_recv(cx))))
+        .unwrap();
+    let handler = tokio::spawn(h.app.clone().oneshot(request));
+    let lock = rusqlite::Connection::open(h.dir.path().join("state/state.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    chunks.send(Ok(body.into_bytes())).await.unwrap();
+    drop(chunks);
+    // The handler reads the body's end and hands the alert on; its write
+    // waits for the lock. (Current-thread runtime: each yield runs every
+    // task that is ready.)
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!handler.is_finished());
+    handler.abort();
+    assert!(handler.await.unwrap_err().is_cancelled());
+    lock.execute_batch("COMMIT").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while h.engine.metrics.alerts_received.get() == 0 {
+            commits.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("intake stopped with its handler");
+    assert_eq!(h.store().executions(ExecutionFilter::default()).await.unwrap().len(), 1);
+}
