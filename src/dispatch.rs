@@ -7,6 +7,12 @@
 //! the transaction of its first record ([`crate::store::Pending`]); if it
 //! was cancelled or claimed elsewhere meanwhile, that claim fails and the
 //! run is dropped, so a stale entry can cost a lookup but never a second run.
+//!
+//! While the cache is in sync, an empty cache means nothing of this
+//! process's intake waits in the store, so workers do not read the store
+//! for it: runs queued another way (a manual run, an approval, recovery, a
+//! requeue) ask for a refill with [`Dispatch::look_again`], and runs other
+//! processes queue are found by the refill every [`REFILL_EVERY`].
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -40,6 +46,8 @@ struct Inner {
     skipped: u64,
     refilling: bool,
     last_refill: Option<Instant>,
+    /// Runs were queued in the store without passing through here.
+    look_again: bool,
 }
 
 /// A refill in progress: what to leave out, and the `skipped` count it began at.
@@ -81,16 +89,27 @@ impl Dispatch {
         self.lock().known.remove(id);
     }
 
-    /// Starts a refill if one is due (the cache is empty, or the last
-    /// refill is older than [`REFILL_EVERY`]) and none is running.
+    /// Runs were queued in the store another way than intake's
+    /// [`Dispatch::offer`]: the next turn reads them.
+    pub fn look_again(&self) {
+        self.lock().look_again = true;
+    }
+
+    /// Starts a refill if one is due and none is running: the cache is
+    /// empty and may be missing runs the store holds (not in sync, or
+    /// [`Dispatch::look_again`]), or the last refill is older than
+    /// [`REFILL_EVERY`]. An empty cache in sync is not a reason: at a
+    /// thousand runs a second, workers would read the store for every run.
     pub fn begin_refill(&self, now: Instant) -> Option<Refill> {
         let mut inner = self.lock();
-        let due = inner.queue.is_empty() || inner.last_refill.is_none_or(|t| now.duration_since(t) >= REFILL_EVERY);
+        let missing = inner.queue.is_empty() && (!inner.in_sync || inner.look_again);
+        let due = missing || inner.last_refill.is_none_or(|t| now.duration_since(t) >= REFILL_EVERY);
         let room = CAPACITY.saturating_sub(inner.queue.len());
         if inner.refilling || !due || room == 0 {
             return None;
         }
         inner.refilling = true;
+        inner.look_again = false;
         inner.last_refill = Some(now);
         Some(Refill {
             exclude: inner.known.clone(),
@@ -100,8 +119,11 @@ impl Dispatch {
     }
 
     /// Ends a refill with what the store held, oldest first; `exhausted`
-    /// when nothing else was queued there. Returns how many were added.
-    pub fn end_refill(&self, refill: Refill, found: Vec<Execution>, exhausted: bool) -> usize {
+    /// when nothing else was queued there. Returns whether workers have
+    /// more to do now: runs were added, or intake queued runs it could not
+    /// add while this refill read (which it cannot have seen), and nobody
+    /// else would look for them before [`REFILL_EVERY`].
+    pub fn end_refill(&self, refill: Refill, found: Vec<Execution>, exhausted: bool) -> bool {
         let mut inner = self.lock();
         inner.refilling = false;
         let mut added = 0;
@@ -111,15 +133,18 @@ impl Dispatch {
                 added += 1;
             }
         }
-        if exhausted && inner.skipped == refill.epoch {
+        let raced = inner.skipped != refill.epoch;
+        if exhausted && !raced {
             inner.in_sync = true;
         }
-        added
+        added > 0 || raced
     }
 
     /// The refill failed; the next turn tries again.
     pub fn abort_refill(&self) {
-        self.lock().refilling = false;
+        let mut inner = self.lock();
+        inner.refilling = false;
+        inner.look_again = true;
     }
 
     #[cfg(test)]
@@ -177,7 +202,7 @@ mod tests {
         let r = d.begin_refill(Instant::now()).unwrap();
         // Intake commits and offers while the refill reads: it is skipped.
         d.offer(vec![exec("raced")]);
-        d.end_refill(r, vec![], true);
+        assert!(d.end_refill(r, vec![], true), "a worker must look again at once");
         d.offer(vec![exec("later")]);
         assert!(d.is_empty(), "`raced` is only in the store; `later` must not overtake it");
         let r = d.begin_refill(Instant::now()).unwrap();
@@ -212,5 +237,29 @@ mod tests {
         d.end_refill(r, vec![exec("a")], true);
         assert!(d.begin_refill(now).is_none(), "not empty and refilled just now");
         assert!(d.begin_refill(now + REFILL_EVERY).is_some());
+    }
+
+    #[test]
+    fn an_empty_cache_in_sync_reads_the_store_only_when_asked_or_due() {
+        let d = Dispatch::default();
+        let now = Instant::now();
+        let r = d.begin_refill(now).unwrap();
+        d.end_refill(r, vec![], true);
+        assert!(d.begin_refill(now).is_none(), "in sync: nothing of intake waits in the store");
+        d.look_again();
+        let r = d.begin_refill(now).expect("a run was queued another way");
+        d.abort_refill();
+        let r2 = d.begin_refill(now).expect("a failed refill is tried again");
+        drop(r);
+        d.end_refill(r2, vec![exec("approved")], true);
+        assert_eq!(ids(&d), ["approved"]);
+        assert!(d.begin_refill(now).is_none());
+        assert!(
+            d.begin_refill(now + REFILL_EVERY).is_some(),
+            "other processes' runs are found in time"
+        );
+        // Not (yet) in sync, an empty cache reads at once.
+        let d = Dispatch::default();
+        assert!(d.begin_refill(now).is_some());
     }
 }

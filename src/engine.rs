@@ -77,7 +77,7 @@ pub struct Engine {
     /// Woken when work is queued.
     pub wake: Arc<Notify>,
     /// Runnable executions in memory, for the workers.
-    dispatch: Dispatch,
+    dispatch: Arc<Dispatch>,
     /// Ends of runs being recorded after their worker moved on.
     finishing: tokio_util::task::TaskTracker,
     /// Notices being delivered (and recorded) in the background.
@@ -543,7 +543,7 @@ impl Engine {
             budgets,
             metrics,
             wake: Arc::new(Notify::new()),
-            dispatch: Dispatch::default(),
+            dispatch: Arc::default(),
             finishing: tokio_util::task::TaskTracker::new(),
             notices,
             pagerduty,
@@ -565,8 +565,15 @@ impl Engine {
     /// `permissions` and the two-person rule in the approval's transaction.
     pub async fn approve(&self, id: &str, approver: &str) -> Result<Execution, StoreError> {
         let exec = self.store.approve(id, approver, self.approvers()).await?;
-        self.wake.notify_waiters();
+        self.queued_elsewhere();
         Ok(exec)
+    }
+
+    /// Runs were queued in the store other than by intake (a manual run,
+    /// an approval, recovery, a requeue): a worker reads them now.
+    pub fn queued_elsewhere(&self) {
+        self.dispatch.look_again();
+        self.wake.notify_waiters();
     }
 
     /// Runs `work` (a message to deliver) in the background, with the
@@ -840,7 +847,7 @@ impl Engine {
         };
         self.after_decisions(std::iter::once((decided, &decision)));
         if decision.verdict == Verdict::Run {
-            self.wake.notify_waiters();
+            self.queued_elsewhere();
         }
         Ok(decision)
     }
@@ -991,7 +998,7 @@ impl Engine {
             let exclude = std::mem::take(&mut refill.exclude);
             match self.store.queued(refill.limit, exclude).await {
                 Ok((found, exhausted)) => {
-                    if self.dispatch.end_refill(refill, found, exhausted) > 0 {
+                    if self.dispatch.end_refill(refill, found, exhausted) {
                         self.wake.notify_waiters();
                     }
                 }
@@ -1029,16 +1036,27 @@ impl Engine {
             Ok(ending) => {
                 // The worker is free once the run's last action is over;
                 // recording its end (and the fsync) happens meanwhile.
-                let (store, metrics, notifier, abandoned) =
-                    (self.store.clone(), self.metrics.clone(), self.notifier(), self.abandoned.clone());
+                let (store, metrics, notifier, abandoned, dispatch) = (
+                    self.store.clone(),
+                    self.metrics.clone(),
+                    self.notifier(),
+                    self.abandoned.clone(),
+                    self.dispatch.clone(),
+                );
                 self.finishing.spawn(async move {
                     if let Err(e) = record_end(&*store, &metrics, &notifier, &exec, ending).await {
                         let _ = stopped(&*store, &abandoned, &exec, e).await;
+                        dispatch.look_again();
                     }
                 });
                 Ok(true)
             }
-            Err(e) => stopped(&*self.store, &self.abandoned, &exec, e).await.map(|()| true),
+            Err(e) => {
+                let stopped = stopped(&*self.store, &self.abandoned, &exec, e).await;
+                // Perhaps handed back to the store's queue.
+                self.dispatch.look_again();
+                stopped.map(|()| true)
+            }
         }
     }
 

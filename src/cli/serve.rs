@@ -202,9 +202,7 @@ async fn background(engine: Arc<crate::engine::Engine>) {
             }
         }
         match engine.recover().await {
-            Ok(r) if !r.resumed.is_empty() || !r.unknown.is_empty() => {
-                engine.wake.notify_waiters();
-            }
+            Ok(r) if !r.resumed.is_empty() || !r.unknown.is_empty() => engine.queued_elsewhere(),
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "recovery check failed"),
         }
