@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}           # seconds per measured wrk run
 HISTORY=${HISTORY:-100000}        # stored executions on the target before the second measurement
+for need in /usr/sbin/nginx:nginx-light /usr/bin/prometheus-alertmanager:prometheus-alertmanager; do
+  [ -x "${need%%:*}" ] || { echo "install ${need#*:}: apt-get install -y ${need#*:}" >&2; exit 2; }
+done
 source bench/lib.sh
 mkdir -p "$WORK/runbooks"
 cp bench/runbooks/storm-log.yaml "$WORK/runbooks/"
@@ -39,7 +42,10 @@ http {
 NGINX
 /usr/sbin/nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 NGINX_PID=$!
-until curl -s -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.01; done
+until curl -s -o /dev/null "http://127.0.0.1:$port/"; do
+  kill -0 $NGINX_PID 2>/dev/null || { cat "$WORK/nginx/error.log" >&2; exit 1; }
+  sleep 0.01
+done
 wrk -t2 -c32 -d"${DURATION}s" -s bench/alerts.lua "http://127.0.0.1:$port/" > "$WORK/wrk.txt"
 nginx=$(grep -oE "Requests/sec: +[0-9.]+" "$WORK/wrk.txt" | tr -dc '0-9.')
 stop $NGINX_PID
