@@ -1052,10 +1052,10 @@ impl Engine {
                 Ok(true)
             }
             Err(e) => {
-                let stopped = stopped(&*self.store, &self.abandoned, &exec, e).await;
+                let handled = stopped(&*self.store, &self.abandoned, &exec, e).await;
                 // Perhaps handed back to the store's queue.
                 self.dispatch.look_again();
-                stopped.map(|()| true)
+                handled.map(|()| true)
             }
         }
     }
