@@ -341,10 +341,10 @@ struct Decided<'a> {
     target: &'a str,
 }
 
-/// The executions an intake queued, as a worker would load them.
-/// The runs intake queued, for the in-memory dispatch. Their alert is the one
-/// the store keeps (redacted), so a run renders the same whether it starts
-/// from here or is read back from the store (after approval or a restart).
+/// The runs intake queued, as a worker would load them, for the in-memory
+/// dispatch. Their alert is the one the store keeps (redacted), so a run
+/// renders the same whether it starts from here or is read back from the
+/// store (after approval or a restart).
 fn queued_executions(result: &mut IntakeResult, redactor: &crate::redact::Redactor) -> Vec<Execution> {
     let run: std::collections::HashMap<&str, bool> = result
         .executions
