@@ -2122,9 +2122,7 @@ mod tests {
     /// (when it ends) are searches of a primary key, whatever the history.
     #[test]
     fn id_prefixes_and_started_steps_are_index_searches() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = SqliteConn::open(&dir.path().join("state.db")).unwrap();
-        conn.conn.execute_batch(SCHEMA).unwrap();
+        let (_dir, mut conn) = fresh_file();
         conn.conn
             .execute_batch(
                 "INSERT INTO executions (id, runbook, target, state, actor, params, dry_run, automated, risk, created_ms)
@@ -2176,6 +2174,15 @@ mod tests {
         }
     }
 
+    /// A new `state.db` with this layout's tables, in a temporary folder
+    /// kept as long as the returned guard.
+    fn fresh_file() -> (tempfile::TempDir, SqliteConn) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = SqliteConn::open(&dir.path().join("state.db")).unwrap();
+        conn.conn.execute_batch(SCHEMA).unwrap();
+        (dir, conn)
+    }
+
     /// Runs `jobs` as one group commit and answers them.
     fn commit_group(conn: &mut SqliteConn, jobs: Vec<Job>) {
         let health: SharedHealth = Arc::new(Mutex::new(Health::Writable));
@@ -2188,10 +2195,8 @@ mod tests {
     /// fails before writing fails alone.
     #[tokio::test]
     async fn a_job_failing_half_way_rolls_back_its_group_and_one_failing_early_does_not() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, mut conn) = fresh_file();
         let path = dir.path().join("state.db");
-        let mut conn = SqliteConn::open(&path).unwrap();
-        conn.conn.execute_batch(SCHEMA).unwrap();
         // Through the backend's own interface: each job adds one row.
         static ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let insert = |t: &mut Txn<'_>| {
@@ -2257,10 +2262,8 @@ mod tests {
     /// claim that found its run taken fails its job alone.
     #[tokio::test]
     async fn a_job_failing_after_its_claim_rolls_back_its_group() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, mut conn) = fresh_file();
         let path = dir.path().join("state.db");
-        let mut conn = SqliteConn::open(&path).unwrap();
-        conn.conn.execute_batch(SCHEMA).unwrap();
         conn.conn
             .execute_batch(
                 "INSERT INTO executions (id, runbook, target, state, actor, params, dry_run, automated, risk, created_ms) \
@@ -2313,10 +2316,8 @@ mod tests {
     /// would hand a healthy run to recovery, to be recorded `unknown`).
     #[tokio::test]
     async fn a_stale_claim_in_the_group_of_the_runs_end_leaves_the_end_alone() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, mut conn) = fresh_file();
         let path = dir.path().join("state.db");
-        let mut conn = SqliteConn::open(&path).unwrap();
-        conn.conn.execute_batch(SCHEMA).unwrap();
         conn.conn
             .execute_batch(
                 "INSERT INTO executions (id, runbook, target, state, actor, params, dry_run, automated, risk, created_ms, claimed_by) \
